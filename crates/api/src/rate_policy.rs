@@ -1,0 +1,171 @@
+//! The `RatePolicy` custom resource: who may send how much to which pools.
+//!
+//! The schema is the full shape agreed in the design. Enforcement arrives with the rate
+//! limiting work; until then [`crate::compile`] rejects every RatePolicy with a
+//! "not supported yet" error instead of silently ignoring it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+
+/// Limits on the requests that reach the targeted pools.
+// Two print columns share `type_ = "string"`, which clippy mistakes for a repeated
+// attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "RatePolicy",
+    namespaced,
+    status = "RatePolicyStatus",
+    shortname = "rp",
+    category = "sluice",
+    doc = "Rate limits for the AgentPools it targets: a key, tiers with limits, and where the counters live.",
+    derive = "PartialEq",
+    printcolumn(name = "Key", type_ = "string", json_path = ".spec.key.type"),
+    printcolumn(name = "Scope", type_ = "string", json_path = ".spec.scope"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RatePolicySpec {
+    /// The AgentPools, in this namespace, the policy applies to.
+    #[schemars(length(min = 1, max = 16))]
+    pub target_refs: Vec<TargetRef>,
+    /// What a counter is kept per.
+    pub key: RateKey,
+    /// The algorithm that enforces the limits.
+    #[serde(default)]
+    pub algorithm: RateAlgorithm,
+    /// The tiers; a request is limited by its consumer's tier, or `defaultTier`.
+    #[schemars(length(min = 1, max = 16))]
+    pub tiers: Vec<Tier>,
+    /// The tier for requests whose consumer has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<String>,
+    /// Where the counters live.
+    #[serde(default)]
+    pub scope: Scope,
+    /// What happens to requests when the global store cannot be reached.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Warn before the hard limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_limit: Option<SoftLimit>,
+}
+
+/// A reference to an AgentPool in the policy's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TargetRef {
+    /// Must be `AgentPool`.
+    pub kind: String,
+    /// The AgentPool's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// What a limit counts per.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RateKey {
+    /// The kind of key.
+    #[serde(rename = "type")]
+    pub kind: RateKeyType,
+    /// The header whose value is the key, for `type: Header`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// The kinds of rate-limit key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RateKeyType {
+    /// The authenticated consumer (API key or JWT subject).
+    Consumer,
+    /// The client IP address.
+    ClientIp,
+    /// The value of a request header.
+    Header,
+    /// One counter for the whole pool.
+    Pool,
+}
+
+/// A rate-limit algorithm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RateAlgorithm {
+    /// GCRA: a rate with bursts up to `burst`.
+    #[default]
+    TokenBucket,
+    /// N per window, weighting the previous window.
+    SlidingWindow,
+}
+
+/// A named set of limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Tier {
+    /// The tier's name, matched against the consumer's tier.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Every limit must admit a request for it to pass.
+    #[schemars(length(min = 1, max = 8))]
+    pub limits: Vec<Limit>,
+}
+
+/// At most `requests` per `period`, with bursts up to `burst`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Limit {
+    /// Requests allowed per period.
+    #[schemars(range(min = 1))]
+    pub requests: u32,
+    /// The period, for example `1s` or `1m`.
+    pub period: Duration,
+    /// Largest burst; defaults to `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
+}
+
+/// Where rate-limit counters live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Scope {
+    /// In each proxy replica.
+    #[default]
+    Local,
+    /// Shared by all replicas through Redis.
+    Global,
+}
+
+/// Behaviour when the global store is unreachable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailureMode {
+    /// Admit, applying local limits only.
+    #[default]
+    Open,
+    /// Refuse with 503.
+    Closed,
+}
+
+/// A warning threshold below the hard limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SoftLimit {
+    /// Percentage of the limit from which responses carry a warning header.
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: u8,
+}
+
+/// What the controller observed about a RatePolicy.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RatePolicyStatus {
+    /// `Accepted` and `ResolvedRefs` conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
