@@ -1,0 +1,118 @@
+//! Stamps and shares published tables.
+//!
+//! The publisher keeps the current table behind a `tokio::sync::watch` channel. A table
+//! whose content (revision) equals the current one is not published again, so a burst
+//! of unrelated changes does not wake every proxy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sluice_api::RouteTable;
+use tokio::sync::watch;
+
+/// A table as published: the table and its wire form, serialised once for all
+/// subscribers.
+#[derive(Debug)]
+pub struct Published {
+    /// The table with its version stamped.
+    pub table: RouteTable,
+    /// One line of newline-delimited JSON: the table and a trailing `\n`.
+    pub line: Bytes,
+}
+
+/// Hands out versions and holds the current table.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: watch::Sender<Option<Arc<Published>>>,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Publisher {
+    /// A publisher with no table yet.
+    pub fn new() -> Self {
+        Self {
+            tx: watch::Sender::new(None),
+        }
+    }
+
+    /// Publishes `table` unless its content equals the current table's. Returns the
+    /// version it was published under, or `None` when nothing changed.
+    pub fn publish(&self, mut table: RouteTable) -> Option<u64> {
+        let mut published = None;
+        self.tx.send_if_modified(|current| {
+            let next_version = match current {
+                Some(c) if c.table.revision == table.revision => return false,
+                Some(c) => c.table.version + 1,
+                None => 1,
+            };
+            table.version = next_version;
+            let mut line = serde_json::to_vec(&table).unwrap_or_default();
+            line.push(b'\n');
+            *current = Some(Arc::new(Published {
+                table: std::mem::take(&mut table),
+                line: Bytes::from(line),
+            }));
+            published = Some(next_version);
+            true
+        });
+        published
+    }
+
+    /// The current table, if any was published.
+    pub fn current(&self) -> Option<Arc<Published>> {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that sees each new table.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_api::table::{Algorithm, BackendTarget};
+    use sluice_api::table::{Pool, Route};
+
+    fn table(prefix: &str) -> RouteTable {
+        let pool = Pool {
+            key: "d/p".into(),
+            algorithm: Algorithm::RoundRobin,
+            backends: vec![BackendTarget {
+                name: "static[0]".into(),
+                weight: 1,
+                endpoints: vec![],
+            }],
+            connect_timeout_ms: 1,
+            request_timeout_ms: 1,
+        };
+        let route = Route {
+            pool: "d/p".into(),
+            host: None,
+            path_prefix: prefix.into(),
+            headers: vec![],
+        };
+        RouteTable::new(vec![route], vec![pool])
+    }
+
+    #[test]
+    fn versions_grow_only_when_content_changes() {
+        let p = Publisher::new();
+        assert!(p.current().is_none());
+        assert_eq!(p.publish(table("/a")), Some(1));
+        assert_eq!(p.publish(table("/a")), None);
+        assert_eq!(p.publish(table("/b")), Some(2));
+        let current = p.current().expect("published");
+        assert_eq!(current.table.version, 2);
+        let wire: RouteTable = serde_json::from_slice(&current.line).expect("line is a table");
+        assert_eq!(wire, current.table);
+        assert!(current.line.ends_with(b"\n"));
+        assert_eq!(wire.validate(), Ok(()));
+    }
+}
