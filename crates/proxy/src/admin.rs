@@ -1,0 +1,90 @@
+//! The admin listener: `/healthz`, `/readyz` (a table is loaded), `/metrics`
+//! (Prometheus text) and `/routes` (the table in force, with its version, as JSON).
+//! It binds to localhost by default.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::body::ProxyBody;
+use crate::metrics::Metrics;
+use crate::store::TableStore;
+
+/// Answers admin requests.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    store: Arc<TableStore>,
+    metrics: Metrics,
+}
+
+impl Admin {
+    /// An admin handler over `store` and `metrics`.
+    pub fn new(store: Arc<TableStore>, metrics: Metrics) -> Self {
+        Self { store, metrics }
+    }
+
+    /// Handles one admin request.
+    pub fn handle<B>(&self, req: &Request<B>) -> Response<ProxyBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "only GET is served\n".into(),
+            );
+        }
+        match req.uri().path() {
+            "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => match self.store.load() {
+                Some(rt) => reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!("ready: table version {}\n", rt.table.version),
+                ),
+                None => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no route table yet\n".into(),
+                ),
+            },
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
+            "/routes" => match self.store.load() {
+                Some(rt) => match serde_json::to_string_pretty(&rt.table) {
+                    Ok(json) => reply(StatusCode::OK, "application/json", json + "\n"),
+                    Err(e) => reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "text/plain",
+                        format!("{e}\n"),
+                    ),
+                },
+                None => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    "{\"error\":\"no route table yet\"}\n".into(),
+                ),
+            },
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found: try /healthz, /readyz, /metrics or /routes\n".into(),
+            ),
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

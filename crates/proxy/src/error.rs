@@ -1,0 +1,124 @@
+//! The proxy's one error type, and how each case reaches the client.
+//!
+//! Every case maps, in one `match` without a wildcard, to an HTTP status, a metric
+//! reason (a bounded label) and whether a retry could help.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::body::ProxyBody;
+
+/// Why the proxy answered a request itself instead of with an agent's response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No route table has been loaded yet. Retryable: the proxy is starting.
+    #[error("the gateway has no route table yet")]
+    NotReady,
+    /// No route matches the request. Not retryable.
+    #[error("no route matches {path}")]
+    NoRoute {
+        /// The request path.
+        path: String,
+    },
+    /// The matched pool has no endpoint to send to. Retryable once endpoints appear.
+    #[error("pool {pool} has no ready endpoints")]
+    NoEndpoints {
+        /// The pool key.
+        pool: String,
+    },
+    /// The request's URI or headers could not be turned into an upstream request.
+    /// Not retryable.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Connecting to the endpoint failed or timed out. Retryable on another endpoint:
+    /// nothing was sent.
+    #[error("could not connect to {endpoint}")]
+    Connect {
+        /// The endpoint address.
+        endpoint: String,
+    },
+    /// The endpoint did not answer within the request timeout. Not retryable by the
+    /// proxy: the agent may have acted on the request.
+    #[error("{endpoint} did not answer within {timeout_ms} ms")]
+    Timeout {
+        /// The endpoint address.
+        endpoint: String,
+        /// The timeout that expired.
+        timeout_ms: u64,
+    },
+    /// The connection to the endpoint failed after the request was sent. Not retryable
+    /// by the proxy.
+    #[error("{endpoint} failed: {message}")]
+    Upstream {
+        /// The endpoint address.
+        endpoint: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotReady | ProxyError::NoEndpoints { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The reason code: a metric label and the `code` in the JSON body.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NotReady => "not_ready",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Connect { .. } => "upstream_connect",
+            ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::Upstream { .. } => "upstream_error",
+        }
+    }
+
+    /// Whether the same request may succeed if sent again (by the client, or by the
+    /// proxy to another endpoint).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ProxyError::NotReady | ProxyError::NoEndpoints { .. } | ProxyError::Connect { .. } => {
+                true
+            }
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::Timeout { .. }
+            | ProxyError::Upstream { .. } => false,
+        }
+    }
+
+    /// The response the client receives: the status and a JSON body
+    /// `{"error": {"code": ..., "message": ...}}`; retryable errors carry `Retry-After`.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": { "code": self.reason(), "message": self.to_string() }
+        });
+        let mut resp = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.retryable() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
