@@ -1,0 +1,111 @@
+//! `sluice proxy`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sluice_controller::from_dir::DirWatcher;
+use sluice_controller::publisher::Publisher;
+use sluice_proxy::admin::Admin;
+use sluice_proxy::server::{self, ServerConfig};
+use sluice_proxy::subscriber::{self, SubscriberConfig};
+use sluice_proxy::{Forwarder, Metrics, TableStore};
+
+use crate::cmd_controller::{on_poll, parse_duration};
+
+/// Arguments of `sluice proxy`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run standalone from this manifest file or folder (reloaded on change).
+    #[arg(long, env = "SLUICE_CONFIG", conflicts_with = "controller")]
+    config: Option<PathBuf>,
+    /// Subscribe to route tables from this controller, e.g. http://127.0.0.1:9090.
+    #[arg(long, env = "SLUICE_CONTROLLER")]
+    controller: Option<http::Uri>,
+    /// Address for agent traffic.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "SLUICE_LISTEN")]
+    listen: SocketAddr,
+    /// Address for /healthz, /readyz, /metrics and /routes.
+    #[arg(long, default_value = "127.0.0.1:9901", env = "SLUICE_ADMIN_LISTEN")]
+    admin: SocketAddr,
+    /// How often --config is read for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// A client must send its request headers within this time.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+}
+
+/// Runs the proxy until a shutdown signal.
+pub async fn run(args: Args) -> Result<()> {
+    let metrics = Metrics::new();
+    let store = Arc::new(TableStore::new(metrics.clone()));
+
+    match (&args.config, &args.controller) {
+        (Some(path), None) => {
+            let publisher = Publisher::new();
+            let mut updates = publisher.subscribe();
+            let watcher = DirWatcher::new(path);
+            tokio::spawn(watcher.run(args.poll_interval, move |poll| {
+                on_poll(&publisher, poll, true)
+            }));
+            let store = store.clone();
+            tokio::spawn(async move {
+                while updates.changed().await.is_ok() {
+                    let published = updates.borrow_and_update().clone();
+                    if let Some(p) = published
+                        && let Err(e) = store.apply(p.table.clone())
+                    {
+                        tracing::error!(error = %e, "compiled table refused; keeping the last one");
+                    }
+                }
+            });
+        }
+        (None, Some(controller)) => {
+            tokio::spawn(subscriber::run(
+                SubscriberConfig::new(controller.clone()),
+                store.clone(),
+            ));
+        }
+        _ => bail!("give exactly one of --config PATH (standalone) or --controller URL"),
+    }
+
+    let traffic = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding traffic listener {}", args.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding admin listener {}", args.admin))?;
+    tracing::info!(listen = %traffic.local_addr()?, admin = %admin_listener.local_addr()?, "proxy started");
+
+    let config = ServerConfig {
+        header_read_timeout: args.header_read_timeout,
+        ..ServerConfig::default()
+    };
+    let admin = Admin::new(store.clone(), metrics.clone());
+    let admin_config = config.clone();
+    let admin_task = tokio::spawn(async move {
+        let handler = move |req, _peer| {
+            let resp = admin.handle(&req);
+            async move { resp }
+        };
+        server::serve(
+            admin_listener,
+            admin_config,
+            handler,
+            std::future::pending::<()>(),
+        )
+        .await;
+    });
+
+    let forwarder = Forwarder::new(store, metrics);
+    let handler = move |req, peer| {
+        let forwarder = forwarder.clone();
+        async move { forwarder.handle(req, peer).await }
+    };
+    server::serve(traffic, config, handler, crate::shutdown_signal()).await;
+    admin_task.abort();
+    Ok(())
+}

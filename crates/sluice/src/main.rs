@@ -1,0 +1,110 @@
+//! `sluice`: the one binary of the Sluice gateway.
+//!
+//! Thin wiring of the library crates into subcommands: `proxy` (the data plane),
+//! `controller` (the control plane), `compile` (check manifests offline) and `crds`
+//! (print the CustomResourceDefinitions).
+
+mod cmd_compile;
+mod cmd_controller;
+mod cmd_proxy;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Sluice, a Kubernetes-native gateway for AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the data plane: route, balance and forward requests to agents.
+    Proxy(cmd_proxy::Args),
+    /// Run the control plane: compile manifests and push route tables to proxies.
+    Controller(cmd_controller::Args),
+    /// Compile manifests and print the route table as JSON, or the diagnostics.
+    Compile {
+        /// A manifest file or a folder of them.
+        #[arg(short = 'f', long = "filename")]
+        path: PathBuf,
+    },
+    /// Print the CustomResourceDefinitions as YAML, or write them into folders.
+    Crds {
+        /// Write one file per CRD into each of these folders instead of printing.
+        #[arg(long = "out")]
+        out: Vec<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compile { path } => std::process::exit(cmd_compile::run(&path)),
+        Command::Crds { out } => crds(&out),
+        Command::Proxy(args) => runtime()?.block_on(cmd_proxy::run(args)),
+        Command::Controller(args) => runtime()?.block_on(cmd_controller::run(args)),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    init_tracing();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn crds(out: &[PathBuf]) -> Result<()> {
+    let crds = sluice_api::crds();
+    if out.is_empty() {
+        let all: Vec<String> = crds.into_iter().map(|(_, yaml)| yaml).collect();
+        print!("{}", all.join("---\n"));
+        return Ok(());
+    }
+    for dir in out {
+        std::fs::create_dir_all(dir)?;
+        for (name, yaml) in &crds {
+            let path = dir.join(name);
+            std::fs::write(&path, yaml)?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
