@@ -1,0 +1,245 @@
+//! Support for the end-to-end tests: start the real binaries, learn the addresses they
+//! bound from their logs, talk HTTP to them, and wait for conditions without sleeping
+//! blindly.
+//!
+//! The binaries are found next to the test executable's folder (`target/debug`), so run
+//! `cargo build --workspace` before `cargo test` (`make test` does).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The path of a workspace binary built beside this test.
+///
+/// # Panics
+///
+/// When the binary has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// A child process whose stderr is collected line by line (and echoed, prefixed, to
+/// the test's stderr). Killed when dropped.
+pub struct Process {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts workspace binary `bin_name` with `args`.
+    ///
+    /// # Errors
+    ///
+    /// When the process cannot be started.
+    pub fn start(name: &str, bin_name: &str, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin(bin_name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {bin_name}"))?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let prefix = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{prefix}] {line}");
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            lines,
+        })
+    }
+
+    /// Waits for a log line containing `needle` and returns it.
+    ///
+    /// # Errors
+    ///
+    /// When no such line appears within `timeout` or the process exits first.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let name = self.name.clone();
+        let lines = self.lines.clone();
+        let child = &mut self.child;
+        eventually(timeout, &format!("{name} to log {needle:?}"), || {
+            let found = lines
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned();
+            if found.is_none()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(anyhow::anyhow!("{name} exited with {status}"));
+            }
+            Ok(found)
+        })
+    }
+
+    /// Waits for a log line containing `needle` and returns the socket address given
+    /// in its `field=ADDR` part.
+    ///
+    /// # Errors
+    ///
+    /// As [`Process::wait_for_log`], or when the field is missing.
+    pub fn logged_addr(&mut self, needle: &str, field: &str) -> Result<SocketAddr> {
+        let line = self.wait_for_log(needle, Duration::from_secs(20))?;
+        let key = format!("{field}=");
+        let start = line
+            .find(&key)
+            .with_context(|| format!("no {key} in {line:?}"))?
+            + key.len();
+        let value = line[start..].split_whitespace().next().unwrap_or_default();
+        value
+            .parse()
+            .with_context(|| format!("{value:?} in {line:?}"))
+    }
+
+    /// Stops the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Calls `check` every 20 ms until it returns `Some`, fails, or `timeout` passes.
+///
+/// # Errors
+///
+/// When `check` fails or `timeout` passes first; the message says what was awaited.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A response read by [`get`].
+#[derive(Debug)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lower case) and values.
+    pub headers: Vec<(String, String)>,
+    /// The body (de-chunked).
+    pub body: String,
+}
+
+impl Response {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `GET path` over HTTP/1.1 with `Connection: close` and reads the response.
+///
+/// # Errors
+///
+/// On connection or protocol failure.
+pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("status line")?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A fresh, empty temporary folder for one test.
+///
+/// # Panics
+///
+/// When the folder cannot be created.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
