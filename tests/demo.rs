@@ -1,0 +1,96 @@
+//! The README's first command works: `deploy/examples/standalone/demo.sh` (what `make
+//! demo` runs) starts three agents and the proxy on 127.0.0.1:8080; the echo pool
+//! answers from the agents in turn and a streamed chat completion arrives chunk by chunk.
+//!
+//! It uses the demo's fixed ports (8080, 9901, 9001-9003), so it fails if a demo is
+//! already running on this machine.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sluice_e2e::{bin, eventually, get};
+
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // The script's trap stops the agents and the proxy on SIGTERM.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = bin("sluice").parent().context("bin dir")?.to_path_buf();
+    let _demo = Demo(
+        Command::new("bash")
+            .arg(root.join("deploy/examples/standalone/demo.sh"))
+            .env("SLUICE_BIN_DIR", &bin_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let proxy = "127.0.0.1:8080".parse()?;
+    let admin = "127.0.0.1:9901".parse()?;
+    eventually(Duration::from_secs(30), "the demo to be ready", || {
+        Ok(get(admin, "/readyz")
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|_| ()))
+    })?;
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let resp = get(proxy, "/agents/echo/hello")?;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let body: serde_json::Value = serde_json::from_str(&resp.body)?;
+        assert_eq!(body["path"], "/agents/echo/hello");
+        seen.insert(
+            resp.header("x-demo-agent")
+                .context("x-demo-agent")?
+                .to_owned(),
+        );
+    }
+    assert_eq!(seen.len(), 3, "round robin over the three agents: {seen:?}");
+
+    // A streamed completion: the first event arrives well before the last one.
+    let mut stream = TcpStream::connect(proxy)?;
+    let body = r#"{"model":"demo","stream":true,"messages":[{"role":"user","content":"one two three four five six seven eight"}]}"#;
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: demo\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut events = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        if let Some(data) = line.strip_prefix("data: ") {
+            events.push((Instant::now(), data.to_owned()));
+            if data == "[DONE]" {
+                break;
+            }
+        }
+    }
+    assert!(
+        events.len() >= 10,
+        "one event per word, then usage and [DONE]: {events:?}"
+    );
+    let spread = events[events.len() - 1].0 - events[0].0;
+    // The agents wait 20 ms between tokens: a buffered response would arrive at once.
+    assert!(
+        spread >= Duration::from_millis(100),
+        "events arrived together ({spread:?}): not streamed"
+    );
+    let usage = &events[events.len() - 2].1;
+    assert!(usage.contains("\"usage\":{"), "{usage}");
+    Ok(())
+}
