@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_api::RouteTable;
+use sluice_api::{RouteTable, TableError};
 use tokio::sync::watch;
 
 /// A table as published: the table and its wire form, serialised once for all
@@ -42,7 +42,13 @@ impl Publisher {
 
     /// Publishes `table` unless its content equals the current table's. Returns the
     /// version it was published under, or `None` when nothing changed.
-    pub fn publish(&self, mut table: RouteTable) -> Option<u64> {
+    ///
+    /// # Errors
+    ///
+    /// A table that fails [`RouteTable::validate`] is not published: proxies would
+    /// refuse it anyway, and the last good table stays in force.
+    pub fn publish(&self, mut table: RouteTable) -> Result<Option<u64>, TableError> {
+        table.validate()?;
         let mut published = None;
         self.tx.send_if_modified(|current| {
             let next_version = match current {
@@ -60,7 +66,7 @@ impl Publisher {
             published = Some(next_version);
             true
         });
-        published
+        Ok(published)
     }
 
     /// The current table, if any was published.
@@ -105,9 +111,17 @@ mod tests {
     fn versions_grow_only_when_content_changes() {
         let p = Publisher::new();
         assert!(p.current().is_none());
-        assert_eq!(p.publish(table("/a")), Some(1));
-        assert_eq!(p.publish(table("/a")), None);
-        assert_eq!(p.publish(table("/b")), Some(2));
+        assert_eq!(p.publish(table("/a")), Ok(Some(1)));
+        assert_eq!(p.publish(table("/a")), Ok(None));
+        assert_eq!(p.publish(table("/b")), Ok(Some(2)));
+        let mut broken = table("/c");
+        broken.routes[0].pool = "d/missing".into();
+        broken.revision = broken.content_digest();
+        assert!(
+            p.publish(broken).is_err(),
+            "an invalid table is not published"
+        );
+        assert_eq!(p.current().map(|c| c.table.version), Some(2));
         let current = p.current().expect("published");
         assert_eq!(current.table.version, 2);
         let wire: RouteTable = serde_json::from_slice(&current.line).expect("line is a table");

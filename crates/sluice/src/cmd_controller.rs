@@ -83,8 +83,13 @@ pub fn on_poll(publisher: &Publisher, poll: Poll, strict: bool) {
             }
             let (pools, routes) = (table.pools.len(), table.routes.len());
             match publisher.publish(table) {
-                Some(version) => tracing::info!(version, pools, routes, "route table published"),
-                None => tracing::debug!("manifests changed but the table did not"),
+                Ok(Some(version)) => {
+                    tracing::info!(version, pools, routes, "route table published")
+                }
+                Ok(None) => tracing::debug!("manifests changed but the table did not"),
+                Err(e) => {
+                    tracing::error!(error = %e, "compiled table is invalid; keeping the last table")
+                }
             }
         }
     }
