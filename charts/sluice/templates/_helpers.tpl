@@ -1,0 +1,240 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "sluice.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name prefix of every object: fullnameOverride, or <release>-<chart>, or
+<release> when the release name already contains the chart name. Truncated to 52
+characters so that "<fullname>-controller" stays a valid Service name (63).
+*/}}
+{{- define "sluice.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+<chart>-<version>, for the helm.sh/chart label.
+*/}}
+{{- define "sluice.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The image tag in use: image.tag, or the chart's appVersion.
+*/}}
+{{- define "sluice.tag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/*
+The Sluice image reference.
+*/}}
+{{- define "sluice.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "sluice.tag" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The demo agent image: demo.image, falling back to the Sluice image.
+*/}}
+{{- define "sluice.demoImage" -}}
+{{- if or .Values.demo.image.repository .Values.demo.image.tag }}
+{{- printf "%s:%s" (.Values.demo.image.repository | default .Values.image.repository) (.Values.demo.image.tag | default (include "sluice.tag" .)) }}
+{{- else }}
+{{- include "sluice.image" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels that select one component's pods. Call with (dict "root" $ "component" "proxy").
+*/}}
+{{- define "sluice.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "sluice.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+The standard labels of an object. Call with (dict "root" $ "component" "proxy").
+*/}}
+{{- define "sluice.labels" -}}
+helm.sh/chart: {{ include "sluice.chart" .root }}
+{{ include "sluice.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "sluice.tag" .root | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: sluice
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ServiceAccount the pods run as.
+*/}}
+{{- define "sluice.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "sluice.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ConfigMap holding the route manifests.
+*/}}
+{{- define "sluice.routesConfigMap" -}}
+{{- .Values.existingRoutesConfigMap | default (printf "%s-routes" (include "sluice.fullname" .)) }}
+{{- end }}
+
+{{/*
+The name of the demo agents' StatefulSet and headless Service, at most 52 characters:
+a StatefulSet's pods carry a controller-revision-hash label of its name plus 11.
+*/}}
+{{- define "sluice.demoName" -}}
+{{- printf "%s-demo" (include "sluice.fullname" . | trunc 47 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The URL proxies subscribe to in controller mode.
+*/}}
+{{- define "sluice.controllerURL" -}}
+{{- printf "http://%s-controller:%d" (include "sluice.fullname" .) (int .Values.controller.port) }}
+{{- end }}
+
+{{/*
+The user's routes as a multi-document YAML string (routes may be a list or a string).
+*/}}
+{{- define "sluice.routesYaml" -}}
+{{- if kindIs "string" .Values.routes }}
+{{- .Values.routes }}
+{{- else }}
+{{- range $i, $doc := .Values.routes }}
+{{- if $i }}
+---
+{{ end }}
+{{- toYaml $doc }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The demo pools, in front of every demo agent by its stable StatefulSet DNS name.
+*/}}
+{{- define "sluice.demoRoutes" -}}
+{{- $svc := include "sluice.demoName" . }}
+{{- $endpoints := list }}
+{{- range $i := until (int .Values.demo.replicas) }}
+{{- $endpoints = append $endpoints (printf "%s-%d.%s:%d" $svc $i $svc (int $.Values.demo.port)) }}
+{{- end }}
+# The demo pools: every demo agent is one endpoint, balanced by Sluice itself.
+apiVersion: sluice.dev/v1alpha1
+kind: AgentPool
+metadata:
+  name: echo
+  namespace: {{ .Release.Namespace }}
+spec:
+  # The agent answers with a JSON description of the request it received.
+  matches:
+    - pathPrefix: /agents/echo/
+  backends:
+    - endpoints: {{ toJson $endpoints }}
+  loadBalancing:
+    algorithm: RoundRobin
+  timeouts:
+    connect: 1s
+    request: 30s
+---
+apiVersion: sluice.dev/v1alpha1
+kind: AgentPool
+metadata:
+  name: chat
+  namespace: {{ .Release.Namespace }}
+spec:
+  # OpenAI-style chat completions; "stream": true streams server-sent events.
+  matches:
+    - pathPrefix: /v1/chat/completions
+  backends:
+    - endpoints: {{ toJson $endpoints }}
+  timeouts:
+    connect: 1s
+    request: 5m
+{{- end }}
+
+{{/*
+The pod-level fields shared by every Sluice pod.
+*/}}
+{{- define "sluice.podCommon" -}}
+serviceAccountName: {{ include "sluice.serviceAccountName" . }}
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The volume of route manifests.
+*/}}
+{{- define "sluice.routesVolume" -}}
+- name: routes
+  configMap:
+    name: {{ include "sluice.routesConfigMap" . }}
+{{- end }}
+
+{{/*
+Scheduling fields of a component. Call with the component's values.
+*/}}
+{{- define "sluice.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks that hold even when the values schema is skipped (--skip-schema-validation).
+*/}}
+{{- define "sluice.validate" -}}
+{{- if not (has .Values.mode (list "standalone" "controller")) }}
+{{- fail (printf "mode must be standalone or controller, not %q" (toString .Values.mode)) }}
+{{- end }}
+{{- if not (or (kindIs "string" .Values.routes) (kindIs "slice" .Values.routes)) }}
+{{- fail "routes must be a list of manifests or a YAML string" }}
+{{- end }}
+{{- if and .Values.existingRoutesConfigMap .Values.routes }}
+{{- fail "set either routes or existingRoutesConfigMap, not both" }}
+{{- end }}
+{{- end }}
