@@ -1,0 +1,55 @@
+# Sluice: the two commands a user needs are `make demo` and `make test`.
+
+CARGO      ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+BIN_DIR    := $(TARGET_DIR)/debug
+VENV       ?= .venv
+PYTHON     := $(VENV)/bin/python
+
+.PHONY: demo test build fmt-check clippy unit validate crds venv e2e bench clean
+
+## demo: build, start three demo agents and the proxy on 127.0.0.1:8080 (Ctrl-C stops)
+demo:
+	$(CARGO) build -p sluice -p sluice-demo-agent
+	SLUICE_BIN_DIR=$(BIN_DIR) bash deploy/examples/standalone/demo.sh
+
+## test: everything CI runs
+test: fmt-check clippy build unit validate
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: build
+	$(CARGO) test --workspace --no-fail-fast
+
+## validate: lint and render the Helm chart, validate CRDs and rendered objects offline
+validate: venv build
+	PYTHON=$(PYTHON) SLUICE_BIN=$(BIN_DIR)/sluice bash scripts/validate-manifests.sh
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: scripts/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+	touch $@
+
+## crds: regenerate crds/ and the chart's copy from the Rust types
+crds:
+	$(CARGO) run --quiet -p sluice -- crds --out crds --out charts/sluice/crds
+
+## e2e: against a real cluster from KUBECONFIG (skipped when there is none)
+e2e:
+	bash scripts/e2e-cluster.sh
+
+## bench: criterion benchmarks
+bench:
+	$(CARGO) bench --workspace
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)
