@@ -206,12 +206,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// Appends `peer` to `X-Forwarded-For`, joining the lines the client sent into one list
+/// (a list split over several lines means the same as one line, RFC 9110 section 5.3).
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_canonical().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
+    let mut value = String::new();
+    for prior in headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        value.push_str(prior);
+        value.push_str(", ");
+    }
+    value.push_str(&peer.ip().to_canonical().to_string());
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }

@@ -1,0 +1,67 @@
+//! Load balancing through real requests: round robin spreads evenly over a pool's
+//! endpoints, weighted balancing splits by backend weight, exactly.
+
+mod support;
+
+use http::StatusCode;
+use sluice_api::table::{Algorithm, Pool};
+use support::{Agent, Proxy, backend, catch_all, client, get, pool};
+
+#[tokio::test]
+async fn round_robin_sends_each_of_three_agents_a_third() {
+    let agents = [
+        Agent::named("a").await,
+        Agent::named("b").await,
+        Agent::named("c").await,
+    ];
+    let addresses: Vec<String> = agents.iter().map(Agent::address).collect();
+    let proxy = Proxy::with_table(catch_all(pool("demo/rr", &addresses, 30_000))).await;
+    let client = client();
+
+    let mut answered_by = Vec::new();
+    for _ in 0..30 {
+        let reply = get(&client, &proxy.url("/")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        answered_by.push(reply.text().to_owned());
+    }
+    for (agent, name) in agents.iter().zip(["a", "b", "c"]) {
+        assert_eq!(agent.requests(), 10, "agent {name}");
+        assert_eq!(answered_by.iter().filter(|n| *n == name).count(), 10);
+        let series = format!(
+            "sluice_endpoint_requests_total{{endpoint=\"{}\",pool=\"demo/rr\"}}",
+            agent.address()
+        );
+        assert_eq!(proxy.metric(&series), Some(10.0), "{series}");
+    }
+    // In turn, not in runs.
+    assert!(
+        answered_by.windows(2).all(|w| w[0] != w[1]),
+        "{answered_by:?}"
+    );
+}
+
+#[tokio::test]
+async fn weighted_backends_split_three_to_one() {
+    // The heavy backend has two endpoints, taken in turn within its share.
+    let heavy = [Agent::named("heavy-0").await, Agent::named("heavy-1").await];
+    let light = Agent::named("light").await;
+    let weighted = Pool {
+        key: "demo/weighted".into(),
+        algorithm: Algorithm::Weighted,
+        backends: vec![
+            backend("static[0]", 3, &[heavy[0].address(), heavy[1].address()]),
+            backend("static[1]", 1, &[light.address()]),
+        ],
+        connect_timeout_ms: 5_000,
+        request_timeout_ms: 30_000,
+    };
+    let proxy = Proxy::with_table(catch_all(weighted)).await;
+    let client = client();
+
+    for _ in 0..40 {
+        assert_eq!(get(&client, &proxy.url("/")).await.status, StatusCode::OK);
+    }
+    assert_eq!(heavy[0].requests() + heavy[1].requests(), 30);
+    assert_eq!(heavy[0].requests(), 15);
+    assert_eq!(light.requests(), 10);
+}

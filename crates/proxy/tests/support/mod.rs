@@ -1,0 +1,379 @@
+//! Shared pieces of the proxy's integration tests: a proxy and fake agents on
+//! `127.0.0.1:0`, clients, bodies the test feeds by hand, tables and metric reading.
+//!
+//! Every test binary includes this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
+use sluice_api::{Objects, RouteTable};
+use sluice_proxy::admin::Admin;
+use sluice_proxy::body::BoxError;
+use sluice_proxy::server::{self, ServerConfig};
+use sluice_proxy::{Forwarder, Metrics, TableStore};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// The body type tests send and fake agents answer with.
+pub type TestBody = BoxBody<Bytes, BoxError>;
+
+/// The HTTP client tests talk to the proxy with.
+pub type TestClient = Client<HttpConnector, TestBody>;
+
+/// How long any single step may take before the test fails as hung. A hang guard,
+/// never a claim about speed.
+pub const HANG: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it does not finish within [`HANG`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(HANG, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: still waiting after {HANG:?}"),
+    }
+}
+
+/// A proxy serving on a local port, with its store and metrics.
+pub struct Proxy {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// The routing state it reads.
+    pub store: Arc<TableStore>,
+    /// Its metrics.
+    pub metrics: Metrics,
+}
+
+impl Proxy {
+    /// Starts a proxy with no table: every request is answered `not_ready`.
+    pub async fn start() -> Self {
+        Self::start_until(std::future::pending()).await.0
+    }
+
+    /// Starts a proxy with no table that shuts down when `shutdown` completes, and the
+    /// task that ends once it has drained.
+    pub async fn start_until(
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let metrics = Metrics::new();
+        let store = Arc::new(TableStore::new(metrics.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let forwarder = Forwarder::new(store.clone(), metrics.clone());
+        let served = tokio::spawn(server::serve(
+            listener,
+            ServerConfig::default(),
+            move |req, peer| {
+                let f = forwarder.clone();
+                async move { f.handle(req, peer).await }
+            },
+            shutdown,
+        ));
+        let proxy = Self {
+            addr,
+            store,
+            metrics,
+        };
+        (proxy, served)
+    }
+
+    /// Starts a proxy and applies `table`.
+    pub async fn with_table(table: RouteTable) -> Self {
+        let proxy = Self::start().await;
+        proxy.store.apply(table).expect("table applies");
+        proxy
+    }
+
+    /// The URL of `path_and_query` on the proxy.
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    /// The value of one series, such as `sluice_proxy_errors_total{reason="no_route"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric(&self.metrics.render(), series)
+    }
+
+    /// Starts the admin listener over this proxy's store and metrics, as the binary
+    /// does, and returns its address.
+    pub async fn start_admin(&self) -> SocketAddr {
+        let admin = Admin::new(self.store.clone(), self.metrics.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = listener.local_addr().expect("admin address");
+        tokio::spawn(server::serve(
+            listener,
+            ServerConfig::default(),
+            move |req, _peer| {
+                let resp = admin.handle(&req);
+                async move { resp }
+            },
+            std::future::pending::<()>(),
+        ));
+        addr
+    }
+}
+
+/// The value of `series` (the metric name with its labels, as rendered) in the
+/// Prometheus text `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A fake agent: an HTTP/1.1 server whose every answer the test writes.
+pub struct Agent {
+    /// Where the agent listens.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Agent {
+    /// Starts an agent answering each request with `handler`.
+    pub async fn start<H, F>(handler: H) -> Self
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind agent");
+        let addr = listener.local_addr().expect("agent address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let reqs = reqs.clone();
+                let service = service_fn(move |req| {
+                    reqs.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                tokio::spawn(async move {
+                    // A connection the proxy drops mid-response ends with an error here.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
+    /// Starts an agent that answers `200` with its `name` as the body.
+    pub async fn named(name: &'static str) -> Self {
+        Self::start(move |_req| async move {
+            Response::builder()
+                .header("x-agent", name)
+                .body(full(name))
+                .expect("response")
+        })
+        .await
+    }
+
+    /// The agent's address as a table endpoint.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// An address nothing listens on: bound, then released.
+pub async fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    drop(listener);
+    addr.to_string()
+}
+
+/// A complete body.
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A body streamed by hand: each chunk sent on the sender becomes a frame; dropping the
+/// sender ends the body. No length is known, so HTTP/1.1 sends it chunked.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, BoxError>(Frame::data(chunk)), rx))
+    });
+    (tx, StreamBody::new(frames).boxed())
+}
+
+/// The next non-empty data chunk of `body`; `None` at its end. Trailers and empty
+/// chunks (HTTP/2 may end a stream with an empty DATA frame) are skipped.
+///
+/// # Panics
+///
+/// When the body fails.
+pub async fn next_chunk<B>(body: &mut B) -> Option<Bytes>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    loop {
+        let frame = body.frame().await?.expect("body frame");
+        if let Ok(data) = frame.into_data()
+            && !data.is_empty()
+        {
+            return Some(data);
+        }
+    }
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 client speaking cleartext with prior knowledge (h2c).
+pub fn h2_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A finished response: status, headers and the whole body.
+pub struct Reply {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as text.
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    /// The `code` of a proxy error body `{"error": {"code": ...}}`.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .expect("error.code")
+            .to_owned()
+    }
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(client: &TestClient, req: Request<TestBody>) -> Reply {
+    let what = format!("{} {}", req.method(), req.uri());
+    within(&what, async {
+        let resp = client.request(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("whole body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+}
+
+/// `GET url` and the whole response.
+pub async fn get(client: &TestClient, url: &str) -> Reply {
+    let req = Request::get(url).body(empty()).expect("request");
+    send(client, req).await
+}
+
+/// A round-robin pool `key` with one backend holding `addresses`, a generous connect
+/// timeout and the given request timeout.
+pub fn pool(key: &str, addresses: &[String], request_timeout_ms: u64) -> Pool {
+    Pool {
+        key: key.into(),
+        algorithm: Algorithm::RoundRobin,
+        backends: vec![backend("static[0]", 1, addresses)],
+        connect_timeout_ms: 5_000,
+        request_timeout_ms,
+    }
+}
+
+/// A backend of a table pool.
+pub fn backend(name: &str, weight: u32, addresses: &[String]) -> BackendTarget {
+    BackendTarget {
+        name: name.into(),
+        weight,
+        endpoints: addresses
+            .iter()
+            .map(|a| Endpoint { address: a.clone() })
+            .collect(),
+    }
+}
+
+/// A route on `path_prefix` (and `host`, if given) to `pool`.
+pub fn route(pool: &str, host: Option<&str>, path_prefix: &str) -> Route {
+    Route {
+        pool: pool.into(),
+        host: host.map(Into::into),
+        path_prefix: path_prefix.into(),
+        headers: vec![],
+    }
+}
+
+/// A table sending every request to `pool`.
+pub fn catch_all(pool: Pool) -> RouteTable {
+    RouteTable::new(vec![route(&pool.key, None, "/")], vec![pool])
+}
+
+/// Compiles AgentPool manifests into a table, failing on any error diagnostic.
+pub fn compile_yaml(yaml: &str) -> RouteTable {
+    let mut objects = Objects::default();
+    sluice_api::manifest::parse_into(yaml, "test.yaml", &mut objects).expect("manifests parse");
+    let (table, diagnostics) = sluice_api::compile(&objects);
+    assert!(!diagnostics.has_errors(), "{diagnostics:?}");
+    table
+}
