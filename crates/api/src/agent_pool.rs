@@ -1,5 +1,7 @@
 //! The `AgentPool` custom resource: a set of agent endpoints and how to reach them.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
@@ -46,12 +48,39 @@ pub struct AgentPoolSpec {
     /// static `host:port` endpoints.
     #[schemars(length(min = 1, max = 16))]
     pub backends: Vec<Backend>,
+    /// Capabilities every backend of this pool has (for example `summarize`). A request
+    /// that names a capability is only routed to pools and backends that advertise it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub capabilities: Vec<String>,
     /// How a request is spread over the endpoints.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
     /// Deadlines applied to each forwarded request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// Where requests wait when every endpoint is at its `maxConcurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpec>,
+    /// Retrying failed attempts on another endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Active health checks of every endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier ejection: endpoints that keep failing are taken out for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Another AgentPool in this namespace that takes the requests when this one has no
+    /// healthy capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<PoolRef>,
+    /// Who may call this pool. Without it the pool is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// How callers prove who they are: API keys (always accepted) and, optionally, JWTs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Authentication>,
 }
 
 /// One way a request can match a pool. All given conditions must hold.
@@ -100,6 +129,28 @@ pub struct Backend {
     #[serde(default = "default_weight")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub weight: u32,
+    /// Capabilities of this backend, in addition to the pool's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub capabilities: Vec<String>,
+    /// Requests one endpoint of this backend serves at once; more wait in the pool's
+    /// queue. Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_concurrency: Option<u32>,
+    /// The protocol the agents speak.
+    #[serde(default)]
+    pub protocol: BackendProtocol,
+}
+
+/// The protocol Sluice speaks to a backend's endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum BackendProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge (gRPC agents).
+    H2c,
 }
 
 fn default_weight() -> u32 {
@@ -124,6 +175,43 @@ pub struct LoadBalancing {
     /// The balancing algorithm.
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// Settings of `PeakEwma`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_ewma: Option<PeakEwmaSpec>,
+    /// Settings of `ConsistentHash`; required with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHashSpec>,
+}
+
+/// Settings of the `PeakEwma` algorithm.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeakEwmaSpec {
+    /// How fast old latency observations fade. Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decay: Option<Duration>,
+    /// The latency assumed for an endpoint before it has answered. Default 100ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_latency: Option<Duration>,
+}
+
+/// Settings of the `ConsistentHash` algorithm: what identifies a session.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHashSpec {
+    /// Hash the value of this request header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Hash the value of this cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Hash the client IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<bool>,
+    /// No endpoint takes more than this factor times the mean in-flight load; a session
+    /// whose endpoint is over it goes to the next one on the ring. Default 1.25.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounded_load: Option<f64>,
 }
 
 /// A load-balancing algorithm.
@@ -164,9 +252,165 @@ pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<Duration>,
     /// Time for the whole request, from receipt to the end of the response body.
-    /// Default 300s.
+    /// Default 300s. Does not cut a streamed response (server-sent events) that is
+    /// still producing, unless `streamMaxDuration` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
+    /// Time from sending the request to the response headers. Default: `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte: Option<Duration>,
+    /// Longest pause between two chunks of a response body. Default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
+    /// Longest duration of a streamed response. Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_max_duration: Option<Duration>,
+}
+
+/// The bounded queue of a pool.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// Most requests waiting at once; more are refused with 503. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_depth: Option<u32>,
+    /// Longest wait before a request is refused with 503. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Priority of requests from callers without a tier (higher goes first). Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_priority: Option<u32>,
+    /// Priority by consumer tier, for example `{premium: 10, standard: 1}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tier_priorities: BTreeMap<String, u32>,
+}
+
+/// When and how often a failed attempt is retried on another endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    /// Most attempts after the first. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub attempts: Option<u32>,
+    /// Response statuses that are retried (connect failures and resets before any
+    /// response byte always are). Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<u16>,
+    /// Retries allowed as a share of requests, so failures do not multiply load.
+    /// Default 0.2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_ratio: Option<f64>,
+    /// Retries per second always allowed whatever the ratio. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<u32>,
+}
+
+/// Active HTTP health checks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Path probed with GET; 2xx is healthy. Default `/healthz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Time between probes of one endpoint. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Deadline of one probe. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Consecutive successes that make an unhealthy endpoint healthy. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that make a healthy endpoint unhealthy. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Passive outlier ejection.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses or connect failures that eject an endpoint. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: Option<u32>,
+    /// Ejection time, multiplied by the number of times the endpoint was ejected.
+    /// Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Longest ejection. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_time: Option<Duration>,
+    /// Most endpoints of the pool ejected at once, in percent. Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// A reference to another AgentPool in the same namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolRef {
+    /// The AgentPool's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Who may call a pool. A caller is let in when it is public, or when the consumer is
+/// listed by name or by tier.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    /// Anyone may call, identified or not. Default false once `access` is given.
+    #[serde(default)]
+    pub public: bool,
+    /// Consumer tiers that may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<String>,
+    /// Consumer names that may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
+}
+
+/// How callers of a pool authenticate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Authentication {
+    /// Accept JWTs from this issuer, in addition to API keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtSpec>,
+}
+
+/// A JWT issuer whose tokens identify consumers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Required `iss` claim.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry one of them.
+    #[schemars(length(min = 1))]
+    pub audiences: Vec<String>,
+    /// URL of the issuer's JSON Web Key Set (fetched, cached and refreshed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// The JSON Web Key Set itself, as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// Claim holding the consumer name. Default `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_claim: Option<String>,
+    /// Claim holding the consumer's tier. Default `tier`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_claim: Option<String>,
+    /// Tier of a token without the tier claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_tier: Option<String>,
+    /// Allowed clock skew for `exp` and `nbf`. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leeway: Option<Duration>,
 }
 
 /// What the controller observed about an AgentPool.

@@ -4,6 +4,7 @@
 //! Deployment or Service beside the AgentPools, say) are skipped, so a folder of
 //! ordinary manifests can be pointed at as it is.
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
@@ -76,6 +77,23 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                     .namespace
                     .get_or_insert_with(|| "default".into());
                 into.policies.push(policy);
+            }
+            ("v1", "Secret") => {
+                let mut secret: Secret =
+                    serde_yaml::from_value(value).map_err(|e| err(format!("Secret: {e}")))?;
+                // Only consumer Secrets are kept; others never reach the compile step.
+                let consumer = secret
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(crate::compile::CONSUMER_LABEL));
+                if consumer {
+                    secret
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".into());
+                    into.secrets.push(secret);
+                }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 let mut slice: EndpointSlice = serde_yaml::from_value(value)

@@ -1,8 +1,5 @@
 //! The `RatePolicy` custom resource: who may send how much to which pools.
 //!
-//! The schema is the full shape agreed in the design. Enforcement arrives with the rate
-//! limiting work; until then [`crate::compile`] rejects every RatePolicy with a
-//! "not supported yet" error instead of silently ignoring it.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
@@ -59,6 +56,11 @@ pub struct RatePolicySpec {
     /// Warn before the hard limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_limit: Option<SoftLimit>,
+    /// Tokens reserved at admission for a request without `max_tokens`, settled when
+    /// the agent reports its usage. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub token_estimate: Option<u32>,
 }
 
 /// A reference to an AgentPool in the policy's namespace.
@@ -80,18 +82,28 @@ pub struct RateKey {
     /// The header whose value is the key, for `type: Header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
+    /// Keep separate counters per targeted pool (for example consumer × pool) instead
+    /// of one counter shared by all of them.
+    #[serde(
+        default,
+        rename = "perPool",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub per_pool: bool,
 }
 
 /// The kinds of rate-limit key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum RateKeyType {
-    /// The authenticated consumer (API key or JWT subject).
+    /// The authenticated consumer (API key or JWT subject); requests without a
+    /// consumer are keyed by client IP.
     Consumer,
     /// The client IP address.
     ClientIp,
     /// The value of a request header.
     Header,
     /// One counter for the whole pool.
+    #[default]
     Pool,
 }
 
@@ -111,9 +123,24 @@ pub struct Tier {
     /// The tier's name, matched against the consumer's tier.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    /// Every limit must admit a request for it to pass.
-    #[schemars(length(min = 1, max = 8))]
+    /// Request limits; every one must admit a request for it to pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub limits: Vec<Limit>,
+    /// LLM token budgets, counted from the `usage` agents report.
+    #[serde(default, rename = "tokenLimits", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub token_limits: Vec<TokenLimit>,
+}
+
+/// At most `tokens` LLM tokens (prompt and completion) per `period`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenLimit {
+    /// Tokens allowed per period.
+    #[schemars(range(min = 1))]
+    pub tokens: u32,
+    /// The period, for example `1m` or `24h`.
+    pub period: Duration,
 }
 
 /// At most `requests` per `period`, with bursts up to `burst`.

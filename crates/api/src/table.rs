@@ -11,7 +11,18 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use crate::agent_pool::{Algorithm, HeaderMatch};
+mod policy;
+mod pool;
+
+pub use crate::agent_pool::HeaderMatch;
+pub use policy::{
+    Consumer, FailureMode, Policy, RateAlgorithm, RateKeyType, RequestLimit, Scope, TierLimits,
+    TokenLimit,
+};
+pub use pool::{
+    Access, Algorithm, BackendProtocol, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck,
+    Jwt, Outlier, Pool, Queue, RetryPolicy,
+};
 
 /// A compiled, versioned routing table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -25,6 +36,12 @@ pub struct RouteTable {
     pub routes: Vec<Route>,
     /// The pools routes point to, sorted by key.
     pub pools: Vec<Pool>,
+    /// Rate policies, sorted by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Policy>,
+    /// Consumers, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
 }
 
 /// One matching rule, pointing at a pool.
@@ -41,48 +58,6 @@ pub struct Route {
     /// Headers (names in lower case) that must be present with these exact values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
-}
-
-/// A compiled AgentPool.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Pool {
-    /// `namespace/name` of the AgentPool.
-    pub key: String,
-    /// How requests are spread.
-    pub algorithm: Algorithm,
-    /// Backends with their resolved endpoints, in spec order.
-    pub backends: Vec<BackendTarget>,
-    /// Connect timeout in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Whole-request timeout in milliseconds.
-    pub request_timeout_ms: u64,
-}
-
-impl Pool {
-    /// All endpoints of all backends, in order.
-    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
-        self.backends.iter().flat_map(|b| b.endpoints.iter())
-    }
-}
-
-/// One backend of a pool with the endpoints it resolved to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendTarget {
-    /// `service/NAME` or `static` with its index, for logs and metrics.
-    pub name: String,
-    /// Relative share for the `Weighted` algorithm, at least 1.
-    pub weight: u32,
-    /// Ready endpoints, sorted and without duplicates.
-    pub endpoints: Vec<Endpoint>,
-}
-
-/// One place a request can be sent.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Endpoint {
-    /// `host:port`, or `[ipv6]:port`.
-    pub address: String,
 }
 
 /// Why a table was refused.
@@ -129,21 +104,35 @@ pub enum TableError {
 impl RouteTable {
     /// Builds a table with version 0 and its revision computed from the content.
     pub fn new(routes: Vec<Route>, pools: Vec<Pool>) -> Self {
+        Self::with_policies(routes, pools, Vec::new(), Vec::new())
+    }
+
+    /// Builds a table with rate policies and consumers too.
+    pub fn with_policies(
+        routes: Vec<Route>,
+        pools: Vec<Pool>,
+        policies: Vec<Policy>,
+        consumers: Vec<Consumer>,
+    ) -> Self {
         let mut table = Self {
             version: 0,
             revision: String::new(),
             routes,
             pools,
+            policies,
+            consumers,
         };
         table.revision = table.content_digest();
         table
     }
 
-    /// The digest of `routes` and `pools` (the version is not part of it).
+    /// The digest of the content (the version is not part of it).
     pub fn content_digest(&self) -> String {
         let mut hasher = Sha256::new();
         // Serialising plain structs to JSON cannot fail.
-        let content = serde_json::to_vec(&(&self.routes, &self.pools)).unwrap_or_default();
+        let content =
+            serde_json::to_vec(&(&self.routes, &self.pools, &self.policies, &self.consumers))
+                .unwrap_or_default();
         hasher.update(&content);
         let digest = hasher.finalize();
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -270,12 +259,12 @@ mod tests {
             backends: vec![BackendTarget {
                 name: "static[0]".into(),
                 weight: 1,
-                endpoints: vec![Endpoint {
-                    address: "127.0.0.1:9001".into(),
-                }],
+                endpoints: vec![Endpoint::new("127.0.0.1:9001")],
+                ..Default::default()
             }],
             connect_timeout_ms: 1000,
             request_timeout_ms: 1000,
+            ..Default::default()
         }
     }
 

@@ -94,9 +94,11 @@ mod tests {
                 name: "static[0]".into(),
                 weight: 1,
                 endpoints: vec![],
+                ..Default::default()
             }],
             connect_timeout_ms: 1,
             request_timeout_ms: 1,
+            ..Default::default()
         };
         let route = Route {
             pool: "d/p".into(),

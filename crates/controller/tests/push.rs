@@ -19,12 +19,12 @@ fn table(prefix: &str) -> RouteTable {
         backends: vec![BackendTarget {
             name: "static[0]".into(),
             weight: 1,
-            endpoints: vec![Endpoint {
-                address: "127.0.0.1:9".into(),
-            }],
+            endpoints: vec![Endpoint::new("127.0.0.1:9")],
+            ..Default::default()
         }],
         connect_timeout_ms: 1,
         request_timeout_ms: 1,
+        ..Default::default()
     };
     let route = Route {
         pool: "d/p".into(),

@@ -92,7 +92,7 @@ fn picker(pool: &Pool) -> Picker {
             let mut members = Vec::new();
             let mut offset = 0;
             for backend in &pool.backends {
-                let n = backend.endpoints.len();
+                let n = backend.endpoints.iter().filter(|e| !e.terminating).count();
                 if let (Some(w), true) = (NonZeroU32::new(backend.weight), n > 0) {
                     weights.push(w);
                     members.push((offset, RoundRobin::new(n)));
@@ -109,7 +109,9 @@ fn picker(pool: &Pool) -> Picker {
         Algorithm::RoundRobin
         | Algorithm::LeastRequest
         | Algorithm::PeakEwma
-        | Algorithm::ConsistentHash => Picker::Flat(RoundRobin::new(pool.endpoints().count())),
+        | Algorithm::ConsistentHash => Picker::Flat(RoundRobin::new(
+            pool.endpoints().filter(|e| !e.terminating).count(),
+        )),
     }
 }
 
@@ -195,7 +197,12 @@ impl TableStore {
                 let connect_timeout = Duration::from_millis(p.connect_timeout_ms);
                 PoolRuntime {
                     key: p.key.clone(),
-                    endpoints: p.endpoints().map(|e| e.address.clone()).collect(),
+                    // Terminating endpoints drain: they get no new requests.
+                    endpoints: p
+                        .endpoints()
+                        .filter(|e| !e.terminating)
+                        .map(|e| e.address.clone())
+                        .collect(),
                     request_timeout: Duration::from_millis(p.request_timeout_ms),
                     connect_timeout,
                     client: self.client(connect_timeout),
@@ -247,16 +254,13 @@ mod tests {
                 .map(|(i, (w, eps))| BackendTarget {
                     name: format!("static[{i}]"),
                     weight: *w,
-                    endpoints: eps
-                        .iter()
-                        .map(|a| Endpoint {
-                            address: (*a).into(),
-                        })
-                        .collect(),
+                    endpoints: eps.iter().map(|a| Endpoint::new(*a)).collect(),
+                    ..Default::default()
                 })
                 .collect(),
             connect_timeout_ms: 100,
             request_timeout_ms: 1000,
+            ..Default::default()
         };
         let route = Route {
             pool: "d/p".into(),

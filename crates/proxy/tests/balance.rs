@@ -54,6 +54,7 @@ async fn weighted_backends_split_three_to_one() {
         ],
         connect_timeout_ms: 5_000,
         request_timeout_ms: 30_000,
+        ..Default::default()
     };
     let proxy = Proxy::with_table(catch_all(weighted)).await;
     let client = client();

@@ -339,6 +339,7 @@ pub fn pool(key: &str, addresses: &[String], request_timeout_ms: u64) -> Pool {
         backends: vec![backend("static[0]", 1, addresses)],
         connect_timeout_ms: 5_000,
         request_timeout_ms,
+        ..Default::default()
     }
 }
 
@@ -347,10 +348,8 @@ pub fn backend(name: &str, weight: u32, addresses: &[String]) -> BackendTarget {
     BackendTarget {
         name: name.into(),
         weight,
-        endpoints: addresses
-            .iter()
-            .map(|a| Endpoint { address: a.clone() })
-            .collect(),
+        endpoints: addresses.iter().map(|a| Endpoint::new(a.clone())).collect(),
+        ..Default::default()
     }
 }
 

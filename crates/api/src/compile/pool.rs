@@ -1,0 +1,591 @@
+//! Compiling one AgentPool.
+
+use super::slices::{SliceIndex, resolve_service};
+use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, is_name, millis};
+use crate::AgentPool;
+use crate::agent_pool::{self, Algorithm, Backend, HeaderMatch, LoadBalancing, RouteMatch};
+use crate::table::{
+    Access, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck, Jwt, Outlier, Pool, Queue,
+    RetryPolicy, Route, is_host_port,
+};
+
+/// Compiles `pool`, or returns `None` (with errors in `cx`) when it is invalid.
+pub(super) fn compile_pool(
+    pool: &AgentPool,
+    key: &str,
+    slices: &SliceIndex<'_>,
+    cx: &mut Cx,
+) -> Option<(Pool, Vec<(Route, usize)>)> {
+    if pool.metadata.name.as_deref().unwrap_or_default().is_empty() {
+        cx.error("metadata.name", "is missing");
+        return None;
+    }
+    let spec = &pool.spec;
+    let namespace = pool.metadata.namespace.as_deref().unwrap_or("default");
+
+    if spec.matches.is_empty() {
+        cx.error("spec.matches", "needs at least one entry");
+    }
+    let mut routes = Vec::new();
+    for (i, m) in spec.matches.iter().enumerate() {
+        if let Some(route) = compile_match(m, key, &format!("spec.matches[{i}]"), cx) {
+            routes.push((route, i));
+        }
+    }
+
+    if spec.backends.is_empty() {
+        cx.error("spec.backends", "needs at least one entry");
+    }
+    let mut backends = Vec::new();
+    for (i, b) in spec.backends.iter().enumerate() {
+        if let Some(backend) = compile_backend(b, i, namespace, slices, cx) {
+            backends.push(backend);
+        }
+    }
+    let capabilities = names(&spec.capabilities, "spec.capabilities", "capability", cx);
+
+    let (algorithm, balancer) = compile_balancer(&spec.load_balancing, cx);
+    let timeouts = spec.timeouts.clone().unwrap_or_default();
+    let connect_timeout_ms = duration_ms(
+        timeouts.connect,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        "spec.timeouts.connect",
+        cx,
+    );
+    let request_timeout_ms = duration_ms(
+        timeouts.request,
+        DEFAULT_REQUEST_TIMEOUT_MS,
+        "spec.timeouts.request",
+        cx,
+    );
+    let first_byte_timeout_ms = timeouts
+        .first_byte
+        .map(|d| duration_ms(Some(d), 0, "spec.timeouts.firstByte", cx));
+    let idle_timeout_ms = timeouts
+        .idle
+        .map(|d| duration_ms(Some(d), 0, "spec.timeouts.idle", cx));
+    let stream_max_duration_ms = timeouts
+        .stream_max_duration
+        .map(|d| duration_ms(Some(d), 0, "spec.timeouts.streamMaxDuration", cx));
+
+    let queue = spec.queue.as_ref().map(|q| compile_queue(q, cx));
+    let retries = spec.retries.as_ref().map(|r| compile_retries(r, cx));
+    let health_check = spec
+        .health_check
+        .as_ref()
+        .map(|h| compile_health_check(h, cx));
+    let outlier = spec
+        .outlier_detection
+        .as_ref()
+        .map(|o| compile_outlier(o, cx));
+    let fallback = spec.fallback.as_ref().map(|f| {
+        if f.name == pool.metadata.name.as_deref().unwrap_or_default() {
+            cx.error("spec.fallback.name", "a pool cannot be its own fallback");
+        }
+        format!("{namespace}/{}", f.name)
+    });
+    let access = spec
+        .access
+        .as_ref()
+        .map_or_else(Access::default, |a| compile_access(a, cx));
+    let jwt = spec
+        .authentication
+        .as_ref()
+        .and_then(|a| a.jwt.as_ref())
+        .map(|j| compile_jwt(j, cx));
+
+    if cx.has_errors() {
+        return None;
+    }
+    Some((
+        Pool {
+            key: key.to_owned(),
+            algorithm,
+            balancer,
+            backends,
+            capabilities,
+            connect_timeout_ms,
+            request_timeout_ms,
+            first_byte_timeout_ms,
+            idle_timeout_ms,
+            stream_max_duration_ms,
+            queue,
+            retries,
+            health_check,
+            outlier,
+            fallback,
+            access,
+            jwt,
+        },
+        routes,
+    ))
+}
+
+/// A duration in milliseconds, `default` when absent; zero is an error.
+fn duration_ms(value: Option<crate::Duration>, default: u64, field: &str, cx: &mut Cx) -> u64 {
+    match value {
+        None => default,
+        Some(d) if d.get().is_zero() => {
+            cx.error(field, "must be greater than 0");
+            default
+        }
+        Some(d) => millis(d).max(1),
+    }
+}
+
+/// Validated, sorted, de-duplicated names (capabilities, tiers, consumers).
+fn names(list: &[String], field: &str, what: &str, cx: &mut Cx) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, name) in list.iter().enumerate() {
+        if is_name(name) {
+            out.push(name.clone());
+        } else {
+            cx.error(
+                &format!("{field}[{i}]"),
+                format!(
+                    "{name:?} is not a valid {what} name (1-63 letters, digits, `-`, `_`, `.`)"
+                ),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn compile_balancer(lb: &LoadBalancing, cx: &mut Cx) -> (Algorithm, Balancer) {
+    let mut balancer = Balancer::default();
+    let algorithm = lb.algorithm;
+    if let Some(ewma) = &lb.peak_ewma {
+        if algorithm != Algorithm::PeakEwma {
+            cx.error(
+                "spec.loadBalancing.peakEwma",
+                "is only used with algorithm PeakEwma",
+            );
+        }
+        if let Some(d) = ewma.decay {
+            balancer.ewma_decay_ms = duration_ms(
+                Some(d),
+                balancer.ewma_decay_ms,
+                "spec.loadBalancing.peakEwma.decay",
+                cx,
+            );
+        }
+        if let Some(d) = ewma.default_latency {
+            balancer.ewma_default_latency_ms = duration_ms(
+                Some(d),
+                balancer.ewma_default_latency_ms,
+                "spec.loadBalancing.peakEwma.defaultLatency",
+                cx,
+            );
+        }
+    }
+    match (&lb.consistent_hash, algorithm) {
+        (None, Algorithm::ConsistentHash) => cx.error(
+            "spec.loadBalancing.consistentHash",
+            "is required with algorithm ConsistentHash: set header, cookie or clientIp",
+        ),
+        (Some(_), a) if a != Algorithm::ConsistentHash => {
+            cx.error(
+                "spec.loadBalancing.consistentHash",
+                "is only used with algorithm ConsistentHash",
+            );
+        }
+        (Some(h), _) => {
+            let field = "spec.loadBalancing.consistentHash";
+            let on = match (&h.header, &h.cookie, h.client_ip.unwrap_or(false)) {
+                (Some(name), None, false) => {
+                    if http_token(name) {
+                        Some(HashOn::Header(name.to_ascii_lowercase()))
+                    } else {
+                        cx.error(
+                            &format!("{field}.header"),
+                            format!("{name:?} is not a valid header name"),
+                        );
+                        None
+                    }
+                }
+                (None, Some(name), false) => {
+                    if http_token(name) {
+                        Some(HashOn::Cookie(name.clone()))
+                    } else {
+                        cx.error(
+                            &format!("{field}.cookie"),
+                            format!("{name:?} is not a valid cookie name"),
+                        );
+                        None
+                    }
+                }
+                (None, None, true) => Some(HashOn::ClientIp),
+                _ => {
+                    cx.error(field, "set exactly one of header, cookie or clientIp: true");
+                    None
+                }
+            };
+            balancer.hash_on = on;
+            if let Some(factor) = h.bounded_load {
+                if factor.is_finite() && (1.0..=100.0).contains(&factor) {
+                    balancer.bounded_load = factor;
+                } else {
+                    cx.error(
+                        &format!("{field}.boundedLoad"),
+                        format!("{factor} must be between 1.0 and 100"),
+                    );
+                }
+            }
+        }
+        (None, _) => {}
+    }
+    (algorithm, balancer)
+}
+
+fn compile_queue(q: &agent_pool::QueueSpec, cx: &mut Cx) -> Queue {
+    let mut tier_priorities = std::collections::BTreeMap::new();
+    for (tier, priority) in &q.tier_priorities {
+        if is_name(tier) {
+            tier_priorities.insert(tier.clone(), *priority);
+        } else {
+            cx.error(
+                &format!("spec.queue.tierPriorities.{tier}"),
+                format!("{tier:?} is not a valid tier name"),
+            );
+        }
+    }
+    Queue {
+        max_depth: q.max_depth.unwrap_or(100),
+        timeout_ms: duration_ms(q.timeout, 30_000, "spec.queue.timeout", cx),
+        default_priority: q.default_priority.unwrap_or(0),
+        tier_priorities,
+    }
+}
+
+fn compile_retries(r: &agent_pool::Retries, cx: &mut Cx) -> RetryPolicy {
+    let attempts = r.attempts.unwrap_or(2);
+    if attempts > 10 {
+        cx.error(
+            "spec.retries.attempts",
+            format!("{attempts} is more than 10"),
+        );
+    }
+    let mut statuses = Vec::new();
+    for (i, s) in r.statuses.iter().enumerate() {
+        if (400..=599).contains(s) {
+            statuses.push(*s);
+        } else {
+            cx.error(
+                &format!("spec.retries.statuses[{i}]"),
+                format!("{s} is not a 4xx or 5xx status"),
+            );
+        }
+    }
+    statuses.sort_unstable();
+    statuses.dedup();
+    let budget_ratio = r.budget_ratio.unwrap_or(0.2);
+    if !(budget_ratio.is_finite() && (0.0..=1.0).contains(&budget_ratio)) {
+        cx.error(
+            "spec.retries.budgetRatio",
+            format!("{budget_ratio} must be between 0 and 1"),
+        );
+    }
+    RetryPolicy {
+        attempts,
+        statuses,
+        budget_ratio,
+        min_retries_per_second: r.min_retries_per_second.unwrap_or(10),
+    }
+}
+
+fn compile_health_check(h: &agent_pool::HealthCheck, cx: &mut Cx) -> HealthCheck {
+    let path = h.path.clone().unwrap_or_else(|| "/healthz".into());
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        cx.error(
+            "spec.healthCheck.path",
+            format!("{path:?} must be a path starting with /"),
+        );
+    }
+    let threshold = |v: Option<u32>, default: u32, field: &str, cx: &mut Cx| match v {
+        Some(0) => {
+            cx.error(field, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    HealthCheck {
+        path,
+        interval_ms: duration_ms(h.interval, 5_000, "spec.healthCheck.interval", cx),
+        timeout_ms: duration_ms(h.timeout, 1_000, "spec.healthCheck.timeout", cx),
+        healthy_threshold: threshold(
+            h.healthy_threshold,
+            2,
+            "spec.healthCheck.healthyThreshold",
+            cx,
+        ),
+        unhealthy_threshold: threshold(
+            h.unhealthy_threshold,
+            3,
+            "spec.healthCheck.unhealthyThreshold",
+            cx,
+        ),
+    }
+}
+
+fn compile_outlier(o: &agent_pool::OutlierDetection, cx: &mut Cx) -> Outlier {
+    let consecutive_failures = o.consecutive_failures.unwrap_or(5);
+    if consecutive_failures == 0 {
+        cx.error(
+            "spec.outlierDetection.consecutiveFailures",
+            "must be at least 1",
+        );
+    }
+    let max_ejection_percent = o.max_ejection_percent.unwrap_or(50);
+    if max_ejection_percent > 100 {
+        cx.error(
+            "spec.outlierDetection.maxEjectionPercent",
+            format!("{max_ejection_percent} is more than 100"),
+        );
+    }
+    let base_ejection_ms = duration_ms(
+        o.base_ejection_time,
+        30_000,
+        "spec.outlierDetection.baseEjectionTime",
+        cx,
+    );
+    let max_ejection_ms = duration_ms(
+        o.max_ejection_time,
+        300_000,
+        "spec.outlierDetection.maxEjectionTime",
+        cx,
+    );
+    if max_ejection_ms < base_ejection_ms {
+        cx.error(
+            "spec.outlierDetection.maxEjectionTime",
+            "is shorter than baseEjectionTime",
+        );
+    }
+    Outlier {
+        consecutive_failures,
+        base_ejection_ms,
+        max_ejection_ms,
+        max_ejection_percent,
+    }
+}
+
+fn compile_access(a: &agent_pool::Access, cx: &mut Cx) -> Access {
+    let tiers = names(&a.tiers, "spec.access.tiers", "tier", cx);
+    let consumers = names(&a.consumers, "spec.access.consumers", "consumer", cx);
+    if !a.public && tiers.is_empty() && consumers.is_empty() {
+        cx.warning(
+            "spec.access",
+            "allows no one: set public: true, tiers or consumers",
+        );
+    }
+    Access {
+        public: a.public,
+        tiers,
+        consumers,
+    }
+}
+
+fn compile_jwt(j: &agent_pool::JwtSpec, cx: &mut Cx) -> Jwt {
+    let field = "spec.authentication.jwt";
+    if j.issuer.is_empty() {
+        cx.error(&format!("{field}.issuer"), "is empty");
+    }
+    if j.audiences.is_empty() || j.audiences.iter().any(String::is_empty) {
+        cx.error(
+            &format!("{field}.audiences"),
+            "needs at least one non-empty audience",
+        );
+    }
+    match (&j.jwks_uri, &j.jwks) {
+        (Some(uri), None) => {
+            if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+                cx.error(
+                    &format!("{field}.jwksUri"),
+                    format!("{uri:?} is not an http(s) URL"),
+                );
+            }
+        }
+        (None, Some(jwks)) => match serde_json::from_str::<serde_json::Value>(jwks) {
+            Ok(v) if v.get("keys").is_some_and(serde_json::Value::is_array) => {}
+            Ok(_) => cx.error(
+                &format!("{field}.jwks"),
+                "is not a JSON Web Key Set (no \"keys\" array)",
+            ),
+            Err(e) => cx.error(&format!("{field}.jwks"), format!("is not JSON: {e}")),
+        },
+        _ => cx.error(field, "set exactly one of jwksUri or jwks"),
+    }
+    let leeway_ms = j.leeway.map_or(30_000, millis);
+    if leeway_ms > 300_000 {
+        cx.error(&format!("{field}.leeway"), "is more than 5m");
+    }
+    if let Some(t) = &j.default_tier
+        && !is_name(t)
+    {
+        cx.error(
+            &format!("{field}.defaultTier"),
+            format!("{t:?} is not a valid tier name"),
+        );
+    }
+    Jwt {
+        issuer: j.issuer.clone(),
+        audiences: j.audiences.clone(),
+        jwks_uri: j.jwks_uri.clone(),
+        jwks: j.jwks.clone(),
+        consumer_claim: j.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
+        tier_claim: j.tier_claim.clone().unwrap_or_else(|| "tier".into()),
+        default_tier: j.default_tier.clone(),
+        leeway_ms,
+    }
+}
+
+fn compile_match(m: &RouteMatch, pool: &str, field: &str, cx: &mut Cx) -> Option<Route> {
+    let errors_before = cx.diags.len();
+    let raw = m.path_prefix.as_deref().unwrap_or("/");
+    let path_field = format!("{field}.pathPrefix");
+    if !raw.starts_with('/') {
+        cx.error(&path_field, format!("{raw:?} must start with /"));
+    } else if raw.contains(['?', '#']) || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        cx.error(&path_field, format!("{raw:?} must be a plain path, without query, fragment, spaces or control characters"));
+    } else if raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..") {
+        cx.error(
+            &path_field,
+            format!("{raw:?} must not contain empty, `.` or `..` segments"),
+        );
+    }
+    let path_prefix = match raw.trim_end_matches('/') {
+        "" => "/".to_owned(),
+        p => p.to_owned(),
+    };
+
+    let host = match m.host.as_deref() {
+        None => None,
+        Some(h) => {
+            let h = h.trim_end_matches('.').to_ascii_lowercase();
+            if h.contains('*') {
+                cx.error(
+                    &format!("{field}.host"),
+                    "wildcard hosts are not supported yet",
+                );
+            } else if !is_host_port(&format!("{h}:1")) || h.contains(':') {
+                cx.error(
+                    &format!("{field}.host"),
+                    format!("{h:?} is not a valid host name (give it without a port)"),
+                );
+            }
+            Some(h)
+        }
+    };
+
+    let mut headers = Vec::new();
+    for (j, h) in m.headers.iter().enumerate() {
+        let name = h.name.to_ascii_lowercase();
+        if !http_token(&name) {
+            cx.error(
+                &format!("{field}.headers[{j}].name"),
+                format!("{:?} is not a valid header name", h.name),
+            );
+        }
+        if h.value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+            cx.error(
+                &format!("{field}.headers[{j}].value"),
+                "contains control characters",
+            );
+        }
+        headers.push(HeaderMatch {
+            name,
+            value: h.value.clone(),
+        });
+    }
+    headers.sort_by(|a, b| a.name.cmp(&b.name).then(a.value.cmp(&b.value)));
+
+    (cx.diags.len() == errors_before).then(|| Route {
+        pool: pool.to_owned(),
+        host,
+        path_prefix,
+        headers,
+    })
+}
+
+/// Whether `s` is an HTTP token (a valid header name).
+pub(super) fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn compile_backend(
+    b: &Backend,
+    i: usize,
+    namespace: &str,
+    slices: &SliceIndex<'_>,
+    cx: &mut Cx,
+) -> Option<BackendTarget> {
+    let field = format!("spec.backends[{i}]");
+    if b.weight == 0 {
+        cx.error(&format!("{field}.weight"), "must be at least 1");
+    }
+    if b.max_concurrency == Some(0) {
+        cx.error(&format!("{field}.maxConcurrency"), "must be at least 1");
+    }
+    let capabilities = names(
+        &b.capabilities,
+        &format!("{field}.capabilities"),
+        "capability",
+        cx,
+    );
+    match (&b.service, b.endpoints.is_empty()) {
+        (Some(_), false) => {
+            cx.error(&field, "set either service or endpoints, not both");
+            None
+        }
+        (None, true) => {
+            cx.error(&field, "set service or endpoints");
+            None
+        }
+        (None, false) => {
+            let mut endpoints = Vec::new();
+            for (j, address) in b.endpoints.iter().enumerate() {
+                if is_host_port(address) {
+                    endpoints.push(Endpoint::new(address.clone()));
+                } else {
+                    cx.error(
+                        &format!("{field}.endpoints[{j}]"),
+                        format!("{address:?} is not host:port"),
+                    );
+                }
+            }
+            endpoints.sort();
+            let before = endpoints.len();
+            endpoints.dedup();
+            if endpoints.len() != before {
+                cx.warning(
+                    &format!("{field}.endpoints"),
+                    "lists the same endpoint more than once; duplicates are dropped",
+                );
+            }
+            Some(BackendTarget {
+                name: format!("static[{i}]"),
+                weight: b.weight.max(1),
+                capabilities: capabilities.clone(),
+                max_concurrency: b.max_concurrency,
+                protocol: b.protocol,
+                endpoints,
+            })
+        }
+        (Some(service), true) => {
+            let endpoints =
+                resolve_service(service, namespace, slices, &format!("{field}.service"), cx)?;
+            Some(BackendTarget {
+                name: format!("service/{}", service.name),
+                weight: b.weight.max(1),
+                capabilities: capabilities.clone(),
+                max_concurrency: b.max_concurrency,
+                protocol: b.protocol,
+                endpoints,
+            })
+        }
+    }
+}
