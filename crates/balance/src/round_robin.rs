@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::Selector;
+use crate::probe::{RANDOM_PROBES, Rng, scan};
+use crate::{Pick, Selector};
 
 /// Picks endpoints `0, 1, …, len - 1, 0, 1, …` in turn.
 ///
@@ -11,6 +12,11 @@ use crate::Selector;
 /// consecutive picks, every endpoint is chosen exactly `k` times. The counter wraps
 /// at `usize::MAX`; when `len` does not divide `2^64` that wrap shifts the rotation
 /// once, which is harmless.
+///
+/// When the caller rejects the endpoint whose turn it is, the turn goes to a
+/// random accepted endpoint (a few random tries, then a scan from the rejected
+/// one), so the rejected endpoint's share spreads over the others instead of
+/// doubling its successor's.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     len: usize,
@@ -45,11 +51,19 @@ impl RoundRobin {
 }
 
 impl Selector for RoundRobin {
-    fn pick(&self) -> Option<usize> {
+    fn pick(&self, request: &Pick<'_>) -> Option<usize> {
         if self.len == 0 {
             return None;
         }
-        Some(self.next.fetch_add(1, Ordering::Relaxed) % self.len)
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.len;
+        if request.accepts(turn) {
+            return Some(turn);
+        }
+        let mut rng = Rng::new(request.random);
+        (0..RANDOM_PROBES)
+            .map(|_| rng.below(self.len))
+            .find(|&i| request.accepts(i))
+            .or_else(|| scan(self.len, turn + 1, request.accept))
     }
 
     fn len(&self) -> usize {
@@ -61,37 +75,53 @@ impl Selector for RoundRobin {
 mod tests {
     use super::*;
 
+    fn any() -> Pick<'static> {
+        Pick::default()
+    }
+
     #[test]
     fn empty_set_picks_nothing() {
         let rr = RoundRobin::new(0);
-        assert_eq!(rr.pick(), None);
+        assert_eq!(rr.pick(&any()), None);
         assert!(rr.is_empty());
     }
 
     #[test]
     fn single_endpoint_is_always_picked() {
         let rr = RoundRobin::new(1);
-        assert!((0..10).all(|_| rr.pick() == Some(0)));
+        assert!((0..10).all(|_| rr.pick(&any()) == Some(0)));
     }
 
     #[test]
     fn endpoints_are_picked_in_turn() {
         let rr = RoundRobin::new(3);
-        let picks: Vec<_> = (0..7).map(|_| rr.pick().unwrap()).collect();
+        let picks: Vec<_> = (0..7).map(|_| rr.pick(&any()).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
     }
 
     #[test]
     fn starting_position_is_taken_modulo_len() {
         let rr = RoundRobin::new(3).starting_at(7);
-        let picks: Vec<_> = (0..4).map(|_| rr.pick().unwrap()).collect();
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(&any()).unwrap()).collect();
         assert_eq!(picks, [1, 2, 0, 1]);
     }
 
     #[test]
     fn counter_wraps_without_panicking() {
         let rr = RoundRobin::new(4).starting_at(usize::MAX);
-        assert_eq!(rr.pick(), Some(usize::MAX % 4));
-        assert_eq!(rr.pick(), Some(0));
+        assert_eq!(rr.pick(&any()), Some(usize::MAX % 4));
+        assert_eq!(rr.pick(&any()), Some(0));
+    }
+
+    #[test]
+    fn a_rejected_turn_goes_to_an_accepted_endpoint() {
+        let rr = RoundRobin::new(4);
+        let not_two = |i: usize| i != 2;
+        for seed in 0..100 {
+            let pick = rr.pick(&Pick::new(seed).accepting(&not_two));
+            assert!(pick.is_some_and(|i| i < 4 && i != 2), "{pick:?}");
+        }
+        let none = |_: usize| false;
+        assert_eq!(rr.pick(&any().accepting(&none)), None);
     }
 }

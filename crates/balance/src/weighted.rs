@@ -28,11 +28,20 @@
 //!
 //! Building costs O(cycle length × endpoints): about 35 ms in release for 1000
 //! endpoints whose weights fill the default limit, nothing for equal weights.
+//!
+//! # Rejected endpoints
+//!
+//! When the caller rejects the endpoint whose turn it is, the turn goes to the
+//! endpoint at a random position of the cycle (a few tries), so it spreads over the
+//! accepted endpoints in proportion to their weights; if those tries are rejected
+//! too (likely when the rejected endpoints hold most of the weight), one scan over
+//! the endpoints from a random one settles it, without regard to weight.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::Selector;
+use crate::probe::{RANDOM_PROBES, Rng, scan};
+use crate::{Pick, Selector};
 
 /// Default upper bound on the length of a precomputed cycle, in picks.
 ///
@@ -102,12 +111,20 @@ impl Weighted {
 }
 
 impl Selector for Weighted {
-    fn pick(&self) -> Option<usize> {
+    fn pick(&self, request: &Pick<'_>) -> Option<usize> {
         if self.cycle.is_empty() {
             return None;
         }
         let position = self.next.fetch_add(1, Ordering::Relaxed) % self.cycle.len();
-        self.cycle.get(position).copied()
+        let turn = self.cycle.get(position).copied()?;
+        if request.accepts(turn) {
+            return Some(turn);
+        }
+        let mut rng = Rng::new(request.random);
+        (0..RANDOM_PROBES)
+            .filter_map(|_| self.cycle.get(rng.below(self.cycle.len())).copied())
+            .find(|&i| request.accepts(i))
+            .or_else(|| scan(self.len, rng.below(self.len), request.accept))
     }
 
     fn len(&self) -> usize {
@@ -185,6 +202,10 @@ fn smooth_cycle(weights: &[u64]) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    fn any() -> Pick<'static> {
+        Pick::default()
+    }
+
     fn weights(raw: &[u32]) -> Vec<NonZeroU32> {
         raw.iter().map(|&w| NonZeroU32::new(w).unwrap()).collect()
     }
@@ -194,14 +215,14 @@ mod tests {
         let selector = Weighted::new(&weights(&[5, 1, 1]));
         // a a b a c a a
         assert_eq!(selector.cycle(), [0, 0, 1, 0, 2, 0, 0]);
-        let picks: Vec<_> = (0..14).map(|_| selector.pick().unwrap()).collect();
+        let picks: Vec<_> = (0..14).map(|_| selector.pick(&any()).unwrap()).collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn empty_set_picks_nothing() {
         let selector = Weighted::new(&[]);
-        assert_eq!(selector.pick(), None);
+        assert_eq!(selector.pick(&any()), None);
         assert!(selector.is_empty());
         assert!(selector.cycle().is_empty());
     }
@@ -210,7 +231,7 @@ mod tests {
     fn single_endpoint_is_always_picked() {
         let selector = Weighted::new(&weights(&[u32::MAX]));
         assert_eq!(selector.cycle(), [0]);
-        assert!((0..10).all(|_| selector.pick() == Some(0)));
+        assert!((0..10).all(|_| selector.pick(&any()) == Some(0)));
     }
 
     #[test]
@@ -248,6 +269,21 @@ mod tests {
     #[test]
     fn starting_position_is_taken_modulo_the_cycle() {
         let selector = Weighted::new(&weights(&[5, 1, 1])).starting_at(9);
-        assert_eq!(selector.pick(), Some(1));
+        assert_eq!(selector.pick(&any()), Some(1));
+    }
+
+    #[test]
+    fn rejected_turns_go_to_accepted_endpoints() {
+        let selector = Weighted::new(&weights(&[10, 1, 3]));
+        let not_first = |i: usize| i != 0;
+        let mut counts = [0; 3];
+        for seed in 0..4000 {
+            let pick = selector.pick(&Pick::new(seed).accepting(&not_first));
+            counts[pick.expect("an accepted endpoint")] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        assert!(counts[2] > counts[1] && counts[1] > 0, "{counts:?}");
+        let none = |_: usize| false;
+        assert_eq!(selector.pick(&any().accepting(&none)), None);
     }
 }

@@ -3,12 +3,12 @@
 use std::thread;
 
 use proptest::prelude::*;
-use sluice_balance::{RoundRobin, Selector};
+use sluice_balance::{Pick, RoundRobin, Selector};
 
 fn counts(selector: &impl Selector, picks: usize) -> Vec<usize> {
     let mut counts = vec![0; selector.len()];
     for _ in 0..picks {
-        let index = selector.pick().expect("non-empty set");
+        let index = selector.pick(&Pick::default()).expect("non-empty set");
         counts[index] += 1;
     }
     counts
@@ -33,7 +33,7 @@ proptest! {
     fn picks_are_always_in_range(len in 0_usize..1_000, start in any::<usize>()) {
         let selector = RoundRobin::new(len).starting_at(start);
         for _ in 0..100 {
-            match selector.pick() {
+            match selector.pick(&Pick::default()) {
                 Some(index) => prop_assert!(index < len),
                 None => prop_assert_eq!(len, 0),
             }

@@ -3,7 +3,7 @@
 use std::num::{NonZeroU32, NonZeroUsize};
 
 use proptest::prelude::*;
-use sluice_balance::{Selector, Weighted, weighted::MAX_CYCLE};
+use sluice_balance::{Pick, Selector, Weighted, weighted::MAX_CYCLE};
 
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
@@ -20,7 +20,7 @@ fn weights_strategy(max_len: usize, max_weight: u32) -> impl Strategy<Value = Ve
 fn counts(selector: &Weighted, picks: usize) -> Vec<u64> {
     let mut counts = vec![0; selector.len()];
     for _ in 0..picks {
-        counts[selector.pick().expect("non-empty set")] += 1;
+        counts[selector.pick(&Pick::default()).expect("non-empty set")] += 1;
     }
     counts
 }
@@ -107,7 +107,7 @@ proptest! {
     fn picks_are_always_in_range(weights in weights_strategy(64, 1_000), start in any::<usize>()) {
         let selector = Weighted::new(&weights).starting_at(start);
         for _ in 0..500 {
-            prop_assert!(selector.pick().is_some_and(|index| index < weights.len()));
+            prop_assert!(selector.pick(&Pick::default()).is_some_and(|index| index < weights.len()));
         }
     }
 }

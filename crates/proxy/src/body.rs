@@ -1,8 +1,10 @@
-//! Response bodies: streamed frame by frame, with the request's deadline, and a guard
-//! that keeps the in-flight gauge up until the body is done.
+//! Response bodies: streamed frame by frame, with deadlines, and watched so that the
+//! proxy learns how each body ended (to release an endpoint slot, settle a token
+//! reservation or count a cut stream).
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -15,37 +17,121 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the proxy serves.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// The whole-request deadline expired while the body was still streaming.
+/// A deadline expired while the body was still streaming.
 #[derive(Debug, thiserror::Error)]
-#[error("request timeout expired while streaming the response body")]
-pub struct BodyTimeout;
-
-/// Wraps an upstream body: passes frames through as they come, fails with
-/// [`BodyTimeout`] once `deadline` passes, and holds `guard` until the end.
-#[derive(Debug)]
-pub struct DeadlineBody<B, G> {
-    inner: B,
-    sleep: Pin<Box<Sleep>>,
-    guard: Option<G>,
+pub enum BodyTimeout {
+    /// The whole-request (or whole-stream) deadline passed.
+    #[error("request timeout expired while streaming the response body")]
+    Total,
+    /// No chunk arrived within the idle timeout.
+    #[error("no data within the idle timeout while streaming the response body")]
+    Idle,
 }
 
-impl<B, G> DeadlineBody<B, G> {
-    /// Wraps `inner`, failing it at `deadline`; `guard` is dropped when the body ends,
-    /// fails or is dropped.
-    pub fn new(inner: B, deadline: Instant, guard: G) -> Self {
-        Self {
-            inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            guard: Some(guard),
+/// How a watched body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Every frame was delivered.
+    Complete,
+    /// The upstream body failed.
+    Failed,
+    /// A deadline cut it.
+    TimedOut(TimeoutKind),
+    /// The client went away before the end.
+    Dropped,
+}
+
+/// Which deadline cut a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// The total deadline.
+    Total,
+    /// The idle timeout.
+    Idle,
+}
+
+/// Sees the data of a response body and how it ended. `on_end` is called exactly once.
+pub trait BodyWatch: Send + 'static {
+    /// A data chunk passed through.
+    fn on_data(&mut self, _data: &Bytes) {}
+    /// The body ended this way.
+    fn on_end(&mut self, end: BodyEnd);
+}
+
+impl BodyWatch for () {
+    fn on_end(&mut self, _end: BodyEnd) {}
+}
+
+impl<A: BodyWatch, B: BodyWatch> BodyWatch for (A, B) {
+    fn on_data(&mut self, data: &Bytes) {
+        self.0.on_data(data);
+        self.1.on_data(data);
+    }
+    fn on_end(&mut self, end: BodyEnd) {
+        self.0.on_end(end);
+        self.1.on_end(end);
+    }
+}
+
+impl<W: BodyWatch> BodyWatch for Option<W> {
+    fn on_data(&mut self, data: &Bytes) {
+        if let Some(w) = self {
+            w.on_data(data);
+        }
+    }
+    fn on_end(&mut self, end: BodyEnd) {
+        if let Some(w) = self {
+            w.on_end(end);
         }
     }
 }
 
-impl<B, G> Body for DeadlineBody<B, G>
+/// Wraps an upstream body: passes frames through as they come, fails it when the total
+/// deadline passes or no frame arrives within the idle timeout, and tells `watch`.
+pub struct WatchedBody<B, W: BodyWatch> {
+    inner: B,
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    watch: Option<W>,
+}
+
+impl<B, W: BodyWatch> std::fmt::Debug for WatchedBody<B, W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchedBody")
+            .field("ended", &self.watch.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, W: BodyWatch> WatchedBody<B, W> {
+    /// Wraps `inner` with an optional total `deadline` and `idle` timeout.
+    pub fn new(inner: B, deadline: Option<Instant>, idle: Option<Duration>, watch: W) -> Self {
+        Self {
+            inner,
+            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            watch: Some(watch),
+        }
+    }
+
+    fn end(&mut self, end: BodyEnd) {
+        if let Some(mut w) = self.watch.take() {
+            w.on_end(end);
+        }
+    }
+}
+
+impl<B, W: BodyWatch> Drop for WatchedBody<B, W> {
+    fn drop(&mut self) {
+        self.end(BodyEnd::Dropped);
+    }
+}
+
+impl<B, W> Body for WatchedBody<B, W>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
-    G: Unpin,
+    W: BodyWatch + Unpin,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -55,22 +141,41 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.guard.is_none() {
+        if this.watch.is_none() {
             return Poll::Ready(None);
         }
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if !matches!(frame, Some(Ok(_))) {
-                this.guard = None;
+            match &frame {
+                Some(Ok(f)) => {
+                    if let (Some(data), Some(w)) = (f.data_ref(), this.watch.as_mut()) {
+                        w.on_data(data);
+                    }
+                    if let Some((d, sleep)) = this.idle.as_mut() {
+                        sleep.as_mut().reset(Instant::now() + *d);
+                    }
+                }
+                Some(Err(_)) => this.end(BodyEnd::Failed),
+                None => this.end(BodyEnd::Complete),
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        ready!(this.sleep.as_mut().poll(cx));
-        this.guard = None;
-        Poll::Ready(Some(Err(Box::new(BodyTimeout))))
+        if let Some(sleep) = this.deadline.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            this.end(BodyEnd::TimedOut(TimeoutKind::Total));
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout::Total))));
+        }
+        if let Some((_, sleep)) = this.idle.as_mut()
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            this.end(BodyEnd::TimedOut(TimeoutKind::Idle));
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout::Idle))));
+        }
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.guard.is_none() || self.inner.is_end_stream()
+        self.watch.is_none() || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -82,63 +187,99 @@ where
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
-    struct Guard(Arc<AtomicUsize>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+    #[derive(Clone, Default)]
+    struct Record(Arc<Mutex<(usize, Vec<BodyEnd>)>>);
+    impl BodyWatch for Record {
+        fn on_data(&mut self, data: &Bytes) {
+            self.0.lock().expect("lock").0 += data.len();
+        }
+        fn on_end(&mut self, end: BodyEnd) {
+            self.0.lock().expect("lock").1.push(end);
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn passes_frames_then_times_out_and_releases_the_guard() {
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    type Tx = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+    fn channel_body() -> (
+        Tx,
+        impl Body<Data = Bytes, Error = std::convert::Infallible> + Unpin,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let stream =
             futures_util::stream::unfold(
                 rx,
                 |mut rx| async move { rx.recv().await.map(|f| (f, rx)) },
             );
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let mut body = DeadlineBody::new(
-            StreamBody::new(Box::pin(stream)),
-            deadline,
-            Guard(dropped.clone()),
-        );
+        (tx, StreamBody::new(Box::pin(stream)))
+    }
 
-        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+    #[tokio::test(start_paused = true)]
+    async fn the_total_deadline_cuts_the_body_once() {
+        let (tx, inner) = channel_body();
+        let rec = Record::default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut body = WatchedBody::new(inner, Some(deadline), None, rec.clone());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"abc"))))
             .await
             .expect("send");
-        let frame = body.frame().await.expect("frame").expect("ok");
-        assert_eq!(frame.into_data().ok(), Some(Bytes::from_static(b"a")));
-        assert_eq!(
-            dropped.load(Ordering::SeqCst),
-            0,
-            "guard held while streaming"
-        );
-
-        // Nothing more arrives: paused time jumps to the deadline.
+        assert!(body.frame().await.expect("frame").is_ok());
         let err = body.frame().await.expect("some").expect_err("times out");
-        assert!(err.is::<BodyTimeout>());
-        assert_eq!(
-            dropped.load(Ordering::SeqCst),
-            1,
-            "guard released on timeout"
-        );
+        assert!(matches!(
+            err.downcast_ref::<BodyTimeout>(),
+            Some(BodyTimeout::Total)
+        ));
         assert!(body.frame().await.is_none());
+        drop(body);
+        assert_eq!(
+            *rec.0.lock().expect("lock"),
+            (3, vec![BodyEnd::TimedOut(TimeoutKind::Total)])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_resets_with_each_chunk() {
+        let (tx, inner) = channel_body();
+        let rec = Record::default();
+        let mut body = WatchedBody::new(inner, None, Some(Duration::from_secs(5)), rec.clone());
+        for _ in 0..4 {
+            // Chunks 4 s apart: each resets the 5 s idle timer, 16 s in all.
+            tokio::time::advance(Duration::from_secs(4)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .expect("send");
+            assert!(body.frame().await.expect("frame").is_ok());
+        }
+        let err = body.frame().await.expect("some").expect_err("idle");
+        assert!(matches!(
+            err.downcast_ref::<BodyTimeout>(),
+            Some(BodyTimeout::Idle)
+        ));
+        assert_eq!(
+            *rec.0.lock().expect("lock"),
+            (4, vec![BodyEnd::TimedOut(TimeoutKind::Idle)])
+        );
     }
 
     #[tokio::test]
-    async fn releases_the_guard_at_end_of_stream() {
-        let dropped = Arc::new(AtomicUsize::new(0));
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let inner = http_body_util::Full::new(Bytes::from_static(b"done"));
-        let body = DeadlineBody::new(inner, deadline, Guard(dropped.clone()));
-        let bytes = body.collect().await.expect("collect").to_bytes();
-        assert_eq!(&bytes[..], b"done");
-        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    async fn complete_and_dropped_bodies_are_reported() {
+        let rec = Record::default();
+        let body = WatchedBody::new(
+            http_body_util::Full::new(Bytes::from_static(b"done")),
+            None,
+            None,
+            rec.clone(),
+        );
+        assert_eq!(
+            &body.collect().await.expect("collect").to_bytes()[..],
+            b"done"
+        );
+        let (_tx, inner) = channel_body();
+        drop(WatchedBody::new(inner, None, None, rec.clone()));
+        assert_eq!(
+            rec.0.lock().expect("lock").1,
+            vec![BodyEnd::Complete, BodyEnd::Dropped]
+        );
     }
 }

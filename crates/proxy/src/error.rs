@@ -27,10 +27,32 @@ pub enum ProxyError {
         /// The pool key.
         pool: String,
     },
-    /// The request's URI or headers could not be turned into an upstream request.
-    /// Not retryable.
+    /// The request's URI or headers could not be turned into an upstream request, or
+    /// its path is refused by normalisation. Not retryable.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request names a capability no matching pool advertises. Not retryable.
+    #[error("no agent pool for {path} has capability {capability:?}")]
+    NoCapability {
+        /// The request path.
+        path: String,
+        /// The capability asked for.
+        capability: String,
+    },
+    /// Every endpoint is busy and the queue is full. Retryable.
+    #[error("pool {pool} is at capacity and its queue is full")]
+    QueueFull {
+        /// The pool key.
+        pool: String,
+    },
+    /// The request waited in the queue until its timeout. Retryable.
+    #[error("pool {pool} had no free endpoint within {timeout_ms} ms")]
+    QueueTimeout {
+        /// The pool key.
+        pool: String,
+        /// The queue timeout.
+        timeout_ms: u64,
+    },
     /// Connecting to the endpoint failed or timed out. Retryable on another endpoint:
     /// nothing was sent.
     #[error("could not connect to {endpoint}")]
@@ -62,10 +84,11 @@ impl ProxyError {
     /// The status the client receives.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NotReady | ProxyError::NoEndpoints { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NotReady
+            | ProxyError::NoEndpoints { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute { .. } | ProxyError::NoCapability { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -78,6 +101,9 @@ impl ProxyError {
             ProxyError::NotReady => "not_ready",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::NoCapability { .. } => "no_capability",
+            ProxyError::QueueFull { .. } => "queue_full",
+            ProxyError::QueueTimeout { .. } => "queue_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
@@ -89,10 +115,13 @@ impl ProxyError {
     /// proxy to another endpoint).
     pub fn retryable(&self) -> bool {
         match self {
-            ProxyError::NotReady | ProxyError::NoEndpoints { .. } | ProxyError::Connect { .. } => {
-                true
-            }
+            ProxyError::NotReady
+            | ProxyError::NoEndpoints { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::QueueTimeout { .. } => true,
             ProxyError::NoRoute { .. }
+            | ProxyError::NoCapability { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::Timeout { .. }
             | ProxyError::Upstream { .. } => false,

@@ -1,25 +1,33 @@
-//! Forwarding: route the request, pick an endpoint, send it with the pooled client and
+//! Forwarding: route the request, reserve an endpoint (queueing or falling back when
+//! the pool is full or down), send it with the pooled client, retry when allowed, and
 //! stream the response back.
 //!
-//! Bodies are never buffered: the client's request body goes upstream as it arrives and
-//! the agent's response frames reach the client one by one (an SSE stream token by
-//! token). Hop-by-hop headers, including those named in `Connection`, are removed in
-//! both directions; `X-Forwarded-For` and `X-Forwarded-Proto` are set.
+//! Bodies are never buffered: the client's request body goes upstream as it arrives
+//! (a pool with retries keeps its first 64 KiB to replay) and the agent's response
+//! frames reach the client one by one. Hop-by-hop headers, including those named in
+//! `Connection`, are removed in both directions; `X-Forwarded-For` and
+//! `X-Forwarded-Proto` are set; WebSocket upgrades pass through.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri, Version};
+use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use sluice_balance::Outcome;
 use tokio::time::Instant;
 
-use crate::body::{DeadlineBody, ProxyBody};
+use crate::body::{BodyEnd, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
+use crate::clock::now_nanos;
 use crate::error::ProxyError;
-use crate::metrics::{Metrics, NO_POOL, code_class};
+use crate::metrics::{Metrics, NO_POOL, PoolMetrics, code_class};
+use crate::pool::{DEFAULT_IDLE_TIMEOUT, PickRequest, PoolRuntime, Slot, Unavailable};
+use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 use crate::router::{self, RouteRequest};
-use crate::store::TableStore;
+use crate::store::{Runtime, TableStore};
+use crate::upgrade;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
 const HOP_BY_HOP: &[HeaderName] = &[
@@ -32,162 +40,459 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
+/// The header a request names a capability in, unless configured otherwise.
+pub const DEFAULT_CAPABILITY_HEADER: &str = "x-agent-capability";
+
 /// The proxy's request handler.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     store: Arc<TableStore>,
     metrics: Metrics,
-}
-
-/// Decrements a pool's in-flight gauge when dropped.
-#[derive(Debug)]
-pub struct InFlight(prometheus::IntGauge);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+    capability_header: HeaderName,
 }
 
 impl Forwarder {
     /// A forwarder reading the routing state from `store`.
     pub fn new(store: Arc<TableStore>, metrics: Metrics) -> Self {
-        Self { store, metrics }
+        Self {
+            store,
+            metrics,
+            capability_header: HeaderName::from_static(DEFAULT_CAPABILITY_HEADER),
+        }
+    }
+
+    /// Reads the requested capability from `header` instead of `x-agent-capability`.
+    #[must_use]
+    pub fn with_capability_header(mut self, header: HeaderName) -> Self {
+        self.capability_header = header;
+        self
     }
 
     /// Handles one request from `peer`, always producing a response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (pool, result) = self.forward(req, peer, start).await;
-        let resp = result.unwrap_or_else(|e| {
-            tracing::debug!(error = %e, %peer, "request answered by the proxy");
-            self.metrics.errors.with_label_values(&[e.reason()]).inc();
-            e.into_response()
-        });
-        let pool = pool.as_deref().unwrap_or(NO_POOL);
-        self.metrics
-            .requests
-            .with_label_values(&[pool, code_class(resp.status())])
-            .inc();
-        self.metrics
-            .duration
-            .with_label_values(&[pool])
-            .observe(start.elapsed().as_secs_f64());
+        let Some(runtime) = self.store.load() else {
+            return self.answer_error(None, ProxyError::NotReady, start);
+        };
+        match self.forward(&runtime, req, peer, start).await {
+            (Some(p), Ok(resp)) => {
+                runtime.pools[p]
+                    .metrics
+                    .observe(resp.status(), start.elapsed().as_secs_f64());
+                resp
+            }
+            (pool, Ok(resp)) => {
+                debug_assert!(pool.is_none());
+                self.observe_unpooled(resp.status(), start);
+                resp
+            }
+            (pool, Err(e)) => self.answer_error(pool.map(|p| &runtime.pools[p].metrics), e, start),
+        }
+    }
+
+    fn answer_error(
+        &self,
+        pool: Option<&PoolMetrics>,
+        e: ProxyError,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        tracing::debug!(error = %e, "request answered by the proxy");
+        self.metrics.errors.with_label_values(&[e.reason()]).inc();
+        let resp = e.into_response();
+        match pool {
+            Some(m) => m.observe(resp.status(), start.elapsed().as_secs_f64()),
+            None => self.observe_unpooled(resp.status(), start),
+        }
         resp
     }
 
+    fn observe_unpooled(&self, status: http::StatusCode, start: Instant) {
+        self.metrics
+            .requests
+            .with_label_values(&[NO_POOL, code_class(status)])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[NO_POOL])
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Routes and forwards; returns the index of the pool that answered, if any.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        runtime: &Runtime,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         start: Instant,
-    ) -> (Option<String>, Result<Response<ProxyBody>, ProxyError>) {
-        let Some(runtime) = self.store.load() else {
-            return (None, Err(ProxyError::NotReady));
+    ) -> (Option<usize>, Result<Response<ProxyBody>, ProxyError>) {
+        let upgrade = upgrade::take_upgrade(&mut req);
+        let capability = req
+            .headers()
+            .get(&self.capability_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let pool_index = {
+            let mut host_buf = String::new();
+            let host = router::request_host(req.uri(), req.headers(), &mut host_buf);
+            let route_req = RouteRequest {
+                host,
+                path: req.uri().path(),
+                headers: req.headers(),
+            };
+            let mut candidates = router::matching(&runtime.table.routes, &route_req)
+                .filter_map(|i| runtime.pool_index_for_route(i))
+                .peekable();
+            if candidates.peek().is_none() {
+                return (
+                    None,
+                    Err(ProxyError::NoRoute {
+                        path: req.uri().path().to_owned(),
+                    }),
+                );
+            }
+            match &capability {
+                None => candidates.next(),
+                Some(c) => candidates.find(|&p| runtime.pools[p].has_capability(c)),
+            }
         };
-        let mut host_buf = String::new();
-        let host = router::request_host(req.uri(), req.headers(), &mut host_buf);
-        let route_req = RouteRequest {
-            host,
-            path: req.uri().path(),
-            headers: req.headers(),
-        };
-        let Some(pool) =
-            router::find(&runtime.table.routes, &route_req).and_then(|i| runtime.pool_for_route(i))
-        else {
+        let Some(mut p) = pool_index else {
             let path = req.uri().path().to_owned();
-            return (None, Err(ProxyError::NoRoute { path }));
+            let capability = capability.unwrap_or_default();
+            return (None, Err(ProxyError::NoCapability { path, capability }));
         };
-        let key = Some(pool.key.clone());
-        let Some(endpoint) = pool.pick().and_then(|i| pool.endpoints.get(i)) else {
-            return (
-                key,
-                Err(ProxyError::NoEndpoints {
-                    pool: pool.key.clone(),
-                }),
-            );
-        };
-        let upstream = match upstream_request(req, endpoint, peer) {
-            Ok(r) => r,
-            Err(e) => return (key, Err(e)),
-        };
-        self.metrics
-            .endpoint_requests
-            .with_label_values(&[&pool.key, endpoint])
-            .inc();
-        let gauge = self.metrics.in_flight.with_label_values(&[&pool.key]);
-        gauge.inc();
-        let in_flight = InFlight(gauge);
 
-        let deadline = start + pool.request_timeout;
-        let sent = tokio::time::timeout_at(deadline, pool.client.request(upstream)).await;
-        let resp = match sent {
-            Err(_) => {
-                return (
-                    key,
-                    Err(ProxyError::Timeout {
-                        endpoint: endpoint.clone(),
-                        timeout_ms: u64::try_from(pool.request_timeout.as_millis())
-                            .unwrap_or(u64::MAX),
-                    }),
-                );
+        // Reserve an endpoint: in this pool, waiting in its queue if it is full, or in
+        // its fallback chain when it has no live endpoint.
+        let deadline = start + Duration::from_millis(runtime.pools[p].spec.request_timeout_ms);
+        let mut hops = 0;
+        let slot = loop {
+            let pool = &runtime.pools[p];
+            let pick = PickRequest {
+                capability: capability.as_deref(),
+                hash: pool.hash_key(req.headers(), peer.ip().to_canonical()),
+                priority: pool.priority(None),
+            };
+            match pool.acquire(&pick, deadline).await {
+                Ok(slot) => break slot,
+                Err(Unavailable::Queue(e)) => return (Some(p), Err(e)),
+                Err(Unavailable::NoCapacity) => match pool.fallback {
+                    Some(f) if hops < runtime.pools.len() => {
+                        self.metrics
+                            .fallbacks
+                            .with_label_values(&[pool.key(), runtime.pools[f].key()])
+                            .inc();
+                        hops += 1;
+                        p = f;
+                    }
+                    _ => {
+                        return (
+                            Some(p),
+                            Err(ProxyError::NoEndpoints {
+                                pool: pool.key().to_owned(),
+                            }),
+                        );
+                    }
+                },
             }
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(error = ?e, endpoint, "connect failed");
-                return (
-                    key,
-                    Err(ProxyError::Connect {
-                        endpoint: endpoint.clone(),
-                    }),
-                );
-            }
-            Ok(Err(e)) => {
-                let message = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), ToString::to_string);
-                return (
-                    key,
-                    Err(ProxyError::Upstream {
-                        endpoint: endpoint.clone(),
-                        message,
-                    }),
-                );
-            }
-            Ok(Ok(resp)) => resp,
         };
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let body = DeadlineBody::new(body, deadline, in_flight).boxed();
-        (key, Ok(Response::from_parts(parts, body)))
+        let pool = &runtime.pools[p];
+        let pick = PickRequest {
+            capability: capability.as_deref(),
+            hash: pool.hash_key(req.headers(), peer.ip().to_canonical()),
+            priority: pool.priority(None),
+        };
+        let request_deadline = start + Duration::from_millis(pool.spec.request_timeout_ms);
+        let result = self
+            .send_with_retries(
+                pool,
+                req,
+                peer,
+                slot,
+                upgrade,
+                &pick,
+                request_deadline,
+                start,
+            )
+            .await;
+        (Some(p), result)
+    }
+
+    /// Sends the request to the reserved endpoint, and again to another one when the
+    /// pool retries and the failure allows it.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with_retries(
+        &self,
+        pool: &PoolRuntime,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        first_slot: Slot,
+        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        pick: &PickRequest<'_>,
+        deadline: Instant,
+        start: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        let (protocol, client_upgrade) = upgrade.unzip();
+        let template = Template::new(&parts, peer, protocol);
+        let retry = pool
+            .spec
+            .retries
+            .as_ref()
+            .filter(|_| client_upgrade.is_none());
+        let attempts = retry.map_or(0, |r| r.attempts);
+        if let Some(budget) = &pool.retry_budget {
+            budget.deposit(now_nanos());
+        }
+        let mut source = if attempts > 0 {
+            Source::Replay(ReplayBody::new(body, DEFAULT_REPLAY_CAP))
+        } else {
+            Source::Once(Some(body))
+        };
+        let mut slot = first_slot;
+        let mut tried = Vec::new();
+        let mut attempt = 0;
+        loop {
+            let endpoint = &pool.endpoints[slot.index];
+            let Some(body) = source.next() else {
+                // Unreachable: a retry is only chosen while the body can be replayed.
+                return Err(ProxyError::Upstream {
+                    endpoint: endpoint.address.clone(),
+                    message: "the request body cannot be sent again".into(),
+                });
+            };
+            let upstream = template.request(&endpoint.address, body)?;
+            let attempt_start = Instant::now();
+            let first_byte = pool.spec.first_byte_timeout_ms.map_or(deadline, |ms| {
+                deadline.min(attempt_start + Duration::from_millis(ms))
+            });
+            let failure = match tokio::time::timeout_at(
+                first_byte,
+                endpoint.client.request(upstream),
+            )
+            .await
+            {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    let outcome = if status.is_server_error() {
+                        Outcome::Failure5xx
+                    } else {
+                        Outcome::Success
+                    };
+                    pool.record_outcome(slot.index, outcome);
+                    if !retry.is_some_and(|r| r.statuses.contains(&status.as_u16())) {
+                        slot.record_latency(attempt_start.elapsed());
+                        return Ok(respond(pool, resp, slot, client_upgrade, deadline, start));
+                    }
+                    Failure::Status(resp)
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    tracing::debug!(error = ?e, endpoint = %endpoint.address, "connect failed");
+                    pool.record_outcome(slot.index, Outcome::ConnectFailure);
+                    Failure::Error(ProxyError::Connect {
+                        endpoint: endpoint.address.clone(),
+                    })
+                }
+                Ok(Err(e)) => {
+                    pool.record_outcome(slot.index, Outcome::Failure5xx);
+                    let message = std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), ToString::to_string);
+                    Failure::Error(ProxyError::Upstream {
+                        endpoint: endpoint.address.clone(),
+                        message,
+                    })
+                }
+                Err(_) => {
+                    // The agent may be working on it: a timeout is never retried.
+                    pool.record_outcome(slot.index, Outcome::Failure5xx);
+                    let timeout_ms = pool
+                        .spec
+                        .first_byte_timeout_ms
+                        .map_or(pool.spec.request_timeout_ms, |fb| {
+                            fb.min(pool.spec.request_timeout_ms)
+                        });
+                    return Err(ProxyError::Timeout {
+                        endpoint: endpoint.address.clone(),
+                        timeout_ms,
+                    });
+                }
+            };
+            tried.push(slot.index);
+            match self.next_attempt(pool, pick, &tried, attempt < attempts, &source) {
+                Ok(next) => {
+                    attempt += 1;
+                    slot = next;
+                }
+                Err(()) => {
+                    return match failure {
+                        Failure::Status(resp) => {
+                            Ok(respond(pool, resp, slot, client_upgrade, deadline, start))
+                        }
+                        Failure::Error(e) => Err(e),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A slot for a retry, on an endpoint not tried yet, when the attempts, the body
+    /// and the retry budget allow one.
+    fn next_attempt(
+        &self,
+        pool: &PoolRuntime,
+        pick: &PickRequest<'_>,
+        tried: &[usize],
+        attempts_left: bool,
+        source: &Source,
+    ) -> Result<Slot, ()> {
+        if !attempts_left {
+            return Err(());
+        }
+        let count = |result: &str| {
+            self.metrics
+                .retries
+                .with_label_values(&[pool.key(), result])
+                .inc()
+        };
+        if !source.replayable() {
+            count("not_replayable");
+            return Err(());
+        }
+        let Some(next) = pool.try_acquire(pick, tried) else {
+            count("no_endpoint");
+            return Err(());
+        };
+        if pool
+            .retry_budget
+            .as_ref()
+            .is_some_and(|b| !b.withdraw(now_nanos()))
+        {
+            count("budget_exhausted");
+            return Err(());
+        }
+        count("sent");
+        Ok(next)
     }
 }
 
-/// Turns the client's request into the request sent to `endpoint`.
-fn upstream_request(
-    req: Request<Incoming>,
-    endpoint: &str,
-    peer: SocketAddr,
-) -> Result<Request<Incoming>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri: Uri = format!("http://{endpoint}{path}")
-        .parse()
-        .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
-    // HTTP/2 requests carry the host in the authority: keep it for the agent.
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
+/// Why an attempt did not give the answer: a response with a retryable status, or an
+/// error.
+enum Failure {
+    Status(Response<Incoming>),
+    Error(ProxyError),
+}
+
+/// Where attempts get the request body from.
+enum Source {
+    /// Sent once, as it streams in.
+    Once(Option<Incoming>),
+    /// Kept (up to a cap) so that a retry can send it again.
+    Replay(ReplayBody<Incoming>),
+}
+
+impl Source {
+    fn next(&mut self) -> Option<ProxyBody> {
+        match self {
+            Source::Once(body) => body.take().map(|b| b.map_err(Into::into).boxed()),
+            Source::Replay(r) => r.attempt().map(BodyExt::boxed),
+        }
     }
+
+    fn replayable(&self) -> bool {
+        match self {
+            Source::Once(_) => false,
+            Source::Replay(r) => r.attempt().is_some(),
+        }
+    }
+}
+
+/// Turns the agent's response into the client's: hop-by-hop headers removed, the body
+/// streamed under the pool's deadlines, the endpoint slot held until the body ends, and
+/// an upgraded connection spliced through.
+fn respond(
+    pool: &PoolRuntime,
+    mut resp: Response<Incoming>,
+    slot: Slot,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    deadline: Instant,
+    start: Instant,
+) -> Response<ProxyBody> {
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = resp.headers().get(header::UPGRADE).cloned();
+    if let (true, Some(client), Some(protocol)) = (switching, client_upgrade, protocol.clone()) {
+        upgrade::splice(client, hyper::upgrade::on(&mut resp), protocol);
+    }
+    let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    append_forwarded_for(&mut parts.headers, peer);
-    parts.headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, body))
+    if let (true, Some(protocol)) = (switching, protocol) {
+        upgrade::restore_upgrade_headers(&mut parts.headers, protocol);
+    }
+    let total = if is_stream(&parts.headers) {
+        pool.spec
+            .stream_max_duration_ms
+            .map(|ms| start + Duration::from_millis(ms))
+    } else {
+        Some(deadline)
+    };
+    let idle = pool
+        .spec
+        .idle_timeout_ms
+        .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_millis);
+    let watch = SlotWatch {
+        slot: Some(slot),
+        cut: pool.metrics.body_cut.clone(),
+    };
+    Response::from_parts(
+        parts,
+        WatchedBody::new(body, total, Some(idle), watch).boxed(),
+    )
+}
+
+/// The parts of the client's request every attempt copies.
+struct Template {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+impl Template {
+    fn new(parts: &http::request::Parts, peer: SocketAddr, upgrade: Option<HeaderValue>) -> Self {
+        let mut headers = parts.headers.clone();
+        // HTTP/2 requests carry the host in the authority: keep it for the agent.
+        if !headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        strip_hop_by_hop(&mut headers);
+        append_forwarded_for(&mut headers, peer);
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        if let Some(protocol) = upgrade {
+            upgrade::restore_upgrade_headers(&mut headers, protocol);
+        }
+        Self {
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            headers,
+        }
+    }
+
+    fn request(&self, endpoint: &str, body: ProxyBody) -> Result<Request<ProxyBody>, ProxyError> {
+        let uri: Uri = format!("http://{endpoint}{}", self.path)
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
+        Ok(req)
+    }
 }
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
@@ -226,6 +531,40 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
+/// Holds an endpoint slot until the response body ends, and counts cut bodies.
+struct SlotWatch {
+    slot: Option<Slot>,
+    /// `sluice_body_cut_total` for `total`, `idle` and `upstream`.
+    cut: [prometheus::IntCounter; 3],
+}
+
+impl BodyWatch for SlotWatch {
+    fn on_end(&mut self, end: BodyEnd) {
+        match end {
+            BodyEnd::TimedOut(TimeoutKind::Total) => self.cut[0].inc(),
+            BodyEnd::TimedOut(TimeoutKind::Idle) => self.cut[1].inc(),
+            BodyEnd::Failed => self.cut[2].inc(),
+            BodyEnd::Complete | BodyEnd::Dropped => {}
+        }
+        self.slot.take();
+    }
+}
+
+/// Whether a response streams (server-sent events, NDJSON, gRPC): such a body is not
+/// cut by the whole-request timeout, only by the stream's own limit and the idle
+/// timeout.
+fn is_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("text/event-stream")
+                || ct.starts_with("application/x-ndjson")
+                || ct.starts_with("application/grpc")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,5 +597,18 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         append_forwarded_for(&mut h, "127.0.0.1:1".parse().expect("addr"));
         assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    }
+
+    #[test]
+    fn streams_are_recognised_by_content_type() {
+        let mut h = HeaderMap::new();
+        assert!(!is_stream(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            "text/event-stream; charset=utf-8".parse().expect("v"),
+        );
+        assert!(is_stream(&h));
+        h.insert(header::CONTENT_TYPE, "application/json".parse().expect("v"));
+        assert!(!is_stream(&h));
     }
 }

@@ -10,13 +10,17 @@
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod error;
 pub mod forward;
 pub mod metrics;
+pub mod pool;
+pub mod replay;
 pub mod router;
 pub mod server;
 pub mod store;
 pub mod subscriber;
+pub mod upgrade;
 
 pub use error::ProxyError;
 pub use forward::Forwarder;

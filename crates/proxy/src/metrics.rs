@@ -34,6 +34,28 @@ pub struct Metrics {
     pub table_version: IntGauge,
     /// `sluice_route_table_updates_total{result}`: tables `applied` or `rejected`.
     pub table_updates: IntCounterVec,
+    /// `sluice_endpoint_in_flight{pool, endpoint}`: requests in flight per endpoint.
+    pub endpoint_in_flight: IntGaugeVec,
+    /// `sluice_endpoint_healthy{pool, endpoint}`: 1 when the active health check
+    /// says healthy (or there is none), 0 when unhealthy.
+    pub endpoint_healthy: IntGaugeVec,
+    /// `sluice_queue_depth{pool}`: requests waiting for a free endpoint.
+    pub queue_depth: IntGaugeVec,
+    /// `sluice_queue_wait_seconds{pool, result}`: time spent in the queue.
+    pub queue_wait: HistogramVec,
+    /// `sluice_retries_total{pool, result}`: retries `sent` or refused
+    /// (`budget_exhausted`, `not_replayable`, `no_endpoint`).
+    pub retries: IntCounterVec,
+    /// `sluice_outlier_ejections_total{pool, reason, result}`: ejections `ejected` or
+    /// `skipped` (over the pool's maximum share).
+    pub ejections: IntCounterVec,
+    /// `sluice_health_transitions_total{pool, to}`: health check state changes.
+    pub health_transitions: IntCounterVec,
+    /// `sluice_fallbacks_total{pool, to}`: requests sent to a fallback pool.
+    pub fallbacks: IntCounterVec,
+    /// `sluice_body_cut_total{pool, reason}`: response bodies cut by a timeout
+    /// (`total`, `idle`) or failed upstream (`upstream`).
+    pub body_cut: IntCounterVec,
 }
 
 impl Metrics {
@@ -96,6 +118,74 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let endpoint_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "sluice_endpoint_in_flight",
+                "Requests in flight per endpoint",
+            ),
+            &["pool", "endpoint"],
+        )?;
+        let endpoint_healthy = IntGaugeVec::new(
+            Opts::new(
+                "sluice_endpoint_healthy",
+                "1 when the endpoint passes its health checks",
+            ),
+            &["pool", "endpoint"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new("sluice_queue_depth", "Requests waiting for a free endpoint"),
+            &["pool"],
+        )?;
+        let queue_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_queue_wait_seconds",
+                "Time requests spent in the queue",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["pool", "result"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("sluice_retries_total", "Retries sent, or refused and why"),
+            &["pool", "result"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "sluice_outlier_ejections_total",
+                "Outlier ejections, done or skipped",
+            ),
+            &["pool", "reason", "result"],
+        )?;
+        let health_transitions = IntCounterVec::new(
+            Opts::new(
+                "sluice_health_transitions_total",
+                "Health check state changes",
+            ),
+            &["pool", "to"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new("sluice_fallbacks_total", "Requests sent to a fallback pool"),
+            &["pool", "to"],
+        )?;
+        let body_cut = IntCounterVec::new(
+            Opts::new(
+                "sluice_body_cut_total",
+                "Response bodies cut before their end",
+            ),
+            &["pool", "reason"],
+        )?;
+        for c in [&endpoint_in_flight, &endpoint_healthy, &queue_depth] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for c in [
+            &retries,
+            &ejections,
+            &health_transitions,
+            &fallbacks,
+            &body_cut,
+        ] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -112,6 +202,15 @@ impl Metrics {
             errors,
             table_version,
             table_updates,
+            endpoint_in_flight,
+            endpoint_healthy,
+            queue_depth,
+            queue_wait,
+            retries,
+            ejections,
+            health_transitions,
+            fallbacks,
+            body_cut,
         })
     }
 
@@ -132,6 +231,50 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The metric handles of one pool, resolved once per route table so that the request
+/// path does no label lookups.
+#[derive(Clone, Debug)]
+pub struct PoolMetrics {
+    /// Responses by status class: `1xx` to `5xx`.
+    pub requests: [prometheus::IntCounter; 5],
+    /// Receipt to response headers.
+    pub duration: prometheus::Histogram,
+    /// Requests whose response has not ended.
+    pub in_flight: prometheus::IntGauge,
+    /// Waiting requests.
+    pub queue_depth: prometheus::IntGauge,
+    /// Bodies cut: by the total deadline, by the idle timeout, by an upstream failure.
+    pub body_cut: [prometheus::IntCounter; 3],
+}
+
+impl PoolMetrics {
+    /// Resolves the handles of `pool`.
+    pub fn new(metrics: &Metrics, pool: &str) -> Self {
+        let class = |c| metrics.requests.with_label_values(&[pool, c]);
+        Self {
+            requests: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: metrics.duration.with_label_values(&[pool]),
+            in_flight: metrics.in_flight.with_label_values(&[pool]),
+            queue_depth: metrics.queue_depth.with_label_values(&[pool]),
+            body_cut: ["total", "idle", "upstream"]
+                .map(|r| metrics.body_cut.with_label_values(&[pool, r])),
+        }
+    }
+
+    /// Counts one response and its latency.
+    pub fn observe(&self, status: http::StatusCode, seconds: f64) {
+        let i = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.requests[i].inc();
+        self.duration.observe(seconds);
     }
 }
 

@@ -20,6 +20,18 @@ pub fn find(routes: &[Route], req: &RouteRequest<'_>) -> Option<usize> {
     routes.iter().position(|r| matches(r, req))
 }
 
+/// The indices of every route that matches, in precedence order.
+pub fn matching<'a>(
+    routes: &'a [Route],
+    req: &'a RouteRequest<'a>,
+) -> impl Iterator<Item = usize> + 'a {
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches(r, req))
+        .map(|(i, _)| i)
+}
+
 fn matches(route: &Route, req: &RouteRequest<'_>) -> bool {
     if let Some(host) = &route.host
         && req.host != Some(host.as_str())

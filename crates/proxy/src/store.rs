@@ -1,28 +1,30 @@
 //! The routing state in force, swapped in whole when a new table arrives.
 //!
-//! A [`Runtime`] is built once per table: routes resolved to pool indices, a selector
-//! per pool, upstream clients attached. Requests read it through an `ArcSwap` and
-//! never take a lock; a table that fails validation is refused and the last good
-//! runtime stays.
+//! A [`Runtime`] is built once per table: routes resolved to pool indices, a
+//! [`PoolRuntime`] per pool (selector, load, health, queue), upstream clients
+//! attached. Requests read it through an `ArcSwap` and never take a lock; a table that
+//! fails validation is refused and the last good runtime stays. State that must outlive
+//! a table (connection pools, endpoint load, health, ejections, queues) carries over.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use sluice_api::table::{Algorithm, Pool};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_api::{RouteTable, TableError};
-use sluice_balance::{RoundRobin, Selector, Weighted};
+use sluice_balance::{CheckResult, HealthState};
+use tokio::task::AbortHandle;
 
+use crate::body::ProxyBody;
 use crate::metrics::Metrics;
+use crate::pool::{self, HEALTH_START, PoolRuntime};
 
 /// The pooled HTTP client used to reach agents.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// How long an idle upstream connection is kept for reuse.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -35,83 +37,43 @@ pub struct Runtime {
     /// The pools, in the table's order.
     pub pools: Vec<PoolRuntime>,
     route_pool: Vec<usize>,
+    checkers: Mutex<Vec<AbortHandle>>,
 }
 
 impl Runtime {
+    /// The index of the pool route `index` sends to.
+    pub fn pool_index_for_route(&self, index: usize) -> Option<usize> {
+        self.route_pool
+            .get(index)
+            .copied()
+            .filter(|&p| p < self.pools.len())
+    }
+
     /// The pool route `index` sends to.
     pub fn pool_for_route(&self, index: usize) -> Option<&PoolRuntime> {
-        self.route_pool.get(index).and_then(|&p| self.pools.get(p))
+        self.pool_index_for_route(index).map(|p| &self.pools[p])
     }
-}
 
-/// One pool, ready to pick endpoints and send to them.
-#[derive(Debug)]
-pub struct PoolRuntime {
-    /// `namespace/name`.
-    pub key: String,
-    /// All endpoint addresses, backends flattened in order.
-    pub endpoints: Vec<String>,
-    /// Deadline for a whole request.
-    pub request_timeout: Duration,
-    /// Connect timeout, as configured.
-    pub connect_timeout: Duration,
-    /// The pooled client for this pool's connect timeout.
-    pub client: UpstreamClient,
-    picker: Picker,
-}
+    /// The pool with this key.
+    pub fn pool(&self, key: &str) -> Option<&PoolRuntime> {
+        self.pools.iter().find(|p| p.key() == key)
+    }
 
-impl PoolRuntime {
-    /// Picks the endpoint for the next request, as an index into `endpoints`.
-    pub fn pick(&self) -> Option<usize> {
-        match &self.picker {
-            Picker::Flat(rr) => rr.pick(),
-            Picker::Weighted { backends, members } => {
-                let (offset, rr) = &members[backends.pick()?];
-                rr.pick().map(|i| offset + i)
-            }
+    fn stop_checkers(&self) {
+        for handle in self
+            .checkers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            handle.abort();
         }
     }
 }
 
-#[derive(Debug)]
-enum Picker {
-    /// Round robin over every endpoint.
-    Flat(RoundRobin),
-    /// Weighted over backends that have endpoints, then round robin inside one:
-    /// `members[i]` is the offset of backend `i`'s endpoints and its selector.
-    Weighted {
-        backends: Weighted,
-        members: Vec<(usize, RoundRobin)>,
-    },
-}
-
-fn picker(pool: &Pool) -> Picker {
-    match pool.algorithm {
-        Algorithm::Weighted => {
-            let mut weights = Vec::new();
-            let mut members = Vec::new();
-            let mut offset = 0;
-            for backend in &pool.backends {
-                let n = backend.endpoints.iter().filter(|e| !e.terminating).count();
-                if let (Some(w), true) = (NonZeroU32::new(backend.weight), n > 0) {
-                    weights.push(w);
-                    members.push((offset, RoundRobin::new(n)));
-                }
-                offset += n;
-            }
-            Picker::Weighted {
-                backends: Weighted::new(&weights),
-                members,
-            }
-        }
-        // The compiler refuses the algorithms the proxy does not implement yet; a
-        // table carrying one anyway is balanced round robin rather than dropped.
-        Algorithm::RoundRobin
-        | Algorithm::LeastRequest
-        | Algorithm::PeakEwma
-        | Algorithm::ConsistentHash => Picker::Flat(RoundRobin::new(
-            pool.endpoints().filter(|e| !e.terminating).count(),
-        )),
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_checkers();
     }
 }
 
@@ -119,7 +81,8 @@ fn picker(pool: &Pool) -> Picker {
 #[derive(Debug)]
 pub struct TableStore {
     current: ArcSwapOption<Runtime>,
-    clients: Mutex<HashMap<Duration, UpstreamClient>>,
+    clients: Mutex<HashMap<(Duration, bool), UpstreamClient>>,
+    health: Mutex<HashMap<(String, String), Arc<HealthState>>>,
     metrics: Metrics,
 }
 
@@ -138,6 +101,7 @@ impl TableStore {
         Self {
             current: ArcSwapOption::empty(),
             clients: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -148,6 +112,8 @@ impl TableStore {
     }
 
     /// Validates `table`, builds its runtime and puts it in force.
+    ///
+    /// Must be called within a Tokio runtime (health checks are spawned).
     ///
     /// # Errors
     ///
@@ -161,14 +127,23 @@ impl TableStore {
             return Err(e);
         }
         let version = i64::try_from(table.version).unwrap_or(i64::MAX);
-        if let Some(current) = self.current.load().as_deref()
+        let previous = self.current.load_full();
+        if let Some(current) = previous.as_deref()
             && current.table.revision == table.revision
         {
             self.metrics.table_version.set(version);
             return Ok(Applied::Unchanged);
         }
-        let runtime = self.build(table);
-        self.current.store(Some(Arc::new(runtime)));
+        let runtime = Arc::new(self.build(table, previous.as_deref()));
+        start_health_checks(&runtime);
+        self.current.store(Some(runtime.clone()));
+        if let Some(old) = previous {
+            old.stop_checkers();
+        }
+        // Waiters queued under the old table try again with the new endpoints.
+        for pool in &runtime.pools {
+            pool.queue.notify_all();
+        }
         self.metrics.table_version.set(version);
         self.metrics
             .table_updates
@@ -177,12 +152,32 @@ impl TableStore {
         Ok(Applied::Swapped)
     }
 
-    fn build(&self, table: RouteTable) -> Runtime {
+    fn build(&self, table: RouteTable, previous: Option<&Runtime>) -> Runtime {
+        let client = |connect: Duration, h2c: bool| self.client(connect, h2c);
+        let pools: Vec<PoolRuntime> = table
+            .pools
+            .iter()
+            .map(|p| {
+                let health = |address: &str| self.health_state(&p.key, address);
+                pool::build(
+                    p,
+                    previous.and_then(|r| r.pool(&p.key)),
+                    &client,
+                    &health,
+                    &self.metrics,
+                )
+            })
+            .collect();
         let index: HashMap<&str, usize> = table
             .pools
             .iter()
             .enumerate()
             .map(|(i, p)| (p.key.as_str(), i))
+            .collect();
+        let fallbacks: Vec<Option<usize>> = table
+            .pools
+            .iter()
+            .map(|p| p.fallback.as_deref().and_then(|f| index.get(f).copied()))
             .collect();
         // `validate` checked every route names a pool.
         let route_pool = table
@@ -190,136 +185,106 @@ impl TableStore {
             .iter()
             .map(|r| index.get(r.pool.as_str()).copied().unwrap_or(usize::MAX))
             .collect();
-        let pools = table
-            .pools
-            .iter()
-            .map(|p| {
-                let connect_timeout = Duration::from_millis(p.connect_timeout_ms);
-                PoolRuntime {
-                    key: p.key.clone(),
-                    // Terminating endpoints drain: they get no new requests.
-                    endpoints: p
-                        .endpoints()
-                        .filter(|e| !e.terminating)
-                        .map(|e| e.address.clone())
-                        .collect(),
-                    request_timeout: Duration::from_millis(p.request_timeout_ms),
-                    connect_timeout,
-                    client: self.client(connect_timeout),
-                    picker: picker(p),
-                }
-            })
-            .collect();
+        let mut pools = pools;
+        for (pool, fallback) in pools.iter_mut().zip(fallbacks) {
+            pool.fallback = fallback;
+        }
         Runtime {
             table,
             pools,
             route_pool,
+            checkers: Mutex::new(Vec::new()),
         }
     }
 
-    /// One pooled client per connect timeout, kept across tables so that a new table
-    /// does not drop the idle connections of the old one.
-    fn client(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    fn health_state(&self, pool: &str, address: &str) -> Arc<HealthState> {
+        let mut states = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        states
+            .entry((pool.to_owned(), address.to_owned()))
+            .or_insert_with(|| Arc::new(HealthState::new(HEALTH_START)))
+            .clone()
+    }
+
+    /// One pooled client per connect timeout and protocol, kept across tables so that
+    /// a new table does not drop the idle connections of the old one.
+    fn client(&self, connect_timeout: Duration, h2c: bool) -> UpstreamClient {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         clients
-            .entry(connect_timeout)
+            .entry((connect_timeout, h2c))
             .or_insert_with(|| {
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(connect_timeout));
                 connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
                     .pool_idle_timeout(IDLE_TIMEOUT)
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .build(connector)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new());
+                if h2c {
+                    builder.http2_only(true);
+                }
+                builder.build(connector)
             })
             .clone()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sluice_api::table::{BackendTarget, Endpoint, Route};
-
-    fn table(algorithm: Algorithm, backends: &[(u32, &[&str])]) -> RouteTable {
-        let pool = Pool {
-            key: "d/p".into(),
-            algorithm,
-            backends: backends
-                .iter()
-                .enumerate()
-                .map(|(i, (w, eps))| BackendTarget {
-                    name: format!("static[{i}]"),
-                    weight: *w,
-                    endpoints: eps.iter().map(|a| Endpoint::new(*a)).collect(),
-                    ..Default::default()
-                })
-                .collect(),
-            connect_timeout_ms: 100,
-            request_timeout_ms: 1000,
-            ..Default::default()
+/// Starts the active health checks of every pool that has them. The tasks hold a weak
+/// reference and end with the runtime.
+fn start_health_checks(runtime: &Arc<Runtime>) {
+    let mut handles = Vec::new();
+    for (p, pool) in runtime.pools.iter().enumerate() {
+        let Some(check) = pool.spec.health_check.clone() else {
+            continue;
         };
-        let route = Route {
-            pool: "d/p".into(),
-            host: None,
-            path_prefix: "/".into(),
-            headers: vec![],
-        };
-        RouteTable::new(vec![route], vec![pool])
+        let weak = Arc::downgrade(runtime);
+        let task = tokio::spawn(async move {
+            let interval = Duration::from_millis(check.interval_ms.max(1));
+            let timeout = Duration::from_millis(check.timeout_ms.max(1));
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(rt) = weak.upgrade() else { return };
+                let pool = &rt.pools[p];
+                let probes = pool
+                    .endpoints
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.terminating)
+                    .map(|(i, e)| {
+                        let uri = format!("http://{}{}", e.address, check.path);
+                        let client = e.client.clone();
+                        async move {
+                            let ok = match http::Request::get(uri)
+                                .body(Empty::new().map_err(|never| match never {}).boxed())
+                            {
+                                Ok(req) => matches!(
+                                    tokio::time::timeout(timeout, client.request(req)).await,
+                                    Ok(Ok(resp)) if resp.status().is_success()
+                                ),
+                                Err(_) => false,
+                            };
+                            (
+                                i,
+                                if ok {
+                                    CheckResult::Success
+                                } else {
+                                    CheckResult::Failure
+                                },
+                            )
+                        }
+                    });
+                for (i, result) in futures_util::future::join_all(probes).await {
+                    pool.record_health(i, result);
+                }
+            }
+        });
+        handles.push(task.abort_handle());
     }
-
-    #[tokio::test]
-    async fn weighted_splits_by_backend_then_round_robin_inside() {
-        let store = TableStore::new(Metrics::new());
-        let t = table(
-            Algorithm::Weighted,
-            &[
-                (3, &["127.0.0.1:1", "127.0.0.1:2"]),
-                (0, &[]),
-                (1, &["127.0.0.1:3"]),
-            ],
-        );
-        // weight 0 is refused by validate; use an empty backend with weight 1 instead.
-        assert!(store.apply(t).is_err());
-        let t = table(
-            Algorithm::Weighted,
-            &[
-                (3, &["127.0.0.1:1", "127.0.0.1:2"]),
-                (1, &[]),
-                (1, &["127.0.0.1:3"]),
-            ],
-        );
-        assert_eq!(store.apply(t.clone()), Ok(Applied::Swapped));
-        assert_eq!(store.apply(t), Ok(Applied::Unchanged));
-        let rt = store.load().expect("loaded");
-        let pool = rt.pool_for_route(0).expect("pool");
-        let mut counts = [0; 3];
-        for _ in 0..400 {
-            counts[pool.pick().expect("endpoint")] += 1;
-        }
-        assert_eq!(counts, [150, 150, 100]);
-    }
-
-    #[tokio::test]
-    async fn an_empty_pool_picks_nothing_and_a_bad_table_keeps_the_last() {
-        let store = TableStore::new(Metrics::new());
-        assert!(store.load().is_none());
-        assert_eq!(
-            store.apply(table(Algorithm::RoundRobin, &[(1, &[])])),
-            Ok(Applied::Swapped)
-        );
-        let rt = store.load().expect("loaded");
-        assert_eq!(rt.pool_for_route(0).expect("pool").pick(), None);
-
-        let mut bad = table(Algorithm::RoundRobin, &[(1, &["127.0.0.1:1"])]);
-        bad.revision = "tampered".into();
-        assert!(store.apply(bad).is_err());
-        assert_eq!(
-            store.load().expect("kept").table.revision,
-            rt.table.revision
-        );
-    }
+    runtime
+        .checkers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .extend(handles);
 }

@@ -33,6 +33,9 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         path: PathBuf,
     },
+    /// Print the SHA-256 hash of an API key read from standard input, the form
+    /// consumer Secrets and standalone files may store it in (`api-key-sha256`).
+    HashKey,
     /// Print the CustomResourceDefinitions as YAML, or write them into folders.
     Crds {
         /// Write one file per CRD into each of these folders instead of printing.
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Compile { path } => std::process::exit(cmd_compile::run(&path)),
         Command::Crds { out } => crds(&out),
+        Command::HashKey => hash_key(),
         Command::Proxy(args) => runtime()?.block_on(cmd_proxy::run(args)),
         Command::Controller(args) => runtime()?.block_on(cmd_controller::run(args)),
     }
@@ -83,6 +87,22 @@ fn crds(out: &[PathBuf]) -> Result<()> {
             eprintln!("wrote {}", path.display());
         }
     }
+    Ok(())
+}
+
+/// Reads one key from stdin (surrounding whitespace, such as the newline of `echo`,
+/// is not part of it) and prints its hash.
+fn hash_key() -> Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)?;
+    let key = input.trim();
+    if key.is_empty() {
+        anyhow::bail!("no key on standard input: try `printf %s \"$KEY\" | sluice hash-key`");
+    }
+    if key.contains(char::is_whitespace) {
+        anyhow::bail!("the key contains whitespace; give one key without spaces or newlines");
+    }
+    println!("{}", sluice_api::compile::hash_api_key(key));
     Ok(())
 }
 
