@@ -47,19 +47,32 @@ fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
             .map(|_| ()))
     })?;
 
-    let mut seen = std::collections::BTreeSet::new();
     for _ in 0..6 {
         let resp = get(proxy, "/agents/echo/hello")?;
         assert_eq!(resp.status, 200, "{resp:?}");
         let body: serde_json::Value = serde_json::from_str(&resp.body)?;
         assert_eq!(body["path"], "/agents/echo/hello");
-        seen.insert(
+        assert!(
             resp.header("x-demo-agent")
-                .context("x-demo-agent")?
-                .to_owned(),
+                .is_some_and(|a| a.starts_with("agent-"))
         );
     }
-    assert_eq!(seen.len(), 3, "round robin over the three agents: {seen:?}");
+
+    // The weighted pool splits 70/30 exactly over whole cycles of its weights.
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        let resp = get(proxy, "/agents/weighted/")?;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        *counts
+            .entry(
+                resp.header("x-demo-agent")
+                    .context("x-demo-agent")?
+                    .to_owned(),
+            )
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("agent-1"), Some(&70), "{counts:?}");
+    assert_eq!(counts.get("agent-2"), Some(&30), "{counts:?}");
 
     // A streamed completion: the first event arrives well before the last one.
     let mut stream = TcpStream::connect(proxy)?;

@@ -33,7 +33,8 @@ cat <<'TRY'
 Sluice is up on 127.0.0.1:8080 (admin on 127.0.0.1:9901). Try:
 
   curl -i 127.0.0.1:8080/agents/echo/hello
-  for i in 1 2 3 4 5 6; do curl -s -D - -o /dev/null 127.0.0.1:8080/agents/echo/ | grep x-demo-agent; done
+  for i in $(seq 20); do curl -s -D - -o /dev/null 127.0.0.1:8080/agents/echo/ | grep -i '^x-demo-agent:'; done | sort | uniq -c
+  for i in $(seq 300); do curl -s -D - -o /dev/null 127.0.0.1:8080/agents/weighted/ | grep -i '^x-demo-agent:'; done | sort | uniq -c
   curl -s 127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
        -d '{"model":"demo","messages":[{"role":"user","content":"hello agents"}]}'
   curl -N 127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \
