@@ -9,10 +9,12 @@
 //! metrics and the current table.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod error;
 pub mod forward;
+pub mod hygiene;
 pub mod metrics;
 pub mod pool;
 pub mod replay;

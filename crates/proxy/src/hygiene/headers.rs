@@ -1,0 +1,178 @@
+//! Header hygiene toward agents: hop-by-hop headers go, client-supplied `x-sluice-*`
+//! headers go, and the gateway's identity headers are set last.
+//!
+//! The order is the point, and [`prepare_upstream`] fixes it:
+//!
+//! 1. [`strip_hop_by_hop`]: the fixed hop-by-hop set **and every header the client
+//!    names in `Connection`**. Done first, so a `Connection: x-sluice-consumer` can only
+//!    remove the client's own copy, never the one the gateway sets afterwards.
+//! 2. [`strip_sluice_headers`]: every `x-sluice-*` header the client sent (header names
+//!    are case-insensitive and `http` stores them lower-case, so `X-Sluice-Tier` is
+//!    caught too): an agent must never see a client-chosen `x-sluice-tier: premium`.
+//! 3. [`set_identity`]: `x-sluice-consumer` and `x-sluice-tier` from the authenticated
+//!    consumer; for an anonymous request they stay absent.
+//!
+//! `Connection` may not remove `Host` or `Content-Length` (message framing and routing
+//! are not the client's to drop); those tokens are ignored.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The prefix of every header the gateway owns.
+pub const SLUICE_PREFIX: &str = "x-sluice-";
+
+/// The authenticated consumer's name, set by the gateway.
+pub const CONSUMER: &str = "x-sluice-consumer";
+
+/// The authenticated consumer's tier, set by the gateway.
+pub const TIER: &str = "x-sluice-tier";
+
+/// At most this many names in `Connection` are honoured per request.
+pub const MAX_CONNECTION_TOKENS: usize = 32;
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1),
+/// plus the non-standard `Keep-Alive` and `Proxy-Connection`.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Headers a `Connection` token may not remove.
+static PROTECTED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
+/// The credential headers the gateway reads ([`strip_credentials`]).
+static CREDENTIALS: [HeaderName; 2] = [header::AUTHORIZATION, HeaderName::from_static("x-api-key")];
+
+/// Why identity headers could not be set. A consumer name or tier that is not a valid
+/// header value is a configuration or token-validation bug upstream of this module;
+/// answer 500 rather than forward an unidentified request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// The value is not visible ASCII (or is empty).
+    #[error("the {header} value is not a valid header value")]
+    InvalidIdentity {
+        /// Which header: `x-sluice-consumer` or `x-sluice-tier`.
+        header: &'static str,
+    },
+}
+
+/// Who the gateway says is calling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// The consumer's name.
+    pub consumer: &'a str,
+    /// The consumer's tier.
+    pub tier: &'a str,
+}
+
+/// Removes the hop-by-hop headers and every header `Connection` names (except
+/// `Host` and `Content-Length`; at most [`MAX_CONNECTION_TOKENS`] names).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .take(MAX_CONNECTION_TOKENS)
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !PROTECTED.contains(name))
+        .collect();
+    for name in named.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
+    }
+}
+
+/// Removes every `x-sluice-*` header, whatever its case on the wire.
+pub fn strip_sluice_headers(headers: &mut HeaderMap) {
+    let owned: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(SLUICE_PREFIX))
+        .cloned()
+        .collect();
+    for name in owned {
+        headers.remove(name);
+    }
+}
+
+/// Removes the credential headers (`Authorization`, `x-api-key`), for pools whose
+/// agents must not see the caller's secret once the gateway has checked it.
+pub fn strip_credentials(headers: &mut HeaderMap) {
+    for name in &CREDENTIALS {
+        headers.remove(name);
+    }
+}
+
+/// Sets `x-sluice-consumer` and `x-sluice-tier`, replacing any value.
+///
+/// # Errors
+///
+/// [`HeaderError::InvalidIdentity`] when a value is empty or not visible ASCII; the
+/// headers are then left unchanged.
+pub fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) -> Result<(), HeaderError> {
+    let consumer = identity_value(identity.consumer, CONSUMER)?;
+    let tier = identity_value(identity.tier, TIER)?;
+    headers.insert(HeaderName::from_static(CONSUMER), consumer);
+    headers.insert(HeaderName::from_static(TIER), tier);
+    Ok(())
+}
+
+fn identity_value(value: &str, header: &'static str) -> Result<HeaderValue, HeaderError> {
+    let invalid = HeaderError::InvalidIdentity { header };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid);
+    }
+    HeaderValue::from_str(value).map_err(|_| invalid)
+}
+
+/// The whole hygiene step for a request about to go to an agent, in the order the
+/// [module docs](self) explain: hop-by-hop (with `Connection`-named) headers, then
+/// client `x-sluice-*` headers, then the identity (none for an anonymous request).
+///
+/// # Errors
+///
+/// As [`set_identity`]; the strips have happened by then.
+pub fn prepare_upstream(
+    headers: &mut HeaderMap,
+    identity: Option<&Identity<'_>>,
+) -> Result<(), HeaderError> {
+    strip_hop_by_hop(headers);
+    strip_sluice_headers(headers);
+    match identity {
+        Some(identity) => set_identity(headers, identity),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cannot_remove_framing_or_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, content-length"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn identity_values_must_be_visible_ascii() {
+        let mut h = HeaderMap::new();
+        for (consumer, tier) in [("", "t"), ("a b", "t"), ("é", "t"), ("c", "x\ny")] {
+            assert!(set_identity(&mut h, &Identity { consumer, tier }).is_err());
+        }
+        assert!(h.is_empty());
+    }
+}

@@ -1,0 +1,24 @@
+//! Request hygiene: what the gateway makes of the raw request before any decision.
+//!
+//! Three independent building blocks, each usable alone:
+//!
+//! * [`path`]: one canonical request path, computed once before matching, so routing,
+//!   authentication, limits and the agent agree on what was asked for;
+//! * [`client_ip`]: the client address, taken from `X-Forwarded-For` only when the TCP
+//!   peer is a trusted proxy;
+//! * [`headers`]: hop-by-hop and client-supplied `x-sluice-*` headers removed, then the
+//!   gateway's identity headers set, in that order.
+//!
+//! On the request path they run in this order: normalise the path (400 on a
+//! [`path::PathError`]) → route → client IP → strip headers ([`headers::strip_hop_by_hop`],
+//! [`headers::strip_sluice_headers`]) → authenticate (`crate::auth`) → set the identity
+//! ([`headers::set_identity`]). Client IP comes before the strip so that a
+//! `Connection: x-forwarded-for` cannot hide the forwarded chain from it.
+
+pub mod client_ip;
+pub mod headers;
+pub mod path;
+
+pub use client_ip::TrustedProxies;
+pub use headers::Identity;
+pub use path::{PathError, PathOptions, normalise};
