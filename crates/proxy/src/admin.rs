@@ -1,6 +1,8 @@
 //! The admin listener: `/healthz`, `/readyz` (a table is loaded), `/metrics`
 //! (Prometheus text) and `/routes` (the table in force, with its version, as JSON).
-//! It binds to localhost by default.
+//!
+//! It binds to localhost by default. Exposed beyond it, it requires a bearer token for
+//! `/metrics` and `/routes`; `/healthz` and `/readyz` stay open for probes.
 
 use std::sync::Arc;
 
@@ -17,12 +19,39 @@ use crate::store::TableStore;
 pub struct Admin {
     store: Arc<TableStore>,
     metrics: Metrics,
+    token: Option<Arc<str>>,
 }
 
 impl Admin {
     /// An admin handler over `store` and `metrics`.
     pub fn new(store: Arc<TableStore>, metrics: Metrics) -> Self {
-        Self { store, metrics }
+        Self {
+            store,
+            metrics,
+            token: None,
+        }
+    }
+
+    /// Requires `Authorization: Bearer TOKEN` for `/metrics` and `/routes`.
+    #[must_use]
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(token) = &self.token else { return true };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        // Compare digests, so the comparison time says nothing about the token.
+        presented.is_some_and(|p| {
+            use sha2::Digest;
+            sha2::Sha256::digest(p.as_bytes()) == sha2::Sha256::digest(token.as_bytes())
+        })
     }
 
     /// Handles one admin request.
@@ -34,7 +63,14 @@ impl Admin {
                 "only GET is served\n".into(),
             );
         }
-        match req.uri().path() {
+        let path = req.uri().path();
+        if matches!(path, "/metrics" | "/routes") && !self.authorized(req) {
+            let mut resp = reply(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n".into());
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice-admin\""));
+            return resp;
+        }
+        match path {
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => match self.store.load() {
                 Some(rt) => reply(

@@ -31,6 +31,14 @@ pub enum ProxyError {
     /// its path is refused by normalisation. Not retryable.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request path is refused by normalisation (an encoded `/`, `\\` or NUL, a
+    /// bad percent escape). Not retryable.
+    #[error("bad request path: {0}")]
+    BadPath(#[from] crate::hygiene::path::PathError),
+    /// Authentication or access refused the request (401, 403, or 503 when a JWKS is
+    /// unavailable). Retryable only in the last case.
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
     /// The request names a capability no matching pool advertises. Not retryable.
     #[error("no agent pool for {path} has capability {capability:?}")]
     NoCapability {
@@ -89,7 +97,8 @@ impl ProxyError {
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } | ProxyError::NoCapability { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Auth(e) => e.status(),
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -105,6 +114,8 @@ impl ProxyError {
             ProxyError::QueueFull { .. } => "queue_full",
             ProxyError::QueueTimeout { .. } => "queue_timeout",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadPath(e) => e.reason(),
+            ProxyError::Auth(e) => e.reason(),
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
@@ -120,7 +131,9 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => true,
+            ProxyError::Auth(e) => matches!(e, crate::auth::AuthError::KeysUnavailable),
             ProxyError::NoRoute { .. }
+            | ProxyError::BadPath(_)
             | ProxyError::NoCapability { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::Timeout { .. }
@@ -147,6 +160,11 @@ impl ProxyError {
         );
         if self.retryable() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::Auth(e) = &self
+            && let Some(challenge) = e.www_authenticate()
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         resp
     }

@@ -27,45 +27,57 @@ use crate::pool::{DEFAULT_IDLE_TIMEOUT, PickRequest, PoolRuntime, Slot, Unavaila
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 use crate::router::{self, RouteRequest};
 use crate::store::{Runtime, TableStore};
+use crate::hygiene::client_ip::{TrustedProxies, X_FORWARDED_FOR};
+use crate::hygiene::headers::{Identity, prepare_upstream, strip_credentials, strip_hop_by_hop, strip_sluice_headers};
+use crate::hygiene::path::{PathOptions, normalise_path_and_query};
+use crate::identity::Caller;
 use crate::upgrade;
-
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// The header a request names a capability in, unless configured otherwise.
 pub const DEFAULT_CAPABILITY_HEADER: &str = "x-agent-capability";
+
+/// Settings of the request path that come from the command line, not the table.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// The header a request names a capability in.
+    pub capability_header: HeaderName,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Path normalisation options.
+    pub path: PathOptions,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            capability_header: HeaderName::from_static(DEFAULT_CAPABILITY_HEADER),
+            trusted_proxies: TrustedProxies::none(),
+            path: PathOptions::default(),
+        }
+    }
+}
 
 /// The proxy's request handler.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     store: Arc<TableStore>,
     metrics: Metrics,
-    capability_header: HeaderName,
+    config: Arc<ForwardConfig>,
 }
 
 impl Forwarder {
     /// A forwarder reading the routing state from `store`.
     pub fn new(store: Arc<TableStore>, metrics: Metrics) -> Self {
+        Self::with_config(store, metrics, ForwardConfig::default())
+    }
+
+    /// A forwarder with settings other than the defaults.
+    pub fn with_config(store: Arc<TableStore>, metrics: Metrics, config: ForwardConfig) -> Self {
         Self {
             store,
             metrics,
-            capability_header: HeaderName::from_static(DEFAULT_CAPABILITY_HEADER),
+            config: Arc::new(config),
         }
-    }
-
-    /// Reads the requested capability from `header` instead of `x-agent-capability`.
-    #[must_use]
-    pub fn with_capability_header(mut self, header: HeaderName) -> Self {
-        self.capability_header = header;
-        self
     }
 
     /// Handles one request from `peer`, always producing a response.
@@ -125,10 +137,15 @@ impl Forwarder {
         peer: SocketAddr,
         start: Instant,
     ) -> (Option<usize>, Result<Response<ProxyBody>, ProxyError>) {
+        // Routing, authentication and limits all see the one normalised path.
+        if let Err(e) = normalise_uri(&mut req, &self.config.path) {
+            return (None, Err(e));
+        }
+        let client_ip = self.config.trusted_proxies.client_ip(peer.ip(), req.headers());
         let upgrade = upgrade::take_upgrade(&mut req);
         let capability = req
             .headers()
-            .get(&self.capability_header)
+            .get(&self.config.capability_header)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let pool_index = {
@@ -161,6 +178,20 @@ impl Forwarder {
             return (None, Err(ProxyError::NoCapability { path, capability }));
         };
 
+        // Who is asking, and may they call this pool. (A fallback pool serves the
+        // callers its primary admitted.)
+        let caller = match runtime.auth.admit(&runtime.pools[p].spec, runtime.pools[p].jwt.as_ref(), req.headers()).await {
+            Ok(caller) => {
+                self.metrics.count_auth(if caller.is_some() { "ok" } else { "anonymous" });
+                caller
+            }
+            Err(e) => {
+                self.metrics.count_auth(e.reason());
+                return (Some(p), Err(ProxyError::Auth(e)));
+            }
+        };
+        let tier = caller.as_ref().map(|c| c.tier.as_str());
+
         // Reserve an endpoint: in this pool, waiting in its queue if it is full, or in
         // its fallback chain when it has no live endpoint.
         let deadline = start + Duration::from_millis(runtime.pools[p].spec.request_timeout_ms);
@@ -169,8 +200,8 @@ impl Forwarder {
             let pool = &runtime.pools[p];
             let pick = PickRequest {
                 capability: capability.as_deref(),
-                hash: pool.hash_key(req.headers(), peer.ip().to_canonical()),
-                priority: pool.priority(None),
+                hash: pool.hash_key(req.headers(), client_ip),
+                priority: pool.priority(tier),
             };
             match pool.acquire(&pick, deadline).await {
                 Ok(slot) => break slot,
@@ -198,17 +229,25 @@ impl Forwarder {
         let pool = &runtime.pools[p];
         let pick = PickRequest {
             capability: capability.as_deref(),
-            hash: pool.hash_key(req.headers(), peer.ip().to_canonical()),
-            priority: pool.priority(None),
+            hash: pool.hash_key(req.headers(), client_ip),
+            priority: pool.priority(tier),
         };
         let request_deadline = start + Duration::from_millis(pool.spec.request_timeout_ms);
+        let (parts, body) = req.into_parts();
+        let template = Template::new(
+            &parts,
+            peer,
+            self.config.trusted_proxies.contains(peer.ip().to_canonical()),
+            caller.as_ref(),
+            upgrade.as_ref().map(|(protocol, _)| protocol.clone()),
+        );
         let result = self
             .send_with_retries(
                 pool,
-                req,
-                peer,
+                template,
+                body,
                 slot,
-                upgrade,
+                upgrade.map(|(_, on)| on),
                 &pick,
                 request_deadline,
                 start,
@@ -223,17 +262,14 @@ impl Forwarder {
     async fn send_with_retries(
         &self,
         pool: &PoolRuntime,
-        req: Request<Incoming>,
-        peer: SocketAddr,
+        template: Template,
+        body: Incoming,
         first_slot: Slot,
-        upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         pick: &PickRequest<'_>,
         deadline: Instant,
         start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (parts, body) = req.into_parts();
-        let (protocol, client_upgrade) = upgrade.unzip();
-        let template = Template::new(&parts, peer, protocol);
         let retry = pool
             .spec
             .retries
@@ -374,6 +410,23 @@ impl Forwarder {
     }
 }
 
+/// Replaces the request's path with its normalised form.
+fn normalise_uri<B>(req: &mut Request<B>, options: &PathOptions) -> Result<(), ProxyError> {
+    let Some(pq) = req.uri().path_and_query() else { return Ok(()) };
+    let normalised = match normalise_path_and_query(pq.as_str(), options)? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(n) => n,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        normalised
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?,
+    );
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?;
+    Ok(())
+}
+
 /// Why an attempt did not give the answer: a response with a retryable status, or an
 /// error.
 enum Failure {
@@ -455,7 +508,17 @@ struct Template {
 }
 
 impl Template {
-    fn new(parts: &http::request::Parts, peer: SocketAddr, upgrade: Option<HeaderValue>) -> Self {
+    /// Copies the client's request head for agents: hop-by-hop and client-sent
+    /// `x-sluice-*` headers removed, the caller's identity set, the gateway's
+    /// credentials removed, `X-Forwarded-For` extended (or, from an untrusted peer,
+    /// replaced) and `X-Forwarded-Proto` set.
+    fn new(
+        parts: &http::request::Parts,
+        peer: SocketAddr,
+        peer_trusted: bool,
+        caller: Option<&Caller>,
+        upgrade: Option<HeaderValue>,
+    ) -> Self {
         let mut headers = parts.headers.clone();
         // HTTP/2 requests carry the host in the authority: keep it for the agent.
         if !headers.contains_key(header::HOST)
@@ -464,21 +527,29 @@ impl Template {
         {
             headers.insert(header::HOST, v);
         }
-        strip_hop_by_hop(&mut headers);
+        let identity = caller.map(|c| Identity {
+            consumer: &c.consumer,
+            tier: &c.tier,
+        });
+        if prepare_upstream(&mut headers, identity.as_ref()).is_err() {
+            // Names and tiers were validated when the table was built; an identity
+            // that still cannot be a header value is not passed on.
+            strip_sluice_headers(&mut headers);
+        }
+        if caller.is_some() {
+            strip_credentials(&mut headers);
+        }
+        if !peer_trusted {
+            headers.remove(X_FORWARDED_FOR);
+        }
         append_forwarded_for(&mut headers, peer);
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
         if let Some(protocol) = upgrade {
             upgrade::restore_upgrade_headers(&mut headers, protocol);
         }
         Self {
             method: parts.method.clone(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            path: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
             headers,
         }
     }
@@ -493,22 +564,6 @@ impl Template {
         *req.headers_mut() = self.headers.clone();
         Ok(req)
     }
-}
-
-/// Removes hop-by-hop headers and every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP) {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// Appends `peer` to `X-Forwarded-For`, joining the lines the client sent into one list
@@ -570,23 +625,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
+    fn forwarded_for_joins_every_line_then_appends_the_peer() {
         let mut h = HeaderMap::new();
-        for (n, v) in [
-            ("connection", "keep-alive, X-Secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("te", "trailers"),
-            ("proxy-authorization", "Basic x"),
-            ("x-kept", "yes"),
-        ] {
-            h.append(n, v.parse().expect("value"));
-        }
-        strip_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["x-kept"]);
+        h.append("x-forwarded-for", "198.51.100.1, 198.51.100.2".parse().expect("value"));
+        h.append("x-forwarded-for", "203.0.113.7".parse().expect("value"));
+        append_forwarded_for(&mut h, "10.0.0.1:80".parse().expect("addr"));
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["198.51.100.1, 198.51.100.2, 203.0.113.7, 10.0.0.1"]);
     }
 
     #[test]

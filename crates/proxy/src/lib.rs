@@ -15,6 +15,7 @@ pub mod clock;
 pub mod error;
 pub mod forward;
 pub mod hygiene;
+pub mod identity;
 pub mod metrics;
 pub mod pool;
 pub mod replay;

@@ -56,6 +56,8 @@ pub struct Metrics {
     /// `sluice_body_cut_total{pool, reason}`: response bodies cut by a timeout
     /// (`total`, `idle`) or failed upstream (`upstream`).
     pub body_cut: IntCounterVec,
+    /// `sluice_auth_results_total{result}`: `ok`, `anonymous`, or the refusal reason.
+    pub auth_results: IntCounterVec,
 }
 
 impl Metrics {
@@ -185,6 +187,11 @@ impl Metrics {
         ] {
             registry.register(Box::new(c.clone()))?;
         }
+        let auth_results = IntCounterVec::new(
+            Opts::new("sluice_auth_results_total", "Authentication results by reason"),
+            &["result"],
+        )?;
+        registry.register(Box::new(auth_results.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -211,7 +218,14 @@ impl Metrics {
             health_transitions,
             fallbacks,
             body_cut,
+            auth_results,
         })
+    }
+
+    /// Counts one authentication result (`result` is `ok`, `anonymous` or an
+    /// `AuthError` reason: a bounded set).
+    pub fn count_auth(&self, result: &'static str) {
+        self.auth_results.with_label_values(&[result]).inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -114,6 +114,8 @@ pub struct PoolRuntime {
     pub queue: Arc<WaitQueue>,
     /// The retry budget when the pool retries.
     pub retry_budget: Option<Arc<RetryBudget>>,
+    /// JWT verification, when the pool accepts tokens.
+    pub jwt: Option<Arc<crate::identity::JwtAuth>>,
     metrics_all: Metrics,
 }
 
@@ -245,6 +247,7 @@ pub fn build(
         health_config,
         queue,
         retry_budget,
+        jwt: None,
         metrics_all: metrics.clone(),
     }
 }

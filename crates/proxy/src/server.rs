@@ -16,13 +16,24 @@ use tokio::net::TcpListener;
 
 use crate::body::ProxyBody;
 
-/// Listener settings.
+/// Listener settings: what one client connection may cost in memory and time.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// A client must send its request headers within this time.
+    /// A client must send each request's headers within this time; an idle
+    /// keep-alive connection is closed after it too.
     pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
+    /// Most headers in an HTTP/1.1 request.
+    pub max_headers: usize,
+    /// Largest HTTP/1.1 read buffer (bounds the request head), and largest HTTP/2
+    /// header list, in bytes.
+    pub max_header_bytes: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keep-alive ping interval; a peer that does not answer within the same
+    /// time is disconnected.
+    pub h2_keep_alive: Duration,
 }
 
 impl Default for ServerConfig {
@@ -30,6 +41,10 @@ impl Default for ServerConfig {
         Self {
             header_read_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_concurrent_streams: 256,
+            h2_keep_alive: Duration::from_secs(30),
         }
     }
 }
@@ -48,8 +63,17 @@ pub async fn serve<H, F>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(config.header_read_timeout)
+        .max_headers(config.max_headers)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .keep_alive_interval(config.h2_keep_alive)
+        .keep_alive_timeout(config.h2_keep_alive);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

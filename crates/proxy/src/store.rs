@@ -19,7 +19,12 @@ use sluice_api::{RouteTable, TableError};
 use sluice_balance::{CheckResult, HealthState};
 use tokio::task::AbortHandle;
 
+use sluice_api::table::Jwt;
+
+use crate::auth::jwks::{JwksSource, KeySet, RemoteConfig, RemoteJwks};
+use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
+use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::metrics::Metrics;
 use crate::pool::{self, HEALTH_START, PoolRuntime};
 
@@ -38,6 +43,8 @@ pub struct Runtime {
     pub pools: Vec<PoolRuntime>,
     route_pool: Vec<usize>,
     checkers: Mutex<Vec<AbortHandle>>,
+    /// The table's consumers.
+    pub auth: Authenticator,
 }
 
 impl Runtime {
@@ -83,6 +90,7 @@ pub struct TableStore {
     current: ArcSwapOption<Runtime>,
     clients: Mutex<HashMap<(Duration, bool), UpstreamClient>>,
     health: Mutex<HashMap<(String, String), Arc<HealthState>>>,
+    jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
     metrics: Metrics,
 }
 
@@ -102,6 +110,7 @@ impl TableStore {
             current: ArcSwapOption::empty(),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
+            jwks: Mutex::new(HashMap::new()),
             metrics,
         }
     }
@@ -188,13 +197,60 @@ impl TableStore {
         let mut pools = pools;
         for (pool, fallback) in pools.iter_mut().zip(fallbacks) {
             pool.fallback = fallback;
+            pool.jwt = pool.spec.jwt.as_ref().and_then(|j| self.jwt_auth(&pool.spec.key, j));
         }
         Runtime {
+            auth: Authenticator::new(&table.consumers),
             table,
             pools,
             route_pool,
             checkers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The JWT verifier of a pool. One that cannot be built is logged and left out:
+    /// the pool then accepts no token (a token is looked up as an API key and fails).
+    fn jwt_auth(&self, pool: &str, jwt: &Jwt) -> Option<Arc<JwtAuth>> {
+        let config = JwtConfig {
+            issuers: vec![jwt.issuer.clone()],
+            audiences: jwt.audiences.clone(),
+            leeway: Duration::from_millis(jwt.leeway_ms),
+            require_exp: true,
+            consumer_claim: jwt.consumer_claim.clone(),
+            tier_claim: jwt.tier_claim.clone(),
+            default_tier: jwt.default_tier.clone().unwrap_or_else(|| DEFAULT_TIER.to_owned()),
+            hmac: None,
+        };
+        let verifier = JwtVerifier::new(config)
+            .map_err(|e| tracing::error!(pool, error = %e, "JWT settings refused; the pool accepts no token"))
+            .ok()?;
+        let keys = match (&jwt.jwks, &jwt.jwks_uri) {
+            (Some(inline), _) => KeySet::from_json(inline.as_bytes())
+                .map(|k| JwksSource::Static(Arc::new(k)))
+                .map_err(|e| tracing::error!(pool, error = %e, "inline JWKS refused; the pool accepts no token"))
+                .ok()?,
+            (None, Some(url)) => JwksSource::Remote(self.remote_jwks(pool, url)?),
+            (None, None) => return None,
+        };
+        Some(Arc::new(JwtAuth { verifier, keys }))
+    }
+
+    /// One cache per JWKS URL, kept across tables.
+    fn remote_jwks(&self, pool: &str, url: &str) -> Option<Arc<RemoteJwks>> {
+        let mut cache = self.jwks.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(remote) = cache.get(url) {
+            return Some(remote.clone());
+        }
+        let uri = url
+            .parse()
+            .map_err(|e| tracing::error!(pool, url, error = %e, "JWKS URL refused"))
+            .ok()?;
+        let remote = RemoteJwks::new(RemoteConfig::new(uri))
+            .map_err(|e| tracing::error!(pool, url, error = %e, "JWKS URL refused; the pool accepts no token"))
+            .ok()?;
+        let remote = Arc::new(remote);
+        cache.insert(url.to_owned(), remote.clone());
+        Some(remote)
     }
 
     fn health_state(&self, pool: &str, address: &str) -> Arc<HealthState> {

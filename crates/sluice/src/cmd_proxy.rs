@@ -11,6 +11,8 @@ use sluice_controller::publisher::Publisher;
 use sluice_proxy::admin::Admin;
 use sluice_proxy::server::{self, ServerConfig};
 use sluice_proxy::subscriber::{self, SubscriberConfig};
+use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
+use sluice_proxy::hygiene::client_ip::TrustedProxies;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
 
 use crate::cmd_controller::{on_poll, parse_duration};
@@ -36,10 +38,34 @@ pub struct Args {
     /// A client must send its request headers within this time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// Bearer token required for /metrics and /routes; needed when --admin is not a
+    /// loopback address.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Proxies (CIDRs or addresses, comma-separated) whose X-Forwarded-For is
+    /// believed; from anyone else the TCP peer is the client.
+    #[arg(long, env = "SLUICE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// The request header that names a capability.
+    #[arg(long, default_value = DEFAULT_CAPABILITY_HEADER, env = "SLUICE_CAPABILITY_HEADER")]
+    capability_header: http::HeaderName,
 }
 
 /// Runs the proxy until a shutdown signal.
 pub async fn run(args: Args) -> Result<()> {
+    if !args.admin.ip().is_loopback() && args.admin_token.as_deref().is_none_or(str::is_empty) {
+        bail!(
+            "--admin {} is not a loopback address: set --admin-token (or SLUICE_ADMIN_TOKEN) so that /metrics and /routes are not open to anyone",
+            args.admin
+        );
+    }
+    let trusted_proxies = TrustedProxies::parse(args.trusted_proxies.iter().map(String::as_str))
+        .context("--trusted-proxies")?;
+    let forward_config = ForwardConfig {
+        capability_header: args.capability_header.clone(),
+        trusted_proxies,
+        ..ForwardConfig::default()
+    };
     let metrics = Metrics::new();
     let store = Arc::new(TableStore::new(metrics.clone()));
 
@@ -84,7 +110,10 @@ pub async fn run(args: Args) -> Result<()> {
         header_read_timeout: args.header_read_timeout,
         ..ServerConfig::default()
     };
-    let admin = Admin::new(store.clone(), metrics.clone());
+    let mut admin = Admin::new(store.clone(), metrics.clone());
+    if let Some(token) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        admin = admin.with_token(token);
+    }
     let admin_config = config.clone();
     let admin_task = tokio::spawn(async move {
         let handler = move |req, _peer| {
@@ -100,7 +129,7 @@ pub async fn run(args: Args) -> Result<()> {
         .await;
     });
 
-    let forwarder = Forwarder::new(store, metrics);
+    let forwarder = Forwarder::with_config(store, metrics, forward_config);
     let handler = move |req, peer| {
         let forwarder = forwarder.clone();
         async move { forwarder.handle(req, peer).await }

@@ -9,17 +9,13 @@ use crate::table::Pool;
 
 /// The "not supported yet" errors for `pool`; none when the proxy can serve it.
 pub(super) fn unsupported_in_pool(pool: &Pool, cx: &mut Cx) {
-    let checks = [
-        (!pool.access.public, "spec.access", "access control"),
-        (pool.jwt.is_some(), "spec.authentication", "authentication"),
-    ];
-    for (used, field, what) in checks {
-        if used {
-            cx.error(
-                field,
-                format!("{what} is not supported yet by this version of Sluice"),
-            );
-        }
+    if let Some(uri) = pool.jwt.as_ref().and_then(|j| j.jwks_uri.as_deref())
+        && uri.starts_with("https://")
+    {
+        cx.error(
+            "spec.authentication.jwt.jwksUri",
+            "fetching a JWKS over https is not supported yet by this version of Sluice; use http:// inside the cluster or an inline jwks",
+        );
     }
 }
 

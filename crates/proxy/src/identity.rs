@@ -1,0 +1,107 @@
+//! Who is asking, and may they call this pool.
+//!
+//! A request that presents a credential is always identified, on public pools too: an
+//! API key (looked up by its SHA-256 in the table's consumers) or, where the pool
+//! accepts them, a JWT. An invalid credential is refused with 401, never downgraded to
+//! anonymous. Then the pool's access rules and the consumer's own pool list decide
+//! (403 when they say no).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderMap;
+use sluice_api::table::{self, Pool};
+
+use crate::auth::api_key::{Consumer, KeyStore};
+use crate::auth::jwks::JwksSource;
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::{AuthError, extract_credential};
+
+/// The tier of a consumer whose Secret names none.
+pub const DEFAULT_TIER: &str = "standard";
+
+/// An identified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The consumer's name.
+    pub consumer: String,
+    /// The consumer's tier.
+    pub tier: String,
+}
+
+/// A pool's JWT verifier and where its keys come from.
+#[derive(Debug)]
+pub struct JwtAuth {
+    /// The verifier (issuer, audiences, claims).
+    pub verifier: JwtVerifier,
+    /// The key set.
+    pub keys: JwksSource,
+}
+
+/// The consumers of one route table.
+#[derive(Debug)]
+pub struct Authenticator {
+    keys: KeyStore,
+}
+
+impl Authenticator {
+    /// Builds the key store of `consumers`. The compile step already refused keys
+    /// shared by two consumers; a store that still cannot be built is logged and left
+    /// empty, so no key is accepted by mistake.
+    pub fn new(consumers: &[table::Consumer]) -> Self {
+        let entries = consumers.iter().flat_map(|c| {
+            let consumer = Consumer {
+                name: c.name.clone(),
+                tier: c.tier.clone().unwrap_or_else(|| DEFAULT_TIER.to_owned()),
+                allowed_pools: c.pools.clone(),
+            };
+            c.key_hashes.iter().map(move |h| (h.clone(), consumer.clone()))
+        });
+        let keys = KeyStore::new(entries).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "consumer keys refused; no API key is accepted");
+            KeyStore::default()
+        });
+        Self { keys }
+    }
+
+    /// Identifies the caller of `pool` and checks its access.
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] that refuses the request: 401 reasons for missing or invalid
+    /// credentials, [`AuthError::Forbidden`] for a caller without access.
+    pub async fn admit(&self, pool: &Pool, jwt: Option<&Arc<JwtAuth>>, headers: &HeaderMap) -> Result<Option<Caller>, AuthError> {
+        let mut allowed_pools = None;
+        let caller = match extract_credential(headers)? {
+            None => None,
+            Some(credential) => match jwt {
+                Some(auth) if credential.looks_like_jwt() => {
+                    let id = auth.verifier.verify_with(credential.secret(), &auth.keys, SystemTime::now()).await?;
+                    Some(Caller { consumer: id.consumer, tier: id.tier })
+                }
+                _ => {
+                    let consumer = self.keys.lookup_credential(&credential)?;
+                    allowed_pools = consumer.allowed_pools.as_ref();
+                    Some(Caller {
+                        consumer: consumer.name.clone(),
+                        tier: consumer.tier.clone(),
+                    })
+                }
+            },
+        };
+        if let Some(pools) = allowed_pools
+            && !pools.contains(&pool.key)
+        {
+            return Err(AuthError::Forbidden);
+        }
+        let access = &pool.access;
+        if access.public {
+            return Ok(caller);
+        }
+        match &caller {
+            None => Err(AuthError::Missing),
+            Some(c) if access.consumers.contains(&c.consumer) || access.tiers.contains(&c.tier) => Ok(caller),
+            Some(_) => Err(AuthError::Forbidden),
+        }
+    }
+}
