@@ -17,7 +17,9 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::decision::{Decision, InsufficientCapacity};
+use crate::algorithm::sealed::{self, Step, Undo};
+use crate::algorithm::{Algorithm, from_nanos};
+use crate::decision::{Decision, InsufficientCapacity, QuotaInfo};
 use crate::quota::Quota;
 
 /// Rate-limit state for one key: the theoretical arrival time, in clock
@@ -58,12 +60,7 @@ impl Gcra {
         n: NonZeroU32,
         now: u64,
     ) -> Result<Decision, InsufficientCapacity> {
-        if n > quota.burst() {
-            return Err(InsufficientCapacity {
-                requested: n.get(),
-                burst: quota.burst().get(),
-            });
-        }
+        <Self as Algorithm>::validate(quota, n)?;
         Ok(self.charge(quota, n.get(), now))
     }
 
@@ -75,50 +72,140 @@ impl Gcra {
         self.tat.load(Ordering::Relaxed) <= now
     }
 
-    /// Charges `n <= burst` requests. Arithmetic is done in `u128`, so it is exact:
-    /// `n × T` and `now + b × T` cannot overflow.
-    fn charge(&self, quota: &Quota, n: u32, now: u64) -> Decision {
-        let interval = u128::from(quota.interval_nanos());
-        let cost = interval * u128::from(n);
-        let now_wide = u128::from(now);
-        let limit = now_wide + u128::from(quota.window_nanos());
+    /// The current TAT.
+    pub(crate) fn raw(&self) -> u64 {
+        self.tat.load(Ordering::Relaxed)
+    }
+
+    /// Charges `n <= burst` requests with a compare-and-exchange loop.
+    pub(crate) fn charge_step(&self, quota: &Quota, n: u32, now: u64) -> Step {
         // The TAT is the only shared state and publishes nothing else: relaxed
         // ordering is enough for a linearizable read-modify-write of it.
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
-            let tat_wide = u128::from(tat);
-            let next = tat_wide.max(now_wide) + cost;
-            if next > limit {
-                return Decision::Denied {
-                    retry_after: from_nanos(next - limit),
-                    reset_after: from_nanos(tat_wide.saturating_sub(now_wide)),
-                };
-            }
-            // `next <= now + 2^62` fits unless the clock reads beyond ~438 years;
-            // saturating keeps the state conservative even then.
-            let stored = u64::try_from(next).unwrap_or(u64::MAX);
+            let step = <Self as Algorithm>::charge(u128::from(tat), quota, n, now);
+            let Step::Admit { state, .. } = step else {
+                return step;
+            };
+            let stored = low_u64(state);
             match self
                 .tat
                 .compare_exchange_weak(tat, stored, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => {
-                    return Decision::Allowed {
-                        remaining: u32::try_from((limit - next) / interval).unwrap_or(u32::MAX),
-                        reset_after: from_nanos(next - now_wide),
-                    };
-                }
+                Ok(_) => return step,
                 Err(current) => tat = current,
             }
         }
     }
+
+    /// Takes back an admitted charge (see [`undo_tat`]).
+    pub(crate) fn undo_step(&self, undo: Undo, now: u64) {
+        // The closure always returns `Some`, so the update cannot fail.
+        let _ = self
+            .tat
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                Some(undo_tat(tat, undo, now))
+            });
+    }
+
+    fn charge(&self, quota: &Quota, n: u32, now: u64) -> Decision {
+        match self.charge_step(quota, n, now) {
+            Step::Admit { decision, .. } | Step::Deny(decision) => decision,
+        }
+    }
 }
 
-fn from_nanos(nanos: u128) -> Duration {
-    const NANOS_PER_SEC: u128 = 1_000_000_000;
-    let secs = u64::try_from(nanos / NANOS_PER_SEC).unwrap_or(u64::MAX);
-    // The remainder is below one billion, so it fits in a u32.
-    let subsec = u32::try_from(nanos % NANOS_PER_SEC).unwrap_or(0);
-    Duration::new(secs, subsec)
+impl sealed::Sealed for Gcra {}
+
+impl Algorithm for Gcra {
+    type Quota = Quota;
+
+    fn info(quota: &Quota) -> QuotaInfo {
+        QuotaInfo {
+            limit: quota.burst().get(),
+            window: Duration::from_nanos(quota.window_nanos()),
+        }
+    }
+
+    fn validate(quota: &Quota, n: NonZeroU32) -> Result<(), InsufficientCapacity> {
+        if n > quota.burst() {
+            return Err(InsufficientCapacity {
+                requested: n.get(),
+                burst: quota.burst().get(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The state is the TAT in the low 64 bits. Arithmetic is done in `u128`, so
+    /// it is exact: `n × T` and `now + b × T` cannot overflow.
+    fn charge(state: u128, quota: &Quota, n: u32, now: u64) -> Step {
+        let tat = u128::from(low_u64(state));
+        let interval = u128::from(quota.interval_nanos());
+        let cost = interval * u128::from(n);
+        let now_wide = u128::from(now);
+        let limit = now_wide + u128::from(quota.window_nanos());
+        let next = tat.max(now_wide) + cost;
+        if next > limit {
+            return Step::Deny(Decision::Denied {
+                retry_after: from_nanos(next - limit),
+                reset_after: from_nanos(tat.saturating_sub(now_wide)),
+            });
+        }
+        // `next <= now + 2^62` fits unless the clock reads beyond ~438 years;
+        // saturating keeps the state conservative even then.
+        let stored = u64::try_from(next).unwrap_or(u64::MAX);
+        Step::Admit {
+            state: (state & !u128::from(u64::MAX)) | u128::from(stored),
+            decision: Decision::Allowed {
+                remaining: u32::try_from((limit - next) / interval).unwrap_or(u32::MAX),
+                reset_after: from_nanos(next - now_wide),
+            },
+            undo: Undo {
+                mark: stored,
+                amount: u64::try_from(cost).unwrap_or(u64::MAX),
+            },
+        }
+    }
+
+    fn undo(state: u128, _quota: &Quota, undo: Undo, now: u64) -> u128 {
+        let tat = undo_tat(low_u64(state), undo, now);
+        (state & !u128::from(u64::MAX)) | u128::from(tat)
+    }
+
+    fn is_idle(state: u128, _quota: &Quota, now: u64) -> bool {
+        low_u64(state) <= now
+    }
+
+    fn overflow_wait(quota: &Quota) -> Duration {
+        quota.emission_interval()
+    }
+}
+
+/// Takes back a charge that moved the TAT to `undo.mark` at a cost of
+/// `undo.amount` nanoseconds.
+///
+/// Only the part of the charge still ahead of `now` is returned, and never more
+/// than brings the TAT back to `now`: `TAT − min(cost, mark − now, TAT − now)`.
+/// Undone at the clock reading it was charged at, this restores exactly the
+/// capacity the charge took (the concurrency tests rely on it). Undone later, the
+/// part of the charge that has drained in between is not returned, so an undo
+/// never admits more than if the charge had never happened, with one exception:
+/// when several charges are undone concurrently, an undo may return up to the
+/// time that elapsed between an earlier charge and its own undo (microseconds on
+/// the request path).
+pub(crate) fn undo_tat(tat: u64, undo: Undo, now: u64) -> u64 {
+    let refund = undo
+        .amount
+        .min(undo.mark.saturating_sub(now))
+        .min(tat.saturating_sub(now));
+    tat - refund
+}
+
+/// The low 64 bits of a state word (the TAT).
+pub(crate) fn low_u64(state: u128) -> u64 {
+    // Masked to 64 bits, so the conversion cannot fail.
+    u64::try_from(state & u128::from(u64::MAX)).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -19,6 +19,62 @@
 //! Charging more than the burst at once is an [`InsufficientCapacity`] error
 //! because no amount of waiting would help.
 //!
+//! # What else is here
+//!
+//! * [`SlidingWindow`] ([`WindowQuota`]): N per window with the previous window
+//!   weighted, for users who think "per minute"; 96 bits of state in one 128-bit
+//!   atomic.
+//! * [`KeyedStore`]: per-key state for one quota, lock-free for present keys,
+//!   bounded (`max_keys`, about 20 bytes per key, allocated once) with idle
+//!   eviction and an explicit [`Overflow`] policy. Keys are [`KeyHash`]es from a
+//!   [`KeyHasher`].
+//! * [`check_all`]: admission against several [`Limit`]s at once (a consumer key
+//!   and a pool ceiling, a burst and a per-minute limit): admitted only if all
+//!   admit, a refusal charges none, with [`SoftLimit`] warnings and the limit to
+//!   report in the headers ([`Admission`]).
+//! * [`TokenBudget`] ([`BudgetQuota`]): LLM token budgets that reserve at
+//!   admission and [settle](TokenBudget::settle) with the real usage.
+//! * [`global`]: limits shared by every replica through Redis, with leases,
+//!   deadlines and a [`FailureMode`].
+//! * [`retry_after_secs`], [`Decision::reset_secs`], [`QuotaInfo`]: the values of
+//!   the `Retry-After`, `RateLimit` and `RateLimit-Policy` headers.
+//!
+//! # Per request, in the proxy
+//!
+//! ```
+//! use std::num::{NonZeroU32, NonZeroUsize};
+//! use std::time::Duration;
+//!
+//! use sluice_ratelimit::{
+//!     Clock, Gcra, KeyHasher, KeyedStore, Limit, ManualClock, Quota, SoftLimit,
+//!     StoreConfig, check_all,
+//! };
+//!
+//! // Built once per route table: a store per (policy, tier), a ceiling per pool.
+//! let standard = Quota::per_period(NonZeroU32::new(50).unwrap(), Duration::from_secs(60))?;
+//! let consumers = KeyedStore::<Gcra>::new(standard, StoreConfig::new(NonZeroUsize::new(100_000).unwrap()));
+//! let pool_quota = Quota::per_period(NonZeroU32::new(1_000).unwrap(), Duration::from_secs(1))?;
+//! let pool = Gcra::new();
+//! let hasher = KeyHasher::new();
+//! let soft = SoftLimit::percent(80).unwrap();
+//! let clock = ManualClock::new(0);
+//!
+//! // Per request.
+//! let key = hasher.hash(&[b"team-a/echo", b"demo-standard-key"]);
+//! let limits = [
+//!     Limit::keyed(&consumers, key).with_soft(soft),
+//!     Limit::gcra(&pool, &pool_quota),
+//! ];
+//! let admission = check_all(&limits, NonZeroU32::MIN, clock.now_nanos())?;
+//! assert!(admission.is_allowed());
+//! // RateLimit-Policy: "standard";q=50;w=60   RateLimit: "standard";r=49;t=2
+//! assert_eq!((admission.info.limit, admission.info.window_secs()), (50, 60));
+//! assert_eq!((admission.decision.remaining(), admission.decision.reset_secs()), (49, 2));
+//! assert_eq!(admission.soft_warning, None);
+//! assert_eq!(admission.decision.retry_after_secs(), None); // Some(secs) on a 429
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Time
 //!
 //! The current time is an argument: a `u64` of nanoseconds read from a [`Clock`].
@@ -47,12 +103,31 @@
 //! # Ok::<(), sluice_ratelimit::QuotaError>(())
 //! ```
 
+pub mod admission;
+pub mod algorithm;
+pub mod budget;
 pub mod clock;
 pub mod decision;
 pub mod gcra;
+pub mod global;
+pub mod key;
 pub mod quota;
+pub mod sliding_window;
+pub mod soft;
+pub mod store;
 
+pub use admission::{Admission, Limit, check_all};
+pub use algorithm::Algorithm;
+pub use budget::{BudgetQuota, Reservation, Reserve, Settlement, TokenBudget};
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use decision::{Decision, InsufficientCapacity};
+pub use decision::{Decision, InsufficientCapacity, QuotaInfo, retry_after_secs};
 pub use gcra::Gcra;
+pub use global::{
+    DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalError, GlobalKey,
+    GlobalLimiter, RedisBackend, RedisConfig,
+};
+pub use key::{KeyHash, KeyHasher};
 pub use quota::{MAX_BURST_WINDOW, MAX_PERIOD, Quota, QuotaError};
+pub use sliding_window::{SlidingWindow, WindowQuota, WindowQuotaError};
+pub use soft::{SoftLimit, SoftLimitError};
+pub use store::{KeyedStore, Overflow, StoreConfig, StoreStats};
