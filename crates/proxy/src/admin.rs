@@ -40,7 +40,9 @@ impl Admin {
     }
 
     fn authorized<B>(&self, req: &Request<B>) -> bool {
-        let Some(token) = &self.token else { return true };
+        let Some(token) = &self.token else {
+            return true;
+        };
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -65,9 +67,15 @@ impl Admin {
         }
         let path = req.uri().path();
         if matches!(path, "/metrics" | "/routes") && !self.authorized(req) {
-            let mut resp = reply(StatusCode::UNAUTHORIZED, "text/plain", "admin token required\n".into());
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sluice-admin\""));
+            let mut resp = reply(
+                StatusCode::UNAUTHORIZED,
+                "text/plain",
+                "admin token required\n".into(),
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+            );
             return resp;
         }
         match path {

@@ -39,6 +39,34 @@ pub enum ProxyError {
     /// unavailable). Retryable only in the last case.
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// A rate limit refused the request (429). Retryable after `retry_after` seconds.
+    #[error("rate limit of policy {policy} (tier {tier}) reached; retry in {retry_after} s")]
+    RateLimited {
+        /// The refusing policy.
+        policy: String,
+        /// The tier whose limit refused.
+        tier: String,
+        /// Seconds to wait.
+        retry_after: u64,
+        /// `Retry-After`, `RateLimit-Policy` and `RateLimit`.
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    },
+    /// A global rate limit could not be checked and its policy fails closed (503).
+    /// Retryable.
+    #[error("rate limit store for policy {policy} is unavailable")]
+    LimitsUnavailable {
+        /// The policy.
+        policy: String,
+        /// Seconds to wait.
+        retry_after: u64,
+    },
+    /// The request body is larger than the proxy reads to find `max_tokens`. Not
+    /// retryable.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+    },
     /// The request names a capability no matching pool advertises. Not retryable.
     #[error("no agent pool for {path} has capability {capability:?}")]
     NoCapability {
@@ -99,6 +127,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::NoCapability { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::Auth(e) => e.status(),
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::LimitsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -116,6 +147,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BadPath(e) => e.reason(),
             ProxyError::Auth(e) => e.reason(),
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::LimitsUnavailable { .. } => "rate_limit_unavailable",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
@@ -132,6 +166,8 @@ impl ProxyError {
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => true,
             ProxyError::Auth(e) => matches!(e, crate::auth::AuthError::KeysUnavailable),
+            ProxyError::RateLimited { .. } | ProxyError::LimitsUnavailable { .. } => true,
+            ProxyError::BodyTooLarge { .. } => false,
             ProxyError::NoRoute { .. }
             | ProxyError::BadPath(_)
             | ProxyError::NoCapability { .. }
@@ -144,9 +180,19 @@ impl ProxyError {
     /// The response the client receives: the status and a JSON body
     /// `{"error": {"code": ..., "message": ...}}`; retryable errors carry `Retry-After`.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = serde_json::json!({
-            "error": { "code": self.reason(), "message": self.to_string() }
-        });
+        let mut error = serde_json::json!({ "code": self.reason(), "message": self.to_string() });
+        if let ProxyError::RateLimited {
+            policy,
+            tier,
+            retry_after,
+            ..
+        } = &self
+        {
+            error["policy"] = policy.as_str().into();
+            error["tier"] = tier.as_str().into();
+            error["retry_after"] = (*retry_after).into();
+        }
+        let body = serde_json::json!({ "error": error });
         let mut resp = Response::new(
             Full::new(Bytes::from(body.to_string()))
                 .map_err(|never| match never {})
@@ -158,8 +204,19 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.retryable() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            ProxyError::RateLimited { headers: extra, .. } => {
+                for (name, value) in extra {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            ProxyError::LimitsUnavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ if self.retryable() => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         if let ProxyError::Auth(e) = &self
             && let Some(challenge) = e.www_authenticate()

@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_balance::Outcome;
 use tokio::time::Instant;
@@ -22,15 +23,21 @@ use tokio::time::Instant;
 use crate::body::{BodyEnd, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
 use crate::clock::now_nanos;
 use crate::error::ProxyError;
+use crate::hygiene::client_ip::{TrustedProxies, X_FORWARDED_FOR};
+use crate::hygiene::headers::{
+    Identity, prepare_upstream, strip_credentials, strip_hop_by_hop, strip_sluice_headers,
+};
+use crate::hygiene::path::{PathOptions, normalise_path_and_query};
+use crate::identity::Caller;
+use crate::limits::{
+    MAX_BUFFERED_BODY, Subject, TokenSettlement, UsageWatch, Verdict, WARNING_HEADER,
+    requested_tokens,
+};
 use crate::metrics::{Metrics, NO_POOL, PoolMetrics, code_class};
 use crate::pool::{DEFAULT_IDLE_TIMEOUT, PickRequest, PoolRuntime, Slot, Unavailable};
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 use crate::router::{self, RouteRequest};
 use crate::store::{Runtime, TableStore};
-use crate::hygiene::client_ip::{TrustedProxies, X_FORWARDED_FOR};
-use crate::hygiene::headers::{Identity, prepare_upstream, strip_credentials, strip_hop_by_hop, strip_sluice_headers};
-use crate::hygiene::path::{PathOptions, normalise_path_and_query};
-use crate::identity::Caller;
 use crate::upgrade;
 
 /// The header a request names a capability in, unless configured otherwise.
@@ -141,7 +148,10 @@ impl Forwarder {
         if let Err(e) = normalise_uri(&mut req, &self.config.path) {
             return (None, Err(e));
         }
-        let client_ip = self.config.trusted_proxies.client_ip(peer.ip(), req.headers());
+        let client_ip = self
+            .config
+            .trusted_proxies
+            .client_ip(peer.ip(), req.headers());
         let upgrade = upgrade::take_upgrade(&mut req);
         let capability = req
             .headers()
@@ -180,9 +190,18 @@ impl Forwarder {
 
         // Who is asking, and may they call this pool. (A fallback pool serves the
         // callers its primary admitted.)
-        let caller = match runtime.auth.admit(&runtime.pools[p].spec, runtime.pools[p].jwt.as_ref(), req.headers()).await {
+        let caller = match runtime
+            .auth
+            .admit(
+                &runtime.pools[p].spec,
+                runtime.pools[p].jwt.as_ref(),
+                req.headers(),
+            )
+            .await
+        {
             Ok(caller) => {
-                self.metrics.count_auth(if caller.is_some() { "ok" } else { "anonymous" });
+                self.metrics
+                    .count_auth(if caller.is_some() { "ok" } else { "anonymous" });
                 caller
             }
             Err(e) => {
@@ -192,6 +211,72 @@ impl Forwarder {
         };
         let tier = caller.as_ref().map(|c| c.tier.as_str());
 
+        // Whether the request may go: every rate limit of the pool, at once.
+        let (parts, incoming) = req.into_parts();
+        let mut body = RequestBody::Streaming(incoming);
+        let mut rate = RateOutcome::default();
+        if let Some(needs) = runtime.limits.needs(p) {
+            let mut max_tokens = None;
+            if needs.tokens && is_json(&parts.headers) {
+                match body.into_bytes(MAX_BUFFERED_BODY).await {
+                    Ok(bytes) => {
+                        max_tokens = requested_tokens(&bytes);
+                        body = RequestBody::Buffered(bytes);
+                    }
+                    Err(e) => return (Some(p), Err(e)),
+                }
+            }
+            let subject = Subject {
+                pool: runtime.pools[p].key(),
+                pool_index: p,
+                consumer: caller
+                    .as_ref()
+                    .map(|c| (c.consumer.as_str(), c.tier.as_str())),
+                client_ip,
+                headers: &parts.headers,
+            };
+            match runtime.limits.check(&subject, max_tokens).await {
+                Verdict::Admitted { headers, tokens } => {
+                    if headers.iter().any(|(n, _)| n == WARNING_HEADER) {
+                        self.metrics
+                            .count_rate(runtime.pools[p].key(), "soft_warning");
+                    }
+                    rate = RateOutcome { headers, tokens };
+                }
+                Verdict::Limited {
+                    headers,
+                    policy,
+                    tier,
+                    retry_after,
+                } => {
+                    self.metrics.count_rate(runtime.pools[p].key(), "denied");
+                    return (
+                        Some(p),
+                        Err(ProxyError::RateLimited {
+                            policy,
+                            tier,
+                            retry_after,
+                            headers,
+                        }),
+                    );
+                }
+                Verdict::Unavailable {
+                    policy,
+                    retry_after,
+                } => {
+                    self.metrics
+                        .count_rate(runtime.pools[p].key(), "unavailable");
+                    return (
+                        Some(p),
+                        Err(ProxyError::LimitsUnavailable {
+                            policy,
+                            retry_after,
+                        }),
+                    );
+                }
+            }
+        }
+
         // Reserve an endpoint: in this pool, waiting in its queue if it is full, or in
         // its fallback chain when it has no live endpoint.
         let deadline = start + Duration::from_millis(runtime.pools[p].spec.request_timeout_ms);
@@ -200,7 +285,7 @@ impl Forwarder {
             let pool = &runtime.pools[p];
             let pick = PickRequest {
                 capability: capability.as_deref(),
-                hash: pool.hash_key(req.headers(), client_ip),
+                hash: pool.hash_key(&parts.headers, client_ip),
                 priority: pool.priority(tier),
             };
             match pool.acquire(&pick, deadline).await {
@@ -229,15 +314,16 @@ impl Forwarder {
         let pool = &runtime.pools[p];
         let pick = PickRequest {
             capability: capability.as_deref(),
-            hash: pool.hash_key(req.headers(), client_ip),
+            hash: pool.hash_key(&parts.headers, client_ip),
             priority: pool.priority(tier),
         };
         let request_deadline = start + Duration::from_millis(pool.spec.request_timeout_ms);
-        let (parts, body) = req.into_parts();
         let template = Template::new(
             &parts,
             peer,
-            self.config.trusted_proxies.contains(peer.ip().to_canonical()),
+            self.config
+                .trusted_proxies
+                .contains(peer.ip().to_canonical()),
             caller.as_ref(),
             upgrade.as_ref().map(|(protocol, _)| protocol.clone()),
         );
@@ -251,6 +337,7 @@ impl Forwarder {
                 &pick,
                 request_deadline,
                 start,
+                rate,
             )
             .await;
         (Some(p), result)
@@ -263,12 +350,13 @@ impl Forwarder {
         &self,
         pool: &PoolRuntime,
         template: Template,
-        body: Incoming,
+        body: RequestBody,
         first_slot: Slot,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         pick: &PickRequest<'_>,
         deadline: Instant,
         start: Instant,
+        mut rate: RateOutcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let retry = pool
             .spec
@@ -279,10 +367,12 @@ impl Forwarder {
         if let Some(budget) = &pool.retry_budget {
             budget.deposit(now_nanos());
         }
-        let mut source = if attempts > 0 {
-            Source::Replay(ReplayBody::new(body, DEFAULT_REPLAY_CAP))
-        } else {
-            Source::Once(Some(body))
+        let mut source = match body {
+            RequestBody::Buffered(bytes) => Source::Buffered(bytes),
+            RequestBody::Streaming(body) if attempts > 0 => {
+                Source::Replay(ReplayBody::new(body, DEFAULT_REPLAY_CAP))
+            }
+            RequestBody::Streaming(body) => Source::Once(Some(body)),
         };
         let mut slot = first_slot;
         let mut tried = Vec::new();
@@ -317,7 +407,15 @@ impl Forwarder {
                     pool.record_outcome(slot.index, outcome);
                     if !retry.is_some_and(|r| r.statuses.contains(&status.as_u16())) {
                         slot.record_latency(attempt_start.elapsed());
-                        return Ok(respond(pool, resp, slot, client_upgrade, deadline, start));
+                        return Ok(respond(
+                            pool,
+                            resp,
+                            slot,
+                            client_upgrade,
+                            deadline,
+                            start,
+                            rate,
+                        ));
                     }
                     Failure::Status(resp)
                 }
@@ -346,6 +444,7 @@ impl Forwarder {
                         .map_or(pool.spec.request_timeout_ms, |fb| {
                             fb.min(pool.spec.request_timeout_ms)
                         });
+                    rate.tokens.release(now_nanos());
                     return Err(ProxyError::Timeout {
                         endpoint: endpoint.address.clone(),
                         timeout_ms,
@@ -360,10 +459,20 @@ impl Forwarder {
                 }
                 Err(()) => {
                     return match failure {
-                        Failure::Status(resp) => {
-                            Ok(respond(pool, resp, slot, client_upgrade, deadline, start))
+                        Failure::Status(resp) => Ok(respond(
+                            pool,
+                            resp,
+                            slot,
+                            client_upgrade,
+                            deadline,
+                            start,
+                            rate,
+                        )),
+                        Failure::Error(e) => {
+                            // Nothing reached an agent that answered: the reservation goes back.
+                            rate.tokens.release(now_nanos());
+                            Err(e)
                         }
-                        Failure::Error(e) => Err(e),
                     };
                 }
             }
@@ -412,7 +521,9 @@ impl Forwarder {
 
 /// Replaces the request's path with its normalised form.
 fn normalise_uri<B>(req: &mut Request<B>, options: &PathOptions) -> Result<(), ProxyError> {
-    let Some(pq) = req.uri().path_and_query() else { return Ok(()) };
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(());
+    };
     let normalised = match normalise_path_and_query(pq.as_str(), options)? {
         std::borrow::Cow::Borrowed(_) => return Ok(()),
         std::borrow::Cow::Owned(n) => n,
@@ -423,8 +534,55 @@ fn normalise_uri<B>(req: &mut Request<B>, options: &PathOptions) -> Result<(), P
             .parse()
             .map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?,
     );
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?;
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?;
     Ok(())
+}
+
+/// The request body: streamed, or read in full (bounded) when a limit needs it.
+enum RequestBody {
+    Streaming(Incoming),
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// Reads the body in full, up to `limit` bytes.
+    async fn into_bytes(self, limit: usize) -> Result<Bytes, ProxyError> {
+        match self {
+            RequestBody::Buffered(bytes) => Ok(bytes),
+            RequestBody::Streaming(incoming) => http_body_util::Limited::new(incoming, limit)
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ProxyError::BodyTooLarge { limit }
+                    } else {
+                        ProxyError::BadRequest(format!("reading the request body: {e}"))
+                    }
+                }),
+        }
+    }
+}
+
+/// What the rate limits add to an admitted request: response headers and token
+/// reservations to settle.
+#[derive(Debug, Default)]
+struct RateOutcome {
+    headers: Vec<(HeaderName, HeaderValue)>,
+    tokens: TokenSettlement,
+}
+
+/// Whether a request body is JSON (where `max_tokens` may be).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
 }
 
 /// Why an attempt did not give the answer: a response with a retryable status, or an
@@ -440,6 +598,8 @@ enum Source {
     Once(Option<Incoming>),
     /// Kept (up to a cap) so that a retry can send it again.
     Replay(ReplayBody<Incoming>),
+    /// Read in full before sending (to find `max_tokens`).
+    Buffered(Bytes),
 }
 
 impl Source {
@@ -447,6 +607,9 @@ impl Source {
         match self {
             Source::Once(body) => body.take().map(|b| b.map_err(Into::into).boxed()),
             Source::Replay(r) => r.attempt().map(BodyExt::boxed),
+            Source::Buffered(b) => {
+                Some(Full::new(b.clone()).map_err(|never| match never {}).boxed())
+            }
         }
     }
 
@@ -454,6 +617,7 @@ impl Source {
         match self {
             Source::Once(_) => false,
             Source::Replay(r) => r.attempt().is_some(),
+            Source::Buffered(_) => true,
         }
     }
 }
@@ -468,6 +632,7 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     deadline: Instant,
     start: Instant,
+    rate: RateOutcome,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let protocol = resp.headers().get(header::UPGRADE).cloned();
@@ -490,10 +655,18 @@ fn respond(
         .spec
         .idle_timeout_ms
         .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_millis);
-    let watch = SlotWatch {
-        slot: Some(slot),
-        cut: pool.metrics.body_cut.clone(),
-    };
+    for (name, value) in rate.headers {
+        parts.headers.insert(name, value);
+    }
+    let usage =
+        (!rate.tokens.is_empty()).then(|| UsageWatch::new(rate.tokens, is_stream(&parts.headers)));
+    let watch = (
+        SlotWatch {
+            slot: Some(slot),
+            cut: pool.metrics.body_cut.clone(),
+        },
+        usage,
+    );
     Response::from_parts(
         parts,
         WatchedBody::new(body, total, Some(idle), watch).boxed(),
@@ -543,13 +716,19 @@ impl Template {
             headers.remove(X_FORWARDED_FOR);
         }
         append_forwarded_for(&mut headers, peer);
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
         if let Some(protocol) = upgrade {
             upgrade::restore_upgrade_headers(&mut headers, protocol);
         }
         Self {
             method: parts.method.clone(),
-            path: parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
             headers,
         }
     }
@@ -627,7 +806,10 @@ mod tests {
     #[test]
     fn forwarded_for_joins_every_line_then_appends_the_peer() {
         let mut h = HeaderMap::new();
-        h.append("x-forwarded-for", "198.51.100.1, 198.51.100.2".parse().expect("value"));
+        h.append(
+            "x-forwarded-for",
+            "198.51.100.1, 198.51.100.2".parse().expect("value"),
+        );
         h.append("x-forwarded-for", "203.0.113.7".parse().expect("value"));
         append_forwarded_for(&mut h, "10.0.0.1:80".parse().expect("addr"));
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();

@@ -55,7 +55,9 @@ impl Authenticator {
                 tier: c.tier.clone().unwrap_or_else(|| DEFAULT_TIER.to_owned()),
                 allowed_pools: c.pools.clone(),
             };
-            c.key_hashes.iter().map(move |h| (h.clone(), consumer.clone()))
+            c.key_hashes
+                .iter()
+                .map(move |h| (h.clone(), consumer.clone()))
         });
         let keys = KeyStore::new(entries).unwrap_or_else(|e| {
             tracing::error!(error = %e, "consumer keys refused; no API key is accepted");
@@ -70,14 +72,25 @@ impl Authenticator {
     ///
     /// The [`AuthError`] that refuses the request: 401 reasons for missing or invalid
     /// credentials, [`AuthError::Forbidden`] for a caller without access.
-    pub async fn admit(&self, pool: &Pool, jwt: Option<&Arc<JwtAuth>>, headers: &HeaderMap) -> Result<Option<Caller>, AuthError> {
+    pub async fn admit(
+        &self,
+        pool: &Pool,
+        jwt: Option<&Arc<JwtAuth>>,
+        headers: &HeaderMap,
+    ) -> Result<Option<Caller>, AuthError> {
         let mut allowed_pools = None;
         let caller = match extract_credential(headers)? {
             None => None,
             Some(credential) => match jwt {
                 Some(auth) if credential.looks_like_jwt() => {
-                    let id = auth.verifier.verify_with(credential.secret(), &auth.keys, SystemTime::now()).await?;
-                    Some(Caller { consumer: id.consumer, tier: id.tier })
+                    let id = auth
+                        .verifier
+                        .verify_with(credential.secret(), &auth.keys, SystemTime::now())
+                        .await?;
+                    Some(Caller {
+                        consumer: id.consumer,
+                        tier: id.tier,
+                    })
                 }
                 _ => {
                     let consumer = self.keys.lookup_credential(&credential)?;
@@ -100,7 +113,9 @@ impl Authenticator {
         }
         match &caller {
             None => Err(AuthError::Missing),
-            Some(c) if access.consumers.contains(&c.consumer) || access.tiers.contains(&c.tier) => Ok(caller),
+            Some(c) if access.consumers.contains(&c.consumer) || access.tiers.contains(&c.tier) => {
+                Ok(caller)
+            }
             Some(_) => Err(AuthError::Forbidden),
         }
     }

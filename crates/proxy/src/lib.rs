@@ -16,6 +16,7 @@ pub mod error;
 pub mod forward;
 pub mod hygiene;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod pool;
 pub mod replay;

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub body_cut: IntCounterVec,
     /// `sluice_auth_results_total{result}`: `ok`, `anonymous`, or the refusal reason.
     pub auth_results: IntCounterVec,
+    /// `sluice_ratelimit_decisions_total{pool, result}`: `denied`, `soft_warning`,
+    /// `unavailable`.
+    pub rate_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -188,10 +191,21 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
         }
         let auth_results = IntCounterVec::new(
-            Opts::new("sluice_auth_results_total", "Authentication results by reason"),
+            Opts::new(
+                "sluice_auth_results_total",
+                "Authentication results by reason",
+            ),
             &["result"],
         )?;
         registry.register(Box::new(auth_results.clone()))?;
+        let rate_decisions = IntCounterVec::new(
+            Opts::new(
+                "sluice_ratelimit_decisions_total",
+                "Rate-limit refusals and warnings",
+            ),
+            &["pool", "result"],
+        )?;
+        registry.register(Box::new(rate_decisions.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -219,6 +233,7 @@ impl Metrics {
             fallbacks,
             body_cut,
             auth_results,
+            rate_decisions,
         })
     }
 
@@ -226,6 +241,11 @@ impl Metrics {
     /// `AuthError` reason: a bounded set).
     pub fn count_auth(&self, result: &'static str) {
         self.auth_results.with_label_values(&[result]).inc();
+    }
+
+    /// Counts one rate-limit outcome of a request to `pool`.
+    pub fn count_rate(&self, pool: &str, result: &'static str) {
+        self.rate_decisions.with_label_values(&[pool, result]).inc();
     }
 
     /// The metrics in the Prometheus text format.

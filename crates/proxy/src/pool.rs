@@ -75,6 +75,9 @@ pub struct Slot {
     gauge: prometheus::IntGauge,
     pool_gauge: prometheus::IntGauge,
     queue: Arc<WaitQueue>,
+    /// Wake every waiter, not the first, when freed (see [`PoolRuntime`]'s
+    /// `mixed_capabilities`).
+    wake_all: bool,
 }
 
 impl Slot {
@@ -91,7 +94,11 @@ impl Drop for Slot {
         self.guard.take();
         self.gauge.dec();
         self.pool_gauge.dec();
-        self.queue.notify_one();
+        if self.wake_all {
+            self.queue.notify_all();
+        } else {
+            self.queue.notify_one();
+        }
     }
 }
 
@@ -112,6 +119,10 @@ pub struct PoolRuntime {
     health_config: Option<HealthConfig>,
     /// The wait queue (depth 0 when the pool has none).
     pub queue: Arc<WaitQueue>,
+    /// Endpoints differ in capabilities: a freed slot may be of no use to the first
+    /// waiter (it asks for a capability the endpoint lacks) yet serve one behind it,
+    /// so freeing a slot wakes every waiter to try, instead of the first only.
+    mixed_capabilities: bool,
     /// The retry budget when the pool retries.
     pub retry_budget: Option<Arc<RetryBudget>>,
     /// JWT verification, when the pool accepts tokens.
@@ -217,6 +228,9 @@ pub fn build(
         healthy_threshold: NonZeroU32::new(h.healthy_threshold).unwrap_or(NonZeroU32::MIN),
         unhealthy_threshold: NonZeroU32::new(h.unhealthy_threshold).unwrap_or(NonZeroU32::MIN),
     });
+    let mixed_capabilities = endpoints
+        .windows(2)
+        .any(|w| w[0].capabilities != w[1].capabilities);
     let depth = spec.queue.as_ref().map_or(0, |q| q.max_depth as usize);
     let queue = match previous {
         Some(p) if p.queue.max_depth() == depth => p.queue.clone(),
@@ -246,6 +260,7 @@ pub fn build(
         outlier,
         health_config,
         queue,
+        mixed_capabilities,
         retry_budget,
         jwt: None,
         metrics_all: metrics.clone(),
@@ -321,6 +336,7 @@ impl PoolRuntime {
                     gauge: e.in_flight.clone(),
                     pool_gauge: self.metrics.in_flight.clone(),
                     queue: self.queue.clone(),
+                    wake_all: self.mixed_capabilities,
                 });
             }
         }

@@ -7,6 +7,7 @@
 //! a table (connection pools, endpoint load, health, ejections, queues) carries over.
 
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use crate::auth::jwks::{JwksSource, KeySet, RemoteConfig, RemoteJwks};
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
+use crate::limits::{DEFAULT_MAX_KEYS, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
 use crate::pool::{self, HEALTH_START, PoolRuntime};
 
@@ -45,6 +47,8 @@ pub struct Runtime {
     checkers: Mutex<Vec<AbortHandle>>,
     /// The table's consumers.
     pub auth: Authenticator,
+    /// The table's rate limits.
+    pub limits: TableLimits,
 }
 
 impl Runtime {
@@ -91,6 +95,7 @@ pub struct TableStore {
     clients: Mutex<HashMap<(Duration, bool), UpstreamClient>>,
     health: Mutex<HashMap<(String, String), Arc<HealthState>>>,
     jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
+    limits: Arc<LimitsContext>,
     metrics: Metrics,
 }
 
@@ -104,9 +109,17 @@ pub enum Applied {
 }
 
 impl TableStore {
-    /// An empty store: not ready until the first table is applied.
+    /// An empty store: not ready until the first table is applied. Global rate
+    /// limits have no Redis: they follow their failure mode.
     pub fn new(metrics: Metrics) -> Self {
+        let max_keys = NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN);
+        Self::with_limits(metrics, LimitsContext::new(None, max_keys))
+    }
+
+    /// An empty store whose rate limits use `limits` (Redis, key bounds).
+    pub fn with_limits(metrics: Metrics, limits: LimitsContext) -> Self {
         Self {
+            limits: Arc::new(limits),
             current: ArcSwapOption::empty(),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
@@ -197,10 +210,16 @@ impl TableStore {
         let mut pools = pools;
         for (pool, fallback) in pools.iter_mut().zip(fallbacks) {
             pool.fallback = fallback;
-            pool.jwt = pool.spec.jwt.as_ref().and_then(|j| self.jwt_auth(&pool.spec.key, j));
+            pool.jwt = pool
+                .spec
+                .jwt
+                .as_ref()
+                .and_then(|j| self.jwt_auth(&pool.spec.key, j));
         }
+        let pool_keys: Vec<String> = table.pools.iter().map(|p| p.key.clone()).collect();
         Runtime {
             auth: Authenticator::new(&table.consumers),
+            limits: self.limits.build(&table.policies, &pool_keys),
             table,
             pools,
             route_pool,
@@ -218,7 +237,10 @@ impl TableStore {
             require_exp: true,
             consumer_claim: jwt.consumer_claim.clone(),
             tier_claim: jwt.tier_claim.clone(),
-            default_tier: jwt.default_tier.clone().unwrap_or_else(|| DEFAULT_TIER.to_owned()),
+            default_tier: jwt
+                .default_tier
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TIER.to_owned()),
             hmac: None,
         };
         let verifier = JwtVerifier::new(config)

@@ -1,6 +1,7 @@
 //! `sluice proxy`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,13 @@ use anyhow::{Context, Result, bail};
 use sluice_controller::from_dir::DirWatcher;
 use sluice_controller::publisher::Publisher;
 use sluice_proxy::admin::Admin;
-use sluice_proxy::server::{self, ServerConfig};
-use sluice_proxy::subscriber::{self, SubscriberConfig};
 use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
 use sluice_proxy::hygiene::client_ip::TrustedProxies;
+use sluice_proxy::limits::LimitsContext;
+use sluice_proxy::server::{self, ServerConfig};
+use sluice_proxy::subscriber::{self, SubscriberConfig};
 use sluice_proxy::{Forwarder, Metrics, TableStore};
+use sluice_ratelimit::{MonotonicClock, RedisBackend, RedisConfig};
 
 use crate::cmd_controller::{on_poll, parse_duration};
 
@@ -46,6 +49,17 @@ pub struct Args {
     /// believed; from anyone else the TCP peer is the client.
     #[arg(long, env = "SLUICE_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<String>,
+    /// Redis for `scope: Global` rate limits, e.g. redis://127.0.0.1:6379. Without
+    /// it, global policies follow their failureMode as if Redis were down.
+    #[arg(long, env = "SLUICE_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Deadline of each Redis call.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    redis_timeout: Duration,
+    /// Most keys (consumers, IPs...) one rate limit tracks; beyond it idle keys are
+    /// evicted, and new keys are refused while none is idle.
+    #[arg(long, default_value_t = 100_000)]
+    rate_limit_max_keys: usize,
     /// The request header that names a capability.
     #[arg(long, default_value = DEFAULT_CAPABILITY_HEADER, env = "SLUICE_CAPABILITY_HEADER")]
     capability_header: http::HeaderName,
@@ -66,8 +80,23 @@ pub async fn run(args: Args) -> Result<()> {
         trusted_proxies,
         ..ForwardConfig::default()
     };
+    let redis = match &args.redis_url {
+        None => None,
+        Some(url) => {
+            let config = RedisConfig::new(url.clone()).with_deadline(args.redis_timeout);
+            let clock: Arc<dyn sluice_ratelimit::Clock> = Arc::new(MonotonicClock::new());
+            Some(Arc::new(
+                RedisBackend::new(config, clock).context("--redis-url")?,
+            ))
+        }
+    };
+    let max_keys = NonZeroUsize::new(args.rate_limit_max_keys)
+        .context("--rate-limit-max-keys must be at least 1")?;
     let metrics = Metrics::new();
-    let store = Arc::new(TableStore::new(metrics.clone()));
+    let store = Arc::new(TableStore::with_limits(
+        metrics.clone(),
+        LimitsContext::new(redis, max_keys),
+    ));
 
     match (&args.config, &args.controller) {
         (Some(path), None) => {

@@ -5,6 +5,7 @@
 //! error instead of being served without it. Each check goes when its feature lands.
 
 use super::Cx;
+use crate::rate_policy::{RateAlgorithm, RatePolicySpec, Scope};
 use crate::table::Pool;
 
 /// The "not supported yet" errors for `pool`; none when the proxy can serve it.
@@ -19,7 +20,12 @@ pub(super) fn unsupported_in_pool(pool: &Pool, cx: &mut Cx) {
     }
 }
 
-/// RatePolicies are not enforced by this build.
-pub(super) fn unsupported_policy(cx: &mut Cx) {
-    cx.error("spec", "RatePolicy enforcement is not supported yet by this version of Sluice; the policy is not applied");
+/// The "not supported yet" errors for `policy`.
+pub(super) fn unsupported_in_policy(policy: &RatePolicySpec, cx: &mut Cx) {
+    if policy.scope == Scope::Global && policy.algorithm == RateAlgorithm::SlidingWindow {
+        cx.error(
+            "spec.algorithm",
+            "SlidingWindow with scope Global is not supported yet by this version of Sluice; use TokenBucket",
+        );
+    }
 }

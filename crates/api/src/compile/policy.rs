@@ -180,7 +180,7 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
         cx.error("spec.tokenEstimate", "must be at least 1");
     }
 
-    super::gate::unsupported_policy(cx);
+    super::gate::unsupported_in_policy(spec, cx);
     if cx.has_errors() {
         return None;
     }

@@ -1,0 +1,692 @@
+//! RatePolicies at run time: whether a request may go, by its consumer, client IP,
+//! header or pool, and the headers that tell the client where it stands.
+//!
+//! Built once per route table. Counters live in bounded keyed stores that carry over
+//! to the next table when their quota is unchanged, so publishing a table never resets
+//! a limit. A request is checked against every limit of every policy on its pool at
+//! once: admitted only if all admit, and a refusal charges none. Global policies ask
+//! Redis first (through leases); LLM token budgets reserve at admission and settle
+//! when the agent reports its usage.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sluice_api::table::{
+    FailureMode as TableFailureMode, Policy, RateAlgorithm, RateKeyType, Scope,
+};
+use sluice_ratelimit::{
+    BudgetQuota, Clock, Decision, FailureMode, Gcra, GlobalConfig, GlobalDecision, GlobalKey,
+    GlobalLimiter, KeyHasher, KeyedStore, Limit, MonotonicClock, Quota, RedisBackend, Reservation,
+    Reserve, SlidingWindow, SoftLimit, StoreConfig, TokenBudget, WindowQuota, check_all,
+};
+
+use crate::body::{BodyEnd, BodyWatch};
+
+/// Keys one store tracks at most, unless configured otherwise.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// The largest request body read to find `max_tokens`.
+pub const MAX_BUFFERED_BODY: usize = 1024 * 1024;
+/// The warning header added once a soft limit is reached.
+pub const WARNING_HEADER: &str = "x-sluice-ratelimit-warning";
+
+/// The shared pieces every table's limits are built from.
+#[derive(Debug)]
+pub struct LimitsContext {
+    hasher: KeyHasher,
+    clock: Arc<MonotonicClock>,
+    redis: Option<Arc<RedisBackend>>,
+    max_keys: NonZeroUsize,
+    stores: Mutex<HashMap<String, Counter>>,
+}
+
+/// One limit's state, shared across tables by its id.
+#[derive(Clone, Debug)]
+enum Counter {
+    Gcra(Arc<KeyedStore<Gcra>>),
+    Window(Arc<KeyedStore<SlidingWindow>>),
+    Global(Arc<GlobalLimiter<Arc<MonotonicClock>>>),
+    /// A global limit, failing closed, on a proxy without Redis: every request 503.
+    NoStore,
+    Tokens(Arc<KeyedStore<TokenBudget>>),
+}
+
+impl LimitsContext {
+    /// `redis` serves `scope: Global` policies; without it they follow their failure
+    /// mode as if Redis were down.
+    pub fn new(redis: Option<Arc<RedisBackend>>, max_keys: NonZeroUsize) -> Self {
+        Self {
+            hasher: KeyHasher::new(),
+            clock: Arc::new(MonotonicClock::new()),
+            redis,
+            max_keys,
+            stores: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Builds the limits of a table's policies for its pools (by key). Counters whose
+    /// quota did not change carry over; the others start fresh.
+    pub fn build(self: &Arc<Self>, policies: &[Policy], pool_keys: &[String]) -> TableLimits {
+        let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut used = HashMap::new();
+        let mut by_pool: Vec<Vec<usize>> = vec![Vec::new(); pool_keys.len()];
+        let mut built = Vec::new();
+        for policy in policies {
+            let Some(rt) = self.build_policy(policy, &mut stores, &mut used) else {
+                continue;
+            };
+            let index = built.len();
+            built.push(rt);
+            for pool in &policy.pools {
+                if let Some(p) = pool_keys.iter().position(|k| k == pool) {
+                    by_pool[p].push(index);
+                }
+            }
+        }
+        *stores = used;
+        TableLimits {
+            context: self.clone(),
+            policies: built,
+            by_pool,
+        }
+    }
+
+    fn build_policy(
+        &self,
+        policy: &Policy,
+        stores: &mut HashMap<String, Counter>,
+        used: &mut HashMap<String, Counter>,
+    ) -> Option<PolicyRt> {
+        let mut tiers = HashMap::new();
+        for (name, limits) in &policy.tiers {
+            let mut requests = Vec::new();
+            for (i, l) in limits.requests.iter().enumerate() {
+                let (Some(n), Some(burst)) =
+                    (NonZeroU32::new(l.requests), NonZeroU32::new(l.burst))
+                else {
+                    continue;
+                };
+                let period = Duration::from_millis(l.period_ms);
+                let id = format!(
+                    "{}|{name}|r{i}|{:?}|{:?}|{}|{}|{}",
+                    policy.key, policy.algorithm, policy.scope, l.requests, l.period_ms, l.burst
+                );
+                let counter = match stores.remove(&id).or_else(|| used.get(&id).cloned()) {
+                    Some(c) => c,
+                    None => match self.new_counter(policy, n, period, burst) {
+                        Some(c) => c,
+                        None => {
+                            tracing::error!(policy = %policy.key, tier = %name, "limit refused by the limiter; the policy is not applied");
+                            return None;
+                        }
+                    },
+                };
+                used.insert(id, counter.clone());
+                requests.push(RequestLimit {
+                    counter,
+                    requests: l.requests,
+                    window_ms: l.period_ms,
+                });
+            }
+            let mut tokens = Vec::new();
+            for (i, l) in limits.tokens.iter().enumerate() {
+                let Some(n) = NonZeroU32::new(l.tokens) else {
+                    continue;
+                };
+                let id = format!("{}|{name}|t{i}|{}|{}", policy.key, l.tokens, l.period_ms);
+                let counter = match stores.remove(&id).or_else(|| used.get(&id).cloned()) {
+                    Some(c) => c,
+                    None => {
+                        let quota =
+                            BudgetQuota::per_period(n, Duration::from_millis(l.period_ms)).ok()?;
+                        Counter::Tokens(Arc::new(KeyedStore::new(
+                            quota,
+                            StoreConfig::new(self.max_keys),
+                        )))
+                    }
+                };
+                used.insert(id, counter.clone());
+                if let Counter::Tokens(store) = counter {
+                    tokens.push(TokenLimitRt {
+                        store,
+                        tokens: l.tokens,
+                        window_ms: l.period_ms,
+                    });
+                }
+            }
+            tiers.insert(name.clone(), TierRt { requests, tokens });
+        }
+        Some(PolicyRt {
+            key: policy.key.clone(),
+            key_type: policy.key_type,
+            header: policy
+                .header
+                .as_deref()
+                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            per_pool: policy.per_pool,
+            default_tier: policy.default_tier.clone(),
+            soft: policy.soft_percent.and_then(|p| SoftLimit::percent(p).ok()),
+            token_estimate: policy.token_estimate,
+            tiers,
+        })
+    }
+
+    fn new_counter(
+        &self,
+        policy: &Policy,
+        n: NonZeroU32,
+        period: Duration,
+        burst: NonZeroU32,
+    ) -> Option<Counter> {
+        let config = StoreConfig::new(self.max_keys);
+        match (policy.scope, policy.algorithm) {
+            (Scope::Global, _) => {
+                let quota = Quota::per_period(n, period).ok()?.with_burst(burst);
+                match &self.redis {
+                    Some(redis) => {
+                        let mode = match policy.failure_mode {
+                            TableFailureMode::Open => FailureMode::Open,
+                            TableFailureMode::Closed => FailureMode::Closed,
+                        };
+                        Some(Counter::Global(Arc::new(GlobalLimiter::new(
+                            redis.clone(),
+                            quota,
+                            GlobalConfig::new(mode),
+                            self.clock.clone(),
+                        ))))
+                    }
+                    // No Redis: the failure mode decides, as if it were down.
+                    None if policy.failure_mode == TableFailureMode::Open => {
+                        Some(Counter::Gcra(Arc::new(KeyedStore::new(quota, config))))
+                    }
+                    None => Some(Counter::NoStore),
+                }
+            }
+            (Scope::Local, RateAlgorithm::TokenBucket) => {
+                let quota = Quota::per_period(n, period).ok()?.with_burst(burst);
+                Some(Counter::Gcra(Arc::new(KeyedStore::new(quota, config))))
+            }
+            (Scope::Local, RateAlgorithm::SlidingWindow) => {
+                let quota = WindowQuota::new(n, period).ok()?;
+                Some(Counter::Window(Arc::new(KeyedStore::new(quota, config))))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RequestLimit {
+    counter: Counter,
+    requests: u32,
+    window_ms: u64,
+}
+
+#[derive(Debug)]
+struct TokenLimitRt {
+    store: Arc<KeyedStore<TokenBudget>>,
+    tokens: u32,
+    window_ms: u64,
+}
+
+#[derive(Debug)]
+struct TierRt {
+    requests: Vec<RequestLimit>,
+    tokens: Vec<TokenLimitRt>,
+}
+
+#[derive(Debug)]
+struct PolicyRt {
+    key: String,
+    key_type: RateKeyType,
+    header: Option<HeaderName>,
+    per_pool: bool,
+    default_tier: String,
+    soft: Option<SoftLimit>,
+    token_estimate: u32,
+    tiers: HashMap<String, TierRt>,
+}
+
+/// The limits of one table.
+#[derive(Debug)]
+pub struct TableLimits {
+    context: Arc<LimitsContext>,
+    policies: Vec<PolicyRt>,
+    by_pool: Vec<Vec<usize>>,
+}
+
+/// Who a request is, for its limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// The pool key.
+    pub pool: &'a str,
+    /// The pool's index in the table.
+    pub pool_index: usize,
+    /// The consumer and tier, when identified.
+    pub consumer: Option<(&'a str, &'a str)>,
+    /// The client IP.
+    pub client_ip: IpAddr,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// The answer of the limits.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The request may go; add `headers` to the response, settle `tokens` at the end.
+    Admitted {
+        /// `RateLimit-Policy`, `RateLimit` and, past a soft limit, the warning.
+        headers: Vec<(HeaderName, HeaderValue)>,
+        /// Token reservations to settle.
+        tokens: TokenSettlement,
+    },
+    /// 429: the headers, the wait and what refused.
+    Limited {
+        /// Response headers including `Retry-After`.
+        headers: Vec<(HeaderName, HeaderValue)>,
+        /// The refusing policy.
+        policy: String,
+        /// Its tier.
+        tier: String,
+        /// Seconds until a retry can pass.
+        retry_after: u64,
+    },
+    /// 503: a global limit could not be checked and its policy fails closed.
+    Unavailable {
+        /// The policy.
+        policy: String,
+        /// Seconds before trying again.
+        retry_after: u64,
+    },
+}
+
+/// What a request needs from the limits before it is checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// Some policy of the pool budgets LLM tokens (the body's `max_tokens` matters).
+    pub tokens: bool,
+}
+
+impl TableLimits {
+    /// Whether `pool_index` has limits, and of what kind.
+    pub fn needs(&self, pool_index: usize) -> Option<Needs> {
+        let policies = self.by_pool.get(pool_index)?;
+        if policies.is_empty() {
+            return None;
+        }
+        let tokens = policies.iter().any(|&p| {
+            self.policies[p]
+                .tiers
+                .values()
+                .any(|t| !t.tokens.is_empty())
+        });
+        Some(Needs { tokens })
+    }
+
+    /// Checks a request against every limit of its pool; `max_tokens` is what the
+    /// request body asks for, when known.
+    pub async fn check(&self, subject: &Subject<'_>, max_tokens: Option<u32>) -> Verdict {
+        let policies = self
+            .by_pool
+            .get(subject.pool_index)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let now = self.context.clock.now_nanos();
+        let mut keyed = Vec::new();
+        for &p in policies {
+            let policy = &self.policies[p];
+            let (tier_name, tier) = policy.tier_for(subject.consumer.map(|(_, t)| t));
+            let key_bytes = policy.key_bytes(subject);
+            let key = self.context.hasher.hash(&[
+                policy.key.as_bytes(),
+                tier_name.as_bytes(),
+                &key_bytes,
+            ]);
+            // Global limits first: a later local refusal wastes one global token,
+            // never the reverse.
+            for limit in &tier.requests {
+                if let Counter::NoStore = &limit.counter {
+                    return Verdict::Unavailable {
+                        policy: policy.key.clone(),
+                        retry_after: 1,
+                    };
+                }
+                if let Counter::Global(global) = &limit.counter {
+                    let gkey = GlobalKey::new(
+                        &format!(
+                            "{}/{tier_name}/{}per{}ms",
+                            policy.key, limit.requests, limit.window_ms
+                        ),
+                        &[&key_bytes],
+                    );
+                    match global.check(&gkey, NonZeroU32::MIN).await {
+                        Ok(GlobalDecision::Decided { decision, .. }) if !decision.is_allowed() => {
+                            return limited(
+                                policy,
+                                tier_name,
+                                limit.requests,
+                                limit.window_ms,
+                                decision,
+                            );
+                        }
+                        Ok(GlobalDecision::Decided { .. }) => {}
+                        Ok(GlobalDecision::Unavailable { retry_after, .. }) => {
+                            return Verdict::Unavailable {
+                                policy: policy.key.clone(),
+                                retry_after: sluice_ratelimit::retry_after_secs(retry_after),
+                            };
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            keyed.push((policy, tier_name, tier, key));
+        }
+        if keyed.is_empty() {
+            return Verdict::Admitted {
+                headers: Vec::new(),
+                tokens: TokenSettlement::default(),
+            };
+        }
+        let mut limits = Vec::new();
+        let mut owners = Vec::new();
+        for (policy, tier_name, tier, key) in &keyed {
+            for limit in &tier.requests {
+                let l = match &limit.counter {
+                    Counter::Gcra(store) => Limit::keyed(store.as_ref(), *key),
+                    Counter::Window(store) => Limit::keyed(store.as_ref(), *key),
+                    Counter::Global(_) | Counter::NoStore | Counter::Tokens(_) => continue,
+                };
+                limits.push(match policy.soft {
+                    Some(s) => l.with_soft(s),
+                    None => l,
+                });
+                owners.push((*policy, *tier_name, limit.requests, limit.window_ms));
+            }
+        }
+        let mut headers = Vec::new();
+        if !limits.is_empty() {
+            let Ok(admission) = check_all(&limits, NonZeroU32::MIN, now) else {
+                return Verdict::Admitted {
+                    headers,
+                    tokens: TokenSettlement::default(),
+                };
+            };
+            let (policy, tier, q, w) = owners[admission.binding];
+            if !admission.is_allowed() {
+                return limited(policy, tier, q, w, admission.decision);
+            }
+            headers.extend(rate_headers(policy, tier, q, w, &admission.decision));
+            if let Some(i) = admission.soft_warning {
+                let (p, t, q, _) = owners[i];
+                let reached = p.soft.map_or(100, |s| s.get());
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("\"{}/{t}\";q={q};reached={reached}%", p.key))
+                {
+                    headers.push((HeaderName::from_static(WARNING_HEADER), v));
+                }
+            }
+        }
+
+        // Token budgets: reserve what the request may use, refund at the end.
+        let mut tokens = TokenSettlement::default();
+        for (policy, tier_name, tier, key) in &keyed {
+            for budget in &tier.tokens {
+                let want = max_tokens
+                    .unwrap_or(policy.token_estimate)
+                    .clamp(1, budget.tokens);
+                let want = NonZeroU32::new(want).unwrap_or(NonZeroU32::MIN);
+                match budget.store.reserve(*key, want, now) {
+                    Ok(Reserve::Granted { reservation, .. }) => {
+                        tokens.held.push((budget.store.clone(), reservation));
+                    }
+                    Ok(Reserve::Refused(decision)) => {
+                        tokens.release(now);
+                        return limited(
+                            policy,
+                            tier_name,
+                            budget.tokens,
+                            budget.window_ms,
+                            decision,
+                        );
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        Verdict::Admitted { headers, tokens }
+    }
+}
+
+impl PolicyRt {
+    fn tier_for<'a>(&'a self, tier: Option<&'a str>) -> (&'a str, &'a TierRt) {
+        if let Some(t) = tier
+            && let Some((name, rt)) = self.tiers.get_key_value(t)
+        {
+            return (name.as_str(), rt);
+        }
+        let (name, rt) = self
+            .tiers
+            .get_key_value(&self.default_tier)
+            .or_else(|| self.tiers.iter().next())
+            .map(|(n, r)| (n.as_str(), r))
+            .unwrap_or(("", &EMPTY_TIER));
+        (name, rt)
+    }
+
+    fn key_bytes(&self, s: &Subject<'_>) -> Vec<u8> {
+        let mut key = match self.key_type {
+            RateKeyType::Consumer => match s.consumer {
+                Some((c, _)) => format!("consumer:{c}").into_bytes(),
+                None => format!("ip:{}", s.client_ip).into_bytes(),
+            },
+            RateKeyType::ClientIp => format!("ip:{}", s.client_ip).into_bytes(),
+            RateKeyType::Header => {
+                let value = self
+                    .header
+                    .as_ref()
+                    .and_then(|h| s.headers.get(h))
+                    .map(HeaderValue::as_bytes);
+                [b"header:".as_slice(), value.unwrap_or_default()].concat()
+            }
+            RateKeyType::Pool => b"pool".to_vec(),
+        };
+        if self.per_pool || self.key_type == RateKeyType::Pool {
+            key.extend_from_slice(b"|");
+            key.extend_from_slice(s.pool.as_bytes());
+        }
+        key
+    }
+}
+
+static EMPTY_TIER: TierRt = TierRt {
+    requests: Vec::new(),
+    tokens: Vec::new(),
+};
+
+fn limited(policy: &PolicyRt, tier: &str, q: u32, w_ms: u64, decision: Decision) -> Verdict {
+    let retry_after = decision.retry_after_secs().unwrap_or(1).max(1);
+    let mut headers = rate_headers(policy, tier, q, w_ms, &decision);
+    headers.push((http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
+    Verdict::Limited {
+        headers,
+        policy: policy.key.clone(),
+        tier: tier.to_owned(),
+        retry_after,
+    }
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers of the binding limit.
+fn rate_headers(
+    policy: &PolicyRt,
+    tier: &str,
+    q: u32,
+    w_ms: u64,
+    decision: &Decision,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let name = format!("{}/{tier}", policy.key);
+    let w = w_ms.div_ceil(1000).max(1);
+    let mut out = Vec::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={q};w={w}")) {
+        out.push((HeaderName::from_static("ratelimit-policy"), v));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "\"{name}\";r={};t={}",
+        decision.remaining(),
+        decision.reset_secs()
+    )) {
+        out.push((HeaderName::from_static("ratelimit"), v));
+    }
+    out
+}
+
+/// Token reservations of one request, settled with the usage the agent reports.
+#[derive(Debug, Default)]
+pub struct TokenSettlement {
+    held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation)>,
+}
+
+impl TokenSettlement {
+    /// Whether there is anything to settle.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Settles every reservation with `actual` tokens used.
+    pub fn settle(&mut self, actual: u64) {
+        let now = MonotonicClock::new().now_nanos();
+        for (store, reservation) in self.held.drain(..) {
+            store.settle(reservation, actual, now);
+        }
+    }
+
+    /// Gives back what was reserved (the request never reached an agent).
+    pub fn release(&mut self, now: u64) {
+        for (store, reservation) in self.held.drain(..) {
+            store.settle(reservation, 0, now);
+        }
+    }
+}
+
+/// Watches a response body for the `usage` an agent reports (in a JSON body, or in
+/// the last server-sent event that carries one) and settles the token reservations
+/// with it. Without a report, the reservation stands as charged.
+#[derive(Debug)]
+pub struct UsageWatch {
+    tokens: TokenSettlement,
+    buffer: Vec<u8>,
+    overflowed: bool,
+    usage: Option<u64>,
+    sse: bool,
+}
+
+impl UsageWatch {
+    /// Watches a response whose content type is `content_type`.
+    pub fn new(tokens: TokenSettlement, sse: bool) -> Self {
+        Self {
+            tokens,
+            buffer: Vec::new(),
+            overflowed: false,
+            usage: None,
+            sse,
+        }
+    }
+
+    fn scan_lines(&mut self) {
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            if let Some(data) = line.strip_prefix(b"data:")
+                && let Some(total) = usage_total(data.trim_ascii())
+            {
+                self.usage = Some(total);
+            }
+        }
+    }
+}
+
+impl BodyWatch for UsageWatch {
+    fn on_data(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        self.buffer.extend_from_slice(data);
+        if self.sse {
+            self.scan_lines();
+        }
+        if self.buffer.len() > MAX_BUFFERED_BODY {
+            self.overflowed = true;
+            self.buffer = Vec::new();
+        }
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        if !self.sse && !self.overflowed && end == BodyEnd::Complete {
+            self.usage = usage_total(&self.buffer);
+        }
+        if let Some(total) = self.usage {
+            self.tokens.settle(total);
+        }
+        // No report: the reservation stays charged in full.
+        self.tokens.held.clear();
+    }
+}
+
+/// `usage.total_tokens` (or prompt + completion) of an OpenAI-style JSON document.
+pub fn usage_total(json: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let usage = v.get("usage")?;
+    usage
+        .get("total_tokens")
+        .and_then(serde_json::Value::as_u64)
+        .or_else(|| {
+            let p = usage
+                .get("prompt_tokens")
+                .and_then(serde_json::Value::as_u64)?;
+            let c = usage
+                .get("completion_tokens")
+                .and_then(serde_json::Value::as_u64)?;
+            Some(p + c)
+        })
+}
+
+/// `max_tokens` (or `max_completion_tokens`) of an OpenAI-style request body.
+pub fn requested_tokens(json: &[u8]) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    v.get("max_tokens")
+        .or_else(|| v.get("max_completion_tokens"))
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_json_and_the_last_sse_event() {
+        assert_eq!(
+            usage_total(br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#),
+            Some(7)
+        );
+        assert_eq!(
+            usage_total(br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#),
+            Some(7)
+        );
+        assert_eq!(usage_total(br#"{"choices":[]}"#), None);
+        let mut w = UsageWatch::new(TokenSettlement::default(), true);
+        w.on_data(&Bytes::from_static(
+            b"data: {\"usage\":null}\n\ndata: {\"usage\":{\"total_to",
+        ));
+        w.on_data(&Bytes::from_static(b"kens\":12}}\n\ndata: [DONE]\n\n"));
+        assert_eq!(w.usage, Some(12));
+        assert_eq!(requested_tokens(br#"{"max_tokens": 64}"#), Some(64));
+        assert_eq!(
+            requested_tokens(br#"{"max_completion_tokens": 9}"#),
+            Some(9)
+        );
+        assert_eq!(requested_tokens(b"not json"), None);
+    }
+}
