@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sluice_e2e::{bin, eventually, get};
+use sluice_e2e::{bin, eventually, get, get_with};
 
 struct Demo(std::process::Child);
 
@@ -73,6 +73,49 @@ fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
     }
     assert_eq!(counts.get("agent-1"), Some(&70), "{counts:?}");
     assert_eq!(counts.get("agent-2"), Some(&30), "{counts:?}");
+
+    // Consumers: the secure pool takes demo-premium only.
+    let premium = [("authorization", "Bearer demo-premium-key")];
+    let standard = [("authorization", "Bearer demo-standard-key")];
+    assert_eq!(get(proxy, "/agents/secure/x")?.status, 401);
+    assert_eq!(get_with(proxy, "/agents/secure/x", &standard)?.status, 403);
+    assert_eq!(get_with(proxy, "/agents/secure/x", &premium)?.status, 200);
+    // The agent sees the gateway's identity headers, not the client's, and no key.
+    let forged = [
+        ("authorization", "Bearer demo-standard-key"),
+        ("x-sluice-tier", "premium"),
+    ];
+    let seen: serde_json::Value =
+        serde_json::from_str(&get_with(proxy, "/agents/echo/", &forged)?.body)?;
+    assert_eq!(seen["headers"]["x-sluice-tier"], "standard");
+    assert_eq!(seen["headers"]["x-sluice-consumer"], "demo-standard");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+
+    // Rate limits: demo-standard has 50 a minute on echo (one used just above), so the
+    // 51st request is refused with Retry-After; premium goes on.
+    for i in 2..=50 {
+        let resp = get_with(proxy, "/agents/echo/", &standard)?;
+        assert_eq!(resp.status, 200, "request {i}: {resp:?}");
+    }
+    let refused = get_with(proxy, "/agents/echo/", &standard)?;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    let retry_after: u64 = refused
+        .header("retry-after")
+        .context("Retry-After")?
+        .parse()?;
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(
+        refused
+            .header("ratelimit-policy")
+            .is_some_and(|p| p.contains("q=50")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.body.contains("\"tier\":\"standard\""),
+        "{}",
+        refused.body
+    );
+    assert_eq!(get_with(proxy, "/agents/echo/", &premium)?.status, 200);
 
     // A streamed completion: the first event arrives well before the last one.
     let mut stream = TcpStream::connect(proxy)?;

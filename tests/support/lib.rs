@@ -182,11 +182,24 @@ impl Response {
 ///
 /// On connection or protocol failure.
 pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
+    get_with(addr, path, &[])
+}
+
+/// Sends `GET path` with extra `headers`, as [`get`] does.
+///
+/// # Errors
+///
+/// On connection or protocol failure.
+pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
