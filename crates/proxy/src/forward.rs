@@ -188,8 +188,8 @@ impl Forwarder {
             return (None, Err(ProxyError::NoCapability { path, capability }));
         };
 
-        // Who is asking, and may they call this pool. (A fallback pool serves the
-        // callers its primary admitted.)
+        // Who is asking, and may they call this pool. (A fallback pool is asked again
+        // before it serves; the request stays under the primary pool's rate limits.)
         let caller = match runtime
             .auth
             .admit(
@@ -291,24 +291,36 @@ impl Forwarder {
             match pool.acquire(&pick, deadline).await {
                 Ok(slot) => break slot,
                 Err(Unavailable::Queue(e)) => return (Some(p), Err(e)),
-                Err(Unavailable::NoCapacity) => match pool.fallback {
-                    Some(f) if hops < runtime.pools.len() => {
-                        self.metrics
-                            .fallbacks
-                            .with_label_values(&[pool.key(), runtime.pools[f].key()])
-                            .inc();
-                        hops += 1;
-                        p = f;
-                    }
-                    _ => {
+                Err(Unavailable::NoCapacity) => {
+                    // A fallback serves only the callers it would admit itself.
+                    let next = match pool.fallback {
+                        Some(f) if hops < runtime.pools.len() => runtime
+                            .auth
+                            .admit(
+                                &runtime.pools[f].spec,
+                                runtime.pools[f].jwt.as_ref(),
+                                &parts.headers,
+                            )
+                            .await
+                            .is_ok()
+                            .then_some(f),
+                        _ => None,
+                    };
+                    let Some(f) = next else {
                         return (
                             Some(p),
                             Err(ProxyError::NoEndpoints {
                                 pool: pool.key().to_owned(),
                             }),
                         );
-                    }
-                },
+                    };
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[pool.key(), runtime.pools[f].key()])
+                        .inc();
+                    hops += 1;
+                    p = f;
+                }
             }
         };
         let pool = &runtime.pools[p];
@@ -713,7 +725,10 @@ impl Template {
             strip_credentials(&mut headers);
         }
         if !peer_trusted {
-            headers.remove(X_FORWARDED_FOR);
+            // What an untrusted peer claims about the path it came by is not passed on.
+            for name in [X_FORWARDED_FOR, "forwarded", "x-real-ip"] {
+                headers.remove(name);
+            }
         }
         append_forwarded_for(&mut headers, peer);
         headers.insert(
