@@ -20,8 +20,12 @@
 //!   as is a repeated `Authorization` or `x-api-key` header: the gateway never guesses
 //!   which identity a request meant;
 //! * `Authorization` with another scheme (`Basic ...`): when `x-api-key` is present it
-//!   is the credential and `Authorization` is left for the agent; otherwise the request
-//!   is refused ([`AuthError::UnsupportedScheme`]), never treated as anonymous.
+//!   is the credential; otherwise the request is refused
+//!   ([`AuthError::UnsupportedScheme`]), never treated as anonymous.
+//!
+//! Once a caller is identified, both headers are removed before the request goes to an
+//! agent (the proxy's `forward` module): agents see `x-sluice-consumer` and
+//! `x-sluice-tier`, never a gateway credential.
 //!
 //! A bearer token that looks like a JWT ([`Credential::looks_like_jwt`]) goes to the
 //! JWT verifier when the pool has one, anything else to the API key store.
