@@ -281,8 +281,11 @@ impl Forwarder {
         // its fallback chain when it has no live endpoint.
         let deadline = start + Duration::from_millis(runtime.pools[p].spec.request_timeout_ms);
         let mut hops = 0;
+        // The newer table the request moved to while it waited, if any.
+        let mut newer: Option<Arc<Runtime>> = None;
         let slot = loop {
-            let pool = &runtime.pools[p];
+            let rt = newer.as_deref().unwrap_or(runtime);
+            let pool = &rt.pools[p];
             let pick = PickRequest {
                 capability: capability.as_deref(),
                 hash: pool.hash_key(&parts.headers, client_ip),
@@ -290,40 +293,57 @@ impl Forwarder {
             };
             match pool.acquire(&pick, deadline).await {
                 Ok(slot) => break slot,
-                Err(Unavailable::Queue(e)) => return (Some(p), Err(e)),
+                Err(Unavailable::Queue(e)) => return (index_in(runtime, rt, p), Err(e)),
+                Err(Unavailable::Replaced) => {
+                    // A new table came while the request waited: wait on in its pool
+                    // of the same key.
+                    let key = pool.key().to_owned();
+                    let moved = self.store.load().and_then(|next| {
+                        let q = next.pools.iter().position(|x| x.key() == key)?;
+                        Some((next, q))
+                    });
+                    match moved {
+                        Some((next, q)) => {
+                            p = q;
+                            newer = Some(next);
+                        }
+                        None => {
+                            return (
+                                index_in(runtime, rt, p),
+                                Err(ProxyError::NoEndpoints { pool: key }),
+                            );
+                        }
+                    }
+                }
                 Err(Unavailable::NoCapacity) => {
                     // A fallback serves only the callers it would admit itself.
                     let next = match pool.fallback {
-                        Some(f) if hops < runtime.pools.len() => runtime
+                        Some(f) if hops < rt.pools.len() => rt
                             .auth
-                            .admit(
-                                &runtime.pools[f].spec,
-                                runtime.pools[f].jwt.as_ref(),
-                                &parts.headers,
-                            )
+                            .admit(&rt.pools[f].spec, rt.pools[f].jwt.as_ref(), &parts.headers)
                             .await
                             .is_ok()
                             .then_some(f),
                         _ => None,
                     };
                     let Some(f) = next else {
+                        let pool_key = pool.key().to_owned();
                         return (
-                            Some(p),
-                            Err(ProxyError::NoEndpoints {
-                                pool: pool.key().to_owned(),
-                            }),
+                            index_in(runtime, rt, p),
+                            Err(ProxyError::NoEndpoints { pool: pool_key }),
                         );
                     };
                     self.metrics
                         .fallbacks
-                        .with_label_values(&[pool.key(), runtime.pools[f].key()])
+                        .with_label_values(&[pool.key(), rt.pools[f].key()])
                         .inc();
                     hops += 1;
                     p = f;
                 }
             }
         };
-        let pool = &runtime.pools[p];
+        let rt = newer.as_deref().unwrap_or(runtime);
+        let pool = &rt.pools[p];
         let pick = PickRequest {
             capability: capability.as_deref(),
             hash: pool.hash_key(&parts.headers, client_ip),
@@ -352,7 +372,7 @@ impl Forwarder {
                 rate,
             )
             .await;
-        (Some(p), result)
+        (index_in(runtime, rt, p), result)
     }
 
     /// Sends the request to the reserved endpoint, and again to another one when the
@@ -514,21 +534,35 @@ impl Forwarder {
             count("not_replayable");
             return Err(());
         }
+        // Checked before an endpoint is reserved, so that a refused retry is not
+        // counted as a request to an endpoint; charged once one is.
+        let budget = pool.retry_budget.as_ref();
+        if budget.is_some_and(|b| b.available(now_nanos()) == 0) {
+            count("budget_exhausted");
+            return Err(());
+        }
         let Some(next) = pool.try_acquire(pick, tried) else {
             count("no_endpoint");
             return Err(());
         };
-        if pool
-            .retry_budget
-            .as_ref()
-            .is_some_and(|b| !b.withdraw(now_nanos()))
-        {
+        if budget.is_some_and(|b| !b.withdraw(now_nanos())) {
+            // Another request took the last retry meanwhile; `next` is released.
             count("budget_exhausted");
             return Err(());
         }
         count("sent");
         Ok(next)
     }
+}
+
+/// The index in `runtime` (whose pool metrics the caller records) of pool `p` of
+/// `rt`, the table the request ended up in.
+fn index_in(runtime: &Runtime, rt: &Runtime, p: usize) -> Option<usize> {
+    if std::ptr::eq(runtime, rt) {
+        return Some(p);
+    }
+    let key = rt.pools.get(p)?.key();
+    runtime.pools.iter().position(|x| x.key() == key)
 }
 
 /// Replaces the request's path with its normalised form.

@@ -53,6 +53,9 @@ pub enum Unavailable {
     NoCapacity,
     /// Endpoints are alive but full, and the queue refused or timed out.
     Queue(ProxyError),
+    /// A new route table replaced this pool while the request waited: wait on in the
+    /// new table's pool of the same key.
+    Replaced,
 }
 
 /// What a request asks of the pool when picking.
@@ -123,6 +126,8 @@ pub struct PoolRuntime {
     /// waiter (it asks for a capability the endpoint lacks) yet serve one behind it,
     /// so freeing a slot wakes every waiter to try, instead of the first only.
     mixed_capabilities: bool,
+    /// A newer table is in force: waiters leave for its pool of the same key.
+    replaced: std::sync::atomic::AtomicBool,
     /// The retry budget when the pool retries.
     pub retry_budget: Option<Arc<RetryBudget>>,
     /// JWT verification, when the pool accepts tokens.
@@ -261,6 +266,7 @@ pub fn build(
         health_config,
         queue,
         mixed_capabilities,
+        replaced: std::sync::atomic::AtomicBool::new(false),
         retry_budget,
         jwt: None,
         metrics_all: metrics.clone(),
@@ -276,6 +282,14 @@ fn lcm(a: u64, b: u64) -> u64 {
 }
 
 impl PoolRuntime {
+    /// Marks the pool replaced by a newer table and wakes its waiters so that they
+    /// move to the new pool.
+    pub fn mark_replaced(&self) {
+        self.replaced
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.queue.notify_all();
+    }
+
     /// The pool key.
     pub fn key(&self) -> &str {
         &self.spec.key
@@ -377,6 +391,9 @@ impl PoolRuntime {
             .queue_depth
             .set(i64::try_from(self.queue.depth()).unwrap_or(i64::MAX));
         let result = loop {
+            if self.replaced.load(std::sync::atomic::Ordering::Acquire) {
+                break Err(Unavailable::Replaced);
+            }
             if let Some(slot) = self.try_acquire(req, &[]) {
                 break Ok(slot);
             }

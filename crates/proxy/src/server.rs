@@ -97,7 +97,7 @@ pub async fn serve<H, F>(
         });
         let conn = graceful.watch(
             builder
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned(),
         );
         tokio::spawn(async move {

@@ -161,6 +161,9 @@ impl TableStore {
         self.current.store(Some(runtime.clone()));
         if let Some(old) = previous {
             old.stop_checkers();
+            for pool in &old.pools {
+                pool.mark_replaced();
+            }
         }
         // Waiters queued under the old table try again with the new endpoints.
         for pool in &runtime.pools {

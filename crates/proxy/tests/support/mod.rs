@@ -126,6 +126,17 @@ impl Proxy {
     }
 }
 
+/// Polls `condition` until it holds, failing the test after [`HANG`]. For state that
+/// changes in the background (a gauge, a health check) without a signal to wait on.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let polled = async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(what, polled).await;
+}
+
 /// The value of `series` (the metric name with its labels, as rendered) in the
 /// Prometheus text `text`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
@@ -147,8 +158,27 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent answering each request with `handler`.
+    /// Starts an agent answering each request with `handler`. HTTP/1.1, with protocol
+    /// upgrades enabled (a handler that answers `101` gets the connection).
     pub async fn start<H, F>(handler: H) -> Self
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        Self::serve(handler, false).await
+    }
+
+    /// Starts an agent that speaks only HTTP/2 over cleartext with prior knowledge
+    /// (h2c), as gRPC agents do: an HTTP/1.1 request gets no answer.
+    pub async fn start_h2c<H, F>(handler: H) -> Self
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        Self::serve(handler, true).await
+    }
+
+    async fn serve<H, F>(handler: H, h2c: bool) -> Self
     where
         H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<TestBody>> + Send + 'static,
@@ -173,9 +203,17 @@ impl Agent {
                 });
                 tokio::spawn(async move {
                     // A connection the proxy drops mid-response ends with an error here.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let io = TokioIo::new(stream);
+                    let _ = if h2c {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .with_upgrades()
+                            .await
+                    };
                 });
             }
         });

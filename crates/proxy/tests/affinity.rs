@@ -1,0 +1,155 @@
+//! Load-aware and session-aware balancing through real requests: `ConsistentHash`
+//! keeps a session on one agent and spreads sessions over agents, `LeastRequest`
+//! steers around an agent busy with a request, `PeakEwma` prefers a fast agent.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use support::{Agent, Proxy, TestClient, client, compile_yaml, empty, full, get, send, within};
+use tokio::sync::{mpsc, watch};
+
+/// A pool over `agents` with the `loadBalancing` given as a YAML flow mapping.
+fn manifest(agents: &[&Agent], load_balancing: &str) -> String {
+    let endpoints: Vec<String> = agents
+        .iter()
+        .map(|a| format!("\"{}\"", a.address()))
+        .collect();
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+         metadata: {{name: agents, namespace: demo}}\n\
+         spec:\n  matches: [{{pathPrefix: /}}]\n\
+         \x20 backends: [{{endpoints: [{}]}}]\n\
+         \x20 loadBalancing: {load_balancing}\n",
+        endpoints.join(", ")
+    )
+}
+
+async fn in_session(c: &TestClient, proxy: &Proxy, session: &str) -> String {
+    let req = Request::get(proxy.url("/chat"))
+        .header("X-Session", session)
+        .body(empty())
+        .expect("request");
+    let reply = send(c, req).await;
+    assert!(reply.status.is_success(), "{}", reply.text());
+    reply.text().to_owned()
+}
+
+#[tokio::test]
+async fn a_session_stays_on_one_agent_and_sessions_spread() {
+    let agents = [
+        Agent::named("a").await,
+        Agent::named("b").await,
+        Agent::named("c").await,
+    ];
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let yaml = manifest(
+        &refs,
+        "{algorithm: ConsistentHash, consistentHash: {header: x-session}}",
+    );
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let c = client();
+
+    let home = in_session(&c, &proxy, "session-42").await;
+    for _ in 0..49 {
+        assert_eq!(in_session(&c, &proxy, "session-42").await, home);
+    }
+
+    // Thirty sessions, twice each: each keeps its agent, and they do not all share one.
+    let mut placed = BTreeMap::new();
+    for round in 0..2 {
+        for s in 0..30 {
+            let id = format!("user-{s}");
+            let agent = in_session(&c, &proxy, &id).await;
+            let first = placed.entry(id.clone()).or_insert_with(|| agent.clone());
+            assert_eq!(*first, agent, "{id} moved in round {round}");
+        }
+    }
+    let used: BTreeSet<&String> = placed.values().collect();
+    assert!(used.len() >= 2, "30 sessions all on {used:?}");
+}
+
+/// An agent that reports its name when a request arrives and holds requests carrying
+/// `x-hold` until the gate opens.
+async fn holding_agent(
+    name: &'static str,
+    arrived: mpsc::UnboundedSender<&'static str>,
+    gate: watch::Receiver<bool>,
+) -> Agent {
+    Agent::start(move |req: Request<Incoming>| {
+        let (arrived, mut gate) = (arrived.clone(), gate.clone());
+        async move {
+            arrived.send(name).expect("test is listening");
+            if req.headers().contains_key("x-hold") {
+                gate.wait_for(|open| *open).await.expect("gate kept");
+            }
+            Response::new(full(name))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn least_request_avoids_the_agent_busy_with_a_request() {
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+    let (gate, gate_rx) = watch::channel(false);
+    let agents = [
+        holding_agent("x", arrived_tx.clone(), gate_rx.clone()).await,
+        holding_agent("y", arrived_tx, gate_rx).await,
+    ];
+    let yaml = manifest(&[&agents[0], &agents[1]], "{algorithm: LeastRequest}");
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let c = client();
+
+    let held = tokio::spawn({
+        let c = c.clone();
+        let req = Request::get(proxy.url("/slow"))
+            .header("x-hold", "1")
+            .body(empty())
+            .expect("request");
+        async move { send(&c, req).await }
+    });
+    let busy = within("the held request arrives", arrived.recv())
+        .await
+        .expect("agents running");
+    let idle = if busy == "x" { "y" } else { "x" };
+
+    for _ in 0..20 {
+        assert_eq!(get(&c, &proxy.url("/quick")).await.text(), idle);
+    }
+    let busy_agent = if busy == "x" { &agents[0] } else { &agents[1] };
+    assert_eq!(busy_agent.requests(), 1, "only the held request");
+
+    gate.send_replace(true);
+    let reply = within("held request completes", held).await.expect("task");
+    assert_eq!(reply.text(), busy);
+}
+
+#[tokio::test]
+async fn peak_ewma_prefers_the_fast_agent() {
+    let fast = Agent::named("fast").await;
+    // The slow agent takes 150 ms to answer: its behaviour, not a wait in the test.
+    let slow = Agent::start(|_req| async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let yaml = manifest(&[&fast, &slow], "{algorithm: PeakEwma}");
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let c = client();
+
+    for _ in 0..40 {
+        assert!(get(&c, &proxy.url("/")).await.status.is_success());
+    }
+    // Round robin would split 20/20; once each agent has been seen, every pick of
+    // two compares both, and the fast one costs far less.
+    assert!(
+        fast.requests() >= 30,
+        "fast {} / slow {}",
+        fast.requests(),
+        slow.requests()
+    );
+}
