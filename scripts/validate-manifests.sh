@@ -5,7 +5,8 @@
 #   scripts/validate-manifests.sh            # or PYTHON=/path/to/python scripts/validate-manifests.sh
 #
 # 1. lints charts/sluice (Helm v4 SDK, PyPI helm-python-sdk) with its default values,
-#    with mode=controller and with each charts/sluice/ci/*-values.yaml;
+#    with mode=controller (also with a ServiceMonitor and an existing admin Secret) and
+#    with each charts/sluice/ci/*-values.yaml;
 # 2. renders the same sets of values (scripts/render_chart.py) and validates every
 #    rendered object, every CRD in crds/ and charts/sluice/crds/, and every manifest in
 #    deploy/kubernetes/ and deploy/examples/ (when present) against the Kubernetes
@@ -14,12 +15,26 @@
 #    inside the chart's routes ConfigMap, are validated against the CRDs' own schemas;
 #    rendered objects are also checked for names, standard labels, pod security and
 #    the references between them (Service selectors and ports, ConfigMaps, the
-#    controller URL); with SLUICE_BIN=path/to/sluice, the routes of every render are
-#    also compiled with `sluice compile` (semantic checks beyond the CRD schemas);
-# 3. checks that invalid values (mode=bogus and others) make rendering FAIL;
+#    controller URL, the admin token's Secret, ServiceMonitor ports and credentials).
+#    A proxy whose admin listener is not on loopback must get SLUICE_ADMIN_TOKEN (it
+#    refuses to start without). ServiceMonitors (monitoring.coreos.com/v1), for which
+#    kubernetes-validate has no schema, are checked structurally instead. The
+#    prometheus-adapter rules (the chart's adapter ConfigMap, and the values file
+#    deploy/examples/hpa/prometheus-adapter-values.yaml, which must hold the same rules)
+#    are checked against the adapter's config format, the proxy's metric names
+#    (crates/proxy/src/metrics.rs) and the labels the ServiceMonitor's relabelings
+#    make; HPAs (deploy/examples/hpa/) are validated with kubernetes-validate, and their
+#    metrics must be ones the rules serve, with valid label selectors. With
+#    SLUICE_BIN=path/to/sluice, the routes of every render are also compiled with
+#    `sluice compile` (semantic checks beyond the CRD schemas), and the flags and
+#    SLUICE_* variables given to sluice containers must be ones the binary knows;
+# 3. checks that invalid values (mode=bogus, a short admin.token and others) make
+#    rendering FAIL;
 # 4. checks that crds/ and charts/sluice/crds/ hold the same generated files, and that
-#    deploy/kubernetes/sluice.yaml is the chart rendered with its defaults
-#    (`scripts/validate-manifests.sh --update` regenerates it).
+#    deploy/kubernetes/sluice.yaml is the chart rendered with its defaults, except the
+#    admin token: it names the Secret sluice-admin, which the user creates, since a
+#    random token cannot be checked in (`scripts/validate-manifests.sh --update`
+#    regenerates it).
 # Exits non-zero, with the reason, on the first failing step.
 set -euo pipefail
 
@@ -62,6 +77,7 @@ scenarios=(
   "default|"
   "controller|--set mode=controller --name edge"
   "long-name|--set mode=controller --name a-release-name-that-is-fifty-three-characters-long-x"
+  "controller-monitoring|--set mode=controller --set serviceMonitor.enabled=true --set admin.existingSecret=ops-sluice-admin --set admin.existingSecretKey=bearer --name edge"
 )
 for f in "$CHART"/ci/*-values.yaml; do
   [ -e "$f" ] || continue
@@ -103,12 +119,16 @@ done
 step "plain manifests"
 GENERATED=deploy/kubernetes/sluice.yaml
 header="Generated from $CHART with its default values (standalone proxy and demo agents),
-release \"sluice\" in namespace \"sluice\", by \`scripts/validate-manifests.sh --update\`.
+release \"sluice\" in namespace \"sluice\", by \`scripts/validate-manifests.sh --update\`,
+except admin.existingSecret=sluice-admin: a random admin token cannot be checked in.
 Do not edit: change the chart and regenerate. For clusters without Helm:
-  kubectl apply -f deploy/kubernetes/namespace.yaml -f $GENERATED
+  kubectl apply -f deploy/kubernetes/namespace.yaml
+  kubectl create secret generic sluice-admin -n sluice --from-literal=token=\"\$(openssl rand -hex 24)\"
+  kubectl apply -f $GENERATED
+The proxies read the token (for /metrics and /routes) from that Secret.
 The objects keep the chart's labels (app.kubernetes.io/managed-by: Helm)."
-"$PYTHON" "${RENDER[@]}" render "$CHART" --name sluice --namespace sluice --header "$header" -o "$tmp/plain.yaml" \
-  || fail "rendering $GENERATED failed"
+"$PYTHON" "${RENDER[@]}" render "$CHART" --name sluice --namespace sluice --set admin.existingSecret=sluice-admin \
+  --header "$header" -o "$tmp/plain.yaml" || fail "rendering $GENERATED failed"
 if $update; then
   mkdir -p "$(dirname "$GENERATED")"
   cp "$tmp/plain.yaml" "$GENERATED"
@@ -125,19 +145,32 @@ fi
 
 step "validate against Kubernetes $KUBE_VERSION (kubernetes-validate $("$PYTHON" -c 'import kubernetes_validate as k; print(k.__version__)'), strict)"
 plain=()
+adapter_values=()
 for f in crds/*.yaml "$CHART"/crds/*.yaml; do
   [ -e "$f" ] && plain+=("$f")
 done
 for dir in deploy/kubernetes deploy/examples; do
   [ -d "$dir" ] || continue
-  while IFS= read -r -d '' f; do plain+=("$f"); done \
-    < <(find "$dir" -type f \( -name '*.yaml' -o -name '*.yml' \) -print0 | sort -z)
+  while IFS= read -r -d '' f; do
+    # *-values.yaml files are Helm values, not manifests: prometheus-adapter's.
+    case "$f" in
+      *-values.yaml) adapter_values+=("$f") ;;
+      *) plain+=("$f") ;;
+    esac
+  done < <(find "$dir" -type f \( -name '*.yaml' -o -name '*.yml' \) -print0 | sort -z)
 done
 [ ${#plain[@]} -gt 0 ] || fail "no CRDs found in crds/ or $CHART/crds/"
+# The chart's prometheus-adapter rules with default values: what the values files must hold.
+"$PYTHON" "${RENDER[@]}" render "$CHART" --set adapter.enabled=true -o "$tmp/adapter-reference.yaml" \
+  || fail "rendering $CHART with adapter.enabled=true failed"
 
 # Arguments: the Kubernetes version, then `--rendered` and the chart's rendered streams,
-# then `--plain` and the checked-in files.
-"$PYTHON" - "$KUBE_VERSION" --rendered "${rendered[@]}" --plain "${plain[@]}" <<'PY' || fail "manifest validation failed (see ERROR lines above)"
+# `--plain` and the checked-in files, `--adapter-values` and the prometheus-adapter
+# values files, `--adapter-reference` and the render they must agree with.
+"$PYTHON" - "$KUBE_VERSION" --rendered "${rendered[@]}" --plain "${plain[@]}" \
+  --adapter-values "${adapter_values[@]}" --adapter-reference "$tmp/adapter-reference.yaml" \
+  <<'PY' || fail "manifest validation failed (see ERROR lines above)"
+import base64
 import glob
 import re
 import sys
@@ -148,12 +181,15 @@ import kubernetes_validate
 import yaml
 
 version, *rest = sys.argv[1:]
-rendered, plain, target = [], [], None
+lists = {"--rendered": [], "--plain": [], "--adapter-values": [], "--adapter-reference": []}
+target = None
 for arg in rest:
-    if arg in ("--rendered", "--plain"):
-        target = rendered if arg == "--rendered" else plain
+    if arg in lists:
+        target = lists[arg]
     else:
         target.append(arg)
+rendered, plain, adapter_values_files = lists["--rendered"], lists["--plain"], lists["--adapter-values"]
+adapter_reference = lists["--adapter-reference"][0]
 
 errors = 0
 
@@ -170,6 +206,91 @@ DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 STANDARD_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                    "app.kubernetes.io/component", "app.kubernetes.io/managed-by", "helm.sh/chart")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                       r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+# Kinds that kubernetes-validate has no schema for, as their CRDs are not part of
+# Kubernetes: each is checked against the part of its CRD's schema that Sluice uses, with
+# unknown fields refused, and kubernetes-validate is skipped for it.
+RELABEL_ACTIONS = [a for name in ("replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                                  "lowercase", "uppercase", "keepequal", "dropequal")
+                   for a in (name, {"hashmod": "HashMod", "labelmap": "LabelMap", "labeldrop": "LabelDrop",
+                                    "labelkeep": "LabelKeep", "keepequal": "KeepEqual",
+                                    "dropequal": "DropEqual"}.get(name, name.capitalize()))]
+RELABEL = {"type": "object", "additionalProperties": False, "properties": {
+    "sourceLabels": {"type": "array", "items": {"type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$"}},
+    "separator": {"type": "string"}, "targetLabel": {"type": "string"}, "regex": {"type": "string"},
+    "modulus": {"type": "integer"}, "replacement": {"type": "string"}, "action": {"enum": RELABEL_ACTIONS}}}
+PROM_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+LABEL_SELECTOR = {"type": "object", "additionalProperties": False, "properties": {
+    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "matchExpressions": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["key", "operator"],
+        "properties": {"key": {"type": "string"}, "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                       "values": {"type": "array", "items": {"type": "string"}}}}}}}
+OBJECT_META = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string", "maxLength": 253, "pattern": DNS1123_SUBDOMAIN.pattern},
+    "namespace": {"type": "string", "maxLength": 63, "pattern": DNS1123_LABEL.pattern},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}}}}
+SERVICE_MONITOR = {  # monitoring.coreos.com/v1 (Prometheus Operator >= 0.50)
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "ServiceMonitor"},
+        "metadata": OBJECT_META,
+        "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "endpoints"], "properties": {
+            "selector": LABEL_SELECTOR,
+            "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                "any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}}},
+            "jobLabel": {"type": "string"},
+            "targetLabels": {"type": "array", "items": {"type": "string"}},
+            "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "sampleLimit": {"type": "integer", "minimum": 0},
+            "targetLimit": {"type": "integer", "minimum": 0},
+            "endpoints": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "additionalProperties": False, "required": ["port"], "properties": {
+                    "port": {"type": "string", "minLength": 1},
+                    "path": {"type": "string", "pattern": "^/"},
+                    "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                    "interval": PROM_DURATION, "scrapeTimeout": PROM_DURATION,
+                    "honorLabels": {"type": "boolean"}, "honorTimestamps": {"type": "boolean"},
+                    "followRedirects": {"type": "boolean"}, "enableHttp2": {"type": "boolean"},
+                    "params": {"type": "object"}, "tlsConfig": {"type": "object"},
+                    "authorization": {"type": "object", "additionalProperties": False, "required": ["credentials"],
+                                      "properties": {"type": {"type": "string"},
+                                                     "credentials": {"type": "object", "additionalProperties": False,
+                                                                     "required": ["name", "key"],
+                                                                     "properties": {"name": {"type": "string", "minLength": 1},
+                                                                                    "key": {"type": "string", "minLength": 1},
+                                                                                    "optional": {"type": "boolean"}}}}},
+                    "metricRelabelings": {"type": "array", "items": RELABEL},
+                    "relabelings": {"type": "array", "items": RELABEL}}}}}}}}
+STRUCTURAL = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR}
+
+# prometheus-adapter's configuration (pkg/config/config.go; it is read with
+# yaml.UnmarshalStrict, so an unknown field stops the adapter).
+ADAPTER_GROUP_RESOURCE = {"type": "object", "additionalProperties": False, "required": ["resource"],
+                          "properties": {"group": {"type": "string"}, "resource": {"type": "string", "minLength": 1}}}
+ADAPTER_RULE = {"type": "object", "additionalProperties": False,
+                "required": ["seriesQuery", "resources", "name", "metricsQuery"], "properties": {
+    "seriesQuery": {"type": "string", "minLength": 1},
+    "seriesFilters": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                                  "properties": {"is": {"type": "string"}, "isNot": {"type": "string"}}}},
+    "resources": {"type": "object", "additionalProperties": False, "properties": {
+        "template": {"type": "string"}, "namespaced": {"type": "boolean"},
+        "overrides": {"type": "object", "additionalProperties": ADAPTER_GROUP_RESOURCE}}},
+    "name": {"type": "object", "additionalProperties": False, "required": ["matches", "as"],
+             "properties": {"matches": {"type": "string"}, "as": {"type": "string", "minLength": 1}}},
+    "metricsQuery": {"type": "string", "minLength": 1}}}
+ADAPTER_CONFIG = {"type": "object", "additionalProperties": False, "properties": {
+    "rules": {"type": "array", "items": ADAPTER_RULE},
+    "externalRules": {"type": "array", "items": ADAPTER_RULE},
+    "resourceRules": {"type": "object"}}}
+ADAPTER_TEMPLATE_FIELDS = {"Series", "LabelMatchers", "LabelValuesByName", "GroupBy", "GroupBySlice"}
+# Target labels that a ServiceMonitor scrape gives every series.
+OPERATOR_TARGET_LABELS = {"namespace", "pod", "service", "container", "endpoint", "job", "instance"}
+# The proxy's metric names, from its contract.
+PROXY_METRICS = set(re.findall(r'"(sluice_[a-z0-9_]+)"', open("crates/proxy/src/metrics.rs").read()))
 
 
 def openapi_to_jsonschema(node):
@@ -235,6 +356,17 @@ def validate_object(where, doc):
         for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
             error(what, f"{'.'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
         return errors == before
+    structural = STRUCTURAL.get((doc["apiVersion"], doc["kind"]))
+    if structural is not None:
+        # Not in kubernetes-validate's schemas (a CRD of another project): skipped there.
+        structural_checked[doc["kind"]] += 1
+        for e in sorted(jsonschema.Draft7Validator(structural).iter_errors(doc), key=lambda e: list(e.path)):
+            error(what, f"{'.'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
+        for i, ep in enumerate(((doc.get("spec") or {}).get("endpoints") or []) if errors == before else []):
+            interval, timeout = seconds(ep.get("interval")), seconds(ep.get("scrapeTimeout"))
+            if interval is not None and timeout is not None and timeout > interval:
+                error(what, f"endpoints[{i}]: scrapeTimeout {ep['scrapeTimeout']} exceeds interval {ep['interval']} (Prometheus refuses that)")
+        return errors == before
     try:
         kubernetes_validate.validate(doc, version, strict=True)
     except kubernetes_validate.ValidationError as e:
@@ -253,7 +385,92 @@ def validate_object(where, doc):
                 continue
             for i, d in enumerate(inner):
                 validate_object(f"{what} data.{key}[{i}]", d)
+    # The prometheus-adapter rules ConfigMap holds the adapter's config.yaml.
+    if doc["kind"] == "ConfigMap" and (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "adapter-rules":
+        try:
+            config = yaml.safe_load((doc.get("data") or {}).get("config.yaml", ""))
+        except yaml.YAMLError as e:
+            error(f"{what} data.config.yaml", f"not YAML: {e}")
+        else:
+            check_adapter_config(f"{what} data.config.yaml", config)
+    if doc["kind"] == "HorizontalPodAutoscaler":
+        hpas.append((what, doc))
     return errors == before
+
+
+structural_checked = Counter()  # objects checked structurally, by kind
+
+
+def seconds(duration):
+    """A Prometheus duration such as 1m30s in seconds, or None."""
+    if not duration:
+        return None
+    units = {"y": 31536000, "w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(int(n) * units[u] for n, u in re.findall(r"(\d+)(ms|y|w|d|h|m|s)", duration))
+
+
+hpas = []  # (where, HPA) of every HPA seen
+
+
+def check_adapter_config(where, config):
+    """A prometheus-adapter config: its format, its templates, and metric names the proxy has."""
+    before = errors
+    for e in sorted(jsonschema.Draft7Validator(ADAPTER_CONFIG).iter_errors(config), key=lambda e: list(e.path)):
+        error(where, f"{'.'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
+    if errors != before:
+        return
+    if not config.get("externalRules"):
+        error(where, "no externalRules: the per-pool metrics of agent HPAs")
+    for kind in ("rules", "externalRules"):
+        for i, rule in enumerate(config.get(kind) or []):
+            rw = f"{where} {kind}[{i}]"
+            query = rule["metricsQuery"]
+            fields = re.findall(r"<<\s*\.(\w+)\s*>>", query)
+            if query.count("<<") != len(fields) or query.count(">>") != len(fields):
+                error(rw, f"metricsQuery {query!r} has a template action that is not <<.Field>>")
+            for f in set(fields) - ADAPTER_TEMPLATE_FIELDS:
+                error(rw, f"metricsQuery uses <<.{f}>>, which prometheus-adapter does not define")
+            if "LabelMatchers" not in fields:
+                error(rw, "metricsQuery ignores <<.LabelMatchers>>: the HPA's selector and namespace would be dropped")
+            if kind == "rules" and "GroupBy" not in fields:
+                error(rw, "metricsQuery of a custom rule must group by <<.GroupBy>> (the object label)")
+            # Brackets must balance once the template is filled in.
+            filled = re.sub(r"<<[^>]*>>", "x", query)
+            depth = []
+            for c in filled:
+                if c in "([{":
+                    depth.append(")]}"["([{".index(c)])
+                elif c in ")]}" and (not depth or depth.pop() != c):
+                    error(rw, f"metricsQuery {query!r} has unbalanced brackets")
+                    break
+            else:
+                if depth:
+                    error(rw, f"metricsQuery {query!r} has unbalanced brackets")
+            m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}$", rule["seriesQuery"])
+            if not m:
+                error(rw, f"seriesQuery {rule['seriesQuery']!r} is not metric{{label!=\"\",...}}")
+                continue
+            metric, matchers = m.groups()
+            if metric not in PROXY_METRICS:
+                error(rw, f"{metric} is not a metric of the proxy (crates/proxy/src/metrics.rs)")
+            if not re.search(rule["name"]["matches"], metric):
+                error(rw, f"name.matches {rule['name']['matches']!r} does not match the series {metric}")
+            labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*!=\s*\"\"", matchers))
+            for label in rule["resources"].get("overrides") or {}:
+                if label not in labels and label not in OPERATOR_TARGET_LABELS:
+                    error(rw, f"resources.overrides maps {label}, which the seriesQuery does not require")
+            if kind == "externalRules" and rule["resources"].get("namespaced", True):
+                ns_labels = [l for l, gr in (rule["resources"].get("overrides") or {}).items()
+                             if gr["resource"] in ("namespace", "namespaces") and not gr.get("group")]
+                if not ns_labels:
+                    error(rw, "a namespaced external rule must map a label to the namespace resource")
+                by = re.search(r"\bby\s*\(([^)]*)\)", query)
+                if not by or not set(ns_labels) <= {l.strip() for l in by.group(1).split(",")}:
+                    error(rw, f"metricsQuery must keep the namespace label {ns_labels} in its `by (...)`")
+            rule_labels.setdefault(kind, set()).update(labels)
+
+
+rule_labels = {}  # labels the adapter rules expect on the series, by rule kind
 
 
 def pod_spec(doc):
@@ -333,15 +550,118 @@ def check_references(where, docs):
             error(where, f"{describe(w)} runs as ServiceAccount {sa}, not the one the release creates")
         for c in spec["containers"]:
             args = c.get("args") or []
+            cw = f"{describe(w)} container {c['name']}"
+            env = c.get("env") or []
+            for name, n in Counter(e["name"] for e in env).items():
+                if n > 1:
+                    error(where, f"{cw}: environment variable {name} is set {n} times (the last one wins)")
+            if args[:1] == ["proxy"]:
+                check_admin_token(where, cw, args, env, by_kind)
             if "--controller" in args:
                 url = args[args.index("--controller") + 1]
                 m = re.match(r"^http://([^:/]+):(\d+)$", url)
                 svc = by_kind.get("Service", {}).get(m.group(1)) if m else None
                 if not svc or not any(str(p["port"]) == m.group(2) for p in svc["spec"]["ports"]):
                     error(where, f"{describe(w)}: --controller {url} names no Service port of the release")
+    for sm in by_kind.get("ServiceMonitor", {}).values():
+        check_service_monitor(where, sm, by_kind)
     dupes = [k for k, n in Counter((d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs).items() if n > 1]
     for kind, ns, name in dupes:
         error(where, f"{kind} {ns}/{name} is rendered more than once")
+
+
+def flag_value(args, flag):
+    """The value of --flag VALUE or --flag=VALUE in args, or None."""
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a[len(flag) + 1:]
+    return None
+
+
+def secret_key(where, what, ref, by_kind):
+    """Checks that a {name, key} reference names a key of a Secret of the release (or notes
+    that the Secret comes from outside); returns the decoded value, or None."""
+    secret = by_kind.get("Secret", {}).get(ref.get("name"))
+    if secret is None:
+        print(f"note {where}: {what} reads Secret {ref.get('name')} (key {ref.get('key')}), which the release does not create")
+        return None
+    data = secret.get("data") or {}
+    if ref.get("key") not in data:
+        error(where, f"{what}: Secret {ref.get('name')} has no key {ref.get('key')}")
+        return None
+    try:
+        return base64.b64decode(data[ref["key"]], validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        error(where, f"{what}: Secret {ref.get('name')} key {ref.get('key')} is not base64 of UTF-8 text")
+        return None
+
+
+def check_admin_token(where, what, args, env, by_kind):
+    """`sluice proxy` refuses to start when --admin is not loopback and it has no token."""
+    admin = flag_value(args, "--admin") or next((e.get("value") for e in env if e["name"] == "SLUICE_ADMIN_LISTEN"), None) \
+        or "127.0.0.1:9901"
+    host = admin.rsplit(":", 1)[0].strip("[]")
+    if host in ("127.0.0.1", "::1", "localhost") or host.startswith("127."):
+        return
+    if flag_value(args, "--admin-token"):
+        return
+    token = next((e for e in env if e["name"] == "SLUICE_ADMIN_TOKEN"), None)
+    if token is None:
+        error(where, f"{what}: --admin {admin} is not loopback but no SLUICE_ADMIN_TOKEN is set: the proxy would refuse to start")
+        return
+    ref = (token.get("valueFrom") or {}).get("secretKeyRef")
+    if ref is None:
+        error(where, f"{what}: SLUICE_ADMIN_TOKEN must come from a Secret (valueFrom.secretKeyRef), not a literal")
+        return
+    if ref.get("optional"):
+        error(where, f"{what}: SLUICE_ADMIN_TOKEN must not be optional: without it the proxy refuses to start")
+    value = secret_key(where, f"{what} SLUICE_ADMIN_TOKEN", ref, by_kind)
+    if value is not None and (len(value) < 16 or not re.match(r"^[!-~]+$", value)):
+        error(where, f"{what}: the admin token in Secret {ref['name']} is shorter than 16 characters or holds spaces")
+    admin_refs.setdefault(where, set()).add((ref.get("name"), ref.get("key")))
+
+
+admin_refs = {}  # the admin token Secret keys that the proxies of each render read
+
+
+def check_service_monitor(where, sm, by_kind):
+    """A ServiceMonitor must select Services of the release, by port names they have, and
+    scrape the proxies with the proxies' own admin token."""
+    what = f"ServiceMonitor {sm['metadata']['name']}"
+    selector = sm["spec"]["selector"]
+    services = []
+    for svc in by_kind.get("Service", {}).values():
+        labels = svc["metadata"].get("labels") or {}
+        ok = all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+        for expr in selector.get("matchExpressions") or []:
+            has, value = expr["key"] in labels, labels.get(expr["key"])
+            ok = ok and {"In": has and value in expr.get("values", []), "NotIn": value not in expr.get("values", []),
+                         "Exists": has, "DoesNotExist": not has}[expr["operator"]]
+        if ok:
+            services.append(svc)
+    if not services:
+        error(where, f"{what} selects no Service of the release")
+        return
+    proxies = [svc for svc in services if (svc["spec"].get("selector") or {}).get("app.kubernetes.io/component") == "proxy"]
+    for i, ep in enumerate(sm["spec"]["endpoints"]):
+        targets = [svc for svc in services if any(p.get("name") == ep["port"] for p in svc["spec"].get("ports", []))]
+        if not targets:
+            error(where, f"{what} endpoints[{i}]: no selected Service has a port named {ep['port']}")
+        if any(svc in proxies for svc in targets):
+            creds = (ep.get("authorization") or {}).get("credentials")
+            if not creds:
+                error(where, f"{what} endpoints[{i}] scrapes the proxies' admin port without the admin token (401)")
+                continue
+            secret_key(where, f"{what} endpoints[{i}] authorization", creds, by_kind)
+            if (creds.get("name"), creds.get("key")) not in admin_refs.get(where, set()):
+                error(where, f"{what} endpoints[{i}]: credentials {creds} are not the proxies' SLUICE_ADMIN_TOKEN {admin_refs.get(where)}")
+            made = {r.get("targetLabel") for r in ep.get("metricRelabelings") or []}
+            relabeled.setdefault(where, set()).update(made)
+
+
+relabeled = {}  # labels the ServiceMonitor's metricRelabelings make, by render
 
 
 def load(path):
@@ -374,6 +694,61 @@ for path in plain:
     kinds = ", ".join(sorted({str(d.get("kind")) for d in docs if isinstance(d, dict)}))
     print(f"{'ok  ' if ok == len(docs) else 'FAIL'} {path}: {ok}/{len(docs)} valid ({kinds or 'empty'})")
 
+for kind, n in sorted(structural_checked.items()):
+    print(f"ok   {n} {kind} object(s) checked structurally, against the fields of its CRD that the chart uses (kubernetes-validate has no {kind} schema)")
+
+# The prometheus-adapter rules: the chart's (with default values), the values files that
+# must repeat them, the ServiceMonitor relabelings that make their labels, and the HPAs
+# that use their metrics.
+before = errors
+reference = [d for d in load(adapter_reference) if (d.get("metadata") or {}).get("labels", {}).get("app.kubernetes.io/component") == "adapter-rules"]
+if len(reference) != 1:
+    error(adapter_reference, "adapter.enabled=true renders no adapter rules ConfigMap")
+    reference_config = {}
+else:
+    reference_config = yaml.safe_load(reference[0]["data"]["config.yaml"])
+    check_adapter_config("adapter.enabled=true: config.yaml", reference_config)
+custom_names = {r["name"]["as"] for r in reference_config.get("rules") or []}
+external_names = {r["name"]["as"] for r in reference_config.get("externalRules") or []}
+for path in adapter_values_files:
+    values = (load(path) or [{}])[0]
+    rules = values.get("rules") or {}
+    check_adapter_config(path, {"rules": rules.get("custom") or [], "externalRules": rules.get("external") or []})
+    if rules.get("default") is not False:
+        error(path, "rules.default must be false: the adapter chart's default rules also publish sluice_* series")
+    for theirs, ours in (("custom", "rules"), ("external", "externalRules")):
+        if (rules.get(theirs) or []) != (reference_config.get(ours) or []):
+            error(path, f"rules.{theirs} differs from the chart's {ours} (templates/_helpers.tpl, sluice.adapterRules)")
+needed = set().union(*rule_labels.values()) - OPERATOR_TARGET_LABELS if rule_labels else set()
+for where, made in sorted(relabeled.items()):
+    if needed - made:
+        error(where, f"the ServiceMonitor's metricRelabelings do not make {sorted(needed - made)}, which the adapter rules select on")
+for what, hpa in hpas:
+    for i, metric in enumerate(hpa["spec"].get("metrics") or []):
+        mw = f"{what} metrics[{i}]"
+        source = metric.get({"External": "external", "Pods": "pods", "Object": "object"}.get(metric.get("type"), ""), {})
+        ident = source.get("metric") or {}
+        names = external_names if metric.get("type") == "External" else custom_names
+        if ident and ident.get("name", "").startswith("sluice_") and ident["name"] not in names:
+            error(mw, f"{metric['type']} metric {ident['name']} is not served by the chart's adapter rules ({sorted(names)})")
+        selector = ident.get("selector") or {}
+        pairs = list((selector.get("matchLabels") or {}).items()) + [
+            (e.get("key"), v) for e in selector.get("matchExpressions") or [] for v in e.get("values") or []]
+        for key, value in pairs:
+            # The HPA turns the selector into a labels.Selector, which refuses these.
+            if not (LABEL_KEY.match(key or "") and len(key.split("/")[-1]) <= 63):
+                error(mw, f"selector key {key!r} is not a valid label key")
+            if not (isinstance(value, str) and len(value) <= 63 and LABEL_VALUE.match(value)):
+                error(mw, f"selector value {value!r} is not a valid label value (a pool's \"namespace/name\" is not: select pool_name)")
+        if ident.get("name") in external_names and metric.get("type") == "External" and \
+                not {"pool_name", "pool"} & {k for k, _ in pairs}:
+            print(f"note {mw}: {ident['name']} without a pool_name selector sums every pool of the namespace")
+if errors == before:
+    print(f"ok   prometheus-adapter rules: {len(custom_names)} custom ({', '.join(sorted(custom_names))}), "
+          f"{len(external_names)} external ({', '.join(sorted(external_names))}); "
+          f"{len(adapter_values_files)} values file(s) agree; {len(relabeled)} ServiceMonitor(s) make "
+          f"{', '.join(sorted(needed)) or 'no extra labels'}; {len(hpas)} HPA(s) use served metrics")
+
 sys.exit(1 if errors else 0)
 PY
 
@@ -404,6 +779,44 @@ PY
     fi
     echo "ok   $label: routes compile${diags:+ (with warnings: $diags)}"
   done
+  # The flags and SLUICE_* variables the chart gives the binaries must be ones they know
+  # (`--help`): sluice proxy and controller, and sluice-demo-agent when it is beside sluice.
+  "$PYTHON" - "$SLUICE_BIN" "${rendered[@]}" <<'PY' || fail "the chart gives the binaries flags or variables they do not know (see ERROR lines above)"
+import os, re, subprocess, sys, yaml
+sluice, *paths = sys.argv[1:]
+demo_agent = os.path.join(os.path.dirname(sluice), "sluice-demo-agent")
+helps, errors, checked = {}, 0, set()
+for path in paths:
+    for doc in yaml.safe_load_all(open(path)):
+        if not doc or doc.get("kind") not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            args = c.get("args") or []
+            if c.get("command") == ["sluice-demo-agent"]:
+                if not os.access(demo_agent, os.X_OK):
+                    continue
+                command = (demo_agent,)
+            elif not c.get("command") and args[:1] in (["proxy"], ["controller"]):
+                command = (sluice, args[0])
+                args = args[1:]
+            else:
+                continue
+            if command not in helps:
+                helps[command] = subprocess.run([*command, "--help"], capture_output=True, text=True, check=True).stdout
+            flags = set(re.findall(r"--[a-z0-9-]+", helps[command]))
+            env = set(re.findall(r"\[env: ([A-Z0-9_]+)", helps[command]))
+            what = f"{os.path.basename(path)}: {doc['kind']} {doc['metadata']['name']} container {c['name']}"
+            for a in args:
+                if a.startswith("--") and a.split("=", 1)[0] not in flags:
+                    errors += 1
+                    print(f"ERROR {what}: {' '.join(os.path.basename(p) for p in command)} has no flag {a.split('=', 1)[0]}")
+            for e in c.get("env") or []:
+                if e["name"].startswith("SLUICE_") and e["name"] not in env:
+                    errors += 1
+                    print(f"ERROR {what}: {' '.join(os.path.basename(p) for p in command)} reads no variable {e['name']}")
+            checked.add(" ".join(os.path.basename(p) for p in command))
+sys.exit(1) if errors else print(f"ok   flags and SLUICE_* variables known to: {', '.join(sorted(checked))}")
+PY
 else
   echo "skip set SLUICE_BIN (e.g. target/debug/sluice) to compile the routes of each render"
 fi
@@ -432,6 +845,20 @@ reject "unknown Sluice API version in routes" \
 reject "routes without metadata.name" --set-json 'routes=[{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}]'
 reject "routes and existingRoutesConfigMap" \
   --set-json 'routes="kind: X"' --set existingRoutesConfigMap=mine
+reject "admin.token shorter than 16 characters" --set admin.token=short-token
+reject "admin.token shorter than 16 characters, no schema (template check)" --set admin.token=short-token --without-schema
+reject "admin.token with spaces" --set-json 'admin.token="a token with some spaces"'
+reject "admin.token and admin.existingSecret" --set admin.token=0123456789abcdef0123 --set admin.existingSecret=mine
+reject "admin.existingSecret not a Secret name" --set admin.existingSecret=My_Secret
+reject "trusted proxy not a CIDR" --set-json 'proxy.trustedProxies=["10.0.0.0/8,192.168.0.0/16"]'
+reject "trusted proxy a host name" --set-json 'proxy.trustedProxies=["ingress.example.com"]'
+reject "capability header not a header name" --set-json 'proxy.capabilityHeader="x-agent capability:"'
+reject "serviceMonitor without the admin Service port" --set serviceMonitor.enabled=true --set service.exposeAdmin=false
+reject "serviceMonitor relabeling in snake_case" --set serviceMonitor.enabled=true \
+  --set-json 'serviceMonitor.metricRelabelings=[{"source_labels":["pool"],"action":"drop"}]'
+reject "serviceMonitor bad interval" --set serviceMonitor.enabled=true --set serviceMonitor.interval=often
+reject "adapter bad rate window" --set adapter.enabled=true --set-json 'adapter.rateWindow="2 minutes"'
+reject "adapter namespace not a namespace name" --set adapter.enabled=true --set adapter.namespace=Monitoring
 
 step "generated CRDs in sync"
 for f in crds/*.yaml; do

@@ -225,6 +225,122 @@ priorityClassName: {{ . }}
 {{- end }}
 
 {{/*
+The Secret holding the proxy's admin token: admin.existingSecret, or the one the chart
+creates.
+*/}}
+{{- define "sluice.adminSecretName" -}}
+{{- .Values.admin.existingSecret | default (printf "%s-admin" (include "sluice.fullname" .)) }}
+{{- end }}
+
+{{/*
+The key of the admin token in that Secret.
+*/}}
+{{- define "sluice.adminSecretKey" -}}
+{{- if .Values.admin.existingSecret }}
+{{- .Values.admin.existingSecretKey | default "token" }}
+{{- else -}}
+token
+{{- end }}
+{{- end }}
+
+{{/*
+The admin token of the Secret the chart creates: admin.token; else the token already in
+that Secret, so that upgrades keep it (lookup reads the cluster; `helm template` and
+client-side dry runs get nothing back); else a random one. Computed once per render and
+kept in .Values.admin, so that the Secret and the pods' checksum agree.
+*/}}
+{{- define "sluice.adminToken" -}}
+{{- if not .Values.admin._rendered }}
+{{- $token := .Values.admin.token }}
+{{- if not $token }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "sluice.adminSecretName" .) }}
+{{- $token = dig "data" "token" "" ($existing | default dict) | b64dec }}
+{{- end }}
+{{- $_ := set .Values.admin "_rendered" ($token | default (randAlphaNum 32)) }}
+{{- end }}
+{{- .Values.admin._rendered }}
+{{- end }}
+
+{{/*
+Relabelings of scraped proxy metrics: the `pool` label (namespace/name) copied into
+`pool_namespace` and `pool_name`, which the prometheus-adapter rules and HPA selectors use
+(a label selector value cannot hold a "/"). Prometheus Operator syntax.
+*/}}
+{{- define "sluice.poolRelabelings" -}}
+- sourceLabels: [pool]
+  regex: "([^/]+)/(.+)"
+  targetLabel: pool_namespace
+  replacement: "${1}"
+  action: replace
+- sourceLabels: [pool]
+  regex: "([^/]+)/(.+)"
+  targetLabel: pool_name
+  replacement: "${2}"
+  action: replace
+{{- end }}
+
+{{/*
+The prometheus-adapter configuration (rules and externalRules) for Sluice's metrics.
+The series carry the labels a ServiceMonitor scrape adds (namespace, pod, service) and
+pool_namespace/pool_name from sluice.poolRelabelings.
+*/}}
+{{- define "sluice.adapterRules" -}}
+{{- $window := .Values.adapter.rateWindow -}}
+# Custom metrics (custom.metrics.k8s.io) of each proxy pod, summed over its pools: for
+# an HPA on the proxy Deployment itself (type: Pods), or on its Service (type: Object).
+rules:
+  - seriesQuery: 'sluice_requests_in_flight{namespace!="",pod!=""}'
+    resources:
+      overrides:
+        namespace: {resource: namespace}
+        pod: {resource: pod}
+        service: {resource: service}
+    name:
+      matches: "^sluice_requests_in_flight$"
+      as: sluice_requests_in_flight
+    metricsQuery: 'sum by (<<.GroupBy>>) (<<.Series>>{<<.LabelMatchers>>})'
+  - seriesQuery: 'sluice_requests_total{namespace!="",pod!=""}'
+    resources:
+      overrides:
+        namespace: {resource: namespace}
+        pod: {resource: pod}
+        service: {resource: service}
+    name:
+      matches: "^sluice_requests_total$"
+      as: sluice_requests_per_second
+    metricsQuery: 'sum by (<<.GroupBy>>) (rate(<<.Series>>{<<.LabelMatchers>>}[{{ $window }}]))'
+# External metrics (external.metrics.k8s.io) of each pool, summed over every proxy
+# replica: for an HPA on the agent Deployment behind the pool. The pool's namespace is
+# the HPA's namespace (pool_namespace is mapped to it); select the pool by name with
+# `selector: {matchLabels: {pool_name: <name>}}`.
+externalRules:
+  - seriesQuery: 'sluice_requests_in_flight{pool_namespace!="",pool_name!=""}'
+    resources:
+      overrides:
+        pool_namespace: {resource: namespace}
+    name:
+      matches: "^sluice_requests_in_flight$"
+      as: sluice_requests_in_flight
+    metricsQuery: 'sum by (pool_namespace, pool_name) (<<.Series>>{<<.LabelMatchers>>})'
+  - seriesQuery: 'sluice_queue_depth{pool_namespace!="",pool_name!=""}'
+    resources:
+      overrides:
+        pool_namespace: {resource: namespace}
+    name:
+      matches: "^sluice_queue_depth$"
+      as: sluice_queue_depth
+    metricsQuery: 'sum by (pool_namespace, pool_name) (<<.Series>>{<<.LabelMatchers>>})'
+  - seriesQuery: 'sluice_requests_total{pool_namespace!="",pool_name!=""}'
+    resources:
+      overrides:
+        pool_namespace: {resource: namespace}
+    name:
+      matches: "^sluice_requests_total$"
+      as: sluice_requests_per_second
+    metricsQuery: 'sum by (pool_namespace, pool_name) (rate(<<.Series>>{<<.LabelMatchers>>}[{{ $window }}]))'
+{{- end }}
+
+{{/*
 Checks that hold even when the values schema is skipped (--skip-schema-validation).
 */}}
 {{- define "sluice.validate" -}}
@@ -236,5 +352,14 @@ Checks that hold even when the values schema is skipped (--skip-schema-validatio
 {{- end }}
 {{- if and .Values.existingRoutesConfigMap .Values.routes }}
 {{- fail "set either routes or existingRoutesConfigMap, not both" }}
+{{- end }}
+{{- if and .Values.admin.token .Values.admin.existingSecret }}
+{{- fail "set either admin.token or admin.existingSecret, not both" }}
+{{- end }}
+{{- if and .Values.admin.token (lt (len (toString .Values.admin.token)) 16) }}
+{{- fail "admin.token must be at least 16 characters long" }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.service.exposeAdmin) }}
+{{- fail "serviceMonitor.enabled needs service.exposeAdmin: the ServiceMonitor scrapes the Service's admin port" }}
 {{- end }}
 {{- end }}
