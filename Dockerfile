@@ -7,6 +7,9 @@ RUN cargo build --release --locked -p sluice -p sluice-demo-agent \
  && cp target/release/sluice target/release/sluice-demo-agent /usr/local/bin/
 
 FROM debian:bookworm-slim
+# Root certificates for https JWKS URLs.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/sluice /usr/local/bin/sluice-demo-agent /usr/local/bin/
 # Matches the chart's securityContext (runAsNonRoot).
 USER 65532:65532

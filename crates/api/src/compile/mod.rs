@@ -75,14 +75,11 @@ pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
                 );
             }
         } else if let Some((compiled, routes)) = pool::compile_pool(pool, key, &slices, &mut cx) {
-            gate::unsupported_in_pool(&compiled, &mut cx);
-            if !cx.has_errors() {
-                pools.push(Compiled {
-                    pool: compiled,
-                    routes,
-                    source: pool,
-                });
-            }
+            pools.push(Compiled {
+                pool: compiled,
+                routes,
+                source: pool,
+            });
         }
         diags.extend(cx.diags);
     }

@@ -19,8 +19,8 @@
 //! * every fetch is bounded in time (`fetch_timeout`, connect to last byte) and size
 //!   (`max_bytes`); a failed fetch or an invalid document keeps the last good set.
 //!
-//! Only `http://` URLs are fetched: `https://` needs a TLS connector (`hyper-rustls`
-//! with `rustls` and a root store), which this crate does not carry yet.
+//! `http://` and `https://` URLs are fetched; TLS goes through rustls and is verified
+//! against the system's root certificates.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Request, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -65,8 +66,8 @@ pub enum JwksError {
     /// No key in the document is usable for verification (see the module docs).
     #[error("the key set has no usable signature key")]
     NoUsableKeys,
-    /// The URL is not `http://host[:port]/path`; `https` is not supported yet.
-    #[error("cannot fetch a key set from {url}: only http:// URLs are supported")]
+    /// The URL is not `http(s)://host[:port]/path`. Not retryable.
+    #[error("cannot fetch a key set from {url}: only http:// and https:// URLs are supported")]
     UnsupportedUrl {
         /// The URL as configured.
         url: String,
@@ -341,7 +342,7 @@ struct Loaded {
 #[derive(Debug)]
 pub struct RemoteJwks {
     config: RemoteConfig,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     loaded: ArcSwapOption<Loaded>,
     last_attempt: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
@@ -352,16 +353,31 @@ impl RemoteJwks {
     ///
     /// # Errors
     ///
-    /// [`JwksError::UnsupportedUrl`] unless the URL is `http://` with a host.
+    /// [`JwksError::UnsupportedUrl`] unless the URL is `http://` or `https://` with a
+    /// host, or when no trusted root certificate can be loaded for `https://`.
     pub fn new(config: RemoteConfig) -> Result<Self, JwksError> {
-        if config.url.scheme_str() != Some("http") || config.url.host().is_none() {
-            return Err(JwksError::UnsupportedUrl {
-                url: config.url.to_string(),
-            });
+        let unsupported = || JwksError::UnsupportedUrl {
+            url: config.url.to_string(),
+        };
+        if !matches!(config.url.scheme_str(), Some("http" | "https")) || config.url.host().is_none()
+        {
+            return Err(unsupported());
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.fetch_timeout));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        connector.enforce_http(false);
+        // TLS verified against the system's root certificates (the ca-certificates
+        // package in the image).
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| {
+                tracing::error!(error = %e, "no root certificates for https JWKS URLs");
+                unsupported()
+            })?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let client = Client::builder(TokioExecutor::new()).build(https);
         Ok(Self {
             config,
             client,
