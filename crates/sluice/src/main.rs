@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the data plane: route, balance and forward requests to agents.
-    Proxy(cmd_proxy::Args),
+    Proxy(Box<cmd_proxy::Args>),
     /// Run the control plane: compile manifests and push route tables to proxies.
     Controller(cmd_controller::Args),
     /// Compile manifests and print the route table as JSON, or the diagnostics.
@@ -50,7 +50,7 @@ fn main() -> Result<()> {
         Command::Compile { path } => std::process::exit(cmd_compile::run(&path)),
         Command::Crds { out } => crds(&out),
         Command::HashKey => hash_key(),
-        Command::Proxy(args) => runtime()?.block_on(cmd_proxy::run(args)),
+        Command::Proxy(args) => runtime()?.block_on(cmd_proxy::run(*args)),
         Command::Controller(args) => runtime()?.block_on(cmd_controller::run(args)),
     }
 }
