@@ -30,8 +30,7 @@ use crate::hygiene::headers::{
 use crate::hygiene::path::{PathOptions, normalise_path_and_query};
 use crate::identity::Caller;
 use crate::limits::{
-    MAX_BUFFERED_BODY, Subject, TokenSettlement, UsageWatch, Verdict, WARNING_HEADER,
-    requested_tokens,
+    MAX_BUFFERED_BODY, Subject, TokenSettlement, UsageWatch, Verdict, requested_tokens,
 };
 use crate::metrics::{Metrics, NO_POOL, PoolMetrics, code_class};
 use crate::pool::{DEFAULT_IDLE_TIMEOUT, PickRequest, PoolRuntime, Slot, Unavailable};
@@ -237,10 +236,6 @@ impl Forwarder {
             };
             match runtime.limits.check(&subject, max_tokens).await {
                 Verdict::Admitted { headers, tokens } => {
-                    if headers.iter().any(|(n, _)| n == WARNING_HEADER) {
-                        self.metrics
-                            .count_rate(runtime.pools[p].key(), "soft_warning");
-                    }
                     rate = RateOutcome { headers, tokens };
                 }
                 Verdict::Limited {
@@ -249,7 +244,6 @@ impl Forwarder {
                     tier,
                     retry_after,
                 } => {
-                    self.metrics.count_rate(runtime.pools[p].key(), "denied");
                     return (
                         Some(p),
                         Err(ProxyError::RateLimited {
@@ -264,8 +258,6 @@ impl Forwarder {
                     policy,
                     retry_after,
                 } => {
-                    self.metrics
-                        .count_rate(runtime.pools[p].key(), "unavailable");
                     return (
                         Some(p),
                         Err(ProxyError::LimitsUnavailable {

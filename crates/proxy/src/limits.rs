@@ -26,6 +26,7 @@ use sluice_ratelimit::{
 };
 
 use crate::body::{BodyEnd, BodyWatch};
+use crate::metrics::Metrics;
 
 /// Keys one store tracks at most, unless configured otherwise.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -42,6 +43,7 @@ pub struct LimitsContext {
     redis: Option<Arc<RedisBackend>>,
     max_keys: NonZeroUsize,
     stores: Mutex<HashMap<String, Counter>>,
+    metrics: Metrics,
 }
 
 /// One limit's state, shared across tables by its id.
@@ -58,13 +60,19 @@ enum Counter {
 impl LimitsContext {
     /// `redis` serves `scope: Global` policies; without it they follow their failure
     /// mode as if Redis were down.
-    pub fn new(redis: Option<Arc<RedisBackend>>, max_keys: NonZeroUsize) -> Self {
+    pub fn new(redis: Option<Arc<RedisBackend>>, max_keys: NonZeroUsize, metrics: Metrics) -> Self {
+        if let Some(backend) = &redis
+            && let Err(e) = metrics.register_redis(backend.clone())
+        {
+            tracing::warn!(error = %e, "Redis metrics not exported");
+        }
         Self {
             hasher: KeyHasher::new(),
             clock: Arc::new(MonotonicClock::new()),
             redis,
             max_keys,
             stores: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -349,6 +357,9 @@ impl TableLimits {
             // never the reverse.
             for limit in &tier.requests {
                 if let Counter::NoStore = &limit.counter {
+                    self.context
+                        .metrics
+                        .count_rate(&policy.key, tier_name, "unavailable");
                     return Verdict::Unavailable {
                         policy: policy.key.clone(),
                         retry_after: 1,
@@ -374,6 +385,9 @@ impl TableLimits {
                         }
                         Ok(GlobalDecision::Decided { .. }) => {}
                         Ok(GlobalDecision::Unavailable { retry_after, .. }) => {
+                            self.context
+                                .metrics
+                                .count_rate(&policy.key, tier_name, "unavailable");
                             return Verdict::Unavailable {
                                 policy: policy.key.clone(),
                                 retry_after: sluice_ratelimit::retry_after_secs(retry_after),
@@ -417,11 +431,13 @@ impl TableLimits {
             };
             let (policy, tier, q, w) = owners[admission.binding];
             if !admission.is_allowed() {
+                self.context.metrics.count_rate(&policy.key, tier, "denied");
                 return limited(policy, tier, q, w, admission.decision);
             }
             headers.extend(rate_headers(policy, tier, q, w, &admission.decision));
             if let Some(i) = admission.soft_warning {
                 let (p, t, q, _) = owners[i];
+                self.context.metrics.count_rate(&p.key, t, "soft_warning");
                 let reached = p.soft.map_or(100, |s| s.get());
                 if let Ok(v) =
                     HeaderValue::from_str(&format!("\"{}/{t}\";q={q};reached={reached}%", p.key))
@@ -441,10 +457,18 @@ impl TableLimits {
                 let want = NonZeroU32::new(want).unwrap_or(NonZeroU32::MIN);
                 match budget.store.reserve(*key, want, now) {
                     Ok(Reserve::Granted { reservation, .. }) => {
-                        tokens.held.push((budget.store.clone(), reservation));
+                        let counters =
+                            TokenCounters::new(&self.context.metrics, &policy.key, tier_name);
+                        counters.reserved.inc_by(u64::from(want.get()));
+                        tokens
+                            .held
+                            .push((budget.store.clone(), reservation, counters));
                     }
                     Ok(Reserve::Refused(decision)) => {
                         tokens.release(now);
+                        self.context
+                            .metrics
+                            .count_rate(&policy.key, tier_name, "denied");
                         return limited(
                             policy,
                             tier_name,
@@ -457,7 +481,31 @@ impl TableLimits {
                 }
             }
         }
+        for (policy, tier_name, _, _) in &keyed {
+            self.context
+                .metrics
+                .count_rate(&policy.key, tier_name, "allowed");
+        }
         Verdict::Admitted { headers, tokens }
+    }
+}
+
+/// The token counters of one policy and tier.
+#[derive(Debug)]
+struct TokenCounters {
+    reserved: prometheus::IntCounter,
+    refunded: prometheus::IntCounter,
+    charged: prometheus::IntCounter,
+}
+
+impl TokenCounters {
+    fn new(metrics: &Metrics, policy: &str, tier: &str) -> Self {
+        let c = |kind| metrics.rate_tokens.with_label_values(&[policy, tier, kind]);
+        Self {
+            reserved: c("reserved"),
+            refunded: c("refunded"),
+            charged: c("charged"),
+        }
     }
 }
 
@@ -546,7 +594,7 @@ fn rate_headers(
 /// Token reservations of one request, settled with the usage the agent reports.
 #[derive(Debug, Default)]
 pub struct TokenSettlement {
-    held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation)>,
+    held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation, TokenCounters)>,
 }
 
 impl TokenSettlement {
@@ -558,15 +606,18 @@ impl TokenSettlement {
     /// Settles every reservation with `actual` tokens used.
     pub fn settle(&mut self, actual: u64) {
         let now = MonotonicClock::new().now_nanos();
-        for (store, reservation) in self.held.drain(..) {
-            store.settle(reservation, actual, now);
+        for (store, reservation, counters) in self.held.drain(..) {
+            let settlement = store.settle(reservation, actual, now);
+            counters.refunded.inc_by(settlement.refunded);
+            counters.charged.inc_by(settlement.charged);
         }
     }
 
     /// Gives back what was reserved (the request never reached an agent).
     pub fn release(&mut self, now: u64) {
-        for (store, reservation) in self.held.drain(..) {
-            store.settle(reservation, 0, now);
+        for (store, reservation, counters) in self.held.drain(..) {
+            let settlement = store.settle(reservation, 0, now);
+            counters.refunded.inc_by(settlement.refunded);
         }
     }
 }

@@ -58,9 +58,12 @@ pub struct Metrics {
     pub body_cut: IntCounterVec,
     /// `sluice_auth_results_total{result}`: `ok`, `anonymous`, or the refusal reason.
     pub auth_results: IntCounterVec,
-    /// `sluice_ratelimit_decisions_total{pool, result}`: `denied`, `soft_warning`,
-    /// `unavailable`.
+    /// `sluice_ratelimit_decisions_total{policy, tier, result}`: `allowed`, `denied`,
+    /// `soft_warning`, `unavailable`.
     pub rate_decisions: IntCounterVec,
+    /// `sluice_ratelimit_tokens_total{policy, tier, kind}`: LLM tokens `reserved` at
+    /// admission, `refunded` and `charged` (beyond the reservation) at settlement.
+    pub rate_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -201,11 +204,19 @@ impl Metrics {
         let rate_decisions = IntCounterVec::new(
             Opts::new(
                 "sluice_ratelimit_decisions_total",
-                "Rate-limit refusals and warnings",
+                "Rate-limit decisions by policy, tier and result",
             ),
-            &["pool", "result"],
+            &["policy", "tier", "result"],
         )?;
         registry.register(Box::new(rate_decisions.clone()))?;
+        let rate_tokens = IntCounterVec::new(
+            Opts::new(
+                "sluice_ratelimit_tokens_total",
+                "LLM tokens reserved, refunded and charged",
+            ),
+            &["policy", "tier", "kind"],
+        )?;
+        registry.register(Box::new(rate_tokens.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -234,6 +245,7 @@ impl Metrics {
             body_cut,
             auth_results,
             rate_decisions,
+            rate_tokens,
         })
     }
 
@@ -243,9 +255,24 @@ impl Metrics {
         self.auth_results.with_label_values(&[result]).inc();
     }
 
-    /// Counts one rate-limit outcome of a request to `pool`.
-    pub fn count_rate(&self, pool: &str, result: &'static str) {
-        self.rate_decisions.with_label_values(&[pool, result]).inc();
+    /// Counts one rate-limit decision of `policy` for `tier`.
+    pub fn count_rate(&self, policy: &str, tier: &str, result: &'static str) {
+        self.rate_decisions
+            .with_label_values(&[policy, tier, result])
+            .inc();
+    }
+
+    /// Exports the counters of a Redis backend for global limits.
+    ///
+    /// # Errors
+    ///
+    /// When the metrics are already registered.
+    pub fn register_redis(
+        &self,
+        backend: std::sync::Arc<sluice_ratelimit::RedisBackend>,
+    ) -> prometheus::Result<()> {
+        self.registry
+            .register(Box::new(RedisCollector::new(backend)?))
     }
 
     /// The metrics in the Prometheus text format.
@@ -320,5 +347,85 @@ pub fn code_class(status: http::StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// Reads a Redis backend's counters at each scrape.
+struct RedisCollector {
+    backend: std::sync::Arc<sluice_ratelimit::RedisBackend>,
+    ops: IntCounterVec,
+    latency_desc: prometheus::core::Desc,
+}
+
+impl RedisCollector {
+    fn new(backend: std::sync::Arc<sluice_ratelimit::RedisBackend>) -> prometheus::Result<Self> {
+        Ok(Self {
+            backend,
+            ops: IntCounterVec::new(
+                Opts::new(
+                    "sluice_redis_operations_total",
+                    "Redis calls and local lease decisions for global limits",
+                ),
+                &["result"],
+            )?,
+            latency_desc: prometheus::core::Desc::new(
+                "sluice_redis_call_duration_seconds".into(),
+                "Latency of completed Redis calls".into(),
+                Vec::new(),
+                std::collections::HashMap::new(),
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for RedisCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.ops.desc();
+        d.push(&self.latency_desc);
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let s = self.backend.stats().snapshot();
+        for (result, value) in [
+            ("call", s.redis_ops),
+            ("error", s.redis_errors),
+            ("timeout", s.redis_timeouts),
+            ("skipped", s.redis_skipped),
+            ("lease_admitted", s.lease_admitted),
+            ("lease_denied", s.lease_denied),
+            ("fallback", s.fallback_decisions),
+            ("unavailable", s.unavailable_decisions),
+        ] {
+            let c = self.ops.with_label_values(&[result]);
+            c.inc_by(value.saturating_sub(c.get()));
+        }
+        let mut families = self.ops.collect();
+        // The histogram of completed calls, rebuilt from the backend's cumulative
+        // buckets (microseconds).
+        let mut family = prometheus::proto::MetricFamily::default();
+        family.set_name("sluice_redis_call_duration_seconds".into());
+        family.set_help("Latency of completed Redis calls".into());
+        family.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
+        let mut histogram = prometheus::proto::Histogram::default();
+        let total = s.latency_buckets.last().copied().unwrap_or(0);
+        histogram.set_sample_count(total);
+        histogram.set_sample_sum(s.latency_sum_micros as f64 / 1e6);
+        let buckets = sluice_ratelimit::global::stats::LATENCY_BUCKETS_MICROS
+            .iter()
+            .enumerate()
+            .map(|(i, bound)| {
+                let mut b = prometheus::proto::Bucket::default();
+                b.set_upper_bound(*bound as f64 / 1e6);
+                b.set_cumulative_count(s.latency_buckets[i]);
+                b
+            })
+            .collect();
+        histogram.set_bucket(buckets);
+        let mut metric = prometheus::proto::Metric::default();
+        metric.set_histogram(histogram);
+        family.mut_metric().push(metric);
+        families.push(family);
+        families
     }
 }

@@ -113,7 +113,8 @@ impl TableStore {
     /// limits have no Redis: they follow their failure mode.
     pub fn new(metrics: Metrics) -> Self {
         let max_keys = NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN);
-        Self::with_limits(metrics, LimitsContext::new(None, max_keys))
+        let limits = LimitsContext::new(None, max_keys, metrics.clone());
+        Self::with_limits(metrics, limits)
     }
 
     /// An empty store whose rate limits use `limits` (Redis, key bounds).

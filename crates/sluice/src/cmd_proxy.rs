@@ -95,7 +95,7 @@ pub async fn run(args: Args) -> Result<()> {
     let metrics = Metrics::new();
     let store = Arc::new(TableStore::with_limits(
         metrics.clone(),
-        LimitsContext::new(redis, max_keys),
+        LimitsContext::new(redis, max_keys, metrics.clone()),
     ));
 
     match (&args.config, &args.controller) {
