@@ -8,6 +8,8 @@ use anyhow::{Context, Result};
 use sluice_controller::from_dir::{DirWatcher, Poll};
 use sluice_controller::publisher::Publisher;
 use sluice_controller::push::{self, PushConfig, PushMetrics};
+use sluice_controller::status_writer::{StatusBatch, StatusWriter};
+use sluice_controller::watch::{self, Watch, WatchMetrics};
 
 /// Arguments of `sluice controller`.
 #[derive(clap::Args, Debug)]
@@ -15,11 +17,18 @@ pub struct Args {
     /// Compile the manifests in this folder (AgentPools, RatePolicies, EndpointSlices)
     /// instead of watching the Kubernetes API.
     #[arg(long, env = "SLUICE_FROM_DIR")]
-    from_dir: PathBuf,
+    from_dir: Option<PathBuf>,
+    /// Watch only this namespace (repeat for several). Default: all namespaces.
+    /// Ignored with --from-dir.
+    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    namespaces: Vec<String>,
+    /// Time between the first change of a burst and the compile that takes it in.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    debounce: Duration,
     /// Where proxies subscribe to route tables.
     #[arg(long, default_value = "0.0.0.0:9090", env = "SLUICE_CONTROLLER_LISTEN")]
     listen: SocketAddr,
-    /// How often the folder is read for changes.
+    /// How often the folder is read for changes (with --from-dir).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     poll_interval: Duration,
     /// Interval of heartbeat lines on idle subscriptions.
@@ -34,7 +43,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Runs the controller until a shutdown signal.
+/// Runs the controller until a shutdown signal: from a folder with `--from-dir`,
+/// else from the Kubernetes API (in-cluster config or `KUBECONFIG`).
 pub async fn run(args: Args) -> Result<()> {
     let publisher = Publisher::new();
     let registry = prometheus::Registry::new();
@@ -42,11 +52,31 @@ pub async fn run(args: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, from_dir = %args.from_dir.display(), "controller started");
+    let listen = listener.local_addr()?;
 
-    let watcher = DirWatcher::new(&args.from_dir);
-    let pubr = publisher.clone();
-    tokio::spawn(watcher.run(args.poll_interval, move |poll| on_poll(&pubr, poll, false)));
+    if let Some(dir) = &args.from_dir {
+        tracing::info!(%listen, from_dir = %dir.display(), "controller started");
+        let watcher = DirWatcher::new(dir);
+        let pubr = publisher.clone();
+        tokio::spawn(watcher.run(args.poll_interval, move |poll| on_poll(&pubr, poll, false)));
+    } else {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        let watch_metrics = WatchMetrics::new(&registry).context("registering metrics")?;
+        let sources = watch::kube_sources(&client, &args.namespaces, &watch_metrics);
+        let (status_tx, status_rx) = tokio::sync::watch::channel(StatusBatch::default());
+        tokio::spawn(StatusWriter::new(client).run(status_rx));
+        let core = Watch::new(sources, publisher.clone(), watch_metrics, args.debounce)
+            .with_statuses(status_tx);
+        tokio::spawn(core.run());
+        let namespaces = if args.namespaces.is_empty() {
+            "all".to_owned()
+        } else {
+            args.namespaces.join(",")
+        };
+        tracing::info!(%listen, %namespaces, debounce = ?args.debounce, "controller started, watching Kubernetes");
+    }
 
     push::serve(
         listener,
