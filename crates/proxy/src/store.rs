@@ -165,6 +165,7 @@ impl TableStore {
             for pool in &old.pools {
                 pool.mark_replaced();
             }
+            self.forget_removed(&old, &runtime);
         }
         // Waiters queued under the old table try again with the new endpoints.
         for pool in &runtime.pools {
@@ -176,6 +177,38 @@ impl TableStore {
             .with_label_values(&["applied"])
             .inc();
         Ok(Applied::Swapped)
+    }
+
+    /// Drops the health state and metric series of endpoints that left, so that
+    /// neither grows with every rollout. (Requests still in flight on them keep
+    /// their own handles.)
+    fn forget_removed(&self, old: &Runtime, new: &Runtime) {
+        let kept: std::collections::HashSet<(&str, &str)> = new
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.endpoints
+                    .iter()
+                    .map(move |e| (p.key(), e.address.as_str()))
+            })
+            .collect();
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        for pool in &old.pools {
+            for e in &pool.endpoints {
+                let labels = [pool.key(), e.address.as_str()];
+                if kept.contains(&(labels[0], labels[1])) {
+                    continue;
+                }
+                health.remove(&(labels[0].to_owned(), labels[1].to_owned()));
+                for vec in [
+                    &self.metrics.endpoint_in_flight,
+                    &self.metrics.endpoint_healthy,
+                ] {
+                    let _ = vec.remove_label_values(&labels);
+                }
+                let _ = self.metrics.endpoint_requests.remove_label_values(&labels);
+            }
+        }
     }
 
     fn build(&self, table: RouteTable, previous: Option<&Runtime>) -> Runtime {

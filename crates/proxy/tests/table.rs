@@ -81,3 +81,27 @@ async fn a_resent_table_only_updates_the_version() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn endpoints_that_leave_lose_their_metric_series() {
+    let one = Agent::named("one").await;
+    let two = Agent::named("two").await;
+    let proxy = Proxy::with_table(catch_all(pool("demo/agents", &[one.address()], 30_000))).await;
+    let client = client();
+    assert_eq!(get(&client, &proxy.url("/x")).await.text(), "one");
+    let series = format!(
+        "sluice_endpoint_requests_total{{endpoint=\"{}\",pool=\"demo/agents\"}}",
+        one.address()
+    );
+    assert_eq!(proxy.metric(&series), Some(1.0));
+
+    let mut b = catch_all(pool("demo/agents", &[two.address()], 30_000));
+    b.version = 2;
+    assert_eq!(proxy.store.apply(b), Ok(Applied::Swapped));
+    assert_eq!(get(&client, &proxy.url("/x")).await.text(), "two");
+    assert_eq!(
+        proxy.metric(&series),
+        None,
+        "a departed endpoint's series is dropped"
+    );
+}
