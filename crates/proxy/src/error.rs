@@ -21,11 +21,14 @@ pub enum ProxyError {
         /// The request path.
         path: String,
     },
-    /// The matched pool has no endpoint to send to. Retryable once endpoints appear.
-    #[error("pool {pool} has no ready endpoints")]
+    /// The matched pool has no endpoint to send to (with the requested capability,
+    /// if any). Retryable once endpoints appear.
+    #[error("pool {pool} has no ready endpoints{}", capability.as_ref().map(|c| format!(" with capability {c:?}")).unwrap_or_default())]
     NoEndpoints {
         /// The pool key.
         pool: String,
+        /// The capability the request asked for.
+        capability: Option<String>,
     },
     /// The request's URI or headers could not be turned into an upstream request, or
     /// its path is refused by normalisation. Not retryable.

@@ -302,7 +302,10 @@ impl Forwarder {
                         None => {
                             return (
                                 index_in(runtime, rt, p),
-                                Err(ProxyError::NoEndpoints { pool: key }),
+                                Err(ProxyError::NoEndpoints {
+                                    pool: key,
+                                    capability: capability.clone(),
+                                }),
                             );
                         }
                     }
@@ -322,7 +325,10 @@ impl Forwarder {
                         let pool_key = pool.key().to_owned();
                         return (
                             index_in(runtime, rt, p),
-                            Err(ProxyError::NoEndpoints { pool: pool_key }),
+                            Err(ProxyError::NoEndpoints {
+                                pool: pool_key,
+                                capability: capability.clone(),
+                            }),
                         );
                     };
                     self.metrics

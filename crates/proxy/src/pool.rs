@@ -295,11 +295,11 @@ impl PoolRuntime {
         &self.spec.key
     }
 
-    /// Whether any endpoint advertises `capability`.
+    /// Whether the pool advertises `capability`, itself or through a backend (whether
+    /// or not that backend has endpoints right now).
     pub fn has_capability(&self, capability: &str) -> bool {
-        self.endpoints
-            .iter()
-            .any(|e| e.capabilities.iter().any(|c| c == capability))
+        let has = |list: &[String]| list.iter().any(|c| c == capability);
+        has(&self.spec.capabilities) || self.spec.backends.iter().any(|b| has(&b.capabilities))
     }
 
     /// Whether endpoint `i` may take a new request, apart from its concurrency limit.

@@ -97,3 +97,35 @@ async fn only_the_backend_with_the_capability_is_picked() {
         "no_capability"
     );
 }
+
+#[tokio::test]
+async fn a_pool_whose_capable_backend_has_no_endpoint_names_the_capability() {
+    let plain = Agent::named("plain").await;
+    // The summarize backend is a Service with no EndpointSlices yet.
+    let yaml = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+         metadata: {{name: mixed, namespace: demo}}\n\
+         spec:\n  matches: [{{pathPrefix: /agents}}]\n\
+         \x20 backends:\n\
+         \x20 - endpoints: [\"{}\"]\n\
+         \x20 - service: {{name: summarizer, port: 8000}}\n    capabilities: [summarize]\n",
+        plain.address()
+    );
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let reply = ask(&client(), &proxy, Some("summarize")).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "no_endpoints");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(
+        message.contains("with capability \"summarize\""),
+        "{message}"
+    );
+    assert_eq!(
+        plain.requests(),
+        0,
+        "a backend without the capability never serves it"
+    );
+}
