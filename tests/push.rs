@@ -1,6 +1,7 @@
 //! End to end: `sluice controller --from-dir` pushes tables to two
 //! `sluice proxy --controller` processes; an edit of the folder reaches both; with the
-//! controller gone, both keep serving the last table.
+//! controller gone, both keep serving the last table. The controller knows which
+//! version each proxy acknowledged.
 
 use std::time::Duration;
 
@@ -77,6 +78,8 @@ fn controller_pushes_to_two_proxies_which_survive_its_loss() -> Result<()> {
                 "proxy",
                 "--controller",
                 &url,
+                "--proxy-id",
+                name,
                 "--listen",
                 "127.0.0.1:0",
                 "--admin",
@@ -118,6 +121,32 @@ fn controller_pushes_to_two_proxies_which_survive_its_loss() -> Result<()> {
         let routes: serde_json::Value = serde_json::from_str(&get(*admin, "/routes")?.body)?;
         assert_eq!(routes["version"], 2);
     }
+
+    // The controller knows both proxies run version 2 (they acknowledged it).
+    let listed = eventually(
+        Duration::from_secs(20),
+        "both acknowledgements of version 2",
+        || {
+            let listed: serde_json::Value =
+                serde_json::from_str(&get(controller_addr, "/v1/proxies")?.body)?;
+            Ok((listed["current"] == 2).then_some(listed))
+        },
+    )?;
+    assert_eq!(listed["version"], 2, "{listed}");
+    let ids: Vec<&str> = listed["proxies"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["proxy-1", "proxy-2"], "{listed}");
+    let metrics = get(controller_addr, "/metrics")?.body;
+    assert!(
+        metrics.contains(r#"sluice_controller_proxies{state="current"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_controller_proxies{state="stale"} 0"#),
+        "{metrics}"
+    );
 
     // A broken edit is not published: the proxies keep version 2.
     std::fs::write(dir.join("pool.yaml"), "kind: [")?;

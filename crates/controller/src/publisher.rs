@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use sluice_api::{RouteTable, TableError};
 use tokio::sync::watch;
@@ -18,6 +20,8 @@ pub struct Published {
     pub table: RouteTable,
     /// One line of newline-delimited JSON: the table and a trailing `\n`.
     pub line: Bytes,
+    /// When the table was published: the start of its push latency.
+    pub published_at: Instant,
 }
 
 /// Hands out versions and holds the current table.
@@ -62,6 +66,7 @@ impl Publisher {
             *current = Some(Arc::new(Published {
                 table: std::mem::take(&mut table),
                 line: Bytes::from(line),
+                published_at: Instant::now(),
             }));
             published = Some(next_version);
             true

@@ -1,10 +1,21 @@
 //! The push server: every proxy subscribes to a long-lived HTTP stream of tables.
 //!
-//! `GET /v1/routes/watch` answers `200` with `application/x-ndjson`: the current table
-//! at once (when there is one), then each newly published table, one JSON object per
-//! line. An empty line is sent every heartbeat interval so that a proxy can tell a
-//! quiet controller from a dead connection. Also served: `GET /v1/routes` (the current
-//! table), `/healthz`, `/readyz` (a table has been published) and `/metrics`.
+//! `GET /v1/routes/watch?proxy=ID` answers `200` with `application/x-ndjson`: the
+//! current table at once (when there is one), then each newly published table, one JSON
+//! object per line. An empty line is sent every heartbeat interval so that a proxy can
+//! tell a quiet controller from a dead connection.
+//!
+//! The proxy acknowledges each table it applied with `POST /v1/routes/ack` and the JSON
+//! body `{"proxy": ID, "version": N, "revision": "..."}` (`204` when recorded, `404`
+//! when no subscription of that name is open here, `409` for a version or revision not
+//! published, `400` for a malformed body). The [`ProxyRegistry`] keeps what each named
+//! subscription acknowledged; a subscription without `proxy=` is served but not
+//! tracked. The proxy sends its acknowledgements over the HTTP/2 connection of its
+//! subscription, so that behind a Service they reach the replica that streams to it.
+//!
+//! Also served: `GET /v1/routes` (the current table), `GET /v1/proxies` (the tracked
+//! proxies and their versions, JSON), `/healthz`, `/readyz` (a table has been
+//! published) and `/metrics`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -27,8 +38,23 @@ use tokio::sync::watch;
 
 use crate::publisher::{Published, Publisher};
 
+#[path = "proxies.rs"]
+pub mod proxies;
+
+pub use proxies::{Ack, ProxyRegistry, ProxyState, ProxySummary};
+use proxies::{AckError, Acked, RegisterError, Registration};
+
 /// The path proxies subscribe on.
 pub const WATCH_PATH: &str = "/v1/routes/watch";
+/// The path proxies acknowledge tables on.
+pub const ACK_PATH: &str = "/v1/routes/ack";
+/// The path that lists the tracked proxies.
+pub const PROXIES_PATH: &str = "/v1/proxies";
+
+/// The largest acknowledgement body read.
+const MAX_ACK_BYTES: usize = 4096;
+/// Longest wait for an acknowledgement's body.
+const ACK_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long shutdown waits for open connections before closing them.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -99,7 +125,9 @@ impl PushMetrics {
     }
 }
 
-/// Serves the push API on `listener` until `shutdown` completes.
+/// Serves the push API on `listener` until `shutdown` completes, with a
+/// [`ProxyRegistry`] of its own whose metrics join `metrics`' registry. Use
+/// [`serve_with`] to share the registry (with the status writer).
 pub async fn serve(
     listener: TcpListener,
     publisher: Publisher,
@@ -107,9 +135,30 @@ pub async fn serve(
     config: PushConfig,
     shutdown: impl Future<Output = ()>,
 ) {
+    let proxies = ProxyRegistry::new(publisher);
+    if let Err(e) = proxies.register_metrics(&metrics.registry) {
+        tracing::warn!(error = %e, "push server: proxy metrics not registered");
+    }
+    serve_with(listener, proxies, metrics, config, shutdown).await;
+}
+
+/// Serves the push API on `listener` until `shutdown` completes, tracking proxies in
+/// `proxies` (whose publisher supplies the tables). Register the registry's metrics
+/// with [`ProxyRegistry::register_metrics`] first.
+pub async fn serve_with(
+    listener: TcpListener,
+    proxies: ProxyRegistry,
+    metrics: PushMetrics,
+    config: PushConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
-    let state = Arc::new((publisher, metrics, config));
+    let state = Arc::new(State {
+        proxies,
+        metrics,
+        config,
+    });
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -122,10 +171,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Tables, heartbeats and acknowledgements are small writes: no Nagle delay.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "push server: TCP_NODELAY not set");
+        }
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, &state.0, &state.1, &state.2)) }
+            async move { Ok::<_, Infallible>(handle(req, peer, &state).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -145,26 +198,61 @@ pub async fn serve(
     }
 }
 
-fn handle(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    publisher: &Publisher,
-    metrics: &PushMetrics,
-    config: &PushConfig,
-) -> Response<Body> {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
-    }
+struct State {
+    proxies: ProxyRegistry,
+    metrics: PushMetrics,
+    config: PushConfig,
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Response<Body> {
+    let publisher = state.proxies.publisher();
+    let metrics = &state.metrics;
     let current = publisher.current();
     metrics.version.set(
         current
             .as_ref()
             .map_or(0, |p| i64::try_from(p.table.version).unwrap_or(i64::MAX)),
     );
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, ACK_PATH) => return ack(req, &state.proxies).await,
+        (&Method::GET, _) => {}
+        _ => {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET is served, and POST on /v1/routes/ack\n",
+            );
+        }
+    }
     match req.uri().path() {
         WATCH_PATH => {
-            tracing::info!(%peer, "proxy subscribed");
-            watch_response(publisher.subscribe(), metrics.clone(), config.heartbeat)
+            let registration = match query_param(req.uri().query(), "proxy") {
+                None => {
+                    tracing::info!(%peer, "proxy subscribed without a name; not tracked");
+                    None
+                }
+                Some(id) => match state.proxies.register(id, peer) {
+                    Ok(r) => {
+                        tracing::info!(%peer, proxy = id, "proxy subscribed");
+                        Some(r)
+                    }
+                    Err(RegisterError::InvalidId) => {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            "proxy: 1 to 253 of A-Z a-z 0-9 . _ - : @\n",
+                        );
+                    }
+                    Err(e @ RegisterError::Full(_)) => {
+                        tracing::warn!(%peer, proxy = id, error = %e, "proxy subscribed; served but not tracked");
+                        None
+                    }
+                },
+            };
+            watch_response(
+                publisher.subscribe(),
+                registration,
+                metrics.clone(),
+                state.config.heartbeat,
+            )
         }
         "/v1/routes" => match current {
             Some(p) => Response::builder()
@@ -173,6 +261,18 @@ fn handle(
                 .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response\n")),
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no table published yet\n"),
         },
+        PROXIES_PATH => {
+            let summary = state.proxies.summary();
+            let body = serde_json::json!({
+                "version": summary.version,
+                "revision": summary.revision,
+                "connected": summary.connected,
+                "current": summary.current,
+                "stale": summary.stale,
+                "proxies": state.proxies.snapshot(),
+            });
+            json(StatusCode::OK, &body)
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if current.is_some() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "no table published yet\n"),
@@ -188,6 +288,73 @@ fn handle(
     }
 }
 
+/// `POST /v1/routes/ack`.
+async fn ack(req: Request<Incoming>, proxies: &ProxyRegistry) -> Response<Body> {
+    let body = Limited::new(req.into_body(), MAX_ACK_BYTES);
+    let bytes = match tokio::time::timeout(ACK_READ_TIMEOUT, body.collect()).await {
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "acknowledgement too large\n");
+        }
+        Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "body unreadable\n"),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let Ok(ack) = serde_json::from_slice::<Ack>(&bytes) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected {\"proxy\": ID, \"version\": N, \"revision\": \"...\"}\n",
+        );
+    };
+    match proxies.ack(&ack) {
+        Ok(Acked::Recorded(latency)) => {
+            tracing::debug!(proxy = %ack.proxy, version = ack.version, ?latency, "proxy acknowledged a table");
+            no_content()
+        }
+        Ok(Acked::Ignored) => no_content(),
+        Err(e @ AckError::UnknownProxy(_)) => {
+            tracing::debug!(error = %e, "acknowledgement refused");
+            json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": e.to_string() }),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(proxy = %ack.proxy, error = %e, "acknowledgement refused");
+            json(
+                StatusCode::CONFLICT,
+                &serde_json::json!({ "error": e.to_string() }),
+            )
+        }
+    }
+}
+
+/// The value of `name` in a query string (no percent-decoding: proxy names need none).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn no_content() -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
     *resp.status_mut() = status;
@@ -198,12 +365,14 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     resp
 }
 
-/// Decrements the connected gauge when a subscription ends, however it ends.
+/// Decrements the connected gauge, and removes the proxy from the registry, when a
+/// subscription ends, however it ends.
 struct Subscription {
     rx: watch::Receiver<Option<Arc<Published>>>,
     metrics: PushMetrics,
     heartbeat: tokio::time::Interval,
     first: bool,
+    _registration: Option<Registration>,
 }
 
 impl Drop for Subscription {
@@ -214,6 +383,7 @@ impl Drop for Subscription {
 
 fn watch_response(
     rx: watch::Receiver<Option<Arc<Published>>>,
+    registration: Option<Registration>,
     metrics: PushMetrics,
     heartbeat: Duration,
 ) -> Response<Body> {
@@ -226,6 +396,7 @@ fn watch_response(
         metrics,
         heartbeat: interval,
         first: true,
+        _registration: registration,
     };
     let frames = stream::unfold(sub, |mut sub| async move {
         if sub.first {

@@ -24,6 +24,7 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod subscriber;
+pub mod table_cache;
 pub mod upgrade;
 
 pub use error::ProxyError;

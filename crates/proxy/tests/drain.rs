@@ -107,13 +107,21 @@ async fn drain_with(next: impl FnOnce(&Agent, &Agent) -> RouteTable) {
     for code in ["4xx", "5xx"] {
         assert_eq!(requests(code), 0.0, "{code}");
     }
+    // A removed endpoint's series is dropped with it; a draining one's reads 0.
     assert_eq!(
-        proxy.metric(&format!(
-            "sluice_endpoint_in_flight{{endpoint=\"{}\",pool=\"{POOL}\"}}",
-            old.address()
-        )),
-        Some(0.0),
+        proxy
+            .metric(&format!(
+                "sluice_endpoint_in_flight{{endpoint=\"{}\",pool=\"{POOL}\"}}",
+                old.address()
+            ))
+            .unwrap_or(0.0),
+        0.0,
         "the drained endpoint's slot was released"
+    );
+    assert_eq!(
+        proxy.metric(&format!("sluice_requests_in_flight{{pool=\"{POOL}\"}}")),
+        Some(0.0),
+        "no request of the pool is left in flight"
     );
 }
 

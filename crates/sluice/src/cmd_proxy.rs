@@ -15,6 +15,7 @@ use sluice_proxy::hygiene::client_ip::TrustedProxies;
 use sluice_proxy::limits::LimitsContext;
 use sluice_proxy::server::{self, ServerConfig};
 use sluice_proxy::subscriber::{self, SubscriberConfig};
+use sluice_proxy::table_cache::TableCache;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
 use sluice_ratelimit::{MonotonicClock, RedisBackend, RedisConfig};
 
@@ -29,6 +30,14 @@ pub struct Args {
     /// Subscribe to route tables from this controller, e.g. http://127.0.0.1:9090.
     #[arg(long, env = "SLUICE_CONTROLLER")]
     controller: Option<http::Uri>,
+    /// The name this proxy subscribes and acknowledges tables under; unique among the
+    /// controller's proxies (1 to 253 of A-Z a-z 0-9 . _ - : @). Default: HOSTNAME-PID.
+    #[arg(long, env = "SLUICE_PROXY_ID")]
+    proxy_id: Option<String>,
+    /// Save each table received from --controller to this file (atomically), and serve
+    /// it at start when the controller is unreachable. A corrupt file is ignored.
+    #[arg(long, env = "SLUICE_TABLE_CACHE", requires = "controller")]
+    table_cache: Option<PathBuf>,
     /// Address for agent traffic.
     #[arg(long, default_value = "0.0.0.0:8080", env = "SLUICE_LISTEN")]
     listen: SocketAddr,
@@ -119,10 +128,16 @@ pub async fn run(args: Args) -> Result<()> {
             });
         }
         (None, Some(controller)) => {
-            tokio::spawn(subscriber::run(
-                SubscriberConfig::new(controller.clone()),
-                store.clone(),
-            ));
+            let mut config = SubscriberConfig::new(controller.clone());
+            if let Some(id) = &args.proxy_id {
+                if !subscriber::valid_proxy_id(id) {
+                    bail!("--proxy-id {id:?}: use 1 to 253 of A-Z a-z 0-9 . _ - : @");
+                }
+                config.proxy_id.clone_from(id);
+            }
+            config.table_cache = args.table_cache.clone().map(TableCache::new);
+            tracing::info!(controller = %controller, proxy = %config.proxy_id, table_cache = ?args.table_cache, "subscribing to the controller");
+            tokio::spawn(subscriber::run(config, store.clone()));
         }
         _ => bail!("give exactly one of --config PATH (standalone) or --controller URL"),
     }
