@@ -17,7 +17,12 @@
 #    the references between them (Service selectors and ports, ConfigMaps, the
 #    controller URL, the admin token's Secret, ServiceMonitor ports and credentials).
 #    A proxy whose admin listener is not on loopback must get SLUICE_ADMIN_TOKEN (it
-#    refuses to start without). ServiceMonitors (monitoring.coreos.com/v1), for which
+#    refuses to start without). Only a controller that watches the Kubernetes API mounts a
+#    ServiceAccount token; it must get POD_NAME and POD_NAMESPACE from the downward API,
+#    and its ServiceAccount must be bound to one ClusterRole (cluster-wide, or in each
+#    --namespace it watches) and to one Role on its Lease; with SLUICE_BIN, the rules of
+#    both must be exactly `sluice controller --print-rbac` (the rules declared next to
+#    the code, which crates/controller/tests/rbac.rs checks against the calls it makes). ServiceMonitors (monitoring.coreos.com/v1), for which
 #    kubernetes-validate has no schema, are checked structurally instead. The
 #    prometheus-adapter rules (the chart's adapter ConfigMap, and the values file
 #    deploy/examples/hpa/prometheus-adapter-values.yaml, which must hold the same rules)
@@ -172,7 +177,10 @@ done
   <<'PY' || fail "manifest validation failed (see ERROR lines above)"
 import base64
 import glob
+import json
+import os
 import re
+import subprocess
 import sys
 from collections import Counter
 
@@ -503,8 +511,11 @@ def check_chart_object(what, doc):
     if template is None:
         return
     spec = template["spec"]
-    if spec.get("automountServiceAccountToken") is not False:
-        error(what, "pod mounts a ServiceAccount token (nothing in Sluice uses the API yet)")
+    if api_controller(spec):
+        if spec.get("automountServiceAccountToken") is not True:
+            error(what, "the controller watches the Kubernetes API but does not mount its ServiceAccount token")
+    elif spec.get("automountServiceAccountToken") is not False:
+        error(what, "pod mounts a ServiceAccount token, but only the controller watching the API talks to it")
     psc = spec.get("securityContext") or {}
     if not psc.get("runAsNonRoot") or (psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
         error(what, "pod securityContext lacks runAsNonRoot or seccompProfile RuntimeDefault")
@@ -518,6 +529,111 @@ def check_chart_object(what, doc):
             error(cw, "no resource requests")
         if "readinessProbe" not in c or "livenessProbe" not in c:
             error(cw, "no readiness or liveness probe")
+
+
+def api_controller(spec):
+    """The `sluice controller` container of a pod spec that watches the Kubernetes API (no
+    --from-dir), or None."""
+    for c in spec.get("containers", []):
+        args = c.get("args") or []
+        env = {e["name"] for e in c.get("env") or []}
+        if not c.get("command") and args[:1] == ["controller"] and flag_value(args, "--from-dir") is None \
+                and "SLUICE_FROM_DIR" not in env:
+            return c
+    return None
+
+
+def rule_triples(rules):
+    """(group, resource, verb) of every PolicyRule."""
+    return {(g, r, v) for rule in rules or [] for g in rule.get("apiGroups") or []
+            for r in rule.get("resources") or [] for v in rule.get("verbs") or []}
+
+
+# The rules the controller needs, from the binary: `sluice controller --print-rbac`.
+printed_rbac = None
+if os.environ.get("SLUICE_BIN"):
+    out = subprocess.run([os.environ["SLUICE_BIN"], "controller", "--print-rbac"], capture_output=True, text=True)
+    if out.returncode != 0:
+        error("sluice controller --print-rbac", out.stderr.strip() or f"exit code {out.returncode}")
+    else:
+        printed_rbac = {k: rule_triples(v) for k, v in json.loads(out.stdout).items()}
+rbac_compared = []  # renders whose controller RBAC matched the printed rules
+
+
+def check_controller_rbac(where, w, container, by_kind, docs):
+    """A controller that watches the API: its identity from the downward API, and RBAC that
+    binds exactly the rules the binary prints to its ServiceAccount, where it needs them."""
+    cw = f"{describe(w)} container {container['name']}"
+    args = container.get("args") or []
+    env = {e["name"]: e for e in container.get("env") or []}
+    for name, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        ref = ((env.get(name) or {}).get("valueFrom") or {}).get("fieldRef") or {}
+        if ref.get("fieldPath") != path:
+            error(where, f"{cw}: {name} must come from the downward API ({path}): the Lease identity and namespace")
+    ns = w["metadata"].get("namespace")
+    sa = pod_spec(w)["spec"].get("serviceAccountName")
+    lease = flag_value(args, "--lease-name") or "sluice-controller"
+    lease_ns = flag_value(args, "--lease-namespace") or ns
+    watched = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--namespace"]
+    roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
+    if not roles:
+        print(f"note {where}: {cw} watches the API, but the release binds it no RBAC (controller.rbac.create=false)")
+        return
+    if sa not in by_kind.get("ServiceAccount", {}):
+        print(f"note {where}: {cw} runs as ServiceAccount {sa}, which the release does not create")
+
+    def bound(binding):
+        return any(s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == ns
+                   for s in binding.get("subjects") or [])
+
+    def role_of(binding):
+        ref = binding.get("roleRef") or {}
+        kind = ref.get("kind")
+        key = ref.get("name")
+        if kind == "ClusterRole":
+            return by_kind.get("ClusterRole", {}).get(key)
+        role = by_kind.get("Role", {}).get(key)
+        return role if role and role["metadata"].get("namespace") == binding["metadata"].get("namespace") else None
+
+    # Where each bound role applies: None for the whole cluster, else a namespace. (Bindings
+    # of one name in several namespaces: from docs, not by_kind.)
+    grants = []
+    for b in docs:
+        if b["kind"] not in ("ClusterRoleBinding", "RoleBinding") or not bound(b):
+            continue
+        role = role_of(b)
+        if role is None:
+            error(where, f"{describe(b)} binds {b.get('roleRef')}, which the release does not render")
+            continue
+        grants.append((None if b["kind"] == "ClusterRoleBinding" else b["metadata"].get("namespace"), role))
+    cluster_roles = {id(r): r for scope, r in grants if r["kind"] == "ClusterRole"}
+    if len(cluster_roles) != 1:
+        error(where, f"{cw}: expected one ClusterRole bound to ServiceAccount {sa}, found {len(cluster_roles)}")
+        return
+    cluster_role = next(iter(cluster_roles.values()))
+    scopes = sorted((s or "*") for s, r in grants if r is cluster_role)
+    if watched:
+        if sorted(watched) != scopes:
+            error(where, f"{cw} watches {sorted(watched)}, but its ClusterRole is bound in {scopes}")
+    elif scopes != ["*"]:
+        error(where, f"{cw} watches every namespace, but its ClusterRole is bound in {scopes}, not cluster-wide")
+    lease_roles = [r for s, r in grants if r["kind"] == "Role" and s == lease_ns]
+    if len(lease_roles) != 1:
+        error(where, f"{cw}: expected one Role in the Lease's namespace {lease_ns} bound to {sa}, found {len(lease_roles)}")
+        return
+    for rule in lease_roles[0].get("rules") or []:
+        names = rule.get("resourceNames")
+        if names is not None and names != [lease]:
+            error(where, f"{describe(lease_roles[0])} names {names}, not the Lease {lease} (--lease-name)")
+    if printed_rbac is None:
+        return
+    for label, role, key in (("ClusterRole", cluster_role, "clusterRole"), ("Lease Role", lease_roles[0], "leaseRole")):
+        have, want = rule_triples(role.get("rules")), printed_rbac.get(key, set())
+        for g, r, v in sorted(want - have):
+            error(where, f"{describe(role)} lacks {v} on {r} ({g or 'core'}), which `sluice controller --print-rbac` lists: the controller would be refused")
+        for g, r, v in sorted(have - want):
+            error(where, f"{describe(role)} grants {v} on {r} ({g or 'core'}), which the controller does not use (`sluice controller --print-rbac`)")
+    rbac_compared.append(where)
 
 
 def check_references(where, docs):
@@ -546,8 +662,11 @@ def check_references(where, docs):
             if cm and cm not in by_kind.get("ConfigMap", {}):
                 print(f"note {where}: {describe(w)} mounts ConfigMap {cm}, which the release does not create")
         sa = spec.get("serviceAccountName")
-        if by_kind.get("ServiceAccount") and sa not in by_kind["ServiceAccount"]:
-            error(where, f"{describe(w)} runs as ServiceAccount {sa}, not the one the release creates")
+        controller = api_controller(spec)
+        if controller is not None:
+            check_controller_rbac(where, w, controller, by_kind, docs)
+        elif sa not in by_kind.get("ServiceAccount", {}):
+            print(f"note {where}: {describe(w)} runs as ServiceAccount {sa}, which the release does not create")
         for c in spec["containers"]:
             args = c.get("args") or []
             cw = f"{describe(w)} container {c['name']}"
@@ -694,6 +813,14 @@ for path in plain:
     kinds = ", ".join(sorted({str(d.get("kind")) for d in docs if isinstance(d, dict)}))
     print(f"{'ok  ' if ok == len(docs) else 'FAIL'} {path}: {ok}/{len(docs)} valid ({kinds or 'empty'})")
 
+if printed_rbac is None:
+    print("skip set SLUICE_BIN to compare the controller's ClusterRole and Role with `sluice controller --print-rbac`")
+elif rbac_compared:
+    print(f"ok   controller RBAC of {len(rbac_compared)} render(s) is exactly `sluice controller --print-rbac` "
+          f"({len(printed_rbac.get('clusterRole', ()))} cluster-wide, {len(printed_rbac.get('leaseRole', ()))} on the Lease)")
+else:
+    error("controller RBAC", "no render has a controller watching the API with RBAC: nothing was compared")
+
 for kind, n in sorted(structural_checked.items()):
     print(f"ok   {n} {kind} object(s) checked structurally, against the fields of its CRD that the chart uses (kubernetes-validate has no {kind} schema)")
 
@@ -758,19 +885,26 @@ if [ -n "${SLUICE_BIN:-}" ]; then
   for out in "${rendered[@]}"; do
     label=$(basename "$out" .yaml)
     dir="$tmp/routes-$label"
-    # Write the routes ConfigMap's files as the pods see them in /etc/sluice/routes.
+    # Write the routes ConfigMap's files as the pods see them in /etc/sluice/routes, and
+    # the Sluice objects the release creates (the demo pools with controller.source=kubernetes).
     "$PYTHON" - "$out" "$dir" <<'PY' || fail "cannot extract the routes of $label"
 import os, sys, yaml
 src, dst = sys.argv[1:]
 os.makedirs(dst)
+objects = []
 for doc in yaml.safe_load_all(open(src)):
     if doc and doc.get("kind") == "ConfigMap" and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "routes":
         for key, text in (doc.get("data") or {}).items():
             with open(os.path.join(dst, key), "w") as f:
                 f.write(text)
+    elif doc and str(doc.get("apiVersion", "")).startswith("sluice.dev/"):
+        objects.append(doc)
+if objects:
+    with open(os.path.join(dst, "release-objects.yaml"), "w") as f:
+        yaml.safe_dump_all(objects, f)
 PY
     if [ -z "$(ls -A "$dir")" ]; then
-      echo "skip $label: no routes ConfigMap (existingRoutesConfigMap)"
+      echo "skip $label: no routes ConfigMap (existingRoutesConfigMap) and no Sluice objects"
       continue
     fi
     if ! diags=$("$SLUICE_BIN" compile -f "$dir" 2>&1 >/dev/null); then
@@ -845,6 +979,17 @@ reject "unknown Sluice API version in routes" \
 reject "routes without metadata.name" --set-json 'routes=[{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}]'
 reject "routes and existingRoutesConfigMap" \
   --set-json 'routes="kind: X"' --set existingRoutesConfigMap=mine
+reject "routes with controller.source=kubernetes" --set mode=controller \
+  --set-json 'routes=[{"apiVersion":"sluice.dev/v1alpha1","kind":"AgentPool","metadata":{"name":"a"},"spec":{}}]'
+reject "existingRoutesConfigMap with controller.source=kubernetes" --set mode=controller --set existingRoutesConfigMap=mine
+reject "unknown controller.source" --set mode=controller --set controller.source=api
+reject "unknown controller.source, no schema (template check)" --set mode=controller --set controller.source=api --without-schema
+reject "controller.leaseDuration under 3s" --set controller.leaseDuration=2s
+reject "controller.leaseDuration not whole seconds" --set controller.leaseDuration=1500ms
+reject "controller.namespaces entry not a namespace name" --set-json 'controller.namespaces=["Agents"]'
+reject "controller ServiceAccount neither created nor named" --set mode=controller --set controller.serviceAccount.create=false
+reject "controller ServiceAccount neither created nor named, no schema (template check)" --set mode=controller \
+  --set controller.serviceAccount.create=false --without-schema
 reject "admin.token shorter than 16 characters" --set admin.token=short-token
 reject "admin.token shorter than 16 characters, no schema (template check)" --set admin.token=short-token --without-schema
 reject "admin.token with spaces" --set-json 'admin.token="a token with some spaces"'

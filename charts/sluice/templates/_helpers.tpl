@@ -94,6 +94,40 @@ The ServiceAccount the pods run as.
 {{- end }}
 
 {{/*
+"true" when the controller watches the Kubernetes API (mode controller, source
+kubernetes), else empty.
+*/}}
+{{- define "sluice.watchesApi" -}}
+{{- if and (eq .Values.mode "controller") (eq .Values.controller.source "kubernetes") }}true{{ end }}
+{{- end }}
+
+{{/*
+The controller's ServiceAccount when it watches the API.
+*/}}
+{{- define "sluice.controllerServiceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create }}
+{{- default (printf "%s-controller" (include "sluice.fullname" .)) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The name of the controller's ClusterRole and ClusterRoleBinding: cluster-wide, so it
+carries the release namespace, and two releases of the same name do not collide.
+*/}}
+{{- define "sluice.controllerClusterRoleName" -}}
+{{- printf "%s-%s-controller" .Release.Namespace (include "sluice.fullname" .) }}
+{{- end }}
+
+{{/*
+The Lease that elects the controller replica that writes status and events.
+*/}}
+{{- define "sluice.leaseName" -}}
+{{- printf "%s-controller" (include "sluice.fullname" .) }}
+{{- end }}
+
+{{/*
 The ConfigMap holding the route manifests.
 */}}
 {{- define "sluice.routesConfigMap" -}}
@@ -132,46 +166,64 @@ The user's routes as a multi-document YAML string (routes may be a list or a str
 {{- end }}
 
 {{/*
-The demo pools, in front of every demo agent by its stable StatefulSet DNS name.
+The demo pools. Call with (dict "root" $ "objects" false): in the routes ConfigMap, in
+front of every demo agent by its stable StatefulSet DNS name; with "objects" true: as
+AgentPool objects of the release (controller.source=kubernetes), whose backend is the
+demo agents' Service, resolved through its EndpointSlices.
 */}}
 {{- define "sluice.demoRoutes" -}}
-{{- $svc := include "sluice.demoName" . }}
+{{- $root := .root }}
+{{- $svc := include "sluice.demoName" $root }}
 {{- $endpoints := list }}
-{{- range $i := until (int .Values.demo.replicas) }}
-{{- $endpoints = append $endpoints (printf "%s-%d.%s:%d" $svc $i $svc (int $.Values.demo.port)) }}
+{{- range $i := until (int $root.Values.demo.replicas) }}
+{{- $endpoints = append $endpoints (printf "%s-%d.%s:%d" $svc $i $svc (int $root.Values.demo.port)) }}
 {{- end }}
+{{- range $i, $pool := list "echo" "chat" }}
+{{- if $i }}
+---
+{{- end }}
+{{- if and (eq $pool "echo") (not $.objects) }}
 # The demo pools: every demo agent is one endpoint, balanced by Sluice itself.
+{{- end }}
 apiVersion: sluice.dev/v1alpha1
 kind: AgentPool
 metadata:
-  name: echo
-  namespace: {{ .Release.Namespace }}
+  name: {{ $pool }}
+  namespace: {{ $root.Release.Namespace }}
+  {{- if $.objects }}
+  labels:
+    {{- include "sluice.labels" (dict "root" $root "component" "demo-pool") | nindent 4 }}
+  {{- end }}
 spec:
+  {{- if eq $pool "echo" }}
   # The agent answers with a JSON description of the request it received.
   matches:
     - pathPrefix: /agents/echo/
+  {{- else }}
+  # OpenAI-style chat completions; "stream": true streams server-sent events.
+  matches:
+    - pathPrefix: /v1/chat/completions
+  {{- end }}
   backends:
+    {{- if $.objects }}
+    - service:
+        name: {{ $svc }}
+        port: http
+    {{- else }}
     - endpoints: {{ toJson $endpoints }}
+    {{- end }}
+  {{- if eq $pool "echo" }}
   loadBalancing:
     algorithm: RoundRobin
   timeouts:
     connect: 1s
     request: 30s
----
-apiVersion: sluice.dev/v1alpha1
-kind: AgentPool
-metadata:
-  name: chat
-  namespace: {{ .Release.Namespace }}
-spec:
-  # OpenAI-style chat completions; "stream": true streams server-sent events.
-  matches:
-    - pathPrefix: /v1/chat/completions
-  backends:
-    - endpoints: {{ toJson $endpoints }}
+  {{- else }}
   timeouts:
     connect: 1s
     request: 5m
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -180,6 +232,13 @@ The pod-level fields shared by every Sluice pod.
 {{- define "sluice.podCommon" -}}
 serviceAccountName: {{ include "sluice.serviceAccountName" . }}
 automountServiceAccountToken: false
+{{- include "sluice.podPullAndSecurity" . }}
+{{- end }}
+
+{{/*
+Image pull secrets and the pod security context of every Sluice pod.
+*/}}
+{{- define "sluice.podPullAndSecurity" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -352,6 +411,15 @@ Checks that hold even when the values schema is skipped (--skip-schema-validatio
 {{- end }}
 {{- if and .Values.existingRoutesConfigMap .Values.routes }}
 {{- fail "set either routes or existingRoutesConfigMap, not both" }}
+{{- end }}
+{{- if not (has .Values.controller.source (list "kubernetes" "files")) }}
+{{- fail (printf "controller.source must be kubernetes or files, not %q" (toString .Values.controller.source)) }}
+{{- end }}
+{{- if and (include "sluice.watchesApi" .) (or .Values.routes .Values.existingRoutesConfigMap) }}
+{{- fail "with mode=controller and controller.source=kubernetes the controller reads AgentPools, RatePolicies and EndpointSlices from the cluster: kubectl apply them and leave routes and existingRoutesConfigMap empty, or set controller.source=files to compile the routes ConfigMap" }}
+{{- end }}
+{{- if and (include "sluice.watchesApi" .) (not .Values.controller.serviceAccount.create) (not .Values.controller.serviceAccount.name) }}
+{{- fail "controller.serviceAccount.name must name the controller's ServiceAccount when controller.serviceAccount.create is false (the namespace's default ServiceAccount would get its rights)" }}
 {{- end }}
 {{- if and .Values.admin.token .Values.admin.existingSecret }}
 {{- fail "set either admin.token or admin.existingSecret, not both" }}

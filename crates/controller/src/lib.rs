@@ -1,13 +1,21 @@
 //! The Sluice control plane.
 //!
 //! Objects come from a [`source`] (a folder of manifests, `--from-dir`) or from the
-//! Kubernetes API ([`watch`]), are compiled by [`sluice_api::compile`], and each new
+//! Kubernetes API ([`watch`]), are compiled by [`sluice_api::compile()`], and each new
 //! table is handed to the [`publisher::Publisher`], which stamps its version. The
 //! [`push`] server streams every published table to the subscribed proxies. On
-//! Kubernetes, [`status`] turns each compile into status conditions and
-//! [`status_writer`] applies them.
+//! Kubernetes, [`status`] turns each compile into status conditions, [`status_writer`]
+//! applies them and [`events`] reports condition flips; with several replicas, only the
+//! holder of the [`lease`] writes.
+//!
+//! The Kubernetes API calls each module makes are declared next to the code, as its
+//! `RBAC` constant; [`cluster_rbac`] and [`lease_rbac`] gather them (`sluice controller
+//! --print-rbac` prints [`rbac_json`]), and the chart's ClusterRole and Role are checked
+//! against them.
 
+pub mod events;
 pub mod from_dir;
+pub mod lease;
 pub mod publisher;
 pub mod push;
 pub mod source;
@@ -16,3 +24,39 @@ pub mod status_writer;
 pub mod watch;
 
 pub use publisher::{Published, Publisher};
+
+/// One RBAC rule: API group (`""` for the core group), resource (with `/subresource`),
+/// verbs.
+pub type Rule = (&'static str, &'static str, &'static [&'static str]);
+
+/// The rules the controller needs in every namespace it watches (the chart's
+/// ClusterRole): watching objects, writing their status, publishing events.
+pub fn cluster_rbac() -> Vec<Rule> {
+    [watch::RBAC, status_writer::RBAC, events::RBAC].concat()
+}
+
+/// The rules the controller needs in the Lease's namespace only (the chart's Role).
+pub fn lease_rbac() -> Vec<Rule> {
+    lease::RBAC.to_vec()
+}
+
+/// [`cluster_rbac`] and [`lease_rbac`] as Kubernetes `PolicyRule`s, one per resource:
+/// `{"clusterRole": [...], "leaseRole": [...]}`.
+pub fn rbac_json() -> serde_json::Value {
+    fn rules(rules: &[Rule]) -> serde_json::Value {
+        rules
+            .iter()
+            .map(|(group, resource, verbs)| {
+                serde_json::json!({
+                    "apiGroups": [group],
+                    "resources": [resource],
+                    "verbs": verbs,
+                })
+            })
+            .collect()
+    }
+    serde_json::json!({
+        "clusterRole": rules(&cluster_rbac()),
+        "leaseRole": rules(&lease_rbac()),
+    })
+}

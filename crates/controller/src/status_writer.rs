@@ -5,13 +5,18 @@
 //! fields it writes and nothing else. A status equal to the object's current one apart
 //! from the conditions' `lastTransitionTime` is not written.
 //!
-//! Leader election is not implemented yet: every replica writes. The writes of two
-//! replicas are the same apply under the same manager, so they do not fight, but run
-//! one replica until the Lease holder alone writes.
+//! With several replicas, only the holder of the Lease writes: a writer given a
+//! [`Leadership`] ([`StatusWriter::with_leadership`]) writes nothing while it is standby
+//! (and stops in the middle of a batch when it loses the Lease). The watch loop sends
+//! the statuses that differ again when its replica becomes the leader.
+//!
+//! After a patch that flips `Accepted` or `Ready`, the writer publishes an Event about
+//! the object ([`crate::events`], with [`StatusWriter::with_events`]).
 
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -19,7 +24,16 @@ use serde::de::DeserializeOwned;
 use sluice_api::{AgentPool, AgentPoolStatus, RatePolicy, RatePolicyStatus};
 use tokio::sync::watch;
 
+use crate::events::{EventPublisher, transitions};
+use crate::lease::Leadership;
 use crate::status::same_apart_from_transition_time;
+
+/// The API calls this module makes, as RBAC rules `(group, resource, verbs)`: in every
+/// watched namespace.
+pub const RBAC: &[(&str, &str, &[&str])] = &[
+    ("sluice.dev", "agentpools/status", &["patch"]),
+    ("sluice.dev", "ratepolicies/status", &["patch"]),
+];
 
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "sluice-controller";
@@ -62,6 +76,8 @@ pub enum Written {
     Patched,
     /// The object already had this status (apart from transition times).
     Unchanged,
+    /// This replica does not hold the Lease: nothing was written.
+    Standby,
 }
 
 /// The statuses one compile run wants, each with the object as last seen (whose status
@@ -78,6 +94,8 @@ pub struct StatusBatch {
 #[derive(Clone)]
 pub struct StatusWriter {
     client: Client,
+    leadership: Option<Leadership>,
+    events: Option<EventPublisher>,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -87,9 +105,33 @@ impl std::fmt::Debug for StatusWriter {
 }
 
 impl StatusWriter {
-    /// A writer that talks through `client`.
+    /// A writer that talks through `client`. It writes whenever asked and publishes no
+    /// events; see [`Self::with_leadership`] and [`Self::with_events`].
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            leadership: None,
+            events: None,
+        }
+    }
+
+    /// Writes only while `leadership` says this replica holds the Lease.
+    #[must_use]
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// Publishes an event through `events` for each `Accepted` or `Ready` flip written.
+    #[must_use]
+    pub fn with_events(mut self, events: EventPublisher) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Whether this replica may write now.
+    pub fn may_write(&self) -> bool {
+        self.leadership.as_ref().is_none_or(Leadership::is_leader)
     }
 
     /// Applies `status` to `pool` unless it already has it.
@@ -102,7 +144,15 @@ impl StatusWriter {
         pool: &AgentPool,
         status: &AgentPoolStatus,
     ) -> Result<Written, StatusError> {
-        self.apply(pool, pool.status.as_ref(), status).await
+        let current = pool.status.as_ref().map(|s| s.conditions.as_slice());
+        self.apply(
+            pool,
+            pool.status.as_ref(),
+            status,
+            current,
+            &status.conditions,
+        )
+        .await
     }
 
     /// Applies `status` to `policy` unless it already has it.
@@ -115,33 +165,58 @@ impl StatusWriter {
         policy: &RatePolicy,
         status: &RatePolicyStatus,
     ) -> Result<Written, StatusError> {
-        self.apply(policy, policy.status.as_ref(), status).await
+        let current = policy.status.as_ref().map(|s| s.conditions.as_slice());
+        self.apply(
+            policy,
+            policy.status.as_ref(),
+            status,
+            current,
+            &status.conditions,
+        )
+        .await
     }
 
     /// Writes every status of `batch`, logging failures; returns how many were patched.
+    /// Stops when this replica loses the Lease.
     pub async fn apply_batch(&self, batch: &StatusBatch) -> usize {
         let mut patched = 0;
+        let mut count = |written: Result<Written, StatusError>| match written {
+            Ok(Written::Patched) => {
+                patched += 1;
+                true
+            }
+            Ok(Written::Unchanged) => true,
+            Ok(Written::Standby) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "status not written");
+                true
+            }
+        };
         for (o, s) in &batch.pools {
-            match self.apply_pool(o, s).await {
-                Ok(Written::Patched) => patched += 1,
-                Ok(Written::Unchanged) => {}
-                Err(e) => tracing::warn!(error = %e, "status not written"),
+            if !count(self.apply_pool(o, s).await) {
+                tracing::debug!("not the leader: the rest of the status batch is dropped");
+                return patched;
             }
         }
         for (o, s) in &batch.policies {
-            match self.apply_policy(o, s).await {
-                Ok(Written::Patched) => patched += 1,
-                Ok(Written::Unchanged) => {}
-                Err(e) => tracing::warn!(error = %e, "status not written"),
+            if !count(self.apply_policy(o, s).await) {
+                tracing::debug!("not the leader: the rest of the status batch is dropped");
+                return patched;
             }
         }
         patched
     }
 
     /// Writes each batch published on `batches`, the latest one when several came in
-    /// while a batch was being written, until the sender is dropped.
+    /// while a batch was being written, until the sender is dropped. A batch that comes
+    /// while this replica is standby is dropped.
     pub async fn run(self, mut batches: watch::Receiver<StatusBatch>) {
         while batches.changed().await.is_ok() {
+            if !self.may_write() {
+                batches.borrow_and_update();
+                tracing::debug!("not the leader: status batch dropped");
+                continue;
+            }
             let batch = batches.borrow_and_update().clone();
             let patched = self.apply_batch(&batch).await;
             if patched > 0 {
@@ -155,6 +230,8 @@ impl StatusWriter {
         obj: &K,
         current: Option<&S>,
         status: &S,
+        current_conditions: Option<&[Condition]>,
+        conditions: &[Condition],
     ) -> Result<Written, StatusError>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -165,6 +242,9 @@ impl StatusWriter {
     {
         if same_apart_from_transition_time(current, Some(status)) {
             return Ok(Written::Unchanged);
+        }
+        if !self.may_write() {
+            return Ok(Written::Standby);
         }
         let kind = kind_of::<K>();
         let namespace = obj.namespace().unwrap_or_default();
@@ -182,7 +262,13 @@ impl StatusWriter {
         )
         .await
         {
-            Ok(Ok(_)) => Ok(Written::Patched),
+            Ok(Ok(_)) => {
+                if let Some(events) = &self.events {
+                    let flips = transitions(current_conditions.unwrap_or_default(), conditions);
+                    events.publish_all(&obj.object_ref(&()), &flips).await;
+                }
+                Ok(Written::Patched)
+            }
             Ok(Err(source)) => Err(StatusError::Patch {
                 kind,
                 namespace,

@@ -21,6 +21,12 @@
 //! After each pass the statuses that differ from the objects' current ones are sent,
 //! as one [`StatusBatch`], to the [`crate::status_writer::StatusWriter`].
 //!
+//! **Several replicas.** Every replica keeps its caches warm, compiles and publishes, so
+//! each one can serve the push stream. Given a [`Leadership`]
+//! ([`Watch::with_leadership`]), a replica sends statuses only while it holds the Lease,
+//! and sends the statuses that differ as soon as it becomes the leader, so a new
+//! leader catches up with what changed while it was standby.
+//!
 //! [`watcher()`]: kube::runtime::watcher()
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,12 +49,24 @@ use sluice_api::{AgentPool, Diagnostics, Objects, RatePolicy, RouteTable, Severi
 use tokio::sync::watch as channel;
 use tokio::time::Instant;
 
+use crate::lease::Leadership;
 use crate::publisher::Publisher;
 use crate::status::{same_apart_from_transition_time, status_for_policy, status_for_pool};
 use crate::status_writer::StatusBatch;
 
 /// A stream of watch events of one kind, from one watcher.
 pub type EventStream<K> = BoxStream<'static, Event<K>>;
+
+/// The API calls the watchers make, as RBAC rules `(group, resource, verbs)`: in every
+/// watched namespace. kube's watcher lists, then watches; it never gets one object.
+/// Secrets are watched with the label selector `sluice.dev/consumer`, but RBAC cannot
+/// restrict by label: the controller may read every Secret of the namespaces it watches.
+pub const RBAC: &[(&str, &str, &[&str])] = &[
+    ("sluice.dev", "agentpools", &["list", "watch"]),
+    ("sluice.dev", "ratepolicies", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("", "secrets", &["list", "watch"]),
+];
 
 /// Default time between the first change of a burst and its compile.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -416,6 +434,7 @@ pub struct Watch {
     referenced: BTreeSet<Key>,
     publisher: Publisher,
     statuses: Option<channel::Sender<StatusBatch>>,
+    leadership: Option<Leadership>,
     metrics: WatchMetrics,
     debounce: Duration,
     last: Option<Compiled>,
@@ -449,6 +468,7 @@ impl Watch {
             referenced: BTreeSet::new(),
             publisher,
             statuses: None,
+            leadership: None,
             metrics,
             debounce,
             last: None,
@@ -463,13 +483,28 @@ impl Watch {
         self
     }
 
+    /// Sends statuses only while `leadership` says this replica holds the Lease, and
+    /// the statuses that differ whenever it becomes the leader.
+    #[must_use]
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
     /// Runs until every source ends (in production: never). A change still pending
     /// when the sources end is compiled before returning.
     pub async fn run(mut self) {
         let mut inputs = std::mem::take(&mut self.sources).merge();
         let mut deadline: Option<Instant> = None;
         let mut pending = Change::None;
+        let mut leadership = self.leadership.clone();
         loop {
+            let leader_changed = async {
+                match leadership.as_mut() {
+                    Some(l) => l.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -482,6 +517,13 @@ impl Watch {
                     pending = pending.max(self.apply(input));
                     if pending != Change::None && deadline.is_none() {
                         deadline = Some(Instant::now() + self.debounce);
+                    }
+                }
+                leader = leader_changed => {
+                    // A new leader writes what changed while it was standby (once the
+                    // first pass ran; before, that pass sends everything).
+                    if leader && self.last.is_some() {
+                        self.send_statuses();
                     }
                 }
                 () = timer => {
@@ -587,6 +629,9 @@ impl Watch {
         let (Some(tx), Some(last)) = (&self.statuses, &self.last) else {
             return;
         };
+        if !self.leadership.as_ref().is_none_or(Leadership::is_leader) {
+            return;
+        }
         let now = Time(Timestamp::now());
         let mut batch = StatusBatch::default();
         for pool in self.pools.iter() {

@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use sluice_controller::events::EventPublisher;
 use sluice_controller::from_dir::{DirWatcher, Poll};
+use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
 use sluice_controller::publisher::Publisher;
-use sluice_controller::push::{self, PushConfig, PushMetrics};
+use sluice_controller::push::{self, ProxyRegistry, PushConfig, PushMetrics};
 use sluice_controller::status_writer::{StatusBatch, StatusWriter};
 use sluice_controller::watch::{self, Watch, WatchMetrics};
 
@@ -34,6 +36,24 @@ pub struct Args {
     /// Interval of heartbeat lines on idle subscriptions.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// This replica's name in leader election (the Lease's holderIdentity) and in the
+    /// events it reports. Default: the host name (a pod's name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// The Lease that elects the one replica that writes status and events.
+    #[arg(long, default_value = lease::DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// The Lease's namespace (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long a leader's claim lasts: a standby takes over at most this long after
+    /// the leader's last renewal. Whole seconds, at least 3s.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// Print the RBAC rules the controller needs (JSON: the ClusterRole's and the
+    /// Lease Role's) and exit.
+    #[arg(long)]
+    print_rbac: bool,
 }
 
 /// Parses `500ms`, `2s`, `1m`.
@@ -44,8 +64,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Runs the controller until a shutdown signal: from a folder with `--from-dir`,
-/// else from the Kubernetes API (in-cluster config or `KUBECONFIG`).
+/// else from the Kubernetes API (in-cluster config or `KUBECONFIG`), where every
+/// replica watches and serves proxies and the holder of the Lease writes status.
 pub async fn run(args: Args) -> Result<()> {
+    if args.print_rbac {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&sluice_controller::rbac_json())?
+        );
+        return Ok(());
+    }
     let publisher = Publisher::new();
     let registry = prometheus::Registry::new();
     let metrics = PushMetrics::new(&registry).context("registering metrics")?;
@@ -54,33 +82,69 @@ pub async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let listen = listener.local_addr()?;
 
+    let mut election = None;
     if let Some(dir) = &args.from_dir {
         tracing::info!(%listen, from_dir = %dir.display(), "controller started");
         let watcher = DirWatcher::new(dir);
         let pubr = publisher.clone();
         tokio::spawn(watcher.run(args.poll_interval, move |poll| on_poll(&pubr, poll, false)));
     } else {
+        let identity = match &args.identity {
+            Some(id) => id.clone(),
+            None => default_identity(),
+        };
+        let lease = LeaseConfig::new(
+            &args.lease_name,
+            &args.lease_namespace,
+            &identity,
+            args.lease_duration,
+        )
+        .context("--lease-*")?;
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        let elector = LeaderElector::new(client.clone(), lease)
+            .with_metrics(&registry)
+            .context("registering metrics")?;
+        let leadership = elector.leadership();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        election = Some((
+            stop,
+            tokio::spawn(elector.run(async {
+                let _ = stopped.await;
+            })),
+        ));
         let watch_metrics = WatchMetrics::new(&registry).context("registering metrics")?;
         let sources = watch::kube_sources(&client, &args.namespaces, &watch_metrics);
         let (status_tx, status_rx) = tokio::sync::watch::channel(StatusBatch::default());
-        tokio::spawn(StatusWriter::new(client).run(status_rx));
+        let writer = StatusWriter::new(client.clone())
+            .with_leadership(leadership.clone())
+            .with_events(EventPublisher::new(client, &identity));
+        tokio::spawn(writer.run(status_rx));
         let core = Watch::new(sources, publisher.clone(), watch_metrics, args.debounce)
-            .with_statuses(status_tx);
+            .with_statuses(status_tx)
+            .with_leadership(leadership);
         tokio::spawn(core.run());
         let namespaces = if args.namespaces.is_empty() {
             "all".to_owned()
         } else {
             args.namespaces.join(",")
         };
-        tracing::info!(%listen, %namespaces, debounce = ?args.debounce, "controller started, watching Kubernetes");
+        tracing::info!(
+            %listen, %namespaces, debounce = ?args.debounce, %identity,
+            lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
+            "controller started, watching Kubernetes"
+        );
     }
 
-    push::serve(
+    // Which proxies run which table: /v1/proxies and sluice_controller_proxies.
+    let proxies = ProxyRegistry::new(publisher.clone());
+    proxies
+        .register_metrics(&registry)
+        .context("registering metrics")?;
+    push::serve_with(
         listener,
-        publisher,
+        proxies,
         metrics,
         PushConfig {
             heartbeat: args.heartbeat,
@@ -88,7 +152,22 @@ pub async fn run(args: Args) -> Result<()> {
         crate::shutdown_signal(),
     )
     .await;
+    // Hand the Lease over now rather than at its expiry.
+    if let Some((stop, task)) = election {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(args.lease_duration, task).await;
+    }
     Ok(())
+}
+
+/// The host name (in a pod: the pod's name), else `sluice-controller-<pid>`.
+fn default_identity() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| format!("sluice-controller-{}", std::process::id()))
 }
 
 /// Logs what a poll found and publishes the table. With `strict`, a table whose
