@@ -44,7 +44,8 @@ crds:
 
 ## e2e: against a real cluster from KUBECONFIG (skipped when there is none)
 e2e:
-	bash scripts/e2e-cluster.sh
+	$(CARGO) build -p sluice
+	SLUICE_BIN=$(BIN_DIR)/sluice bash scripts/e2e-cluster.sh
 
 ## bench: criterion benchmarks
 bench:

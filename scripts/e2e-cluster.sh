@@ -2,10 +2,13 @@
 # `make e2e`: checks Sluice against a real cluster from KUBECONFIG. Skipped (exit 0 with
 # a message) when there is no cluster to talk to.
 #
-# What it checks today: the API server accepts the CRDs, validates AgentPools and
-# RatePolicies with their schema (a valid one is accepted, an invalid one refused), and
-# `kubectl get agentpools` shows the printer columns. The controller's own watching of
-# the API arrives with the controller work; this script grows with it.
+# What it checks: the API server accepts the CRDs, validates AgentPools with their
+# schema (a valid one is accepted, an invalid one refused), `kubectl get agentpools`
+# shows the printer columns, and `sluice controller`, run here against the cluster,
+# watches the objects and writes their status conditions (Accepted=True on a valid
+# pool, Accepted=False with the diagnostic on a pool the compile step refuses).
+# The RBAC it needs is the one `sluice controller --print-rbac` prints; your kubeconfig
+# user must have at least that.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,4 +46,31 @@ YAML
 then
   echo "e2e: FAILED: the API server accepted an invalid AgentPool"; exit 1
 fi
+# The controller against the cluster: status conditions on the objects.
+bin=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/debug/sluice}
+[ -x "$bin" ] || { echo "e2e: FAILED: $bin is missing (run make e2e, which builds it)"; exit 1; }
+kubectl -n "$ns" apply -f - <<YAML
+apiVersion: sluice.dev/v1alpha1
+kind: AgentPool
+metadata: {name: refused}
+spec:
+  matches: [{pathPrefix: /refused}]
+  backends: [{endpoints: ["127.0.0.1:1"]}]
+  fallback: {name: refused}
+YAML
+"$bin" controller --namespace "$ns" --listen 127.0.0.1:0 --identity "e2e-$$" \
+  --lease-namespace "$ns" >"/tmp/sluice-e2e-controller-$$.log" 2>&1 &
+controller=$!
+trap 'kill $controller 2>/dev/null || true; cleanup' EXIT
+condition() { kubectl -n "$ns" get ap "$1" -o jsonpath="{.status.conditions[?(@.type==\"Accepted\")].status}" 2>/dev/null; }
+for _ in $(seq 1 60); do
+  [ "$(condition echo)" = True ] && [ "$(condition refused)" = False ] && break
+  sleep 1
+done
+if [ "$(condition echo)" != True ] || [ "$(condition refused)" != False ]; then
+  echo "e2e: FAILED: status conditions not written; controller log:"
+  cat "/tmp/sluice-e2e-controller-$$.log"
+  exit 1
+fi
+kubectl -n "$ns" get ap refused -o jsonpath='{.status.conditions[?(@.type=="Accepted")].message}'; echo
 echo "e2e: passed"
