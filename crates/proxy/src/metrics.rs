@@ -58,6 +58,8 @@ pub struct Metrics {
     pub body_cut: IntCounterVec,
     /// `sluice_auth_results_total{result}`: `ok`, `anonymous`, or the refusal reason.
     pub auth_results: IntCounterVec,
+    /// The `ok` and `anonymous` series of `auth_results`, resolved once.
+    auth_counters: std::sync::Arc<[(&'static str, prometheus::IntCounter)]>,
     /// `sluice_ratelimit_decisions_total{policy, tier, result}`: `allowed`, `denied`,
     /// `soft_warning`, `unavailable`.
     pub rate_decisions: IntCounterVec,
@@ -243,6 +245,9 @@ impl Metrics {
             health_transitions,
             fallbacks,
             body_cut,
+            auth_counters: ["ok", "anonymous"]
+                .map(|r| (r, auth_results.with_label_values(&[r])))
+                .into(),
             auth_results,
             rate_decisions,
             rate_tokens,
@@ -252,7 +257,11 @@ impl Metrics {
     /// Counts one authentication result (`result` is `ok`, `anonymous` or an
     /// `AuthError` reason: a bounded set).
     pub fn count_auth(&self, result: &'static str) {
-        self.auth_results.with_label_values(&[result]).inc();
+        // The common results are resolved once: no label lookup per request.
+        match self.auth_counters.iter().find(|(r, _)| *r == result) {
+            Some((_, counter)) => counter.inc(),
+            None => self.auth_results.with_label_values(&[result]).inc(),
+        }
     }
 
     /// Counts one rate-limit decision of `policy` for `tier`.
