@@ -44,12 +44,15 @@ impl DirWatcher {
     /// Reads the path and compiles it when its content changed since the last poll.
     /// A failure is reported once per distinct error, not at every poll.
     pub fn poll(&mut self) -> Poll {
-        match source::read(&self.path) {
-            Ok(snapshot) => {
+        // Unchanged files are not parsed again: with a thousand manifests, parsing is
+        // what a poll costs.
+        match source::read_if_changed(&self.path, self.last_digest.as_ref()) {
+            Ok(None) => {
                 self.last_error = None;
-                if self.last_digest == Some(snapshot.digest) {
-                    return Poll::Unchanged;
-                }
+                Poll::Unchanged
+            }
+            Ok(Some(snapshot)) => {
+                self.last_error = None;
                 self.last_digest = Some(snapshot.digest);
                 let (table, diags) = compile(&snapshot.objects);
                 Poll::Compiled(table, diags)

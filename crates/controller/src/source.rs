@@ -84,9 +84,35 @@ pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
 /// The first file that cannot be read or parsed; nothing is returned in that case, so a
 /// half-written edit never yields half a set of objects.
 pub fn read(path: &Path) -> Result<Snapshot, SourceError> {
+    let (files, texts, digest) = read_files(path)?;
+    parse(files, &texts, digest)
+}
+
+/// Like [`read`], but returns `None` without parsing anything when the files' digest
+/// equals `last`: reading and hashing a folder is cheap, parsing its YAML is not.
+///
+/// # Errors
+///
+/// As [`read`].
+pub fn read_if_changed(
+    path: &Path,
+    last: Option<&[u8; 32]>,
+) -> Result<Option<Snapshot>, SourceError> {
+    let (files, texts, digest) = read_files(path)?;
+    if last == Some(&digest) {
+        return Ok(None);
+    }
+    parse(files, &texts, digest).map(Some)
+}
+
+/// The manifest files of a path, their text, and a digest of names and contents.
+type Files = (Vec<PathBuf>, Vec<String>, [u8; 32]);
+
+/// Reads the manifest files under `path` and hashes them.
+fn read_files(path: &Path) -> Result<Files, SourceError> {
     let files = list_files(path)?;
-    let mut objects = Objects::default();
     let mut hasher = Sha256::new();
+    let mut texts = Vec::with_capacity(files.len());
     for file in &files {
         let text = std::fs::read_to_string(file).map_err(|source| SourceError::Io {
             path: file.clone(),
@@ -96,11 +122,19 @@ pub fn read(path: &Path) -> Result<Snapshot, SourceError> {
         hasher.update([0]);
         hasher.update(text.as_bytes());
         hasher.update([0]);
-        manifest::parse_into(&text, &file.display().to_string(), &mut objects)?;
+        texts.push(text);
+    }
+    Ok((files, texts, hasher.finalize().into()))
+}
+
+fn parse(files: Vec<PathBuf>, texts: &[String], digest: [u8; 32]) -> Result<Snapshot, SourceError> {
+    let mut objects = Objects::default();
+    for (file, text) in files.iter().zip(texts) {
+        manifest::parse_into(text, &file.display().to_string(), &mut objects)?;
     }
     Ok(Snapshot {
         objects,
-        digest: hasher.finalize().into(),
+        digest,
         files,
     })
 }
@@ -132,8 +166,16 @@ mod tests {
 
         let again = read(&dir).expect("reads");
         assert_eq!(snap.digest, again.digest);
+        assert!(
+            read_if_changed(&dir, Some(&snap.digest))
+                .expect("reads")
+                .is_none(),
+            "unchanged files are not parsed again"
+        );
         std::fs::write(dir.join("sub/a.yaml"), POOL.replace("/a}", "/b}")).expect("write");
         assert_ne!(read(&dir).expect("reads").digest, snap.digest);
+        let changed = read_if_changed(&dir, Some(&snap.digest)).expect("reads");
+        assert!(changed.is_some_and(|s| s.objects.pools.len() == 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
