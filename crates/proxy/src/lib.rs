@@ -25,6 +25,8 @@ pub mod server;
 pub mod store;
 pub mod subscriber;
 pub mod table_cache;
+#[cfg(test)]
+mod test_tables;
 pub mod upgrade;
 
 pub use error::ProxyError;

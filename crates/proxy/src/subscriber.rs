@@ -468,35 +468,13 @@ mod tests {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use hyper_util::server::conn::auto;
-    use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
     use tokio::sync::mpsc;
 
     use super::*;
     use crate::Metrics;
 
     fn table(prefix: &str, version: u64) -> RouteTable {
-        let pool = Pool {
-            key: "d/p".into(),
-            algorithm: Algorithm::RoundRobin,
-            backends: vec![BackendTarget {
-                name: "static[0]".into(),
-                weight: 1,
-                endpoints: vec![Endpoint::new("127.0.0.1:9")],
-                ..Default::default()
-            }],
-            connect_timeout_ms: 1,
-            request_timeout_ms: 1,
-            ..Default::default()
-        };
-        let route = Route {
-            pool: "d/p".into(),
-            host: None,
-            path_prefix: prefix.into(),
-            headers: vec![],
-        };
-        let mut t = RouteTable::new(vec![route], vec![pool]);
-        t.version = version;
-        t
+        crate::test_tables::one_pool(prefix, version)
     }
 
     fn line(t: &RouteTable) -> Bytes {

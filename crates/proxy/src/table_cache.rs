@@ -200,31 +200,9 @@ impl CacheWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
 
     fn table(prefix: &str) -> RouteTable {
-        let pool = Pool {
-            key: "d/p".into(),
-            algorithm: Algorithm::RoundRobin,
-            backends: vec![BackendTarget {
-                name: "static[0]".into(),
-                weight: 1,
-                endpoints: vec![Endpoint::new("127.0.0.1:9")],
-                ..Default::default()
-            }],
-            connect_timeout_ms: 1,
-            request_timeout_ms: 1,
-            ..Default::default()
-        };
-        let route = Route {
-            pool: "d/p".into(),
-            host: None,
-            path_prefix: prefix.into(),
-            headers: vec![],
-        };
-        let mut t = RouteTable::new(vec![route], vec![pool]);
-        t.version = 7;
-        t
+        crate::test_tables::one_pool(prefix, 7)
     }
 
     fn dir(name: &str) -> PathBuf {
