@@ -474,7 +474,7 @@ impl Forwarder {
                         .map_or(pool.spec.request_timeout_ms, |fb| {
                             fb.min(pool.spec.request_timeout_ms)
                         });
-                    rate.tokens.release(now_nanos());
+                    rate.tokens.release();
                     return Err(ProxyError::Timeout {
                         endpoint: endpoint.address.clone(),
                         timeout_ms,
@@ -500,7 +500,7 @@ impl Forwarder {
                         )),
                         Failure::Error(e) => {
                             // Nothing reached an agent that answered: the reservation goes back.
-                            rate.tokens.release(now_nanos());
+                            rate.tokens.release();
                             Err(e)
                         }
                     };

@@ -448,7 +448,10 @@ impl TableLimits {
         }
 
         // Token budgets: reserve what the request may use, refund at the end.
-        let mut tokens = TokenSettlement::default();
+        let mut tokens = TokenSettlement {
+            held: Vec::new(),
+            clock: Some(self.context.clock.clone()),
+        };
         for (policy, tier_name, tier, key) in &keyed {
             for budget in &tier.tokens {
                 let want = max_tokens
@@ -465,7 +468,7 @@ impl TableLimits {
                             .push((budget.store.clone(), reservation, counters));
                     }
                     Ok(Reserve::Refused(decision)) => {
-                        tokens.release(now);
+                        tokens.release();
                         self.context
                             .metrics
                             .count_rate(&policy.key, tier_name, "denied");
@@ -595,6 +598,8 @@ fn rate_headers(
 #[derive(Debug, Default)]
 pub struct TokenSettlement {
     held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation, TokenCounters)>,
+    /// The clock the reservations were made on: settling must read the same one.
+    clock: Option<Arc<MonotonicClock>>,
 }
 
 impl TokenSettlement {
@@ -605,19 +610,20 @@ impl TokenSettlement {
 
     /// Settles every reservation with `actual` tokens used.
     pub fn settle(&mut self, actual: u64) {
-        let now = MonotonicClock::new().now_nanos();
+        self.settle_all(actual);
+    }
+
+    /// Gives back what was reserved (the request never reached an agent).
+    pub fn release(&mut self) {
+        self.settle_all(0);
+    }
+
+    fn settle_all(&mut self, actual: u64) {
+        let now = self.clock.as_ref().map_or(0, |c| c.now_nanos());
         for (store, reservation, counters) in self.held.drain(..) {
             let settlement = store.settle(reservation, actual, now);
             counters.refunded.inc_by(settlement.refunded);
             counters.charged.inc_by(settlement.charged);
-        }
-    }
-
-    /// Gives back what was reserved (the request never reached an agent).
-    pub fn release(&mut self, now: u64) {
-        for (store, reservation, counters) in self.held.drain(..) {
-            let settlement = store.settle(reservation, 0, now);
-            counters.refunded.inc_by(settlement.refunded);
         }
     }
 }
@@ -715,6 +721,46 @@ pub fn requested_tokens(json: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_settled_reservation_refunds_what_was_not_used() {
+        let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {name: p, namespace: d}\n\
+            spec:\n  matches: [{pathPrefix: /}]\n  backends: [{endpoints: [\"127.0.0.1:9\"]}]\n---\n\
+            apiVersion: sluice.dev/v1alpha1\nkind: RatePolicy\nmetadata: {name: t, namespace: d}\n\
+            spec:\n  targetRefs: [{kind: AgentPool, name: p}]\n  key: {type: Pool}\n\
+            \x20 tiers: [{name: all, tokenLimits: [{tokens: 100, period: 1h}]}]\n";
+        let mut objects = sluice_api::Objects::default();
+        sluice_api::manifest::parse_into(yaml, "t.yaml", &mut objects).expect("parses");
+        let (table, diags) = sluice_api::compile(&objects);
+        assert!(!diags.has_errors(), "{diags}");
+        let context = Arc::new(LimitsContext::new(
+            None,
+            NonZeroUsize::MIN.saturating_add(99),
+            Metrics::new(),
+        ));
+        let limits = context.build(&table.policies, &["d/p".to_owned()]);
+        let headers = HeaderMap::new();
+        let subject = Subject {
+            pool: "d/p",
+            pool_index: 0,
+            consumer: None,
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            headers: &headers,
+        };
+        let Verdict::Admitted { mut tokens, .. } = limits.check(&subject, Some(100)).await else {
+            panic!("the whole budget can be reserved once");
+        };
+        assert!(matches!(
+            limits.check(&subject, Some(50)).await,
+            Verdict::Limited { .. }
+        ));
+        tokens.settle(10);
+        // 90 of the 100 reserved tokens came back.
+        assert!(matches!(
+            limits.check(&subject, Some(80)).await,
+            Verdict::Admitted { .. }
+        ));
+    }
 
     #[test]
     fn usage_is_read_from_json_and_the_last_sse_event() {
