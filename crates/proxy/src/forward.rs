@@ -291,7 +291,7 @@ impl Forwarder {
                     // of the same key.
                     let key = pool.key().to_owned();
                     let moved = self.store.load().and_then(|next| {
-                        let q = next.pools.iter().position(|x| x.key() == key)?;
+                        let q = next.pool_index(&key)?;
                         Some((next, q))
                     });
                     match moved {
@@ -312,7 +312,7 @@ impl Forwarder {
                 }
                 Err(Unavailable::NoCapacity) => {
                     // A fallback serves only the callers it would admit itself.
-                    let next = match pool.fallback {
+                    let next = match rt.fallback(p) {
                         Some(f) if hops < rt.pools.len() => rt
                             .auth
                             .admit(&rt.pools[f].spec, rt.pools[f].jwt.as_ref(), &parts.headers)
@@ -560,7 +560,7 @@ fn index_in(runtime: &Runtime, rt: &Runtime, p: usize) -> Option<usize> {
         return Some(p);
     }
     let key = rt.pools.get(p)?.key();
-    runtime.pools.iter().position(|x| x.key() == key)
+    runtime.pool_index(key)
 }
 
 /// Replaces the request's path with its normalised form.

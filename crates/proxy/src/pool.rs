@@ -1,7 +1,8 @@
 //! One pool at run time: its endpoints with their live load, health and ejection
 //! state, the selector, the wait queue and the retry budget.
 //!
-//! Built once per route table. State that must survive a new table (in-flight counts
+//! Built when a route table brings a new or changed pool (an unchanged one is shared
+//! by the new runtime as it is). State that must survive a change (in-flight counts
 //! and latency estimates, health, ejections, the queue and its waiters, the retry
 //! budget) is carried over from the previous runtime's pool of the same key.
 
@@ -112,8 +113,6 @@ pub struct PoolRuntime {
     pub spec: Pool,
     /// Its endpoints, backends flattened in order.
     pub endpoints: Vec<EndpointRt>,
-    /// Index of the fallback pool in the runtime, resolved after all pools are built.
-    pub fallback: Option<usize>,
     /// Pre-resolved metric handles.
     pub metrics: PoolMetrics,
     load: PoolLoad,
@@ -259,7 +258,6 @@ pub fn build(
         metrics: PoolMetrics::new(metrics, key),
         spec: spec.clone(),
         endpoints,
-        fallback: None,
         load,
         selector,
         outlier,

@@ -5,6 +5,11 @@
 //! attached. Requests read it through an `ArcSwap` and never take a lock; a table that
 //! fails validation is refused and the last good runtime stays. State that must outlive
 //! a table (connection pools, endpoint load, health, ejections, queues) carries over.
+//!
+//! A pool whose compiled form did not change is not rebuilt: the new runtime shares
+//! it with the old one, so a table that changes one endpoint of one pool costs the
+//! proxy that pool, not all of them, and requests queued on the others keep their
+//! place.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -41,8 +46,12 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct Runtime {
     /// The table this runtime was built from.
     pub table: RouteTable,
-    /// The pools, in the table's order.
-    pub pools: Vec<PoolRuntime>,
+    /// The pools, in the table's order; shared with the previous runtime where they
+    /// did not change.
+    pub pools: Vec<Arc<PoolRuntime>>,
+    /// The index of each pool's fallback pool.
+    fallbacks: Vec<Option<usize>>,
+    by_key: HashMap<String, usize>,
     route_pool: Vec<usize>,
     checkers: Mutex<Vec<AbortHandle>>,
     /// The table's consumers.
@@ -62,12 +71,28 @@ impl Runtime {
 
     /// The pool route `index` sends to.
     pub fn pool_for_route(&self, index: usize) -> Option<&PoolRuntime> {
-        self.pool_index_for_route(index).map(|p| &self.pools[p])
+        self.pool_index_for_route(index)
+            .map(|p| self.pools[p].as_ref())
+    }
+
+    /// The index of the pool with this key.
+    pub fn pool_index(&self, key: &str) -> Option<usize> {
+        self.by_key.get(key).copied()
     }
 
     /// The pool with this key.
-    pub fn pool(&self, key: &str) -> Option<&PoolRuntime> {
-        self.pools.iter().find(|p| p.key() == key)
+    pub fn pool(&self, key: &str) -> Option<&Arc<PoolRuntime>> {
+        self.pool_index(key).map(|p| &self.pools[p])
+    }
+
+    /// The index of the fallback of pool `index`.
+    pub fn fallback(&self, index: usize) -> Option<usize> {
+        self.fallbacks.get(index).copied().flatten()
+    }
+
+    /// Whether `pool` (of another runtime) is shared, unchanged, by this one.
+    fn shares(&self, pool: &Arc<PoolRuntime>) -> bool {
+        self.pool(pool.key()).is_some_and(|p| Arc::ptr_eq(p, pool))
     }
 
     fn stop_checkers(&self) {
@@ -163,7 +188,9 @@ impl TableStore {
         if let Some(old) = previous {
             old.stop_checkers();
             for pool in &old.pools {
-                pool.mark_replaced();
+                if !runtime.shares(pool) {
+                    pool.mark_replaced();
+                }
             }
             self.forget_removed(&old, &runtime);
         }
@@ -183,20 +210,15 @@ impl TableStore {
     /// neither grows with every rollout. (Requests still in flight on them keep
     /// their own handles.)
     fn forget_removed(&self, old: &Runtime, new: &Runtime) {
-        let kept: std::collections::HashSet<(&str, &str)> = new
-            .pools
-            .iter()
-            .flat_map(|p| {
-                p.endpoints
-                    .iter()
-                    .map(move |e| (p.key(), e.address.as_str()))
-            })
-            .collect();
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         for pool in &old.pools {
+            if new.shares(pool) {
+                continue;
+            }
+            let successor = new.pool(pool.key());
             for e in &pool.endpoints {
                 let labels = [pool.key(), e.address.as_str()];
-                if kept.contains(&(labels[0], labels[1])) {
+                if successor.is_some_and(|s| s.endpoints.iter().any(|n| n.address == e.address)) {
                     continue;
                 }
                 health.remove(&(labels[0].to_owned(), labels[1].to_owned()));
@@ -213,52 +235,46 @@ impl TableStore {
 
     fn build(&self, table: RouteTable, previous: Option<&Runtime>) -> Runtime {
         let client = |connect: Duration, h2c: bool| self.client(connect, h2c);
-        let pools: Vec<PoolRuntime> = table
+        let pools: Vec<Arc<PoolRuntime>> = table
             .pools
             .iter()
             .map(|p| {
+                let before = previous.and_then(|r| r.pool(&p.key));
+                if let Some(same) = before.filter(|b| b.spec == *p) {
+                    return same.clone();
+                }
                 let health = |address: &str| self.health_state(&p.key, address);
-                pool::build(
-                    p,
-                    previous.and_then(|r| r.pool(&p.key)),
-                    &client,
-                    &health,
-                    &self.metrics,
-                )
+                let mut pool =
+                    pool::build(p, before.map(Arc::as_ref), &client, &health, &self.metrics);
+                pool.jwt = p.jwt.as_ref().and_then(|j| self.jwt_auth(&p.key, j));
+                Arc::new(pool)
             })
             .collect();
-        let index: HashMap<&str, usize> = table
+        let by_key: HashMap<String, usize> = table
             .pools
             .iter()
             .enumerate()
-            .map(|(i, p)| (p.key.as_str(), i))
+            .map(|(i, p)| (p.key.clone(), i))
             .collect();
-        let fallbacks: Vec<Option<usize>> = table
+        let fallbacks = table
             .pools
             .iter()
-            .map(|p| p.fallback.as_deref().and_then(|f| index.get(f).copied()))
+            .map(|p| p.fallback.as_deref().and_then(|f| by_key.get(f).copied()))
             .collect();
         // `validate` checked every route names a pool.
         let route_pool = table
             .routes
             .iter()
-            .map(|r| index.get(r.pool.as_str()).copied().unwrap_or(usize::MAX))
+            .map(|r| by_key.get(r.pool.as_str()).copied().unwrap_or(usize::MAX))
             .collect();
-        let mut pools = pools;
-        for (pool, fallback) in pools.iter_mut().zip(fallbacks) {
-            pool.fallback = fallback;
-            pool.jwt = pool
-                .spec
-                .jwt
-                .as_ref()
-                .and_then(|j| self.jwt_auth(&pool.spec.key, j));
-        }
         let pool_keys: Vec<String> = table.pools.iter().map(|p| p.key.clone()).collect();
         Runtime {
             auth: Authenticator::new(&table.consumers),
             limits: self.limits.build(&table.policies, &pool_keys),
             table,
             pools,
+            fallbacks,
+            by_key,
             route_pool,
             checkers: Mutex::new(Vec::new()),
         }
@@ -402,4 +418,72 @@ fn start_health_checks(runtime: &Arc<Runtime>) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .extend(handles);
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_api::table::{Endpoint, Route};
+
+    use super::*;
+    use crate::test_tables::one_pool;
+
+    /// A table with pools `d/p` (from [`one_pool`]) and `d/q`, `q_endpoint` in `d/q`.
+    fn two_pools(q_endpoint: &str, version: u64) -> RouteTable {
+        let mut t = one_pool("/p", version);
+        let mut q = t.pools[0].clone();
+        q.key = "d/q".into();
+        q.backends[0].endpoints = vec![Endpoint::new(q_endpoint)];
+        t.pools.push(q);
+        t.routes.push(Route {
+            pool: "d/q".into(),
+            host: None,
+            path_prefix: "/q".into(),
+            headers: vec![],
+        });
+        let mut t = RouteTable::new(t.routes, t.pools);
+        t.version = version;
+        t
+    }
+
+    #[tokio::test]
+    async fn a_new_table_rebuilds_only_the_pools_that_changed() {
+        let store = TableStore::new(Metrics::new());
+        store.apply(two_pools("127.0.0.1:10", 1)).unwrap();
+        let first = store.load().unwrap();
+        assert_eq!(
+            store.apply(two_pools("127.0.0.1:11", 2)).unwrap(),
+            Applied::Swapped
+        );
+        let second = store.load().unwrap();
+
+        let (p1, p2) = (first.pool("d/p").unwrap(), second.pool("d/p").unwrap());
+        assert!(Arc::ptr_eq(p1, p2), "unchanged pool d/p is shared");
+        let (q1, q2) = (first.pool("d/q").unwrap(), second.pool("d/q").unwrap());
+        assert!(!Arc::ptr_eq(q1, q2), "changed pool d/q is rebuilt");
+        assert_eq!(q2.endpoints[0].address, "127.0.0.1:11");
+        assert_eq!(second.pool_index("d/q"), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_removed_pool_loses_its_endpoint_series_and_a_kept_one_keeps_them() {
+        let metrics = Metrics::new();
+        let store = TableStore::new(metrics.clone());
+        store.apply(two_pools("127.0.0.1:10", 1)).unwrap();
+        let first = store.load().unwrap();
+        first.pool("d/q").unwrap().endpoints[0].selections.inc();
+        store.apply(one_pool("/p", 2)).unwrap();
+
+        assert!(store.load().unwrap().pool("d/q").is_none());
+        let families = metrics.registry().gather();
+        let series = |name: &str, pool: &str| {
+            families
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric())
+                .filter(|m| m.get_label().iter().any(|l| l.value() == pool))
+                .count()
+        };
+        assert_eq!(series("sluice_endpoint_requests_total", "d/q"), 0);
+        assert_eq!(series("sluice_endpoint_requests_total", "d/p"), 1);
+    }
 }
