@@ -1,16 +1,17 @@
 //! `sluice controller --from-dir`: compile a folder of manifests whenever it changes and
 //! publish the result.
 //!
-//! The folder is polled: a poll reads every file, and only a change in their content
-//! leads to a compile. Polling (rather than file notifications) also sees the symlink
+//! The folder is polled: a poll lists the files and reads those whose metadata
+//! changed (see [`FolderReader`]), and only a change in their content leads to a
+//! compile. Polling (rather than file notifications) also sees the symlink
 //! swaps with which Kubernetes updates a mounted ConfigMap.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use sluice_api::{Diagnostics, RouteTable, compile};
 
-use crate::source::{self, SourceError};
+use crate::source::{FolderReader, SourceError};
 
 /// What one poll of the folder produced.
 #[derive(Debug)]
@@ -26,8 +27,7 @@ pub enum Poll {
 /// Watches one path for changes and compiles it.
 #[derive(Debug)]
 pub struct DirWatcher {
-    path: PathBuf,
-    last_digest: Option<[u8; 32]>,
+    reader: FolderReader,
     last_error: Option<String>,
 }
 
@@ -35,8 +35,7 @@ impl DirWatcher {
     /// Watches `path`, a manifest file or a folder of them.
     pub fn new(path: &Path) -> Self {
         Self {
-            path: path.to_path_buf(),
-            last_digest: None,
+            reader: FolderReader::new(path),
             last_error: None,
         }
     }
@@ -44,24 +43,18 @@ impl DirWatcher {
     /// Reads the path and compiles it when its content changed since the last poll.
     /// A failure is reported once per distinct error, not at every poll.
     pub fn poll(&mut self) -> Poll {
-        // Unchanged files are not parsed again: with a thousand manifests, parsing is
-        // what a poll costs.
-        match source::read_if_changed(&self.path, self.last_digest.as_ref()) {
+        match self.reader.read_if_changed() {
             Ok(None) => {
                 self.last_error = None;
                 Poll::Unchanged
             }
             Ok(Some(snapshot)) => {
                 self.last_error = None;
-                self.last_digest = Some(snapshot.digest);
                 let (table, diags) = compile(&snapshot.objects);
                 Poll::Compiled(table, diags)
             }
             Err(e) => {
                 let message = e.to_string();
-                // Read again once the error is gone, even if the content is the same as
-                // before it appeared.
-                self.last_digest = None;
                 if self.last_error.as_deref() == Some(message.as_str()) {
                     return Poll::Unchanged;
                 }
@@ -78,7 +71,7 @@ impl DirWatcher {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let path = self.path.clone();
+            let path = self.reader.path().to_path_buf();
             // File reads block; keep them off the async workers.
             let result = tokio::task::spawn_blocking(move || {
                 let p = self.poll();

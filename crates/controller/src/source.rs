@@ -2,7 +2,10 @@
 //!
 //! Used by `sluice controller --from-dir` and by the proxy's standalone `--config` mode.
 
+use std::collections::HashMap;
+use std::fs::Metadata;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use sluice_api::Objects;
@@ -43,13 +46,17 @@ pub struct Snapshot {
 ///
 /// [`SourceError::Io`] when `path` or a folder below it cannot be read.
 pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| SourceError::Io { path: p, source }
-    };
+    Ok(list_with_metadata(path)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect())
+}
+
+/// [`list_files`], with each file's metadata (symlinks followed).
+fn list_with_metadata(path: &Path) -> Result<Vec<(PathBuf, Metadata)>, SourceError> {
     let meta = std::fs::metadata(path).map_err(io(path))?;
     if meta.is_file() {
-        return Ok(vec![path.to_path_buf()]);
+        return Ok(vec![(path.to_path_buf(), meta)]);
     }
     let mut files = Vec::new();
     let mut dirs = vec![path.to_path_buf()];
@@ -69,12 +76,17 @@ pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
                 .extension()
                 .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
             {
-                files.push(p);
+                files.push((p, meta));
             }
         }
     }
-    files.sort();
+    files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
+    let path = path.to_path_buf();
+    move |source| SourceError::Io { path, source }
 }
 
 /// Reads and parses every manifest under `path`.
@@ -84,58 +96,172 @@ pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
 /// The first file that cannot be read or parsed; nothing is returned in that case, so a
 /// half-written edit never yields half a set of objects.
 pub fn read(path: &Path) -> Result<Snapshot, SourceError> {
-    let (files, texts, digest) = read_files(path)?;
-    parse(files, &texts, digest)
+    FolderReader::new(path).read()
 }
 
-/// Like [`read`], but returns `None` without parsing anything when the files' digest
-/// equals `last`: reading and hashing a folder is cheap, parsing its YAML is not.
-///
-/// # Errors
-///
-/// As [`read`].
-pub fn read_if_changed(
-    path: &Path,
-    last: Option<&[u8; 32]>,
-) -> Result<Option<Snapshot>, SourceError> {
-    let (files, texts, digest) = read_files(path)?;
-    if last == Some(&digest) {
-        return Ok(None);
+/// How long after its last modification a file's metadata is trusted to show every
+/// later write. A write within the same timestamp tick as an earlier one leaves the
+/// modification time as it was, so a file modified less than this before it was read
+/// is read again at every poll until it is older (the "racily clean" rule of git's
+/// index). Two seconds cover the coarsest filesystem timestamps (FAT).
+const RACY: Duration = Duration::from_secs(2);
+
+/// What a file's metadata said when it was read: equal stamps mean an unchanged file
+/// (for a file older than [`RACY`] when it was read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    /// Inode and status change time: a file swapped by a rename, or edited with
+    /// its modification time put back, has a new one.
+    #[cfg(unix)]
+    inode: (u64, i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Self {
+        #[cfg(unix)]
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            #[cfg(unix)]
+            inode: (meta.ino(), meta.ctime(), meta.ctime_nsec()),
+        }
     }
-    parse(files, &texts, digest).map(Some)
 }
 
-/// The manifest files of a path, their text, and a digest of names and contents.
-type Files = (Vec<PathBuf>, Vec<String>, [u8; 32]);
+/// One file as last read: its stamp, a digest of its bytes and its objects.
+#[derive(Debug)]
+struct CachedFile {
+    stamp: Stamp,
+    read_at: SystemTime,
+    digest: [u8; 32],
+    objects: Objects,
+}
 
-/// Reads the manifest files under `path` and hashes them.
-fn read_files(path: &Path) -> Result<Files, SourceError> {
-    let files = list_files(path)?;
-    let mut hasher = Sha256::new();
-    let mut texts = Vec::with_capacity(files.len());
-    for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|source| SourceError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        hasher.update(file.to_string_lossy().as_bytes());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        hasher.update([0]);
-        texts.push(text);
+impl CachedFile {
+    /// Whether the file, now stamped `stamp`, is known to be as it was read.
+    fn unchanged(&self, stamp: &Stamp) -> bool {
+        self.stamp == *stamp
+            && self
+                .stamp
+                .modified
+                .and_then(|m| m.checked_add(RACY))
+                .is_some_and(|settled| settled <= self.read_at)
     }
-    Ok((files, texts, hasher.finalize().into()))
 }
 
-fn parse(files: Vec<PathBuf>, texts: &[String], digest: [u8; 32]) -> Result<Snapshot, SourceError> {
+/// Reads a file or folder of manifests again and again, touching only what changed:
+/// a file whose metadata is as it was is neither read nor parsed again, so a poll of
+/// a thousand unchanged manifests costs a directory listing and their metadata.
+#[derive(Debug)]
+pub struct FolderReader {
+    path: PathBuf,
+    files: HashMap<PathBuf, CachedFile>,
+    digest: Option<[u8; 32]>,
+    last_reads: usize,
+}
+
+impl FolderReader {
+    /// A reader of `path`, a manifest file or a folder of them. Nothing is read yet.
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            files: HashMap::new(),
+            digest: None,
+            last_reads: 0,
+        }
+    }
+
+    /// The path read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many files the last call read from disk (the others were unchanged).
+    pub fn last_reads(&self) -> usize {
+        self.last_reads
+    }
+
+    /// Reads the manifests, or returns `None` when their content is the one the last
+    /// successful call returned. After an error, the next success is returned even if
+    /// the content is the same as before the error.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`].
+    pub fn read_if_changed(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        let last = self.digest.take();
+        let (files, digest) = self.refresh()?;
+        self.digest = Some(digest);
+        Ok((last != Some(digest)).then(|| self.snapshot(files, digest)))
+    }
+
+    /// Reads the manifests, taking unchanged files from the cache.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`].
+    pub fn read(&mut self) -> Result<Snapshot, SourceError> {
+        let (files, digest) = self.refresh()?;
+        self.digest = Some(digest);
+        Ok(self.snapshot(files, digest))
+    }
+
+    /// Lists the files, reads those that changed, and digests names and contents.
+    fn refresh(&mut self) -> Result<(Vec<PathBuf>, [u8; 32]), SourceError> {
+        self.last_reads = 0;
+        let listed = list_with_metadata(&self.path)?;
+        let mut cached = std::mem::take(&mut self.files);
+        let mut hasher = Sha256::new();
+        let mut files = Vec::with_capacity(listed.len());
+        for (file, meta) in listed {
+            let stamp = Stamp::of(&meta);
+            let entry = match cached.remove(&file) {
+                Some(c) if c.unchanged(&stamp) => c,
+                _ => {
+                    self.last_reads += 1;
+                    read_file(&file, stamp)?
+                }
+            };
+            hasher.update(file.to_string_lossy().as_bytes());
+            hasher.update([0]);
+            hasher.update(entry.digest);
+            self.files.insert(file.clone(), entry);
+            files.push(file);
+        }
+        Ok((files, hasher.finalize().into()))
+    }
+
+    /// The objects of `files`, in their order.
+    fn snapshot(&self, files: Vec<PathBuf>, digest: [u8; 32]) -> Snapshot {
+        let mut objects = Objects::default();
+        for c in files.iter().filter_map(|f| self.files.get(f)) {
+            objects.pools.extend_from_slice(&c.objects.pools);
+            objects.policies.extend_from_slice(&c.objects.policies);
+            objects.slices.extend_from_slice(&c.objects.slices);
+            objects.secrets.extend_from_slice(&c.objects.secrets);
+        }
+        Snapshot {
+            objects,
+            digest,
+            files,
+        }
+    }
+}
+
+/// Reads and parses one file.
+fn read_file(file: &Path, stamp: Stamp) -> Result<CachedFile, SourceError> {
+    let read_at = SystemTime::now();
+    let text = std::fs::read_to_string(file).map_err(io(file))?;
     let mut objects = Objects::default();
-    for (file, text) in files.iter().zip(texts) {
-        manifest::parse_into(text, &file.display().to_string(), &mut objects)?;
-    }
-    Ok(Snapshot {
+    manifest::parse_into(&text, &file.display().to_string(), &mut objects)?;
+    Ok(CachedFile {
+        stamp,
+        read_at,
+        digest: Sha256::digest(text.as_bytes()).into(),
         objects,
-        digest,
-        files,
     })
 }
 
@@ -166,16 +292,96 @@ mod tests {
 
         let again = read(&dir).expect("reads");
         assert_eq!(snap.digest, again.digest);
-        assert!(
-            read_if_changed(&dir, Some(&snap.digest))
-                .expect("reads")
-                .is_none(),
-            "unchanged files are not parsed again"
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Sets a file's modification time an hour back, as if written long ago.
+    fn age(path: &Path) {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open");
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        file.set_modified(past).expect("set mtime");
+    }
+
+    #[test]
+    fn a_reader_reads_only_the_files_that_changed() {
+        let dir = tempdir("changed");
+        for name in ["a", "b", "c"] {
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, POOL.replace("name: a", &format!("name: {name}")))
+                .expect("write");
+            age(&path);
+        }
+        let mut reader = FolderReader::new(&dir);
+        let first = reader.read_if_changed().expect("reads").expect("first");
+        assert_eq!((first.objects.pools.len(), reader.last_reads()), (3, 3));
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        assert_eq!(reader.last_reads(), 0, "old unchanged files are not read");
+
+        // Same length, so only the modification time and inode change tell.
+        std::fs::write(dir.join("b.yaml"), POOL.replace("name: a", "name: x")).expect("write");
+        let changed = reader.read_if_changed().expect("reads").expect("changed");
+        assert_eq!(reader.last_reads(), 1);
+        let mut names: Vec<_> = changed
+            .objects
+            .pools
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "c", "x"]);
+        // Just written: not trusted yet, read at every poll, but not reported again.
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        assert_eq!(
+            reader.last_reads(),
+            1,
+            "a fresh file is read until it settles"
         );
-        std::fs::write(dir.join("sub/a.yaml"), POOL.replace("/a}", "/b}")).expect("write");
-        assert_ne!(read(&dir).expect("reads").digest, snap.digest);
-        let changed = read_if_changed(&dir, Some(&snap.digest)).expect("reads");
-        assert!(changed.is_some_and(|s| s.objects.pools.len() == 1));
+
+        std::fs::remove_file(dir.join("c.yaml")).expect("rm");
+        let removed = reader.read_if_changed().expect("reads").expect("removed");
+        assert_eq!(removed.objects.pools.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_edited_with_its_old_timestamp_put_back_is_read_again() {
+        let dir = tempdir("touched");
+        let path = dir.join("a.yaml");
+        std::fs::write(&path, POOL).expect("write");
+        age(&path);
+        let mut reader = FolderReader::new(&dir);
+        reader.read_if_changed().expect("reads").expect("first");
+        let before = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        std::fs::write(&path, POOL.replace("/a}", "/b}")).expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(before))
+            .expect("put mtime back");
+        let changed = reader.read_if_changed().expect("reads");
+        assert!(
+            changed.is_some(),
+            "the status change time gives the edit away"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_an_error_the_same_content_is_returned_again() {
+        let dir = tempdir("recover");
+        let path = dir.join("a.yaml");
+        std::fs::write(&path, POOL).expect("write");
+        let mut reader = FolderReader::new(&dir);
+        reader.read_if_changed().expect("reads").expect("first");
+        std::fs::write(&path, "kind: [").expect("write");
+        reader.read_if_changed().expect_err("broken");
+        std::fs::write(&path, POOL).expect("write");
+        assert!(reader.read_if_changed().expect("reads").is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
