@@ -43,7 +43,7 @@ pub const MAX_ID_LEN: usize = 253;
 
 /// Buckets of the push latency histogram, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The body of `POST /v1/routes/ack`: the proxy applied (or already ran) this table.

@@ -63,13 +63,19 @@ fn list_with_metadata(path: &Path) -> Result<Vec<(PathBuf, Metadata)>, SourceErr
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let entry = entry.map_err(io(&dir))?;
-            let p = entry.path();
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with('.') {
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
                 continue;
             }
-            // Follow symlinks, as a mounted ConfigMap is made of them.
-            let meta = std::fs::metadata(&p).map_err(io(&p))?;
+            let p = entry.path();
+            // Follow symlinks, as a mounted ConfigMap is made of them; other entries
+            // are looked up relative to their folder, which is cheaper.
+            let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
+            let meta = if symlink {
+                std::fs::metadata(&p)
+            } else {
+                entry.metadata()
+            }
+            .map_err(io(&p))?;
             if meta.is_dir() {
                 dirs.push(p);
             } else if p
@@ -80,7 +86,8 @@ fn list_with_metadata(path: &Path) -> Result<Vec<(PathBuf, Metadata)>, SourceErr
             }
         }
     }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
+    // By bytes: deterministic, and much cheaper than comparing path components.
+    files.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
     Ok(files)
 }
 
@@ -158,7 +165,8 @@ impl CachedFile {
 #[derive(Debug)]
 pub struct FolderReader {
     path: PathBuf,
-    files: HashMap<PathBuf, CachedFile>,
+    /// The files of the last read, in its order.
+    files: Vec<(PathBuf, CachedFile)>,
     digest: Option<[u8; 32]>,
     last_reads: usize,
 }
@@ -168,7 +176,7 @@ impl FolderReader {
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
-            files: HashMap::new(),
+            files: Vec::new(),
             digest: None,
             last_reads: 0,
         }
@@ -213,12 +221,21 @@ impl FolderReader {
     fn refresh(&mut self) -> Result<(Vec<PathBuf>, [u8; 32]), SourceError> {
         self.last_reads = 0;
         let listed = list_with_metadata(&self.path)?;
-        let mut cached = std::mem::take(&mut self.files);
+        // The listing is almost always the last one: walk both in step, and index
+        // the rest by path only once they part.
+        let mut previous = std::mem::take(&mut self.files).into_iter().peekable();
+        let mut strays: Option<HashMap<PathBuf, CachedFile>> = None;
         let mut hasher = Sha256::new();
         let mut files = Vec::with_capacity(listed.len());
         for (file, meta) in listed {
             let stamp = Stamp::of(&meta);
-            let entry = match cached.remove(&file) {
+            let cached = match (&mut strays, previous.peek()) {
+                (None, Some((p, _))) if *p == file => previous.next().map(|(_, c)| c),
+                (strays, _) => strays
+                    .get_or_insert_with(|| previous.by_ref().collect())
+                    .remove(&file),
+            };
+            let entry = match cached {
                 Some(c) if c.unchanged(&stamp) => c,
                 _ => {
                     self.last_reads += 1;
@@ -228,16 +245,16 @@ impl FolderReader {
             hasher.update(file.to_string_lossy().as_bytes());
             hasher.update([0]);
             hasher.update(entry.digest);
-            self.files.insert(file.clone(), entry);
+            self.files.push((file.clone(), entry));
             files.push(file);
         }
         Ok((files, hasher.finalize().into()))
     }
 
-    /// The objects of `files`, in their order.
+    /// The objects of the files last read, in their order.
     fn snapshot(&self, files: Vec<PathBuf>, digest: [u8; 32]) -> Snapshot {
         let mut objects = Objects::default();
-        for c in files.iter().filter_map(|f| self.files.get(f)) {
+        for (_, c) in &self.files {
             objects.pools.extend_from_slice(&c.objects.pools);
             objects.policies.extend_from_slice(&c.objects.policies);
             objects.slices.extend_from_slice(&c.objects.slices);

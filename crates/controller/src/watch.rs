@@ -5,8 +5,10 @@
 //! `futures::stream::iter`. It keeps one cache per kind and, when something that the
 //! compile step reads changes, schedules a compile:
 //!
-//! * **Coalescing.** The first change of a burst starts a timer of `debounce`; changes
-//!   that come in meanwhile join the same compile. A 100-pod rollout is one compile.
+//! * **Coalescing.** Compiles are at least `debounce` apart. A change after a quiet
+//!   spell is compiled at once (an endpoint change is not held back); changes within
+//!   `debounce` of the last compile, and every event already waiting in the streams,
+//!   join the next one. A 100-pod rollout is one or two compiles, not a hundred.
 //! * **Initial sync.** Nothing is compiled before every watcher listed its objects
 //!   once, so a table never goes out with pools but without their endpoints.
 //! * **Relevance.** EndpointSlices are watched by the label
@@ -33,6 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
@@ -68,8 +71,12 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "secrets", &["list", "watch"]),
 ];
 
-/// Default time between the first change of a burst and its compile.
+/// Default least time between two compiles.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// Most events taken in at once before a pass may run, so that a stream that is
+/// never empty cannot hold compiles back.
+const DRAIN: usize = 1024;
 
 /// The event streams the controller consumes: one per watcher, so that each watcher's
 /// re-list (`Init` … `InitDone`) replaces exactly the objects it listed.
@@ -496,6 +503,7 @@ impl Watch {
     pub async fn run(mut self) {
         let mut inputs = std::mem::take(&mut self.sources).merge();
         let mut deadline: Option<Instant> = None;
+        let mut last_pass: Option<Instant> = None;
         let mut pending = Change::None;
         let mut leadership = self.leadership.clone();
         loop {
@@ -515,8 +523,17 @@ impl Watch {
                 input = inputs.next() => {
                     let Some(input) = input else { break };
                     pending = pending.max(self.apply(input));
+                    // Take in what else has arrived, so that one pass sees it all.
+                    for _ in 0..DRAIN {
+                        match inputs.next().now_or_never() {
+                            Some(Some(input)) => pending = pending.max(self.apply(input)),
+                            _ => break,
+                        }
+                    }
                     if pending != Change::None && deadline.is_none() {
-                        deadline = Some(Instant::now() + self.debounce);
+                        let now = Instant::now();
+                        let spaced = last_pass.map_or(now, |t| t + self.debounce);
+                        deadline = Some(spaced.max(now));
                     }
                 }
                 leader = leader_changed => {
@@ -533,6 +550,7 @@ impl Watch {
                     if self.synced() {
                         self.pass(pending == Change::Content);
                         pending = Change::None;
+                        last_pass = Some(Instant::now());
                     }
                 }
             }

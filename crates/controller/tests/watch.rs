@@ -207,7 +207,7 @@ async fn nothing_is_compiled_before_every_watcher_has_listed() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_burst_of_slice_events_is_one_compile_and_one_version() {
+async fn a_burst_of_slice_events_is_compiled_once_at_once_and_once_after_the_debounce() {
     let h = Harness::start();
     let mut objects = Objects::default();
     objects.pools.push(pool("chat", "chat"));
@@ -231,11 +231,17 @@ async fn a_burst_of_slice_events_is_one_compile_and_one_version() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    assert_eq!(h.compiles(), 1, "the burst waits for the debounce");
+    assert_eq!(
+        h.compiles(),
+        2,
+        "the first change after a quiet spell is compiled at once, the rest wait"
+    );
+    // The four events sent before the test first yielded were compiled together.
+    assert_eq!(addresses(&h.table(), "agents/chat").len(), 4);
     settle().await;
-    assert_eq!(h.compiles(), 2, "100 events, one compile");
+    assert_eq!(h.compiles(), 3, "100 events, two compiles");
     let table = h.table();
-    assert_eq!(table.version, 2, "one new version");
+    assert_eq!(table.version, 3, "two new versions");
     assert_eq!(addresses(&table, "agents/chat").len(), 100);
 
     // Slices of a Service no pool names do not even compile.
@@ -249,7 +255,7 @@ async fn a_burst_of_slice_events_is_one_compile_and_one_version() {
             .expect("send");
     }
     settle().await;
-    assert_eq!(h.compiles(), 2);
+    assert_eq!(h.compiles(), 3);
 
     // A change that does not change the table compiles but publishes nothing new.
     let eps: Vec<(&str, bool, bool)> = pods.iter().map(|a| (a.as_str(), true, false)).collect();
@@ -257,7 +263,32 @@ async fn a_burst_of_slice_events_is_one_compile_and_one_version() {
     same.metadata.resource_version = Some("42".into());
     h.slices.send(Event::Apply(same)).expect("send");
     settle().await;
-    assert_eq!(h.table().version, 2);
+    assert_eq!(h.table().version, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_already_waiting_join_one_compile() {
+    let h = Harness::start();
+    let mut objects = Objects::default();
+    objects.pools.push(pool("chat", "chat"));
+    objects
+        .slices
+        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
+    h.sync(objects);
+    settle().await;
+
+    // Sent before the controller runs again: all of them are waiting when it does.
+    let mut pods = Vec::new();
+    for i in 0..50 {
+        pods.push(format!("10.0.1.{i}"));
+        let eps: Vec<(&str, bool, bool)> = pods.iter().map(|a| (a.as_str(), true, false)).collect();
+        h.slices
+            .send(Event::Apply(slice("chat-1", "chat", &eps)))
+            .expect("send");
+    }
+    settle().await;
+    assert_eq!(h.compiles(), 2, "one compile for the whole batch");
+    assert_eq!(addresses(&h.table(), "agents/chat").len(), 50);
 }
 
 #[tokio::test(start_paused = true)]

@@ -24,7 +24,8 @@ pub struct Args {
     /// Ignored with --from-dir.
     #[arg(long = "namespace", value_name = "NAMESPACE")]
     namespaces: Vec<String>,
-    /// Time between the first change of a burst and the compile that takes it in.
+    /// Least time between two compiles: a change after a quiet spell is compiled at
+    /// once, the changes of a burst together once this has passed.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
     debounce: Duration,
     /// Where proxies subscribe to route tables.
