@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 
 /// Which requests an AgentPool serves and where they go.
+// The `printcolumn(...)` entries repeat their keys, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
@@ -32,6 +34,12 @@ use crate::duration::Duration;
         type_ = "integer",
         description = "Ready endpoints",
         json_path = ".status.readyEndpoints"
+    ),
+    printcolumn(
+        name = "Proxies",
+        type_ = "integer",
+        description = "Proxies that run the pool as it is now",
+        json_path = ".status.updatedProxies"
     ),
     printcolumn(
         name = "Age",
@@ -423,6 +431,14 @@ pub struct AgentPoolStatus {
     /// Endpoints currently ready to take requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_endpoints: Option<i32>,
+    /// Proxies subscribed to the controller replica that wrote this status (the
+    /// Lease holder; proxies subscribed to another replica are not counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxies: Option<i32>,
+    /// Of `proxies`, those that acknowledged a route table holding the pool as it is
+    /// now: equal to `proxies` once a change to the pool reached every proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_proxies: Option<i32>,
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

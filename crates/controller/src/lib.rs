@@ -18,6 +18,7 @@ pub mod from_dir;
 pub mod lease;
 pub mod publisher;
 pub mod push;
+pub mod rollout;
 pub mod source;
 pub mod status;
 pub mod status_writer;

@@ -402,6 +402,16 @@ impl ProxyRegistry {
             .count()
     }
 
+    /// How many proxies are tracked, and how many last acknowledged each revision.
+    pub fn by_revision(&self) -> (usize, HashMap<String, usize>) {
+        let proxies = self.inner.lock();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for acked in proxies.values().filter_map(|e| e.acked.as_ref()) {
+            *counts.entry(acked.revision.clone()).or_default() += 1;
+        }
+        (proxies.len(), counts)
+    }
+
     /// How many tracked proxies run the current table (by revision: equal content).
     pub fn count_current(&self) -> usize {
         self.summary().current

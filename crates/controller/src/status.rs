@@ -106,6 +106,9 @@ pub fn status_for_pool(
     AgentPoolStatus {
         conditions: stamp(conditions, previous, generation, now),
         ready_endpoints: Some(i32::try_from(ready_endpoints).unwrap_or(i32::MAX)),
+        // Counted by the caller, which knows the proxies.
+        proxies: None,
+        updated_proxies: None,
         observed_generation: generation,
     }
 }

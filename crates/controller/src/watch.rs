@@ -47,13 +47,15 @@ use kube::runtime::{WatchStreamExt, watcher as kube_watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 use serde::de::DeserializeOwned;
-use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL};
+use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, pool_key};
 use sluice_api::{AgentPool, Diagnostics, Objects, RatePolicy, RouteTable, Severity, compile};
 use tokio::sync::watch as channel;
 use tokio::time::Instant;
 
 use crate::lease::Leadership;
 use crate::publisher::Publisher;
+use crate::push::proxies::ProxyRegistry;
+use crate::rollout::Rollout;
 use crate::status::{same_apart_from_transition_time, status_for_policy, status_for_pool};
 use crate::status_writer::StatusBatch;
 
@@ -442,6 +444,8 @@ pub struct Watch {
     publisher: Publisher,
     statuses: Option<channel::Sender<StatusBatch>>,
     leadership: Option<Leadership>,
+    proxies: Option<ProxyRegistry>,
+    rollout: Rollout,
     metrics: WatchMetrics,
     debounce: Duration,
     last: Option<Compiled>,
@@ -476,6 +480,8 @@ impl Watch {
             publisher,
             statuses: None,
             leadership: None,
+            proxies: None,
+            rollout: Rollout::default(),
             metrics,
             debounce,
             last: None,
@@ -498,6 +504,14 @@ impl Watch {
         self
     }
 
+    /// Reports in each AgentPool's status how many of the proxies in `registry` run
+    /// the pool as it is now, and passes again (no compile) when they change.
+    #[must_use]
+    pub fn with_proxies(mut self, registry: ProxyRegistry) -> Self {
+        self.proxies = Some(registry);
+        self
+    }
+
     /// Runs until every source ends (in production: never). A change still pending
     /// when the sources end is compiled before returning.
     pub async fn run(mut self) {
@@ -506,7 +520,14 @@ impl Watch {
         let mut last_pass: Option<Instant> = None;
         let mut pending = Change::None;
         let mut leadership = self.leadership.clone();
+        let mut proxy_changes = self.proxies.as_ref().map(ProxyRegistry::changes);
         loop {
+            let proxies_changed = async {
+                match proxy_changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let leader_changed = async {
                 match leadership.as_mut() {
                     Some(l) => l.changed().await,
@@ -531,9 +552,15 @@ impl Watch {
                         }
                     }
                     if pending != Change::None && deadline.is_none() {
-                        let now = Instant::now();
-                        let spaced = last_pass.map_or(now, |t| t + self.debounce);
-                        deadline = Some(spaced.max(now));
+                        deadline = Some(self.next_pass(last_pass));
+                    }
+                }
+                open = proxies_changed => {
+                    if !open {
+                        proxy_changes = None;
+                    } else if self.statuses.is_some() {
+                        pending = pending.max(Change::Status);
+                        deadline = deadline.or_else(|| Some(self.next_pass(last_pass)));
                     }
                 }
                 leader = leader_changed => {
@@ -561,6 +588,12 @@ impl Watch {
             }
             self.pass(pending == Change::Content);
         }
+    }
+
+    /// When the next pass may run: now, or `debounce` after the last one.
+    fn next_pass(&self, last_pass: Option<Instant>) -> Instant {
+        let now = Instant::now();
+        last_pass.map_or(now, |t| t + self.debounce).max(now)
     }
 
     fn synced(&self) -> bool {
@@ -631,9 +664,13 @@ impl Watch {
             let (pools, routes) = (table.pools.len(), table.routes.len());
             match self.publisher.publish(table.clone()) {
                 Ok(Some(version)) => {
+                    self.rollout.record(&table);
                     tracing::info!(version, pools, routes, "route table published")
                 }
-                Ok(None) => tracing::debug!("objects changed but the table did not"),
+                Ok(None) => {
+                    self.rollout.record(&table);
+                    tracing::debug!("objects changed but the table did not")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "compiled table is invalid; keeping the last table")
                 }
@@ -651,9 +688,15 @@ impl Watch {
             return;
         }
         let now = Time(Timestamp::now());
+        let proxies = self.proxies.as_ref().map(ProxyRegistry::by_revision);
+        let count = |n: usize| Some(i32::try_from(n).unwrap_or(i32::MAX));
         let mut batch = StatusBatch::default();
         for pool in self.pools.iter() {
-            let status = status_for_pool(pool, &last.diags, &last.table, &now);
+            let mut status = status_for_pool(pool, &last.diags, &last.table, &now);
+            if let Some((connected, acked)) = &proxies {
+                status.proxies = count(*connected);
+                status.updated_proxies = count(self.rollout.updated(&pool_key(pool), acked));
+            }
             if !same_apart_from_transition_time(pool.status.as_ref(), Some(&status)) {
                 batch.pools.push((pool.clone(), status));
             }

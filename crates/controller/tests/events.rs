@@ -96,6 +96,7 @@ fn pool_status(conditions: Vec<Condition>) -> AgentPoolStatus {
         conditions,
         ready_endpoints: Some(0),
         observed_generation: Some(3),
+        ..Default::default()
     }
 }
 

@@ -272,6 +272,8 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
     let status = AgentPoolStatus {
         conditions: vec![condition("Accepted", "Accepted")],
         ready_endpoints: Some(1),
+        proxies: Some(2),
+        updated_proxies: Some(1),
         observed_generation: Some(1),
     };
     assert_eq!(

@@ -14,6 +14,7 @@ use kube::runtime::watcher::Event;
 use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, hash_api_key};
 use sluice_api::{AgentPool, AgentPoolStatus, Objects, RatePolicy, RouteTable, manifest};
 use sluice_controller::Publisher;
+use sluice_controller::push::proxies::{Ack, ProxyRegistry};
 use sluice_controller::status::{
     CONDITION_ACCEPTED, CONDITION_READY, CONDITION_RESOLVED_REFS, REASON_INVALID,
 };
@@ -44,6 +45,21 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
+        Self::start_with(|core, _| core)
+    }
+
+    /// A harness whose loop also counts the proxies of the returned registry.
+    fn start_with_proxies() -> (Self, ProxyRegistry) {
+        let mut registry = None;
+        let h = Self::start_with(|core, publisher| {
+            let r = ProxyRegistry::new(publisher.clone());
+            registry = Some(r.clone());
+            core.with_proxies(r)
+        });
+        (h, registry.expect("set by start_with"))
+    }
+
+    fn start_with(configure: impl FnOnce(Watch, &Publisher) -> Watch) -> Self {
         let (pools, pool_stream) = feed();
         let (policies, policy_stream) = feed();
         let (slices, slice_stream) = feed();
@@ -59,7 +75,7 @@ impl Harness {
         let (tx, statuses) = watch::channel(StatusBatch::default());
         let core =
             Watch::new(sources, publisher.clone(), metrics.clone(), DEBOUNCE).with_statuses(tx);
-        tokio::spawn(core.run());
+        tokio::spawn(configure(core, &publisher).run());
         Self {
             pools,
             policies,
@@ -474,4 +490,66 @@ async fn a_status_change_alone_does_not_compile() {
     h.policies.send(Event::InitDone).expect("send");
     settle().await;
     assert_eq!(h.compiles(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_status_counts_the_proxies_that_run_the_pool_as_it_is_now() {
+    let (h, registry) = Harness::start_with_proxies();
+    let mut objects = Objects::default();
+    objects.pools.push(pool("chat", "chat"));
+    objects.pools.push(pool("other", "other"));
+    objects
+        .slices
+        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
+    objects
+        .slices
+        .push(slice("other-1", "other", &[("10.0.0.2", true, false)]));
+    h.sync(objects);
+    settle().await;
+    let counts = |name: &str| {
+        let s = h.pool_status(name).expect("status");
+        (s.proxies, s.updated_proxies)
+    };
+    assert_eq!(counts("chat"), (Some(0), Some(0)));
+
+    let peer = "127.0.0.1:1".parse().expect("addr");
+    let one = registry.register("proxy-1", peer).expect("register");
+    let two = registry.register("proxy-2", peer).expect("register");
+    let ack = |proxy: &str| {
+        let table = h.table();
+        registry
+            .ack(&Ack {
+                proxy: proxy.into(),
+                version: table.version,
+                revision: table.revision,
+            })
+            .expect("ack");
+    };
+    ack("proxy-1");
+    ack("proxy-2");
+    settle().await;
+    assert_eq!(counts("chat"), (Some(2), Some(2)));
+
+    // chat changes; the proxies still on the first table run other as it is now.
+    h.slices
+        .send(Event::Apply(slice(
+            "chat-1",
+            "chat",
+            &[("10.0.0.9", true, false)],
+        )))
+        .expect("send");
+    settle().await;
+    assert_eq!(h.table().version, 2);
+    assert_eq!(counts("chat"), (Some(2), Some(0)));
+    assert_eq!(counts("other"), (Some(2), Some(2)));
+
+    ack("proxy-1");
+    settle().await;
+    assert_eq!(counts("chat"), (Some(2), Some(1)));
+
+    drop(two);
+    settle().await;
+    assert_eq!(counts("chat"), (Some(1), Some(1)));
+    assert_eq!(counts("other"), (Some(1), Some(1)));
+    drop(one);
 }

@@ -82,6 +82,12 @@ pub async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let listen = listener.local_addr()?;
+    // Which proxies run which table: /v1/proxies, sluice_controller_proxies and the
+    // AgentPools' status.
+    let proxies = ProxyRegistry::new(publisher.clone());
+    proxies
+        .register_metrics(&registry)
+        .context("registering metrics")?;
 
     let mut election = None;
     if let Some(dir) = &args.from_dir {
@@ -124,7 +130,8 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::spawn(writer.run(status_rx));
         let core = Watch::new(sources, publisher.clone(), watch_metrics, args.debounce)
             .with_statuses(status_tx)
-            .with_leadership(leadership);
+            .with_leadership(leadership)
+            .with_proxies(proxies.clone());
         tokio::spawn(core.run());
         let namespaces = if args.namespaces.is_empty() {
             "all".to_owned()
@@ -138,11 +145,6 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
 
-    // Which proxies run which table: /v1/proxies and sluice_controller_proxies.
-    let proxies = ProxyRegistry::new(publisher.clone());
-    proxies
-        .register_metrics(&registry)
-        .context("registering metrics")?;
     push::serve_with(
         listener,
         proxies,

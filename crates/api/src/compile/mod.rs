@@ -135,7 +135,8 @@ pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
     (table, Diagnostics(diags))
 }
 
-fn pool_key(pool: &AgentPool) -> String {
+/// The key of an AgentPool in the route table: `namespace/name`.
+pub fn pool_key(pool: &AgentPool) -> String {
     format!(
         "{}/{}",
         pool.metadata.namespace.as_deref().unwrap_or("default"),
