@@ -565,6 +565,12 @@ def check_controller_rbac(where, w, container, by_kind, docs):
     binds exactly the rules the binary prints to its ServiceAccount, where it needs them."""
     cw = f"{describe(w)} container {container['name']}"
     args = container.get("args") or []
+    if os.environ.get("SLUICE_BIN"):
+        # Every flag the chart renders must be one the binary takes (--print-rbac
+        # parses them all, then prints and exits).
+        out = subprocess.run([os.environ["SLUICE_BIN"], *args, "--print-rbac"], capture_output=True, text=True)
+        if out.returncode != 0:
+            error(where, f"{cw}: `sluice {' '.join(args)}` is refused: {out.stderr.strip()}")
     env = {e["name"]: e for e in container.get("env") or []}
     for name, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
         ref = ((env.get(name) or {}).get("valueFrom") or {}).get("fieldRef") or {}
@@ -987,6 +993,7 @@ reject "unknown controller.source, no schema (template check)" --set mode=contro
 reject "controller.leaseDuration under 3s" --set controller.leaseDuration=2s
 reject "controller.leaseDuration not whole seconds" --set controller.leaseDuration=1500ms
 reject "controller.namespaces entry not a namespace name" --set-json 'controller.namespaces=["Agents"]'
+reject "controller.endpointSliceLabels entry not a label" --set-json 'controller.endpointSliceLabels=["a b"]'
 reject "controller ServiceAccount neither created nor named" --set mode=controller --set controller.serviceAccount.create=false
 reject "controller ServiceAccount neither created nor named, no schema (template check)" --set mode=controller \
   --set controller.serviceAccount.create=false --without-schema

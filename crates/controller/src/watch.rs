@@ -12,8 +12,10 @@
 //! * **Initial sync.** Nothing is compiled before every watcher listed its objects
 //!   once, so a table never goes out with pools but without their endpoints.
 //! * **Relevance.** EndpointSlices are watched by the label
-//!   `kubernetes.io/service-name`; a change to the slices of a Service that no
-//!   AgentPool names schedules nothing and never reaches the compile step. A change to
+//!   `kubernetes.io/service-name`, and by the labels of `--endpointslice-label`
+//!   ([`SliceLabel`]) so that the API server sends only the agents' slices; a change
+//!   to the slices of a Service that no AgentPool names schedules nothing and never
+//!   reaches the compile step. A change to
 //!   an object's status or `resourceVersion` alone schedules a status pass, not a
 //!   compile, so the controller's own status writes do not loop.
 //! * **Publishing.** The [`Publisher`] publishes a new version only when the table's
@@ -42,6 +44,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::core::{Expression, Selector};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as kube_watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -144,10 +147,95 @@ impl Sources {
     }
 }
 
+/// A label an EndpointSlice must carry to be watched, besides
+/// `kubernetes.io/service-name`: `key` (present) or `key=value`. Kubernetes copies a
+/// Service's labels to its EndpointSlices, so labelling the agents' Services (say
+/// `sluice.dev/agent=true`) keeps the controller from caching every slice of the
+/// cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceLabel {
+    key: String,
+    value: Option<String>,
+}
+
+/// Why a `--endpointslice-label` was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{0:?} is not a label requirement: expected KEY or KEY=VALUE with a Kubernetes label key and value"
+)]
+pub struct SliceLabelError(String);
+
+impl std::str::FromStr for SliceLabel {
+    type Err = SliceLabelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, value) = match s.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (s, None),
+        };
+        if !valid_label_key(key) || !value.is_none_or(valid_label_value) {
+            return Err(SliceLabelError(s.to_owned()));
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+        })
+    }
+}
+
+/// A label name or value: at most 63 characters, alphanumeric at both ends, `-`, `_`,
+/// `.` between.
+fn valid_label_value(v: &str) -> bool {
+    let edge = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    v.len() <= 63
+        && edge(v.chars().next())
+        && edge(v.chars().last())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a non-empty name.
+fn valid_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let subdomain = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    };
+    !name.is_empty() && valid_label_value(name) && prefix.is_none_or(subdomain)
+}
+
+/// The label selector of the EndpointSlice watchers: `kubernetes.io/service-name` and
+/// every one of `extra`.
+pub fn slice_selector(extra: &[SliceLabel]) -> Selector {
+    std::iter::once(Expression::Exists(SERVICE_NAME_LABEL.to_owned()))
+        .chain(extra.iter().map(|l| match &l.value {
+            Some(v) => Expression::Equal(l.key.clone(), v.clone()),
+            None => Expression::Exists(l.key.clone()),
+        }))
+        .collect()
+}
+
 /// Builds the production [`Sources`]: kube watchers (with kube's default backoff) over
-/// every namespace when `namespaces` is empty, else one per kind and namespace.
+/// every namespace when `namespaces` is empty, else one per kind and namespace; the
+/// EndpointSlice watchers select [`slice_selector`]`(slice_labels)`.
 /// Watch errors are logged and counted; the watcher retries on its own.
-pub fn kube_sources(client: &Client, namespaces: &[String], metrics: &WatchMetrics) -> Sources {
+pub fn kube_sources(
+    client: &Client,
+    namespaces: &[String],
+    slice_labels: &[SliceLabel],
+    metrics: &WatchMetrics,
+) -> Sources {
     let all = watcher::Config::default();
     Sources {
         pools: streams(client, namespaces, &all, metrics, "AgentPool"),
@@ -155,7 +243,7 @@ pub fn kube_sources(client: &Client, namespaces: &[String], metrics: &WatchMetri
         slices: streams(
             client,
             namespaces,
-            &watcher::Config::default().labels(SERVICE_NAME_LABEL),
+            &watcher::Config::default().labels_from(&slice_selector(slice_labels)),
             metrics,
             "EndpointSlice",
         ),

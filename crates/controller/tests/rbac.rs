@@ -23,7 +23,7 @@ use sluice_api::{AgentPoolStatus, Objects, RatePolicyStatus, manifest};
 use sluice_controller::events::{self, EventPublisher, Transition};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig, Observed};
 use sluice_controller::status_writer::{self, StatusWriter, Written};
-use sluice_controller::watch::{self, WatchMetrics, kube_sources};
+use sluice_controller::watch::{self, SliceLabel, WatchMetrics, kube_sources};
 use sluice_controller::{Rule, cluster_rbac, lease_rbac, rbac_json};
 
 /// What RBAC checks for one request.
@@ -34,6 +34,8 @@ type Access = (String, String, String);
 #[derive(Clone)]
 struct ApiServer {
     log: Arc<Mutex<Vec<Access>>>,
+    /// `(resource, labelSelector)` of every request that had one.
+    selectors: Arc<Mutex<BTreeSet<(String, String)>>>,
     lease: Arc<Mutex<Option<serde_json::Value>>>,
     objects: Objects,
 }
@@ -86,6 +88,7 @@ impl ApiServer {
         manifest::parse_into(FIXTURE, "fixture", &mut objects).expect("fixture parses");
         Self {
             log: Arc::default(),
+            selectors: Arc::default(),
             lease: Arc::default(),
             objects,
         }
@@ -99,6 +102,14 @@ impl ApiServer {
         body: &[u8],
     ) -> (StatusCode, Option<serde_json::Value>) {
         let (group, resource, verb) = access(method, path, query);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if key == "labelSelector" {
+                self.selectors
+                    .lock()
+                    .expect("lock")
+                    .insert((resource.clone(), value.into_owned()));
+            }
+        }
         self.log
             .lock()
             .expect("lock")
@@ -250,7 +261,7 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
     // The watchers, over every namespace and over one.
     for namespaces in [Vec::new(), vec!["agents".to_owned()]] {
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let sources = kube_sources(&client, &namespaces, &metrics);
+        let sources = kube_sources(&client, &namespaces, &[], &metrics);
         for s in sources.pools {
             list_and_watch(s).await;
         }
@@ -366,4 +377,62 @@ fn the_printed_rules_are_the_declared_ones() {
             );
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_watchers_ask_only_for_labelled_slices_and_consumer_secrets() {
+    let server = ApiServer::new();
+    let client = server.client();
+    let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
+    let labels: Vec<SliceLabel> = ["sluice.dev/agent=true", "team"]
+        .iter()
+        .map(|l| l.parse().expect("valid label"))
+        .collect();
+    let sources = kube_sources(&client, &[], &labels, &metrics);
+    for s in sources.slices {
+        list_and_watch(s).await;
+    }
+    for s in sources.secrets {
+        list_and_watch(s).await;
+    }
+    let selectors = server.selectors.lock().expect("lock").clone();
+    assert_eq!(
+        selectors,
+        BTreeSet::from([
+            (
+                "endpointslices".to_owned(),
+                "kubernetes.io/service-name,sluice.dev/agent=true,team".to_owned()
+            ),
+            ("secrets".to_owned(), "sluice.dev/consumer".to_owned()),
+        ])
+    );
+}
+
+#[test]
+fn endpointslice_labels_must_be_kubernetes_labels() {
+    for good in [
+        "app",
+        "sluice.dev/agent",
+        "sluice.dev/agent=true",
+        "a=",
+        "x_y.z=A-1",
+    ] {
+        assert!(good.parse::<SliceLabel>().is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "=x",
+        "Sluice.Dev/agent",
+        "a/b/c",
+        "/agent",
+        "agent=-x",
+        "agent=a b",
+        "agent=a,b",
+        "-agent",
+    ] {
+        let err = bad.parse::<SliceLabel>().expect_err(bad);
+        assert!(err.to_string().contains("KEY=VALUE"), "{err}");
+    }
+    let long = format!("agent={}", "v".repeat(64));
+    assert!(long.parse::<SliceLabel>().is_err());
 }

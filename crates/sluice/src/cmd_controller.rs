@@ -11,7 +11,7 @@ use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
 use sluice_controller::publisher::Publisher;
 use sluice_controller::push::{self, ProxyRegistry, PushConfig, PushMetrics};
 use sluice_controller::status_writer::{StatusBatch, StatusWriter};
-use sluice_controller::watch::{self, Watch, WatchMetrics};
+use sluice_controller::watch::{self, SliceLabel, Watch, WatchMetrics};
 
 /// Arguments of `sluice controller`.
 #[derive(clap::Args, Debug)]
@@ -24,6 +24,12 @@ pub struct Args {
     /// Ignored with --from-dir.
     #[arg(long = "namespace", value_name = "NAMESPACE")]
     namespaces: Vec<String>,
+    /// Watch only the EndpointSlices with this label, `KEY` or `KEY=VALUE` (repeat for
+    /// several; all must match). Kubernetes copies a Service's labels to its slices:
+    /// label the agents' Services, say `sluice.dev/agent=true`, and the controller no
+    /// longer caches every slice in the cluster. Ignored with --from-dir.
+    #[arg(long = "endpointslice-label", value_name = "KEY[=VALUE]")]
+    endpointslice_labels: Vec<SliceLabel>,
     /// Least time between two compiles: a change after a quiet spell is compiled at
     /// once, the changes of a burst together once this has passed.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
@@ -122,7 +128,12 @@ pub async fn run(args: Args) -> Result<()> {
             })),
         ));
         let watch_metrics = WatchMetrics::new(&registry).context("registering metrics")?;
-        let sources = watch::kube_sources(&client, &args.namespaces, &watch_metrics);
+        let sources = watch::kube_sources(
+            &client,
+            &args.namespaces,
+            &args.endpointslice_labels,
+            &watch_metrics,
+        );
         let (status_tx, status_rx) = tokio::sync::watch::channel(StatusBatch::default());
         let writer = StatusWriter::new(client.clone())
             .with_leadership(leadership.clone())

@@ -26,7 +26,7 @@ enum Command {
     /// Run the data plane: route, balance and forward requests to agents.
     Proxy(Box<cmd_proxy::Args>),
     /// Run the control plane: compile manifests and push route tables to proxies.
-    Controller(cmd_controller::Args),
+    Controller(Box<cmd_controller::Args>),
     /// Compile manifests and print the route table as JSON, or the diagnostics.
     Compile {
         /// A manifest file or a folder of them.
@@ -51,7 +51,7 @@ fn main() -> Result<()> {
         Command::Crds { out } => crds(&out),
         Command::HashKey => hash_key(),
         Command::Proxy(args) => runtime()?.block_on(cmd_proxy::run(*args)),
-        Command::Controller(args) => runtime()?.block_on(cmd_controller::run(args)),
+        Command::Controller(args) => runtime()?.block_on(cmd_controller::run(*args)),
     }
 }
 
