@@ -361,6 +361,9 @@ async fn subscribe_once(
     )));
     let mut body = resp.into_body();
     let mut buf = BytesMut::new();
+    // Bytes of `buf` known to hold no newline: a table line arrives in many frames,
+    // and each frame is searched once, not the whole line again at every frame.
+    let mut scanned = 0;
     loop {
         let frame = match tokio::time::timeout(config.idle_timeout, body.frame()).await {
             Err(_) => return SubscribeError::Idle(config.idle_timeout),
@@ -372,7 +375,9 @@ async fn subscribe_once(
             continue;
         };
         buf.extend_from_slice(&data);
-        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        while let Some(found) = buf[scanned..].iter().position(|&b| b == b'\n') {
+            let end = scanned + found;
+            scanned = 0;
             let line = buf.split_to(end + 1).freeze().slice(..end);
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue; // heartbeat
@@ -387,6 +392,7 @@ async fn subscribe_once(
                 acks.send_replace(Some((version, revision)));
             }
         }
+        scanned = buf.len();
         if buf.len() > MAX_LINE {
             return SubscribeError::Stream(format!("a line is longer than {MAX_LINE} bytes"));
         }
