@@ -49,9 +49,25 @@ impl Process {
     ///
     /// When the process cannot be started.
     pub fn start(name: &str, bin_name: &str, args: &[&str]) -> Result<Self> {
+        Self::start_with_env(name, bin_name, args, &[])
+    }
+
+    /// Starts workspace binary `bin_name` with `args` and the environment variables
+    /// `env` added.
+    ///
+    /// # Errors
+    ///
+    /// When the process cannot be started.
+    pub fn start_with_env(
+        name: &str,
+        bin_name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut child = Command::new(bin(bin_name))
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -191,15 +207,45 @@ pub fn get(addr: SocketAddr, path: &str) -> Result<Response> {
 ///
 /// On connection or protocol failure.
 pub fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    request(addr, "GET", path, headers, "")
+}
+
+/// Sends `method path` with a JSON `body` (as `POST`, `PUT` or `PATCH` to an API).
+///
+/// # Errors
+///
+/// On connection or protocol failure.
+pub fn send_json(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<Response> {
+    request(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let extra: String = headers
         .iter()
         .map(|(n, v)| format!("{n}: {v}\r\n"))
         .collect();
+    let length = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}{length}Connection: close\r\n\r\n{body}"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

@@ -1,0 +1,262 @@
+//! End to end in Kubernetes mode, without a cluster: `sluice controller` reaches
+//! `sluice-fake-apiserver` (a stand-in API server) through a kubeconfig, lists and
+//! watches AgentPools and EndpointSlices, takes the Lease, writes status and events,
+//! and pushes tables to a `sluice proxy`. An endpoint change in the API reaches the
+//! proxy's traffic; an invalid pool is refused with its condition and leaves the
+//! other served; when the leader dies, the standby takes the Lease over and writes the
+//! status of what changed since.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use sluice_e2e::{Process, eventually, get, send_json, temp_dir};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The stand-in API server, spoken to as `kubectl` would.
+struct Api(SocketAddr);
+
+impl Api {
+    fn create(&self, collection: &str, object: &Value) -> Result<Value> {
+        let resp = send_json(self.0, "POST", collection, &object.to_string())?;
+        if resp.status != 201 {
+            bail!("POST {collection}: {} {}", resp.status, resp.body);
+        }
+        Ok(serde_json::from_str(&resp.body)?)
+    }
+
+    fn replace(&self, path: &str, object: &Value) -> Result<Value> {
+        let resp = send_json(self.0, "PUT", path, &object.to_string())?;
+        if resp.status != 200 {
+            bail!("PUT {path}: {} {}", resp.status, resp.body);
+        }
+        Ok(serde_json::from_str(&resp.body)?)
+    }
+
+    fn get(&self, path: &str) -> Result<Option<Value>> {
+        let resp = get(self.0, path)?;
+        match resp.status {
+            200 => Ok(Some(serde_json::from_str(&resp.body)?)),
+            404 => Ok(None),
+            s => bail!("GET {path}: {s} {}", resp.body),
+        }
+    }
+}
+
+const POOLS: &str = "/apis/sluice.dev/v1alpha1/namespaces/agents/agentpools";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/agents/endpointslices";
+const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/sluice/leases/sluice-controller";
+
+fn pool(name: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name, "namespace": "agents"},
+        "spec": {
+            "matches": [{"pathPrefix": format!("/agents/{name}/")}],
+            "backends": [{"service": {"name": service, "port": "http"}}],
+        },
+    })
+}
+
+/// The slice of Service `chat` with one endpoint at `agent`.
+fn slice(agent: SocketAddr, ready: bool, terminating: bool) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": "chat-1", "namespace": "agents",
+            "labels": {"kubernetes.io/service-name": "chat"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{
+            "addresses": [agent.ip().to_string()],
+            "conditions": {"ready": ready, "serving": true, "terminating": terminating},
+        }],
+        "ports": [{"name": "http", "port": agent.port(), "protocol": "TCP"}],
+    })
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn demo_agent(name: &str) -> Result<(Process, SocketAddr)> {
+    let mut agent = Process::start(
+        name,
+        "sluice-demo-agent",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--latency-p50",
+            "1ms",
+            "--latency-p99",
+            "1ms",
+        ],
+    )?;
+    let addr = agent.logged_addr("demo agent listening", "addr")?;
+    Ok((agent, addr))
+}
+
+fn controller(identity: &str, kubeconfig: &str) -> Result<(Process, SocketAddr)> {
+    let mut c = Process::start_with_env(
+        identity,
+        "sluice",
+        &[
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--identity",
+            identity,
+            "--lease-namespace",
+            "sluice",
+            "--lease-duration",
+            "3s",
+            "--debounce",
+            "10ms",
+            "--heartbeat",
+            "1s",
+        ],
+        &[("KUBECONFIG", kubeconfig)],
+    )?;
+    let addr = c.logged_addr("controller started", "listen")?;
+    Ok((c, addr))
+}
+
+#[test]
+fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result<()> {
+    let (_agent_a, a) = demo_agent("agent-a")?;
+    let (_agent_b, b) = demo_agent("agent-b")?;
+    let mut apiserver = Process::start("apiserver", "sluice-fake-apiserver", &[])?;
+    let api = Api(apiserver.logged_addr("fake apiserver listening", "addr")?);
+
+    let dir = temp_dir("kube");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n",
+            api.0
+        ),
+    )?;
+    let kubeconfig = kubeconfig.to_string_lossy().to_string();
+
+    api.create(POOLS, &pool("chat", "chat"))?;
+    api.create(SLICES, &slice(a, true, false))?;
+    // An invalid Service name: refused, with its condition, without harming `chat`.
+    api.create(POOLS, &pool("broken", "Not_A_Service"))?;
+
+    let (mut first, first_addr) = controller("ctl-1", &kubeconfig)?;
+    let mut proxy = Process::start(
+        "proxy",
+        "sluice",
+        &[
+            "proxy",
+            "--controller",
+            &format!("http://{first_addr}"),
+            "--proxy-id",
+            "proxy-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let traffic = proxy.logged_addr("proxy started", "listen")?;
+    let served_by = || -> Result<Option<String>> {
+        let resp = get(traffic, "/agents/chat/hello")?;
+        Ok(resp.header("x-demo-agent").map(str::to_owned))
+    };
+    eventually(WAIT, "traffic to reach agent-a", || {
+        Ok((served_by()?.as_deref() == Some("agent-a")).then_some(()))
+    })?;
+
+    // The leader's status: conditions, ready endpoints, and the proxy that runs it.
+    let chat = format!("{POOLS}/chat");
+    let status = eventually(WAIT, "chat's status with its proxy", || {
+        let status = api.get(&chat)?.context("chat exists")?["status"].clone();
+        Ok((status["updatedProxies"] == 1).then_some(status))
+    })?;
+    assert_eq!(status["readyEndpoints"], 1, "{status}");
+    assert_eq!(status["proxies"], 1, "{status}");
+    assert_eq!(status["observedGeneration"], 1, "{status}");
+    for type_ in ["Accepted", "ResolvedRefs", "Ready"] {
+        let c = condition(&status, type_).context(type_)?;
+        assert_eq!(c["status"], "True", "{status}");
+    }
+    let broken = eventually(WAIT, "broken's status", || {
+        Ok(api.get(&format!("{POOLS}/broken"))?.and_then(|o| {
+            let s = o["status"].clone();
+            (!s.is_null()).then_some(s)
+        }))
+    })?;
+    let accepted = condition(&broken, "Accepted").context("Accepted")?;
+    assert_eq!(accepted["status"], "False", "{broken}");
+    assert_eq!(accepted["reason"], "Invalid", "{broken}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.backends[0].service")),
+        "{broken}"
+    );
+    assert_eq!(get(traffic, "/agents/broken/x")?.status, 404);
+    let lease = api.get(LEASE)?.context("the Lease")?;
+    assert_eq!(lease["spec"]["holderIdentity"], "ctl-1", "{lease}");
+    let events = api
+        .get("/apis/events.k8s.io/v1/namespaces/agents/events")?
+        .context("events")?;
+    assert!(
+        events["items"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["regarding"]["name"] == "chat")),
+        "{events}"
+    );
+
+    // An endpoint change in the API reaches the proxy's traffic.
+    let current = api.get(&format!("{SLICES}/chat-1"))?.context("slice")?;
+    let mut moved = slice(b, true, false);
+    moved["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    api.replace(&format!("{SLICES}/chat-1"), &moved)?;
+    eventually(WAIT, "traffic to move to agent-b", || {
+        Ok((served_by()?.as_deref() == Some("agent-b")).then_some(()))
+    })?;
+
+    // A standby replica; the leader dies without handing the Lease over.
+    let (_second, _) = controller("ctl-2", &kubeconfig)?;
+    first.kill();
+    eventually(WAIT, "ctl-2 to take the Lease over", || {
+        let lease = api.get(LEASE)?.context("the Lease")?;
+        Ok((lease["spec"]["holderIdentity"] == "ctl-2").then_some(()))
+    })?;
+    // The proxy keeps serving the last table without its controller.
+    proxy.wait_for_log("controller stream ended", WAIT)?;
+    assert_eq!(served_by()?.as_deref(), Some("agent-b"));
+
+    // The endpoint starts terminating: the new leader reports it.
+    let current = api.get(&format!("{SLICES}/chat-1"))?.context("slice")?;
+    let mut draining = slice(b, false, true);
+    draining["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+    api.replace(&format!("{SLICES}/chat-1"), &draining)?;
+    let status = eventually(WAIT, "the new leader to report no ready endpoint", || {
+        let status = api.get(&chat)?.context("chat exists")?["status"].clone();
+        Ok((status["readyEndpoints"] == 0).then_some(status))
+    })?;
+    let ready = condition(&status, "Ready").context("Ready")?;
+    assert_eq!(ready["status"], "False", "{status}");
+    assert_eq!(ready["reason"], "NoReadyEndpoints", "{status}");
+    assert_eq!(
+        status["proxies"], 0,
+        "no proxy subscribed to ctl-2: {status}"
+    );
+
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
