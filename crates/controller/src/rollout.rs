@@ -49,16 +49,43 @@ impl Rollout {
         }
     }
 
-    /// How many proxies run pool `key` as the newest table has it, given how many
-    /// proxies acknowledged each revision. Zero when the newest table lacks the pool.
-    pub fn updated(&self, key: &str, acked: &HashMap<String, usize>) -> usize {
-        let Some(now) = self.tables.back().and_then(|(_, pools)| pools.get(key)) else {
+    /// Counts, pool by pool, the proxies that run each pool as the newest table has
+    /// it, given how many proxies acknowledged each revision.
+    pub fn counter<'a>(&'a self, acked: &HashMap<String, usize>) -> Updated<'a> {
+        let tables = acked
+            .iter()
+            .filter_map(|(revision, &n)| {
+                let (_, pools) = self.tables.iter().find(|(r, _)| r == revision)?;
+                Some((pools, n))
+            })
+            .collect();
+        Updated {
+            newest: self.tables.back().map(|(_, pools)| pools),
+            tables,
+        }
+    }
+}
+
+/// See [`Rollout::counter`].
+#[derive(Debug)]
+pub struct Updated<'a> {
+    newest: Option<&'a HashMap<String, [u8; 32]>>,
+    /// The remembered tables some proxy runs, with how many run each.
+    tables: Vec<(&'a HashMap<String, [u8; 32]>, usize)>,
+}
+
+impl Updated<'_> {
+    /// How many proxies run pool `key` as the newest table has it. Zero when the
+    /// newest table lacks the pool; a proxy on a table older than
+    /// [`KEPT_TABLES`] counts as not updated.
+    pub fn updated(&self, key: &str) -> usize {
+        let Some(now) = self.newest.and_then(|pools| pools.get(key)) else {
             return 0;
         };
         self.tables
             .iter()
-            .filter(|(_, pools)| pools.get(key) == Some(now))
-            .filter_map(|(revision, _)| acked.get(revision))
+            .filter(|(pools, _)| pools.get(key) == Some(now))
+            .map(|(_, n)| n)
             .sum()
     }
 }
@@ -108,9 +135,13 @@ mod tests {
         rollout.record(&v2);
         // Two proxies still on v1, one on v2.
         let counts = acked(&[(&v1, 2), (&v2, 1)]);
-        assert_eq!(rollout.updated("a", &counts), 1, "a changed in v2");
-        assert_eq!(rollout.updated("b", &counts), 3, "b is the same in both");
-        assert_eq!(rollout.updated("gone", &counts), 0);
+        assert_eq!(rollout.counter(&counts).updated("a"), 1, "a changed in v2");
+        assert_eq!(
+            rollout.counter(&counts).updated("b"),
+            3,
+            "b is the same in both"
+        );
+        assert_eq!(rollout.counter(&counts).updated("gone"), 0);
     }
 
     #[test]
@@ -124,11 +155,11 @@ mod tests {
         }
         let counts = acked(&[(&v1, 1), (&v2, 1), (&v3, 1)]);
         assert_eq!(
-            rollout.updated("a", &counts),
+            rollout.counter(&counts).updated("a"),
             2,
             "v1 and v3 have the same a"
         );
-        assert_eq!(rollout.updated("b", &counts), 1);
+        assert_eq!(rollout.counter(&counts).updated("b"), 1);
     }
 
     #[test]
@@ -141,7 +172,7 @@ mod tests {
         }
         let counts = acked(&[(&first, 1)]);
         assert_eq!(
-            rollout.updated("a", &counts),
+            rollout.counter(&counts).updated("a"),
             0,
             "the first table is forgotten"
         );

@@ -19,8 +19,8 @@
 //! says why. The other objects are not affected.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use serde::Serialize;
 use sluice_api::table::Pool;
 use sluice_api::{
     AgentPool, AgentPoolStatus, Diagnostic, Diagnostics, ObjectRef, RatePolicy, RatePolicyStatus,
@@ -72,7 +72,7 @@ pub fn status_for_pool(
 ) -> AgentPoolStatus {
     let object = object_ref("AgentPool", pool);
     let key = format!("{}/{}", object.namespace, object.name);
-    let compiled = table.pools.iter().find(|p| p.key == key);
+    let compiled = table.pool(&key);
     let mine: Vec<&Diagnostic> = diags.for_object(&object).collect();
     let generation = pool.metadata.generation;
     let previous = pool
@@ -142,25 +142,39 @@ pub fn status_for_policy(
     }
 }
 
-/// Whether two statuses are equal apart from the conditions' `lastTransitionTime`.
-pub fn same_apart_from_transition_time<S: Serialize>(a: Option<&S>, b: Option<&S>) -> bool {
-    fn normal<S: Serialize>(s: Option<&S>) -> serde_json::Value {
-        let mut v = s
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(serde_json::Value::Null);
-        if let Some(conditions) = v
-            .get_mut("conditions")
-            .and_then(serde_json::Value::as_array_mut)
-        {
-            for c in conditions {
-                if let Some(c) = c.as_object_mut() {
-                    c.remove("lastTransitionTime");
-                }
-            }
-        }
-        v
+/// A status made of conditions and other fields: AgentPool's and RatePolicy's.
+pub trait WithConditions: Clone + PartialEq {
+    /// The conditions.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+impl WithConditions for AgentPoolStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
     }
-    normal(a) == normal(b)
+}
+
+impl WithConditions for RatePolicyStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+/// Whether two statuses are equal apart from the conditions' `lastTransitionTime`.
+/// (Compared as values: a status pass compares one per object, a thousand at a time.)
+pub fn same_apart_from_transition_time<S: WithConditions>(a: Option<&S>, b: Option<&S>) -> bool {
+    fn normal<S: WithConditions>(s: &S) -> S {
+        let mut s = s.clone();
+        for c in s.conditions_mut() {
+            c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        s
+    }
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a == b || normal(a) == normal(b),
+        _ => false,
+    }
 }
 
 fn object_ref<K: ResourceExt>(kind: &str, obj: &K) -> ObjectRef {

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::events::{EventPublisher, transitions};
 use crate::lease::Leadership;
-use crate::status::same_apart_from_transition_time;
+use crate::status::{WithConditions, same_apart_from_transition_time};
 
 /// The API calls this module makes, as RBAC rules `(group, resource, verbs)`: in every
 /// watched namespace.
@@ -238,7 +238,7 @@ impl StatusWriter {
             + Clone
             + DeserializeOwned
             + std::fmt::Debug,
-        S: Serialize,
+        S: Serialize + WithConditions,
     {
         if same_apart_from_transition_time(current, Some(status)) {
             return Ok(Written::Unchanged);

@@ -9,6 +9,8 @@
 //!   spell is compiled at once (an endpoint change is not held back); changes within
 //!   `debounce` of the last compile, and every event already waiting in the streams,
 //!   join the next one. A 100-pod rollout is one or two compiles, not a hundred.
+//!   Status-only passes (a proxy acknowledged a table, a status came back) are
+//!   spaced the same way but never delay a compile.
 //! * **Initial sync.** Nothing is compiled before every watcher listed its objects
 //!   once, so a table never goes out with pools but without their endpoints.
 //! * **Relevance.** EndpointSlices are watched by the label
@@ -515,6 +517,46 @@ impl<K: Content + ResourceExt> Cache<K> {
     }
 }
 
+/// When passes run: compiles at least `debounce` apart, and status-only passes (a
+/// proxy acknowledged, a status was written back) at least `debounce` after any
+/// pass. A status pass does not hold the next compile back, so an endpoint change
+/// that follows acknowledgements is compiled at once.
+struct Pacer {
+    debounce: Duration,
+    last_compile: Option<Instant>,
+    last_pass: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(debounce: Duration) -> Self {
+        Self {
+            debounce,
+            last_compile: None,
+            last_pass: None,
+        }
+    }
+
+    /// The deadline of the next pass, given the one already set and what is pending.
+    fn schedule(&self, deadline: Option<Instant>, pending: Change) -> Option<Instant> {
+        let since = match pending {
+            Change::None => return deadline,
+            Change::Status => self.last_pass,
+            Change::Content => self.last_compile,
+        };
+        let now = Instant::now();
+        let due = since.map_or(now, |t| t + self.debounce).max(now);
+        Some(deadline.map_or(due, |d| d.min(due)))
+    }
+
+    fn passed(&mut self, compiled: bool) {
+        let now = Instant::now();
+        self.last_pass = Some(now);
+        if compiled {
+            self.last_compile = Some(now);
+        }
+    }
+}
+
 /// The last compile run.
 struct Compiled {
     table: RouteTable,
@@ -605,7 +647,7 @@ impl Watch {
     pub async fn run(mut self) {
         let mut inputs = std::mem::take(&mut self.sources).merge();
         let mut deadline: Option<Instant> = None;
-        let mut last_pass: Option<Instant> = None;
+        let mut pacer = Pacer::new(self.debounce);
         let mut pending = Change::None;
         let mut leadership = self.leadership.clone();
         let mut proxy_changes = self.proxies.as_ref().map(ProxyRegistry::changes);
@@ -639,16 +681,14 @@ impl Watch {
                             _ => break,
                         }
                     }
-                    if pending != Change::None && deadline.is_none() {
-                        deadline = Some(self.next_pass(last_pass));
-                    }
+                    deadline = pacer.schedule(deadline, pending);
                 }
                 open = proxies_changed => {
                     if !open {
                         proxy_changes = None;
                     } else if self.statuses.is_some() {
                         pending = pending.max(Change::Status);
-                        deadline = deadline.or_else(|| Some(self.next_pass(last_pass)));
+                        deadline = pacer.schedule(deadline, pending);
                     }
                 }
                 leader = leader_changed => {
@@ -663,9 +703,10 @@ impl Watch {
                     // Before the initial sync the flags stay; the `InitDone` that
                     // completes it schedules the first pass.
                     if self.synced() {
-                        self.pass(pending == Change::Content);
+                        let compile = pending == Change::Content;
+                        self.pass(compile);
+                        pacer.passed(compile);
                         pending = Change::None;
-                        last_pass = Some(Instant::now());
                     }
                 }
             }
@@ -676,12 +717,6 @@ impl Watch {
             }
             self.pass(pending == Change::Content);
         }
-    }
-
-    /// When the next pass may run: now, or `debounce` after the last one.
-    fn next_pass(&self, last_pass: Option<Instant>) -> Instant {
-        let now = Instant::now();
-        last_pass.map_or(now, |t| t + self.debounce).max(now)
     }
 
     fn synced(&self) -> bool {
@@ -777,13 +812,16 @@ impl Watch {
         }
         let now = Time(Timestamp::now());
         let proxies = self.proxies.as_ref().map(ProxyRegistry::by_revision);
+        let updated = proxies
+            .as_ref()
+            .map(|(connected, acked)| (*connected, self.rollout.counter(acked)));
         let count = |n: usize| Some(i32::try_from(n).unwrap_or(i32::MAX));
         let mut batch = StatusBatch::default();
         for pool in self.pools.iter() {
             let mut status = status_for_pool(pool, &last.diags, &last.table, &now);
-            if let Some((connected, acked)) = &proxies {
+            if let Some((connected, updated)) = &updated {
                 status.proxies = count(*connected);
-                status.updated_proxies = count(self.rollout.updated(&pool_key(pool), acked));
+                status.updated_proxies = count(updated.updated(&pool_key(pool)));
             }
             if !same_apart_from_transition_time(pool.status.as_ref(), Some(&status)) {
                 batch.pools.push((pool.clone(), status));

@@ -553,3 +553,34 @@ async fn pool_status_counts_the_proxies_that_run_the_pool_as_it_is_now() {
     assert_eq!(counts("other"), (Some(1), Some(1)));
     drop(one);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_status_pass_does_not_hold_the_next_compile_back() {
+    let (h, registry) = Harness::start_with_proxies();
+    let mut objects = Objects::default();
+    objects.pools.push(pool("chat", "chat"));
+    objects
+        .slices
+        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
+    h.sync(objects);
+    settle().await;
+    assert_eq!(h.compiles(), 1);
+
+    // A proxy subscribes: a status pass (no compile) runs at once.
+    let peer = "127.0.0.1:1".parse().expect("addr");
+    let _proxy = registry.register("proxy-1", peer).expect("register");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.pool_status("chat").and_then(|s| s.proxies), Some(1));
+
+    // An endpoint change right after it is compiled at once, not a debounce later.
+    h.slices
+        .send(Event::Apply(slice(
+            "chat-1",
+            "chat",
+            &[("10.0.0.2", true, false)],
+        )))
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.compiles(), 2);
+    assert_eq!(h.table().version, 2);
+}
