@@ -5,7 +5,10 @@
       DIR/pools.yaml            1 000 AgentPools (namespace agents), one Service each
       DIR/slices/agent-NNNN.yaml one EndpointSlice per file, 10 endpoints each
 
-  push_latency.py measure --dir DIR --controller URL --proxy ID=ADMIN_URL ... \
+  push_latency.py load --api URL [--pools 1000] [--endpoints 10]
+      the same objects, created in a (fake) API server
+
+  push_latency.py measure --dir DIR [--api URL] --controller URL --proxy ID=ADMIN_URL ... \
       --controller-pid PID --proxy-pid ID=PID ... --controller-log F --proxy-log ID=F ...
       [--changes 100] [--out results.json]
 
@@ -29,45 +32,48 @@ NS = "agents"
 # ---------------------------------------------------------------- generation
 
 
-def slice_yaml(i, endpoints, generation=0):
+def slice_obj(i, endpoints, generation=0):
     """One EndpointSlice for Service agent-i; `generation` shifts one address."""
-    lines = [
-        "apiVersion: discovery.k8s.io/v1",
-        "kind: EndpointSlice",
-        "metadata:",
-        f"  name: agent-{i}-abcde",
-        f"  namespace: {NS}",
-        "  labels:",
-        f"    kubernetes.io/service-name: agent-{i}",
-        "addressType: IPv4",
-        "ports:",
-        "- name: http",
-        "  port: 8000",
-        "  protocol: TCP",
-        "endpoints:",
-    ]
+    eps = []
     for e in range(endpoints):
         last = e + 1
         if e == 0 and generation:
             # the changed endpoint: 10.X.Y.(100 + generation % 150)
             last = 100 + generation % 150
-        lines += [
-            f'- addresses: ["10.{i // 250}.{i % 250}.{last}"]',
-            "  conditions: {ready: true, serving: true, terminating: false}",
-            f"  zone: zone-{e % 3}",
-        ]
-    return "\n".join(lines) + "\n"
+        eps.append({
+            "addresses": [f"10.{i // 250}.{i % 250}.{last}"],
+            "conditions": {"ready": True, "serving": True, "terminating": False},
+            "zone": f"zone-{e % 3}",
+        })
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"agent-{i}-abcde",
+            "namespace": NS,
+            "labels": {"kubernetes.io/service-name": f"agent-{i}"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8000, "protocol": "TCP"}],
+        "endpoints": eps,
+    }
 
 
-def pool_yaml(i):
-    return (
-        "apiVersion: sluice.dev/v1alpha1\n"
-        "kind: AgentPool\n"
-        f"metadata: {{name: agent-{i}, namespace: {NS}}}\n"
-        "spec:\n"
-        f"  matches: [{{pathPrefix: /agents/agent-{i}/}}]\n"
-        f"  backends: [{{service: {{name: agent-{i}, port: http}}}}]\n"
-    )
+def pool_obj(i):
+    return {
+        "apiVersion": "sluice.dev/v1alpha1",
+        "kind": "AgentPool",
+        "metadata": {"name": f"agent-{i}", "namespace": NS},
+        "spec": {
+            "matches": [{"pathPrefix": f"/agents/agent-{i}/"}],
+            "backends": [{"service": {"name": f"agent-{i}", "port": "http"}}],
+        },
+    }
+
+
+def as_yaml(obj):
+    """JSON is YAML: one document, as `kubectl apply -f` reads it."""
+    return json.dumps(obj, indent=1) + "\n"
 
 
 def slice_path(d, i):
@@ -86,9 +92,9 @@ def write_atomic(path, text):
 def gen(args):
     os.makedirs(os.path.join(args.dir, "slices"), exist_ok=True)
     with open(os.path.join(args.dir, "pools.yaml"), "w") as f:
-        f.write("---\n".join(pool_yaml(i) for i in range(args.pools)))
+        f.write("---\n".join(as_yaml(pool_obj(i)) for i in range(args.pools)))
     for i in range(args.pools):
-        write_atomic(slice_path(args.dir, i), slice_yaml(i, args.endpoints))
+        write_atomic(slice_path(args.dir, i), as_yaml(slice_obj(i, args.endpoints)))
     total = sum(
         os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(args.dir) for n in ns
     )
@@ -96,6 +102,23 @@ def gen(args):
         f"generated {args.pools} AgentPools, {args.pools} EndpointSlices x "
         f"{args.endpoints} endpoints = {args.pools * args.endpoints} endpoints "
         f"({args.pools + 1} files, {total / 1024:.0f} KiB) in {args.dir}"
+    )
+
+
+POOLS_PATH = f"/apis/sluice.dev/v1alpha1/namespaces/{NS}/agentpools"
+SLICES_PATH = f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices"
+
+
+def load(args):
+    """Creates the pools and slices in the (fake) API server."""
+    api = Http(args.api)
+    t0 = time.monotonic()
+    for i in range(args.pools):
+        api.send("POST", POOLS_PATH, pool_obj(i), expect=201)
+        api.send("POST", SLICES_PATH, slice_obj(i, args.endpoints), expect=201)
+    print(
+        f"created {args.pools} AgentPools and {args.pools} EndpointSlices x {args.endpoints} "
+        f"endpoints in {args.api} in {time.monotonic() - t0:.1f}s"
     )
 
 
@@ -112,11 +135,22 @@ class Http:
         self.conn = None
 
     def get(self, path, timeout=2.0):
+        return self.request("GET", path, None, timeout)
+
+    def send(self, method, path, obj, expect):
+        """Sends `obj` as JSON; fails unless the status is `expect`."""
+        status, body = self.request(method, path, json.dumps(obj).encode(), 5.0)
+        if status != expect:
+            sys.exit(f"{method} {path}: {status} {body[:300]!r}")
+        return body
+
+    def request(self, method, path, body, timeout):
+        headers = {"Content-Type": "application/json"} if body is not None else {}
         for attempt in range(2):
             try:
                 if self.conn is None:
                     self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-                self.conn.request("GET", path)
+                self.conn.request(method, path, body=body, headers=headers)
                 r = self.conn.getresponse()
                 return r.status, r.read()
             except (OSError, http.client.HTTPException):
@@ -296,6 +330,7 @@ def measure(args):
     ids = sorted(proxies)
     ctl = Http(args.controller)
     admins = {p: Http(u) for p, u in proxies.items()}
+    api = Http(args.api) if args.api else None
 
     def ctl_json(path):
         status, body = ctl.get(path)
@@ -357,10 +392,14 @@ def measure(args):
     for k in range(args.changes):
         i = (k * step) % args.pools
         expected = version + 1
-        text = slice_yaml(i, args.endpoints, generation=k + 1)
+        changed = slice_obj(i, args.endpoints, generation=k + 1)
+        text = as_yaml(changed)
         tmp_wall = time.time()
         t0 = time.monotonic()
-        write_atomic(slice_path(args.dir, i), text)
+        if api is not None:
+            api.send("PUT", f"{SLICES_PATH}/{changed['metadata']['name']}", changed, expect=200)
+        else:
+            write_atomic(slice_path(args.dir, i), text)
         seen = {}
         deadline = t0 + args.timeout
         while args.observe == "readyz" and len(seen) < len(ids) and time.monotonic() < deadline:
@@ -462,6 +501,7 @@ def measure(args):
             "endpoints_per_pool": args.endpoints,
             "changes": args.changes,
             "poll_interval": args.poll_interval,
+            "source": "kube" if args.api else "dir",
             "gap_ms": [args.gap_min * 1e3, args.gap_max * 1e3],
             "proxies": ids,
             "observe": args.observe,
@@ -509,8 +549,11 @@ def ms(x):
 def report(r):
     c = r["config"]
     print()
+    kube = c.get("source") == "kube"
+    source = ("Kubernetes mode (watching sluice-fake-apiserver; a change is a PUT of an EndpointSlice)"
+              if kube else f"--from-dir, --poll-interval {c['poll_interval']} (a change is a file write)")
     print(f"## {c['pools']} pools, {c['pools'] * c['endpoints_per_pool']} endpoints, "
-          f"{c['changes']} changes, --poll-interval {c['poll_interval']}, observed by {c['observe']}, "
+          f"{c['changes']} changes, {source}, observed by {c['observe']}, "
           f"proxies {', '.join(c['proxies'])}")
     print()
     print("| latency (ms) | n | p50 | p95 | p99 | max | mean |")
@@ -519,12 +562,13 @@ def report(r):
     def row(name, s):
         print(f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p95'])} | {ms(s['p99'])} | {ms(s['max'])} | {ms(s['mean'])} |")
 
-    row("(a) file write → all three proxies serve it", r["write_to_all_proxies"])
+    change = "PUT" if kube else "file write"
+    row(f"(a) {change} → all three proxies serve it", r["write_to_all_proxies"])
     for p, s in r["write_to_each_proxy"].items():
         if s["n"]:
-            row(f"file write → proxy {p}", s)
-    row("file write → all three applied (log times)", r["write_to_all_applied_log"])
-    row("file write → controller publishes (log time)", r["write_to_publish_log"])
+            row(f"{change} → proxy {p}", s)
+    row(f"{change} → all three applied (log times)", r["write_to_all_applied_log"])
+    row(f"{change} → controller publishes (log time)", r["write_to_publish_log"])
     row("publish → proxy applied (log times)", r["publish_to_apply_log"])
     row("(b) publish → ack, per proxy (/v1/proxies pushLatencySeconds)", r["publish_to_ack_exact"])
     h = r["publish_to_ack_histogram"]
@@ -552,7 +596,7 @@ def report(r):
               f"v1 published → applied " + ", ".join(f"{p} {ms(v)} ms" for p, v in il["publish_v1_to_applied"].items()))
         print()
     print(f"table line {r['table_line_bytes'] / 1e6:.2f} MB; controller idle CPU "
-          f"{r['controller_idle_cpu_cores'] * 100:.0f}% of a core (the folder poll); "
+          f"{r['controller_idle_cpu_cores'] * 100:.0f}% of a core{'' if kube else ' (the folder poll)'}; "
           f"changes took {r['changes_wall_seconds']:.1f}s; timeouts {r['timeouts']}; "
           f"CPU during the changes: harness {r['cpu_seconds_during_changes']['harness']:.1f}s, whole machine "
           f"{r['cpu_seconds_during_changes']['machine']:.1f}s, other processes {r['foreign_cpu_cores_during_changes']:.2f} "
@@ -569,8 +613,13 @@ def main():
     g.add_argument("dir")
     g.add_argument("--pools", type=int, default=1000)
     g.add_argument("--endpoints", type=int, default=10)
+    ld = sub.add_parser("load")
+    ld.add_argument("--api", required=True, help="http://127.0.0.1:PORT of the (fake) API server")
+    ld.add_argument("--pools", type=int, default=1000)
+    ld.add_argument("--endpoints", type=int, default=10)
     m = sub.add_parser("measure")
     m.add_argument("--dir", required=True)
+    m.add_argument("--api", help="change EndpointSlices in this API server instead of files")
     m.add_argument("--pools", type=int, default=1000)
     m.add_argument("--endpoints", type=int, default=10)
     m.add_argument("--controller", required=True)
@@ -596,6 +645,9 @@ def main():
     args = ap.parse_args()
     if args.cmd == "gen":
         gen(args)
+        return 0
+    if args.cmd == "load":
+        load(args)
         return 0
     if args.gap_max is None:
         m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", args.poll_interval or "")

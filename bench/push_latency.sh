@@ -10,7 +10,12 @@
 # wait is bounded; every process started here is stopped on exit. Results and logs stay
 # in $WORK (printed at the end). See bench/PUSH_RESULTS.md.
 #
-# Settings (environment): POLL_INTERVAL (20ms), CHANGES (100), POOLS (1000),
+# SOURCE=kube runs the controller in Kubernetes mode instead: it watches
+# sluice-fake-apiserver (tests/fake_apiserver, an in-memory API server) through a
+# kubeconfig, and a change is a PUT of one EndpointSlice to that API server.
+#
+# Settings (environment): SOURCE (dir or kube), POLL_INTERVAL (20ms, dir), DEBOUNCE
+# (50ms, kube), CHANGES (100), POOLS (1000),
 # ENDPOINTS (10), HEARTBEAT (1s), OBSERVE (readyz: poll each proxy's /readyz every
 # 1 ms; logs: take the proxies' apply times from their logs, poll nothing but the
 # controller's /v1/proxies), CARGO_TARGET_DIR (/var/tmp/sluice-target),
@@ -19,13 +24,17 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/sluice-target}
+SOURCE=${SOURCE:-dir}
 POLL_INTERVAL=${POLL_INTERVAL:-20ms}
+DEBOUNCE=${DEBOUNCE:-50ms}
 CHANGES=${CHANGES:-100}
 POOLS=${POOLS:-1000}
 ENDPOINTS=${ENDPOINTS:-10}
 HEARTBEAT=${HEARTBEAT:-1s}
 WORK=${WORK:-$(mktemp -d /tmp/sluice-push.XXXXXX)}
 BIN=$CARGO_TARGET_DIR/release/sluice
+FAKE_API=$CARGO_TARGET_DIR/release/sluice-fake-apiserver
+case $SOURCE in dir | kube) ;; *) echo "SOURCE must be dir or kube" >&2; exit 2 ;; esac
 HELPER=$ROOT/bench/push_latency.py
 
 PIDS=()
@@ -45,8 +54,12 @@ trap 'exit 130' INT TERM
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   echo "== building $BIN (release)"
   (cd "$ROOT" && timeout 3600 cargo build --release -p sluice)
+  if [[ $SOURCE == kube ]]; then
+    (cd "$ROOT" && timeout 3600 cargo build --release -p sluice-e2e --bin sluice-fake-apiserver)
+  fi
 fi
 [[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
+[[ $SOURCE == dir || -x $FAKE_API ]] || { echo "no binary at $FAKE_API" >&2; exit 1; }
 
 echo "== manifests in $WORK/manifests"
 python3 "$HELPER" gen "$WORK/manifests" --pools "$POOLS" --endpoints "$ENDPOINTS"
@@ -70,13 +83,35 @@ addr_from_log() { # PID LOG PATTERN
   return 1
 }
 
-"$BIN" controller --from-dir "$WORK/manifests" --listen 127.0.0.1:0 \
-  --poll-interval "$POLL_INTERVAL" --heartbeat "$HEARTBEAT" \
-  >"$WORK/controller.log" 2>&1 &
+API_ARGS=()
+if [[ $SOURCE == kube ]]; then
+  "$FAKE_API" --listen 127.0.0.1:0 >"$WORK/apiserver.log" 2>&1 &
+  API_PID=$!
+  PIDS+=("$API_PID")
+  API_ADDR=$(addr_from_log "$API_PID" "$WORK/apiserver.log" 'addr=127\.0\.0\.1:[0-9]+')
+  echo "== fake API server pid $API_PID on $API_ADDR"
+  python3 "$HELPER" load --api "http://$API_ADDR" --pools "$POOLS" --endpoints "$ENDPOINTS"
+  cat >"$WORK/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+current-context: fake
+clusters: [{name: fake, cluster: {server: "http://$API_ADDR"}}]
+users: [{name: fake, user: {}}]
+contexts: [{name: fake, context: {cluster: fake, user: fake}}]
+EOF
+  KUBECONFIG="$WORK/kubeconfig" "$BIN" controller --listen 127.0.0.1:0 --identity bench \
+    --lease-namespace bench --debounce "$DEBOUNCE" --heartbeat "$HEARTBEAT" \
+    >"$WORK/controller.log" 2>&1 &
+  API_ARGS=(--api "http://$API_ADDR")
+else
+  "$BIN" controller --from-dir "$WORK/manifests" --listen 127.0.0.1:0 \
+    --poll-interval "$POLL_INTERVAL" --heartbeat "$HEARTBEAT" \
+    >"$WORK/controller.log" 2>&1 &
+fi
 CTL_PID=$!
 PIDS+=("$CTL_PID")
 CTL_ADDR=$(addr_from_log "$CTL_PID" "$WORK/controller.log" 'listen=127\.0\.0\.1:[0-9]+')
-echo "== controller pid $CTL_PID on $CTL_ADDR (--poll-interval $POLL_INTERVAL)"
+echo "== controller pid $CTL_PID on $CTL_ADDR ($([[ $SOURCE == kube ]] && echo "Kubernetes mode, --debounce $DEBOUNCE" || echo "--poll-interval $POLL_INTERVAL"))"
 
 PROXY_ARGS=()
 for i in 1 2 3; do
@@ -94,7 +129,7 @@ done
 echo "== measuring ($CHANGES changes)"
 rc=0
 timeout 600 python3 "$HELPER" measure --dir "$WORK/manifests" --pools "$POOLS" --endpoints "$ENDPOINTS" \
-  --controller "http://$CTL_ADDR" --controller-pid "$CTL_PID" \
+  "${API_ARGS[@]}" --controller "http://$CTL_ADDR" --controller-pid "$CTL_PID" \
   --controller-log "$WORK/controller.log" "${PROXY_ARGS[@]}" \
   --changes "$CHANGES" --poll-interval "$POLL_INTERVAL" --observe "${OBSERVE:-readyz}" --out "$WORK/results.json" || rc=$?
 
