@@ -229,6 +229,24 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         Ok((served_by()?.as_deref() == Some("agent-b")).then_some(()))
     })?;
 
+    // What the controller exports about its watches and its table.
+    let metrics = get(first_addr, "/metrics")?.body;
+    for line in [
+        r#"sluice_controller_watch_lists_total{kind="AgentPool"} 1"#,
+        r#"sluice_controller_watch_lists_total{kind="EndpointSlice"} 1"#,
+        "sluice_controller_table_pools 1",
+        "sluice_controller_table_endpoints 1",
+        r#"sluice_controller_proxies{state="current"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let bytes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_controller_table_bytes "))
+        .and_then(|v| v.parse().ok())
+        .context("sluice_controller_table_bytes")?;
+    assert!(bytes > 100, "{bytes}");
+
     // A standby replica; the leader dies without handing the Lease over.
     let (_second, _) = controller("ctl-2", &kubeconfig)?;
     first.kill();

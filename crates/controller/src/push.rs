@@ -84,6 +84,9 @@ pub struct PushMetrics {
     subscriptions: IntCounter,
     pushes: IntCounter,
     version: IntGauge,
+    table_bytes: IntGauge,
+    table_pools: IntGauge,
+    table_endpoints: IntGauge,
 }
 
 impl PushMetrics {
@@ -109,7 +112,25 @@ impl PushMetrics {
             "sluice_controller_table_version",
             "Version of the current table (0 before the first)",
         )?;
-        for m in [&connected, &version] {
+        let table_bytes = IntGauge::new(
+            "sluice_controller_table_bytes",
+            "Size of the current table as pushed (one JSON line)",
+        )?;
+        let table_pools = IntGauge::new(
+            "sluice_controller_table_pools",
+            "Pools in the current table",
+        )?;
+        let table_endpoints = IntGauge::new(
+            "sluice_controller_table_endpoints",
+            "Endpoints in the current table, over all pools",
+        )?;
+        for m in [
+            &connected,
+            &version,
+            &table_bytes,
+            &table_pools,
+            &table_endpoints,
+        ] {
             registry.register(Box::new(m.clone()))?;
         }
         for m in [&subscriptions, &pushes] {
@@ -121,6 +142,9 @@ impl PushMetrics {
             subscriptions,
             pushes,
             version,
+            table_bytes,
+            table_pools,
+            table_endpoints,
         })
     }
 }
@@ -208,11 +232,27 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     let publisher = state.proxies.publisher();
     let metrics = &state.metrics;
     let current = publisher.current();
+    let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     metrics.version.set(
         current
             .as_ref()
             .map_or(0, |p| i64::try_from(p.table.version).unwrap_or(i64::MAX)),
     );
+    metrics
+        .table_bytes
+        .set(current.as_ref().map_or(0, |p| gauge(p.line.len())));
+    metrics
+        .table_pools
+        .set(current.as_ref().map_or(0, |p| gauge(p.table.pools.len())));
+    metrics.table_endpoints.set(current.as_ref().map_or(0, |p| {
+        gauge(
+            p.table
+                .pools
+                .iter()
+                .map(|pool| pool.endpoints().count())
+                .sum(),
+        )
+    }));
     match (req.method(), req.uri().path()) {
         (&Method::POST, ACK_PATH) => return ack(req, &state.proxies).await,
         (&Method::GET, _) => {}

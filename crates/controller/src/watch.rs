@@ -121,6 +121,19 @@ enum Input {
     Secret(usize, Event<Secret>),
 }
 
+impl Input {
+    /// Whether this is the start of a (re-)list.
+    fn is_list_start(&self) -> bool {
+        matches!(
+            self,
+            Self::Pool(_, Event::Init)
+                | Self::Policy(_, Event::Init)
+                | Self::Slice(_, Event::Init)
+                | Self::Secret(_, Event::Init)
+        )
+    }
+}
+
 impl Sources {
     fn shards(&self) -> [usize; 4] {
         [
@@ -311,6 +324,7 @@ pub struct WatchMetrics {
     compile_seconds: Histogram,
     events: IntCounterVec,
     watch_errors: IntCounterVec,
+    lists: IntCounterVec,
 }
 
 impl WatchMetrics {
@@ -348,12 +362,22 @@ impl WatchMetrics {
         registry.register(Box::new(compiles.clone()))?;
         registry.register(Box::new(compile_seconds.clone()))?;
         registry.register(Box::new(events.clone()))?;
+        let lists = IntCounterVec::new(
+            Opts::new(
+                "sluice_controller_watch_lists_total",
+                "Full lists by the watchers, by kind: one at start, then one each time a \
+                 watch could not resume (a restart)",
+            ),
+            &["kind"],
+        )?;
         registry.register(Box::new(watch_errors.clone()))?;
+        registry.register(Box::new(lists.clone()))?;
         Ok(Self {
             compiles,
             compile_seconds,
             events,
             watch_errors,
+            lists,
         })
     }
 }
@@ -734,6 +758,9 @@ impl Watch {
             Input::Secret(..) => "Secret",
         };
         self.metrics.events.with_label_values(&[kind]).inc();
+        if input.is_list_start() {
+            self.metrics.lists.with_label_values(&[kind]).inc();
+        }
         match input {
             Input::Pool(shard, event) => {
                 let change = self.pools.apply(shard, event, |_| true);
