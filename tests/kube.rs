@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use sluice_e2e::{Process, eventually, get, send_json, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, send_json, temp_dir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -82,25 +82,6 @@ fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|c| c["type"] == type_)
-}
-
-fn demo_agent(name: &str) -> Result<(Process, SocketAddr)> {
-    let mut agent = Process::start(
-        name,
-        "sluice-demo-agent",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--latency-p50",
-            "1ms",
-            "--latency-p99",
-            "1ms",
-        ],
-    )?;
-    let addr = agent.logged_addr("demo agent listening", "addr")?;
-    Ok((agent, addr))
 }
 
 fn controller(identity: &str, kubeconfig: &str) -> Result<(Process, SocketAddr)> {

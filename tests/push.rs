@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use sluice_e2e::{Process, eventually, get, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir};
 
 fn pool(endpoint: &str) -> String {
     format!(
@@ -17,36 +17,8 @@ fn pool(endpoint: &str) -> String {
 
 #[test]
 fn controller_pushes_to_two_proxies_which_survive_its_loss() -> Result<()> {
-    let mut agent_a = Process::start(
-        "agent-a",
-        "sluice-demo-agent",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "agent-a",
-            "--latency-p50",
-            "1ms",
-            "--latency-p99",
-            "1ms",
-        ],
-    )?;
-    let mut agent_b = Process::start(
-        "agent-b",
-        "sluice-demo-agent",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "agent-b",
-            "--latency-p50",
-            "1ms",
-            "--latency-p99",
-            "1ms",
-        ],
-    )?;
-    let a = agent_a.logged_addr("demo agent listening", "addr")?;
-    let b = agent_b.logged_addr("demo agent listening", "addr")?;
+    let (_agent_a, a) = demo_agent("agent-a")?;
+    let (_agent_b, b) = demo_agent("agent-b")?;
 
     let dir = temp_dir("push");
     std::fs::write(dir.join("pool.yaml"), pool(&a.to_string()))?;

@@ -7,32 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use sluice_e2e::{Process, eventually, get, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir};
 
 fn pool(endpoint: &str) -> String {
     format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {{name: echo, namespace: e2e}}\n\
          spec:\n  matches: [{{pathPrefix: /agents/echo/}}]\n  backends: [{{endpoints: [\"{endpoint}\"]}}]\n"
     )
-}
-
-fn agent(name: &str) -> Result<(Process, SocketAddr)> {
-    let mut p = Process::start(
-        name,
-        "sluice-demo-agent",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--latency-p50",
-            "1ms",
-            "--latency-p99",
-            "1ms",
-        ],
-    )?;
-    let addr = p.logged_addr("demo agent listening", "addr")?;
-    Ok((p, addr))
 }
 
 fn controller(dir: &str, listen: &str) -> Result<(Process, SocketAddr)> {
@@ -96,8 +77,8 @@ fn json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
 
 #[test]
 fn a_proxy_restarted_while_the_controller_is_down_serves_its_persisted_table() -> Result<()> {
-    let (_agent_a, a) = agent("agent-a")?;
-    let (_agent_b, b) = agent("agent-b")?;
+    let (_agent_a, a) = demo_agent("agent-a")?;
+    let (_agent_b, b) = demo_agent("agent-b")?;
     let dir = temp_dir("push-cache");
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use sluice_e2e::{Process, eventually, get, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir};
 
 fn pool(name: &str, endpoint: &str) -> String {
     format!(
@@ -15,26 +15,9 @@ fn pool(name: &str, endpoint: &str) -> String {
 
 #[test]
 fn file_mode_reloads_and_keeps_the_last_good_table() -> Result<()> {
-    let agent_args = |name| {
-        [
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--latency-p50",
-            "1ms",
-            "--latency-p99",
-            "1ms",
-        ]
-    };
-    let mut agent_a = Process::start("agent-a", "sluice-demo-agent", &agent_args("agent-a"))?;
-    let mut agent_b = Process::start("agent-b", "sluice-demo-agent", &agent_args("agent-b"))?;
-    let a = agent_a
-        .logged_addr("demo agent listening", "addr")?
-        .to_string();
-    let b = agent_b
-        .logged_addr("demo agent listening", "addr")?
-        .to_string();
+    let (_agent_a, a) = demo_agent("agent-a")?;
+    let (_agent_b, b) = demo_agent("agent-b")?;
+    let (a, b) = (a.to_string(), b.to_string());
 
     let dir = temp_dir("standalone");
     std::fs::write(dir.join("pool.yaml"), pool("echo", &a))?;

@@ -149,6 +149,31 @@ impl Drop for Process {
     }
 }
 
+/// Starts `sluice-demo-agent` named `name` (answering in about 1 ms) and returns it
+/// with the address it listens on.
+///
+/// # Errors
+///
+/// When it cannot be started or does not log its address.
+pub fn demo_agent(name: &str) -> Result<(Process, SocketAddr)> {
+    let mut agent = Process::start(
+        name,
+        "sluice-demo-agent",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--latency-p50",
+            "1ms",
+            "--latency-p99",
+            "1ms",
+        ],
+    )?;
+    let addr = agent.logged_addr("demo agent listening", "addr")?;
+    Ok((agent, addr))
+}
+
 /// Calls `check` every 20 ms until it returns `Some`, fails, or `timeout` passes.
 ///
 /// # Errors
