@@ -123,6 +123,16 @@ impl Harness {
     }
 }
 
+/// Pool `chat` with one ready endpoint, 10.0.0.1, in slice `chat-1`.
+fn chat() -> Objects {
+    let mut objects = Objects::default();
+    objects.pools.push(pool("chat", "chat"));
+    objects
+        .slices
+        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
+    objects
+}
+
 /// Lets the loop run until its timers have fired (time is paused, so this is instant).
 async fn settle() {
     tokio::time::sleep(DEBOUNCE * 4).await;
@@ -225,12 +235,7 @@ async fn nothing_is_compiled_before_every_watcher_has_listed() {
 #[tokio::test(start_paused = true)]
 async fn a_burst_of_slice_events_is_compiled_once_at_once_and_once_after_the_debounce() {
     let h = Harness::start();
-    let mut objects = Objects::default();
-    objects.pools.push(pool("chat", "chat"));
-    objects
-        .slices
-        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
-    h.sync(objects);
+    h.sync(chat());
     settle().await;
     assert_eq!((h.compiles(), h.table().version), (1, 1));
 
@@ -285,12 +290,7 @@ async fn a_burst_of_slice_events_is_compiled_once_at_once_and_once_after_the_deb
 #[tokio::test(start_paused = true)]
 async fn events_already_waiting_join_one_compile() {
     let h = Harness::start();
-    let mut objects = Objects::default();
-    objects.pools.push(pool("chat", "chat"));
-    objects
-        .slices
-        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
-    h.sync(objects);
+    h.sync(chat());
     settle().await;
 
     // Sent before the controller runs again: all of them are waiting when it does.
@@ -467,12 +467,7 @@ async fn a_consumer_secret_feeds_the_consumers_of_the_table() {
 #[tokio::test(start_paused = true)]
 async fn a_status_change_alone_does_not_compile() {
     let h = Harness::start();
-    let mut objects = Objects::default();
-    objects.pools.push(pool("chat", "chat"));
-    objects
-        .slices
-        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
-    h.sync(objects);
+    h.sync(chat());
     settle().await;
     assert_eq!(h.compiles(), 1);
     let wanted = h.pool_status("chat").expect("status wanted");
@@ -557,12 +552,7 @@ async fn pool_status_counts_the_proxies_that_run_the_pool_as_it_is_now() {
 #[tokio::test(start_paused = true)]
 async fn a_status_pass_does_not_hold_the_next_compile_back() {
     let (h, registry) = Harness::start_with_proxies();
-    let mut objects = Objects::default();
-    objects.pools.push(pool("chat", "chat"));
-    objects
-        .slices
-        .push(slice("chat-1", "chat", &[("10.0.0.1", true, false)]));
-    h.sync(objects);
+    h.sync(chat());
     settle().await;
     assert_eq!(h.compiles(), 1);
 
