@@ -148,6 +148,14 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     )
 }
 
+fn not_found(key: &Key) -> Response<Body> {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{key:?} not found"),
+    )
+}
+
 fn respond(code: StatusCode, body: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)).boxed_unsync());
@@ -384,11 +392,7 @@ impl Server {
         };
         match self.lock().objects.get(&key) {
             Some(o) => respond(StatusCode::OK, o),
-            None => status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!("{key:?} not found"),
-            ),
+            None => not_found(&key),
         }
     }
 
@@ -429,11 +433,7 @@ impl Server {
         let rv = {
             let mut store = self.lock();
             let Some(old) = store.objects.get(&key).cloned() else {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("{key:?} not found"),
-                );
+                return not_found(&key);
             };
             let asked = body["metadata"]["resourceVersion"]
                 .as_str()
@@ -478,11 +478,7 @@ impl Server {
         let (rv, object) = {
             let mut store = self.lock();
             let Some(old) = store.objects.get(&key).cloned() else {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("{key:?} not found"),
-                );
+                return not_found(&key);
             };
             let mut new = old.clone();
             if target.status {
@@ -508,11 +504,7 @@ impl Server {
         let (rv, object) = {
             let mut store = self.lock();
             let Some(mut old) = store.objects.remove(&key) else {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("{key:?} not found"),
-                );
+                return not_found(&key);
             };
             let rv = store.record(&key.0, "DELETED", &mut old);
             (rv, old)
