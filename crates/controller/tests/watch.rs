@@ -359,12 +359,28 @@ async fn an_invalid_pool_is_rejected_with_its_condition_and_the_valid_one_is_pub
     );
     assert_eq!(good.ready_endpoints, Some(1));
 
-    // Fixing the pool brings it in; breaking the good one takes it out alone.
+    // Fixing the pool brings it in; breaking the good one takes it out alone: a pool
+    // that becomes invalid is dropped, not kept in its last good form.
     h.pools
         .send(Event::Apply(pool("bad", "chat")))
         .expect("send");
     settle().await;
     assert_eq!(h.table().pools.len(), 2);
+    h.pools
+        .send(Event::Apply(pool("good", "Not_A_Service")))
+        .expect("send");
+    settle().await;
+    let table = h.table();
+    let keys: Vec<&str> = table.pools.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, vec!["agents/bad"]);
+    let good = h.pool_status("good").expect("status for the broken pool");
+    let accepted = good
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_ACCEPTED)
+        .expect("Accepted");
+    assert_eq!(accepted.status, "False");
+    assert_eq!(good.ready_endpoints, Some(0));
 }
 
 #[tokio::test(start_paused = true)]
