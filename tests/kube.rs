@@ -1,8 +1,8 @@
 //! End to end in Kubernetes mode, without a cluster: `sluice controller` reaches
 //! `sluice-fake-apiserver` (a stand-in API server) through a kubeconfig, lists and
 //! watches AgentPools and EndpointSlices, takes the Lease, writes status and events,
-//! and pushes tables to a `sluice proxy`. An endpoint change in the API reaches the
-//! proxy's traffic; an invalid pool is refused with its condition and leaves the
+//! and pushes tables to a `sluice proxy`. Endpoint changes in the API reach the
+//! proxy's traffic, and a terminating endpoint is drained; an invalid pool is refused with its condition and leaves the
 //! other served; when the leader dies, the standby takes the Lease over and writes the
 //! status of what changed since.
 
@@ -35,6 +35,13 @@ impl Api {
         Ok(serde_json::from_str(&resp.body)?)
     }
 
+    /// Replaces the object at `path` with `object`, at its current resource version.
+    fn update(&self, path: &str, mut object: Value) -> Result<Value> {
+        let current = self.get(path)?.with_context(|| format!("{path} exists"))?;
+        object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        self.replace(path, &object)
+    }
+
     fn get(&self, path: &str) -> Result<Option<Value>> {
         let resp = get(self.0, path)?;
         match resp.status {
@@ -60,12 +67,12 @@ fn pool(name: &str, service: &str) -> Value {
     })
 }
 
-/// The slice of Service `chat` with one endpoint at `agent`.
-fn slice(agent: SocketAddr, ready: bool, terminating: bool) -> Value {
+/// Slice `name` of Service `chat` with one endpoint at `agent`.
+fn slice(name: &str, agent: SocketAddr, ready: bool, terminating: bool) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
-            "name": "chat-1", "namespace": "agents",
+            "name": name, "namespace": "agents",
             "labels": {"kubernetes.io/service-name": "chat"},
         },
         "addressType": "IPv4",
@@ -131,7 +138,7 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
     let kubeconfig = kubeconfig.to_string_lossy().to_string();
 
     api.create(POOLS, &pool("chat", "chat"))?;
-    api.create(SLICES, &slice(a, true, false))?;
+    api.create(SLICES, &slice("chat-1", a, true, false))?;
     // An invalid Service name: refused, with its condition, without harming `chat`.
     api.create(POOLS, &pool("broken", "Not_A_Service"))?;
 
@@ -201,13 +208,21 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         "{events}"
     );
 
-    // An endpoint change in the API reaches the proxy's traffic.
-    let current = api.get(&format!("{SLICES}/chat-1"))?.context("slice")?;
-    let mut moved = slice(b, true, false);
-    moved["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-    api.replace(&format!("{SLICES}/chat-1"), &moved)?;
-    eventually(WAIT, "traffic to move to agent-b", || {
+    // Endpoint changes in the API reach the proxy's traffic: a second endpoint comes
+    // (in a slice of its own: the agents listen on different ports), then the first
+    // one terminates and is drained: every request goes to agent-b.
+    api.create(SLICES, &slice("chat-2", b, true, false))?;
+    eventually(WAIT, "traffic to reach agent-b too", || {
         Ok((served_by()?.as_deref() == Some("agent-b")).then_some(()))
+    })?;
+    api.update(&format!("{SLICES}/chat-1"), slice("chat-1", a, false, true))?;
+    eventually(WAIT, "agent-a to be drained", || {
+        for _ in 0..10 {
+            if served_by()?.as_deref() != Some("agent-b") {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
     })?;
 
     // What the controller exports about its watches and its table.
@@ -216,7 +231,7 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         r#"sluice_controller_watch_lists_total{kind="AgentPool"} 1"#,
         r#"sluice_controller_watch_lists_total{kind="EndpointSlice"} 1"#,
         "sluice_controller_table_pools 1",
-        "sluice_controller_table_endpoints 1",
+        "sluice_controller_table_endpoints 2",
         r#"sluice_controller_proxies{state="current"} 1"#,
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
@@ -239,11 +254,8 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
     proxy.wait_for_log("controller stream ended", WAIT)?;
     assert_eq!(served_by()?.as_deref(), Some("agent-b"));
 
-    // The endpoint starts terminating: the new leader reports it.
-    let current = api.get(&format!("{SLICES}/chat-1"))?.context("slice")?;
-    let mut draining = slice(b, false, true);
-    draining["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-    api.replace(&format!("{SLICES}/chat-1"), &draining)?;
+    // The last ready endpoint starts terminating: the new leader reports it.
+    api.update(&format!("{SLICES}/chat-2"), slice("chat-2", b, false, true))?;
     let status = eventually(WAIT, "the new leader to report no ready endpoint", || {
         let status = api.get(&chat)?.context("chat exists")?["status"].clone();
         Ok((status["readyEndpoints"] == 0).then_some(status))
