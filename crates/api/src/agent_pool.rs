@@ -431,8 +431,8 @@ pub struct AgentPoolStatus {
     /// Endpoints currently ready to take requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_endpoints: Option<i32>,
-    /// Proxies subscribed to the controller replica that wrote this status (the
-    /// Lease holder; proxies subscribed to another replica are not counted).
+    /// Proxies subscribed to the controller: to the replica that wrote this status
+    /// (the Lease holder) and, when it knows its peers, to the other replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxies: Option<i32>,
     /// Of `proxies`, those that acknowledged a route table holding the pool as it is

@@ -16,6 +16,7 @@
 pub mod events;
 pub mod from_dir;
 pub mod lease;
+pub mod peers;
 pub mod publisher;
 pub mod push;
 pub mod rollout;

@@ -402,14 +402,13 @@ impl ProxyRegistry {
             .count()
     }
 
-    /// How many proxies are tracked, and how many last acknowledged each revision.
-    pub fn by_revision(&self) -> (usize, HashMap<String, usize>) {
-        let proxies = self.inner.lock();
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for acked in proxies.values().filter_map(|e| e.acked.as_ref()) {
-            *counts.entry(acked.revision.clone()).or_default() += 1;
-        }
-        (proxies.len(), counts)
+    /// Every tracked proxy with the revision it acknowledged last.
+    pub fn acked(&self) -> crate::peers::ProxyRevisions {
+        self.inner
+            .lock()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.acked.as_ref().map(|a| a.revision.clone())))
+            .collect()
     }
 
     /// How many tracked proxies run the current table (by revision: equal content).

@@ -58,6 +58,7 @@ use tokio::sync::watch as channel;
 use tokio::time::Instant;
 
 use crate::lease::Leadership;
+use crate::peers::{self, ProxyRevisions};
 use crate::publisher::Publisher;
 use crate::push::proxies::ProxyRegistry;
 use crate::rollout::Rollout;
@@ -599,6 +600,7 @@ pub struct Watch {
     statuses: Option<channel::Sender<StatusBatch>>,
     leadership: Option<Leadership>,
     proxies: Option<ProxyRegistry>,
+    peer_proxies: Option<channel::Receiver<ProxyRevisions>>,
     rollout: Rollout,
     metrics: WatchMetrics,
     debounce: Duration,
@@ -635,6 +637,7 @@ impl Watch {
             statuses: None,
             leadership: None,
             proxies: None,
+            peer_proxies: None,
             rollout: Rollout::default(),
             metrics,
             debounce,
@@ -666,6 +669,15 @@ impl Watch {
         self
     }
 
+    /// Counts, besides the proxies in the registry of [`Watch::with_proxies`], those
+    /// the other replicas track (see [`crate::peers`]), and passes again when they
+    /// change.
+    #[must_use]
+    pub fn with_peer_proxies(mut self, peers: channel::Receiver<ProxyRevisions>) -> Self {
+        self.peer_proxies = Some(peers);
+        self
+    }
+
     /// Runs until every source ends (in production: never). A change still pending
     /// when the sources end is compiled before returning.
     pub async fn run(mut self) {
@@ -675,7 +687,14 @@ impl Watch {
         let mut pending = Change::None;
         let mut leadership = self.leadership.clone();
         let mut proxy_changes = self.proxies.as_ref().map(ProxyRegistry::changes);
+        let mut peer_changes = self.peer_proxies.clone();
         loop {
+            let peers_changed = async {
+                match peer_changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let proxies_changed = async {
                 match proxy_changes.as_mut() {
                     Some(rx) => rx.changed().await.is_ok(),
@@ -710,6 +729,14 @@ impl Watch {
                 open = proxies_changed => {
                     if !open {
                         proxy_changes = None;
+                    } else if self.statuses.is_some() {
+                        pending = pending.max(Change::Status);
+                        deadline = pacer.schedule(deadline, pending);
+                    }
+                }
+                open = peers_changed => {
+                    if !open {
+                        peer_changes = None;
                     } else if self.statuses.is_some() {
                         pending = pending.max(Change::Status);
                         deadline = pacer.schedule(deadline, pending);
@@ -838,7 +865,14 @@ impl Watch {
             return;
         }
         let now = Time(Timestamp::now());
-        let proxies = self.proxies.as_ref().map(ProxyRegistry::by_revision);
+        let proxies = self.proxies.as_ref().map(|registry| {
+            let remote = self
+                .peer_proxies
+                .as_ref()
+                .map(|rx| rx.borrow().clone())
+                .unwrap_or_default();
+            peers::merge(registry.acked(), &remote)
+        });
         let updated = proxies
             .as_ref()
             .map(|(connected, acked)| (*connected, self.rollout.counter(acked)));

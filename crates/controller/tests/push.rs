@@ -1,6 +1,7 @@
 //! The push server over a real socket: a subscriber gets the current table at once,
 //! then each new version; `/v1/routes`, `/readyz` and `/metrics` tell the same story.
-//! Named subscribers acknowledge tables; the registry knows each one's version.
+//! Named subscribers acknowledge tables; the registry knows each one's version, and
+//! another replica learns them from `/v1/proxies`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use sluice_api::RouteTable;
 use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
 use sluice_controller::Publisher;
+use sluice_controller::peers::{self, PeerConfig, ProxyRevisions};
 use sluice_controller::push::proxies::{AckError, Acked, RegisterError};
 use sluice_controller::push::{self, Ack, ProxyRegistry, PushConfig, PushMetrics};
 
@@ -496,4 +498,70 @@ fn a_name_subscribed_again_replaces_its_entry_and_the_registry_is_bounded() {
         registry.register("bad name", peer).map(|_| ()),
         Err(RegisterError::InvalidId)
     );
+}
+
+#[tokio::test]
+async fn a_replica_learns_the_proxies_of_its_peers_and_forgets_a_silent_one() {
+    let publisher = Publisher::new();
+    publisher.publish(table("/a")).expect("valid table");
+    let current = publisher.current().expect("published");
+    // The peer: a replica with two proxies, one of which acknowledged the table.
+    let proxies = ProxyRegistry::new(publisher.clone());
+    let from: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+    let _acked = proxies.register("remote-1", from).expect("register");
+    let _fresh = proxies.register("remote-2", from).expect("register");
+    proxies
+        .ack(&Ack {
+            proxy: "remote-1".into(),
+            version: current.table.version,
+            revision: current.table.revision.clone(),
+        })
+        .expect("ack");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let target = listener.local_addr().expect("addr").to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(push::serve_with(
+        listener,
+        proxies,
+        PushMetrics::new(&prometheus::Registry::new()).expect("metrics"),
+        PushConfig {
+            heartbeat: Duration::from_secs(3600),
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let (tx, mut rx) = tokio::sync::watch::channel(ProxyRevisions::new());
+    let poller = tokio::spawn(peers::run(
+        PeerConfig {
+            target,
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
+        },
+        tx,
+    ));
+    let expected: ProxyRevisions = [
+        ("remote-1".to_owned(), Some(current.table.revision.clone())),
+        ("remote-2".to_owned(), None),
+    ]
+    .into();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| *v == expected))
+        .await
+        .expect("the peer's proxies within 10 s")
+        .expect("poller running");
+
+    // The peer goes away: once it has missed a few polls, its proxies are dropped.
+    let _ = stop_tx.send(());
+    server.await.expect("server stopped");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(ProxyRevisions::is_empty),
+    )
+    .await
+    .expect("a silent peer forgotten within 10 s")
+    .expect("poller running");
+    poller.abort();
 }

@@ -14,6 +14,7 @@ use kube::runtime::watcher::Event;
 use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, hash_api_key};
 use sluice_api::{AgentPool, AgentPoolStatus, Objects, RatePolicy, RouteTable, manifest};
 use sluice_controller::Publisher;
+use sluice_controller::peers::ProxyRevisions;
 use sluice_controller::push::proxies::{Ack, ProxyRegistry};
 use sluice_controller::status::{
     CONDITION_ACCEPTED, CONDITION_READY, CONDITION_RESOLVED_REFS, REASON_INVALID,
@@ -589,4 +590,47 @@ async fn a_status_pass_does_not_hold_the_next_compile_back() {
     tokio::time::sleep(Duration::from_millis(1)).await;
     assert_eq!(h.compiles(), 2);
     assert_eq!(h.table().version, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_status_counts_the_proxies_of_the_other_replicas_once() {
+    let (peers_tx, peers_rx) = watch::channel(ProxyRevisions::new());
+    let mut registry = None;
+    let h = Harness::start_with(|core, publisher| {
+        let r = ProxyRegistry::new(publisher.clone());
+        registry = Some(r.clone());
+        core.with_proxies(r).with_peer_proxies(peers_rx)
+    });
+    let registry = registry.expect("set by start_with");
+    h.sync(chat());
+    settle().await;
+    let revision = h.table().revision;
+
+    // One proxy here; two at a peer, one of them also listed here (it moved).
+    let _local = registry
+        .register("proxy-1", "127.0.0.1:1".parse().expect("addr"))
+        .expect("register");
+    peers_tx.send_replace(
+        [
+            ("proxy-1".to_owned(), Some("an-old-revision".to_owned())),
+            ("proxy-2".to_owned(), Some(revision.clone())),
+            ("proxy-3".to_owned(), None),
+        ]
+        .into(),
+    );
+    settle().await;
+    let status = h.pool_status("chat").expect("status");
+    assert_eq!((status.proxies, status.updated_proxies), (Some(3), Some(1)));
+
+    // The peer's proxies acknowledge; ours has not yet.
+    peers_tx.send_replace(
+        [
+            ("proxy-2".to_owned(), Some(revision.clone())),
+            ("proxy-3".to_owned(), Some(revision)),
+        ]
+        .into(),
+    );
+    settle().await;
+    let status = h.pool_status("chat").expect("status");
+    assert_eq!((status.proxies, status.updated_proxies), (Some(3), Some(2)));
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use sluice_controller::events::EventPublisher;
 use sluice_controller::from_dir::{DirWatcher, Poll};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
+use sluice_controller::peers::{self, PeerConfig};
 use sluice_controller::publisher::Publisher;
 use sluice_controller::push::{self, ProxyRegistry, PushConfig, PushMetrics};
 use sluice_controller::status_writer::{StatusBatch, StatusWriter};
@@ -30,6 +31,15 @@ pub struct Args {
     /// longer caches every slice in the cluster. Ignored with --from-dir.
     #[arg(long = "endpointslice-label", value_name = "KEY[=VALUE]")]
     endpointslice_labels: Vec<SliceLabel>,
+    /// `HOST:PORT` resolving to every controller replica's push listener (a headless
+    /// Service): the proxies subscribed to the other replicas are then counted in the
+    /// AgentPools' status too. Without it, each replica counts its own. Ignored with
+    /// --from-dir.
+    #[arg(long, value_name = "HOST:PORT", env = "SLUICE_CONTROLLER_PEERS")]
+    peers: Option<String>,
+    /// How often the peers are asked for their proxies (with --peers).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    peers_interval: Duration,
     /// Least time between two compiles: a change after a quiet spell is compiled at
     /// once, the changes of a burst together once this has passed.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
@@ -143,6 +153,19 @@ pub async fn run(args: Args) -> Result<()> {
             .with_statuses(status_tx)
             .with_leadership(leadership)
             .with_proxies(proxies.clone());
+        let core = match &args.peers {
+            Some(target) => {
+                let (tx, rx) = tokio::sync::watch::channel(peers::ProxyRevisions::new());
+                let config = PeerConfig {
+                    target: target.clone(),
+                    interval: args.peers_interval,
+                    timeout: args.peers_interval.min(Duration::from_secs(2)),
+                };
+                tokio::spawn(peers::run(config, tx));
+                core.with_peer_proxies(rx)
+            }
+            None => core,
+        };
         tokio::spawn(core.run());
         let namespaces = if args.namespaces.is_empty() {
             "all".to_owned()

@@ -1,0 +1,181 @@
+//! The proxies subscribed to the other controller replicas.
+//!
+//! Each replica tracks only the proxies subscribed to it, and only the Lease holder
+//! writes status, so on its own the leader would count a fraction of the proxies in
+//! the AgentPools' `proxies` and `updatedProxies`. With `--peers NAME:PORT`, a name
+//! that resolves to every replica's address (a headless Service; the chart creates
+//! one), each replica polls its peers' `GET /v1/proxies` and keeps the union of what
+//! they answer. A replica finds itself among its peers; the caller gives its own
+//! registry precedence (see [`merge`]).
+//!
+//! A peer that stops answering keeps its last answer for [`SILENT_POLLS`] polls (a
+//! restart or a slow answer does not make its proxies flap out of the status), then
+//! its proxies are dropped. A failed DNS lookup keeps the last view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+
+use crate::push::PROXIES_PATH;
+
+/// Proxy name → the revision it acknowledged last (`None`: none yet).
+pub type ProxyRevisions = BTreeMap<String, Option<String>>;
+
+/// Polls a peer may miss before its proxies are dropped.
+pub const SILENT_POLLS: u32 = 3;
+
+/// Where and how often to ask the peers.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// `host:port` resolving to every replica's push listener.
+    pub target: String,
+    /// Time between polls.
+    pub interval: Duration,
+    /// Longest wait for one peer's answer.
+    pub timeout: Duration,
+}
+
+/// The proxies of `local` and `peers` by name, `local`'s entry winning, counted by
+/// acknowledged revision: `(proxies, revision → proxies that run it)`.
+pub fn merge(local: ProxyRevisions, peers: &ProxyRevisions) -> (usize, HashMap<String, usize>) {
+    let mut all = peers.clone();
+    all.extend(local);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for revision in all.values().flatten() {
+        *counts.entry(revision.clone()).or_default() += 1;
+    }
+    (all.len(), counts)
+}
+
+/// What one peer answered last, and how many polls it has missed since.
+struct Answer {
+    proxies: ProxyRevisions,
+    missed: u32,
+}
+
+/// Polls the peers every `config.interval` forever, sending the union of their
+/// proxies on `tx` whenever it changes.
+pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeout));
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut answers: BTreeMap<SocketAddr, Answer> = BTreeMap::new();
+    let mut ticker = tokio::time::interval(config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(&config.target).await {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => {
+                tracing::warn!(peers = %config.target, error = %e, "peers not resolved; keeping the last view");
+                continue;
+            }
+        };
+        let polls = addrs.iter().map(|&addr| {
+            let client = client.clone();
+            async move { (addr, fetch(&client, addr, config.timeout).await) }
+        });
+        let results = futures_util::future::join_all(polls).await;
+        answers.retain(|addr, _| addrs.contains(addr));
+        for (addr, result) in results {
+            match result {
+                Ok(proxies) => {
+                    if answers.get(&addr).is_some_and(|a| a.missed > 0) {
+                        tracing::info!(peer = %addr, "peer answers again");
+                    }
+                    answers.insert(addr, Answer { proxies, missed: 0 });
+                }
+                Err(e) => {
+                    let answer = answers.entry(addr).or_insert(Answer {
+                        proxies: ProxyRevisions::new(),
+                        missed: 0,
+                    });
+                    answer.missed += 1;
+                    if answer.missed == 1 {
+                        tracing::warn!(peer = %addr, error = %e, "peer did not list its proxies");
+                    }
+                }
+            }
+        }
+        let union: ProxyRevisions = answers
+            .values()
+            .filter(|a| a.missed <= SILENT_POLLS)
+            .flat_map(|a| a.proxies.clone())
+            .collect();
+        tx.send_if_modified(|current| {
+            let changed = *current != union;
+            if changed {
+                *current = union;
+            }
+            changed
+        });
+    }
+}
+
+/// One peer's `GET /v1/proxies`, as proxy name → revision.
+async fn fetch(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<ProxyRevisions, String> {
+    let uri: hyper::Uri = format!("http://{addr}{PROXIES_PATH}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let request = async {
+        let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("status {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let listed: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let proxies = listed["proxies"]
+            .as_array()
+            .ok_or("no \"proxies\" list")?
+            .iter()
+            .filter_map(|p| {
+                let id = p["id"].as_str()?.to_owned();
+                Some((id, p["revision"].as_str().map(str::to_owned)))
+            })
+            .collect();
+        Ok(proxies)
+    };
+    tokio::time::timeout(timeout, request)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revisions(pairs: &[(&str, Option<&str>)]) -> ProxyRevisions {
+        pairs
+            .iter()
+            .map(|(id, r)| ((*id).to_owned(), r.map(str::to_owned)))
+            .collect()
+    }
+
+    #[test]
+    fn the_local_registry_wins_and_every_proxy_counts_once() {
+        let local = revisions(&[("a", Some("r2")), ("b", None)]);
+        // `a` moved from the peer to this replica; the peer still lists it.
+        let peers = revisions(&[("a", Some("r1")), ("c", Some("r2")), ("d", Some("r1"))]);
+        let (proxies, by_revision) = merge(local, &peers);
+        assert_eq!(proxies, 4);
+        assert_eq!(by_revision.get("r2"), Some(&2));
+        assert_eq!(by_revision.get("r1"), Some(&1));
+    }
+}
