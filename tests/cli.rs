@@ -1,4 +1,5 @@
-//! The small subcommands, run as a user would: `sluice hash-key`, `sluice compile`.
+//! The small subcommands, run as a user would: `sluice hash-key`, `sluice compile`,
+//! and flags refused before anything starts.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -64,5 +65,21 @@ fn compile_prints_the_table_or_the_diagnostics() -> Result<()> {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn a_zero_interval_is_refused_before_anything_starts() -> Result<()> {
+    for args in [
+        &["controller", "--poll-interval", "0s", "--print-rbac"][..],
+        &["controller", "--heartbeat", "0ms", "--print-rbac"],
+        &["controller", "--peers-interval", "0s", "--print-rbac"],
+        &["proxy", "--poll-interval", "0s"],
+    ] {
+        let out = sluice(args, "")?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(stderr.contains("longer than zero"), "{args:?}: {stderr}");
+    }
     Ok(())
 }

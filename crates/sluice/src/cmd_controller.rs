@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, value_name = "HOST:PORT", env = "SLUICE_CONTROLLER_PEERS")]
     peers: Option<String>,
     /// How often the peers are asked for their proxies (with --peers).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_interval)]
     peers_interval: Duration,
     /// Least time between two compiles: a change after a quiet spell is compiled at
     /// once, the changes of a burst together once this has passed.
@@ -48,10 +48,10 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0:9090", env = "SLUICE_CONTROLLER_LISTEN")]
     listen: SocketAddr,
     /// How often the folder is read for changes (with --from-dir).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
     poll_interval: Duration,
     /// Interval of heartbeat lines on idle subscriptions.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
     heartbeat: Duration,
     /// This replica's name in leader election (the Lease's holderIdentity) and in the
     /// events it reports. Default: the host name (a pod's name).
@@ -78,6 +78,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<sluice_api::Duration>()
         .map(sluice_api::Duration::get)
         .map_err(|e| e.to_string())
+}
+
+/// Parses a duration that is the period of something repeated: not zero.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("an interval must be longer than zero".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// Runs the controller until a shutdown signal: from a folder with `--from-dir`,

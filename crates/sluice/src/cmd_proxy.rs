@@ -19,7 +19,7 @@ use sluice_proxy::table_cache::TableCache;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
 use sluice_ratelimit::{MonotonicClock, RedisBackend, RedisConfig};
 
-use crate::cmd_controller::{on_poll, parse_duration};
+use crate::cmd_controller::{on_poll, parse_duration, parse_interval};
 
 /// Arguments of `sluice proxy`.
 #[derive(clap::Args, Debug)]
@@ -45,7 +45,7 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:9901", env = "SLUICE_ADMIN_LISTEN")]
     admin: SocketAddr,
     /// How often --config is read for changes.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
     poll_interval: Duration,
     /// A client must send its request headers within this time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
