@@ -311,6 +311,20 @@ impl Forwarder {
                     }
                 }
                 Err(Unavailable::NoCapacity) => {
+                    // A pool unchanged by a newer table is shared with it and not
+                    // marked replaced: a request that waited in it follows the newer
+                    // table now, whose fallback and consumers may differ.
+                    let key = pool.key();
+                    if let Some((next, q)) = self
+                        .store
+                        .load()
+                        .filter(|next| !std::ptr::eq(next.as_ref(), rt))
+                        .and_then(|next| next.pool_index(key).map(|q| (next, q)))
+                    {
+                        p = q;
+                        newer = Some(next);
+                        continue;
+                    }
                     // A fallback serves only the callers it would admit itself.
                     let next = match rt.fallback(p) {
                         Some(f) if hops < rt.pools.len() => rt

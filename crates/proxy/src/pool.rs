@@ -7,14 +7,17 @@
 //! budget) is carried over from the previous runtime's pool of the same key.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use http_body_util::{BodyExt, Empty};
+use tokio::task::AbortHandle;
 
 use sluice_api::table::{Algorithm, BackendProtocol, HashOn, Pool};
 use sluice_balance::{
-    ConsistentHash, HashConfig, HealthConfig, HealthState, InFlight, LeastRequest, LoadConfig,
-    LoadFactor, OutlierConfig, OutlierDetector, PeakEwma, Pick, PoolLoad, QueueError, RetryBudget,
-    RetryBudgetConfig, RoundRobin, Selector, StartAs, WaitQueue, Weighted,
+    CheckResult, ConsistentHash, HashConfig, HealthConfig, HealthState, InFlight, LeastRequest,
+    LoadConfig, LoadFactor, OutlierConfig, OutlierDetector, PeakEwma, Pick, PoolLoad, QueueError,
+    RetryBudget, RetryBudgetConfig, RoundRobin, Selector, StartAs, WaitQueue, Weighted,
 };
 use tokio::time::Instant;
 
@@ -131,6 +134,8 @@ pub struct PoolRuntime {
     pub retry_budget: Option<Arc<RetryBudget>>,
     /// JWT verification, when the pool accepts tokens.
     pub jwt: Option<Arc<crate::identity::JwtAuth>>,
+    /// The task probing the endpoints, while the pool is in force.
+    checker: Mutex<Option<AbortHandle>>,
     metrics_all: Metrics,
 }
 
@@ -267,7 +272,64 @@ pub fn build(
         replaced: std::sync::atomic::AtomicBool::new(false),
         retry_budget,
         jwt: None,
+        checker: Mutex::new(None),
         metrics_all: metrics.clone(),
+    }
+}
+
+/// Starts the active health checks of `pool`, when it has them. The task holds a weak
+/// reference: it ends when the pool is replaced or dropped, and a pool shared by
+/// several tables keeps its one checker.
+pub fn start_health_checks(pool: &Arc<PoolRuntime>) {
+    let Some(check) = pool.spec.health_check.clone() else {
+        return;
+    };
+    let weak = Arc::downgrade(pool);
+    let task = tokio::spawn(async move {
+        let interval = Duration::from_millis(check.interval_ms.max(1));
+        let timeout = Duration::from_millis(check.timeout_ms.max(1));
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            let probes = pool
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.terminating)
+                .map(|(i, e)| {
+                    let uri = format!("http://{}{}", e.address, check.path);
+                    let client = e.client.clone();
+                    async move {
+                        let ok = match http::Request::get(uri)
+                            .body(Empty::new().map_err(|never| match never {}).boxed())
+                        {
+                            Ok(req) => matches!(
+                                tokio::time::timeout(timeout, client.request(req)).await,
+                                Ok(Ok(resp)) if resp.status().is_success()
+                            ),
+                            Err(_) => false,
+                        };
+                        let result = if ok {
+                            CheckResult::Success
+                        } else {
+                            CheckResult::Failure
+                        };
+                        (i, result)
+                    }
+                });
+            for (i, result) in futures_util::future::join_all(probes).await {
+                pool.record_health(i, result);
+            }
+        }
+    });
+    *pool.checker.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+}
+
+impl Drop for PoolRuntime {
+    fn drop(&mut self) {
+        self.stop_checker();
     }
 }
 
@@ -283,9 +345,31 @@ impl PoolRuntime {
     /// Marks the pool replaced by a newer table and wakes its waiters so that they
     /// move to the new pool.
     pub fn mark_replaced(&self) {
+        self.stop_checker();
         self.replaced
             .store(true, std::sync::atomic::Ordering::Release);
         self.queue.notify_all();
+    }
+
+    /// The health checker task, while one runs.
+    #[cfg(test)]
+    pub(crate) fn checker_id(&self) -> Option<tokio::task::Id> {
+        self.checker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(AbortHandle::id)
+    }
+
+    fn stop_checker(&self) {
+        if let Some(task) = self
+            .checker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
     }
 
     /// The pool key.

@@ -17,13 +17,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_api::{RouteTable, TableError};
-use sluice_balance::{CheckResult, HealthState};
-use tokio::task::AbortHandle;
+use sluice_balance::HealthState;
 
 use sluice_api::table::Jwt;
 
@@ -53,7 +51,6 @@ pub struct Runtime {
     fallbacks: Vec<Option<usize>>,
     by_key: HashMap<String, usize>,
     route_pool: Vec<usize>,
-    checkers: Mutex<Vec<AbortHandle>>,
     /// The table's consumers.
     pub auth: Authenticator,
     /// The table's rate limits.
@@ -93,23 +90,6 @@ impl Runtime {
     /// Whether `pool` (of another runtime) is shared, unchanged, by this one.
     fn shares(&self, pool: &Arc<PoolRuntime>) -> bool {
         self.pool(pool.key()).is_some_and(|p| Arc::ptr_eq(p, pool))
-    }
-
-    fn stop_checkers(&self) {
-        for handle in self
-            .checkers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-        {
-            handle.abort();
-        }
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.stop_checkers();
     }
 }
 
@@ -183,20 +163,21 @@ impl TableStore {
             return Ok(Applied::Unchanged);
         }
         let runtime = Arc::new(self.build(table, previous.as_deref()));
-        start_health_checks(&runtime);
         self.current.store(Some(runtime.clone()));
         if let Some(old) = previous {
-            old.stop_checkers();
             for pool in &old.pools {
                 if !runtime.shares(pool) {
                     pool.mark_replaced();
                 }
             }
             self.forget_removed(&old, &runtime);
-        }
-        // Waiters queued under the old table try again with the new endpoints.
-        for pool in &runtime.pools {
-            pool.queue.notify_all();
+            // Waiters queued under the old table try again with the new endpoints
+            // (those of a shared pool have nothing new to try).
+            for pool in &runtime.pools {
+                if !old.shares(pool) {
+                    pool.queue.notify_all();
+                }
+            }
         }
         self.metrics.table_version.set(version);
         self.metrics
@@ -247,7 +228,9 @@ impl TableStore {
                 let mut pool =
                     pool::build(p, before.map(Arc::as_ref), &client, &health, &self.metrics);
                 pool.jwt = p.jwt.as_ref().and_then(|j| self.jwt_auth(&p.key, j));
-                Arc::new(pool)
+                let pool = Arc::new(pool);
+                pool::start_health_checks(&pool);
+                pool
             })
             .collect();
         let by_key: HashMap<String, usize> = table
@@ -276,7 +259,6 @@ impl TableStore {
             fallbacks,
             by_key,
             route_pool,
-            checkers: Mutex::new(Vec::new()),
         }
     }
 
@@ -360,66 +342,6 @@ impl TableStore {
     }
 }
 
-/// Starts the active health checks of every pool that has them. The tasks hold a weak
-/// reference and end with the runtime.
-fn start_health_checks(runtime: &Arc<Runtime>) {
-    let mut handles = Vec::new();
-    for (p, pool) in runtime.pools.iter().enumerate() {
-        let Some(check) = pool.spec.health_check.clone() else {
-            continue;
-        };
-        let weak = Arc::downgrade(runtime);
-        let task = tokio::spawn(async move {
-            let interval = Duration::from_millis(check.interval_ms.max(1));
-            let timeout = Duration::from_millis(check.timeout_ms.max(1));
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let Some(rt) = weak.upgrade() else { return };
-                let pool = &rt.pools[p];
-                let probes = pool
-                    .endpoints
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| !e.terminating)
-                    .map(|(i, e)| {
-                        let uri = format!("http://{}{}", e.address, check.path);
-                        let client = e.client.clone();
-                        async move {
-                            let ok = match http::Request::get(uri)
-                                .body(Empty::new().map_err(|never| match never {}).boxed())
-                            {
-                                Ok(req) => matches!(
-                                    tokio::time::timeout(timeout, client.request(req)).await,
-                                    Ok(Ok(resp)) if resp.status().is_success()
-                                ),
-                                Err(_) => false,
-                            };
-                            (
-                                i,
-                                if ok {
-                                    CheckResult::Success
-                                } else {
-                                    CheckResult::Failure
-                                },
-                            )
-                        }
-                    });
-                for (i, result) in futures_util::future::join_all(probes).await {
-                    pool.record_health(i, result);
-                }
-            }
-        });
-        handles.push(task.abort_handle());
-    }
-    runtime
-        .checkers
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .extend(handles);
-}
-
 #[cfg(test)]
 mod tests {
     use sluice_api::table::{Endpoint, Route};
@@ -462,6 +384,46 @@ mod tests {
         assert!(!Arc::ptr_eq(q1, q2), "changed pool d/q is rebuilt");
         assert_eq!(q2.endpoints[0].address, "127.0.0.1:11");
         assert_eq!(second.pool_index("d/q"), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_shared_pool_keeps_its_health_checker_and_a_rebuilt_one_gets_a_new_one() {
+        let checked = |q_endpoint: &str, p_endpoint: &str, version: u64| {
+            let mut t = two_pools(q_endpoint, version);
+            t.pools[0].backends[0].endpoints = vec![Endpoint::new(p_endpoint)];
+            t.pools[0].health_check = Some(sluice_api::table::HealthCheck {
+                path: "/healthz".into(),
+                interval_ms: 3_600_000,
+                timeout_ms: 1,
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+            });
+            let mut t = RouteTable::new(t.routes, t.pools);
+            t.version = version;
+            t
+        };
+        let store = TableStore::new(Metrics::new());
+        store
+            .apply(checked("127.0.0.1:10", "127.0.0.1:9", 1))
+            .unwrap();
+        let first = store.load().unwrap();
+        let id = first.pool("d/p").unwrap().checker_id();
+        assert!(id.is_some(), "a pool with health checks has a checker");
+        assert_eq!(first.pool("d/q").unwrap().checker_id(), None);
+
+        // d/q changes: d/p is shared, its checker not restarted.
+        store
+            .apply(checked("127.0.0.1:11", "127.0.0.1:9", 2))
+            .unwrap();
+        assert_eq!(store.load().unwrap().pool("d/p").unwrap().checker_id(), id);
+
+        // d/p changes: a new checker; the old pool's is stopped.
+        store
+            .apply(checked("127.0.0.1:11", "127.0.0.1:8", 3))
+            .unwrap();
+        let rebuilt = store.load().unwrap().pool("d/p").unwrap().checker_id();
+        assert!(rebuilt.is_some() && rebuilt != id);
+        assert_eq!(first.pool("d/p").unwrap().checker_id(), None);
     }
 
     #[tokio::test]

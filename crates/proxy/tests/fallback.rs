@@ -1,12 +1,16 @@
 //! Fallback pools through real requests: a pool with no live endpoint (none resolved,
 //! only draining ones, all failing their health check, or all ejected) hands its
 //! requests to its fallback pool, along a chain if need be; without a fallback the
-//! client gets `503 no_endpoints`.
+//! client gets `503 no_endpoints`. A request that waited in a pool follows the newest
+//! table's fallback.
 
 mod support;
 
+use std::sync::Arc;
+
 use http::{Response, StatusCode, header};
-use support::{Agent, Proxy, client, compile_yaml, eventually, full, get};
+use support::{Agent, Proxy, client, compile_yaml, eventually, full, get, within};
+use tokio::sync::Notify;
 
 /// An AgentPool in namespace `demo` on `path` with `backends` (a YAML flow sequence)
 /// and extra spec lines.
@@ -194,4 +198,73 @@ async fn a_pool_whose_only_endpoint_is_ejected_falls_back() {
     }
     assert_eq!(failing.requests(), 1);
     assert_eq!(fallbacks(&proxy, "primary", "backup"), 3.0);
+}
+
+#[tokio::test]
+async fn a_request_waiting_in_an_unchanged_pool_falls_back_by_the_newest_table() {
+    // The primary's one endpoint holds the first request until released, then fails it
+    // with a 500, which ejects the endpoint: the queued second request finds no live
+    // endpoint and falls back.
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
+    let slow = Agent::start(move |_req| {
+        let held = held.clone();
+        async move {
+            held.notified().await;
+            Response::builder()
+                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                .body(full("slow"))
+                .expect("response")
+        }
+    })
+    .await;
+    let old_backup = Agent::named("old-backup").await;
+    let new_backup = Agent::named("new-backup").await;
+    let table = |backup: &Agent| {
+        compile_yaml(
+            &[
+                pool(
+                    "primary",
+                    "/",
+                    &format!(
+                        "[{{endpoints: [\"{}\"], maxConcurrency: 1}}]",
+                        slow.address()
+                    ),
+                    "  queue: {maxDepth: 4, timeout: 30s}\n  \
+                     outlierDetection: {consecutiveFailures: 1, baseEjectionTime: 1m, \
+                     maxEjectionTime: 2m, maxEjectionPercent: 100}\n  \
+                     fallback: {name: backup}\n",
+                ),
+                pool("backup", "/backup-only", &static_backend(backup), ""),
+            ]
+            .concat(),
+        )
+    };
+    let proxy = Proxy::with_table(table(&old_backup)).await;
+    let c = client();
+    let send = |path: &str| {
+        let (c, url) = (c.clone(), proxy.url(path));
+        tokio::spawn(async move { get(&c, &url).await })
+    };
+    let first = send("/chat");
+    eventually("the first request at the agent", || slow.requests() == 1).await;
+    let second = send("/chat");
+    eventually("the second request queued", || {
+        proxy.metric(r#"sluice_queue_depth{pool="demo/primary"}"#) == Some(1.0)
+    })
+    .await;
+
+    // A new table changes the fallback pool only: the primary is shared, unchanged.
+    proxy
+        .store
+        .apply(table(&new_backup))
+        .expect("table applies");
+    release.notify_one();
+
+    let first = within("the first reply", first).await.expect("task");
+    assert_eq!(first.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let second = within("the second reply", second).await.expect("task");
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(second.text(), "new-backup");
+    assert_eq!(old_backup.requests(), 0);
 }
