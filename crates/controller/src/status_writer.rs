@@ -12,7 +12,19 @@
 //!
 //! After a patch that flips `Accepted` or `Ready`, the writer publishes an Event about
 //! the object ([`crate::events`], with [`StatusWriter::with_events`]).
+//!
+//! Writes are paced ([`StatusWriter::with_write_rate`], GCRA from `sluice-ratelimit`):
+//! a proxy joining changes the `proxies` count of every AgentPool, and a thousand
+//! pools must not become a thousand patches at once.
+//!
+//! An API server whose CRD is older than this controller prunes the status fields it
+//! does not know (Helm installs CRDs but never upgrades them). The writer notices a
+//! field missing from the patched object, logs once what to do, and stops comparing
+//! that field, so that a status lacking it is not patched again at every pass.
 
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -22,7 +34,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_api::{AgentPool, AgentPoolStatus, RatePolicy, RatePolicyStatus};
+use sluice_ratelimit::{Decision, Gcra, Quota};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::events::{EventPublisher, transitions};
 use crate::lease::Leadership;
@@ -90,12 +104,39 @@ pub struct StatusBatch {
     pub policies: Vec<(RatePolicy, RatePolicyStatus)>,
 }
 
+/// Default most status patches per second (`sluice controller` allows twice as many
+/// at once after a quiet spell).
+pub const DEFAULT_WRITES_PER_SECOND: u32 = 50;
+
+/// Paces the patches.
+struct WriteRate {
+    quota: Quota,
+    gcra: Gcra,
+    start: Instant,
+}
+
+impl WriteRate {
+    /// Waits until one more patch is allowed, and charges it.
+    async fn wait(&self) {
+        loop {
+            let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            match self.gcra.check(&self.quota, now) {
+                Decision::Denied { retry_after, .. } => tokio::time::sleep(retry_after).await,
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Writes statuses through a kube [`Client`].
 #[derive(Clone)]
 pub struct StatusWriter {
     client: Client,
     leadership: Option<Leadership>,
     events: Option<EventPublisher>,
+    rate: Option<Arc<WriteRate>>,
+    /// Top-level status fields the API server dropped (an older CRD).
+    pruned: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -112,7 +153,28 @@ impl StatusWriter {
             client,
             leadership: None,
             events: None,
+            rate: None,
+            pruned: Arc::default(),
         }
+    }
+
+    /// Patches at most `per_second` statuses a second, `burst` at once after a quiet
+    /// spell.
+    #[must_use]
+    pub fn with_write_rate(mut self, per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        self.rate = Quota::per_period(per_second, Duration::from_secs(1))
+            .map(|quota| {
+                Arc::new(WriteRate {
+                    quota: quota.with_burst(burst),
+                    gcra: Gcra::new(),
+                    start: Instant::now(),
+                })
+            })
+            .map_err(
+                |e| tracing::warn!(error = %e, "status write rate refused; writes are not paced"),
+            )
+            .ok();
+        self
     }
 
     /// Writes only while `leadership` says this replica holds the Lease.
@@ -236,15 +298,25 @@ impl StatusWriter {
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
+            + Serialize
             + DeserializeOwned
             + std::fmt::Debug,
-        S: Serialize + WithConditions,
+        S: Serialize + DeserializeOwned + WithConditions,
     {
-        if same_apart_from_transition_time(current, Some(status)) {
+        let sent = serde_json::to_value(status).unwrap_or_default();
+        let comparable: Option<S> = self.without_pruned(&sent);
+        if same_apart_from_transition_time(current, Some(comparable.as_ref().unwrap_or(status))) {
             return Ok(Written::Unchanged);
         }
         if !self.may_write() {
             return Ok(Written::Standby);
+        }
+        if let Some(rate) = &self.rate {
+            rate.wait().await;
+            // The Lease may have been lost while waiting.
+            if !self.may_write() {
+                return Ok(Written::Standby);
+            }
         }
         let kind = kind_of::<K>();
         let namespace = obj.namespace().unwrap_or_default();
@@ -262,7 +334,8 @@ impl StatusWriter {
         )
         .await
         {
-            Ok(Ok(_)) => {
+            Ok(Ok(written)) => {
+                self.note_pruned(kind, &sent, &written);
                 if let Some(events) = &self.events {
                     let flips = transitions(current_conditions.unwrap_or_default(), conditions);
                     events.publish_all(&obj.object_ref(&()), &flips).await;
@@ -280,6 +353,42 @@ impl StatusWriter {
                 namespace,
                 name,
             }),
+        }
+    }
+}
+
+impl StatusWriter {
+    /// `status` without the fields the API server is known to drop, if there are any.
+    fn without_pruned<S: DeserializeOwned>(&self, sent: &serde_json::Value) -> Option<S> {
+        let pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
+        if pruned.is_empty() {
+            return None;
+        }
+        let mut v = sent.clone();
+        let fields = v.as_object_mut()?;
+        for field in pruned.iter() {
+            fields.remove(field);
+        }
+        serde_json::from_value(v).ok()
+    }
+
+    /// Records the status fields `written` lacks although they were sent non-empty.
+    fn note_pruned<K: Serialize>(&self, kind: &str, sent: &serde_json::Value, written: &K) {
+        let Some(sent) = sent.as_object() else { return };
+        let back = serde_json::to_value(written).unwrap_or_default();
+        let back = back.get("status");
+        let mut pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
+        for (field, value) in sent {
+            let dropped = !value.is_null() && back.is_none_or(|b| b.get(field).is_none());
+            if dropped && pruned.insert(field.clone()) {
+                tracing::error!(
+                    kind,
+                    field = %format!("status.{field}"),
+                    "the API server dropped a status field: the {kind} CRD in the cluster is \
+                     older than this controller (Helm does not upgrade CRDs); apply this \
+                     release's: kubectl apply --server-side -f crds/"
+                );
+            }
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Status conditions from compile results (named scenarios), and the status writer
 //! through kube's real client against an HTTP stand-in that records each request.
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -14,7 +16,9 @@ use sluice_controller::status::{
     REASON_ACCEPTED, REASON_INVALID, REASON_NO_READY_ENDPOINTS, REASON_NOT_ACCEPTED, REASON_READY,
     REASON_REFS_NOT_RESOLVED, REASON_RESOLVED_REFS, status_for_policy, status_for_pool,
 };
-use sluice_controller::status_writer::{FIELD_MANAGER, StatusError, StatusWriter, Written};
+use sluice_controller::status_writer::{
+    FIELD_MANAGER, StatusBatch, StatusError, StatusWriter, Written,
+};
 
 const POOLS: &str = r#"
 apiVersion: sluice.dev/v1alpha1
@@ -364,4 +368,65 @@ async fn a_refused_patch_is_an_error_naming_the_object() {
     assert!(matches!(err, StatusError::Patch { .. }));
     assert!(err.to_string().contains("AgentPool agents/ready"), "{err}");
     assert_eq!(seen.lock().expect("lock").len(), 1);
+}
+
+#[tokio::test]
+async fn fields_an_older_crd_drops_are_not_written_again_and_again() {
+    let objects = fixture();
+    let (table, diags) = compile(&objects);
+    let mut pool = pool(&objects, "invalid").clone();
+    let mut wanted = status_for_pool(&pool, &diags, &table, &t(100));
+    wanted.proxies = Some(3);
+    wanted.updated_proxies = Some(2);
+    // The API server answers with the status it kept: an older schema pruned the counts.
+    let mut kept = wanted.clone();
+    kept.proxies = None;
+    kept.updated_proxies = None;
+    let mut reply = pool.clone();
+    reply.status = Some(kept.clone());
+    let (client, seen) = stand_in(StatusCode::OK, serde_json::to_value(&reply).expect("json"));
+    let writer = StatusWriter::new(client);
+
+    assert_eq!(
+        writer.apply_pool(&pool, &wanted).await.expect("patched"),
+        Written::Patched
+    );
+    // The watch sees the object as the server kept it and asks for the counts again.
+    pool.status = Some(kept);
+    assert_eq!(
+        writer.apply_pool(&pool, &wanted).await.expect("compared"),
+        Written::Unchanged
+    );
+    assert_eq!(seen.lock().expect("lock").len(), 1, "no second patch");
+    // A change the old schema keeps is still written.
+    let mut changed = wanted.clone();
+    changed.ready_endpoints = Some(5);
+    assert_eq!(
+        writer.apply_pool(&pool, &changed).await.expect("patched"),
+        Written::Patched
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_patches_are_paced() {
+    let objects = fixture();
+    let (table, diags) = compile(&objects);
+    let pool = pool(&objects, "invalid").clone();
+    let wanted = status_for_pool(&pool, &diags, &table, &t(100));
+    let (client, seen) = stand_in(StatusCode::OK, serde_json::to_value(&pool).expect("json"));
+    let two = NonZeroU32::new(2).expect("non-zero");
+    let writer = StatusWriter::new(client).with_write_rate(two, two);
+    let batch = StatusBatch {
+        pools: vec![(pool, wanted); 6],
+        policies: Vec::new(),
+    };
+    let start = tokio::time::Instant::now();
+    assert_eq!(writer.apply_batch(&batch).await, 6);
+    assert_eq!(seen.lock().expect("lock").len(), 6);
+    // Two at once, then one every half second.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(2000) && elapsed < Duration::from_millis(2100),
+        "{elapsed:?}"
+    );
 }

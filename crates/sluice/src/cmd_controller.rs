@@ -1,6 +1,7 @@
 //! `sluice controller`.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
 use sluice_controller::peers::{self, PeerConfig};
 use sluice_controller::publisher::Publisher;
 use sluice_controller::push::{self, ProxyRegistry, PushConfig, PushMetrics};
-use sluice_controller::status_writer::{StatusBatch, StatusWriter};
+use sluice_controller::status_writer::{self, StatusBatch, StatusWriter};
 use sluice_controller::watch::{self, SliceLabel, Watch, WatchMetrics};
 
 /// Arguments of `sluice controller`.
@@ -40,6 +41,10 @@ pub struct Args {
     /// How often the peers are asked for their proxies (with --peers).
     #[arg(long, default_value = "5s", value_parser = parse_interval)]
     peers_interval: Duration,
+    /// Most status patches per second (twice as many at once after a quiet spell): a
+    /// proxy joining changes every AgentPool's proxy count. Ignored with --from-dir.
+    #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(status_writer::DEFAULT_WRITES_PER_SECOND).unwrap_or(NonZeroU32::MIN))]
+    status_write_rate: NonZeroU32,
     /// Least time between two compiles: a change after a quiet spell is compiled at
     /// once, the changes of a burst together once this has passed.
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
@@ -153,9 +158,13 @@ pub async fn run(args: Args) -> Result<()> {
             &watch_metrics,
         );
         let (status_tx, status_rx) = tokio::sync::watch::channel(StatusBatch::default());
+        let burst = args
+            .status_write_rate
+            .saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         let writer = StatusWriter::new(client.clone())
             .with_leadership(leadership.clone())
-            .with_events(EventPublisher::new(client, &identity));
+            .with_events(EventPublisher::new(client, &identity))
+            .with_write_rate(args.status_write_rate, burst);
         tokio::spawn(writer.run(status_rx));
         let core = Watch::new(sources, publisher.clone(), watch_metrics, args.debounce)
             .with_statuses(status_tx)
