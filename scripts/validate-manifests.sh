@@ -774,6 +774,14 @@ def check_service_monitor(where, sm, by_kind):
         targets = [svc for svc in services if any(p.get("name") == ep["port"] for p in svc["spec"].get("ports", []))]
         if not targets:
             error(where, f"{what} endpoints[{i}]: no selected Service has a port named {ep['port']}")
+        # Two selected Services in front of the same pods would scrape each pod twice
+        # (and double every sum over them).
+        seen_pods = {}
+        for svc in targets:
+            pods = tuple(sorted((svc["spec"].get("selector") or {}).items()))
+            if pods in seen_pods:
+                error(where, f"{what} endpoints[{i}]: Services {seen_pods[pods]} and {svc['metadata']['name']} select the same pods: each would be scraped twice")
+            seen_pods[pods] = svc["metadata"]["name"]
         if any(svc in proxies for svc in targets):
             creds = (ep.get("authorization") or {}).get("credentials")
             if not creds:
