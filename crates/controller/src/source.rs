@@ -106,8 +106,8 @@ pub fn read(path: &Path) -> Result<Snapshot, SourceError> {
     FolderReader::new(path).read()
 }
 
-/// How long after its last modification a file's metadata is trusted to show every
-/// later write. A write within the same timestamp tick as an earlier one leaves the
+/// How long after its last change (see `Stamp::changed`) a file's metadata is trusted
+/// to show every later write. A write within the same timestamp tick as an earlier one leaves the
 /// modification time as it was, so a file modified less than this before it was read
 /// is read again at every poll until it is older (the "racily clean" rule of git's
 /// index). Two seconds cover the coarsest filesystem timestamps (FAT).
@@ -136,6 +136,23 @@ impl Stamp {
             inode: (meta.ino(), meta.ctime(), meta.ctime_nsec()),
         }
     }
+
+    /// The last time the file or its metadata changed: the later of its modification
+    /// and status change times (a copy that keeps an old modification time, such as
+    /// `cp -p`, still has a new status change time).
+    fn changed(&self) -> Option<SystemTime> {
+        #[cfg(unix)]
+        {
+            let (_, secs, nanos) = self.inode;
+            let ctime = u64::try_from(secs).ok().and_then(|secs| {
+                let nanos = u32::try_from(nanos).unwrap_or(0);
+                SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+            });
+            self.modified.max(ctime)
+        }
+        #[cfg(not(unix))]
+        self.modified
+    }
 }
 
 /// One file as last read: its stamp, a digest of its bytes and its objects.
@@ -153,7 +170,7 @@ impl CachedFile {
         self.stamp == *stamp
             && self
                 .stamp
-                .modified
+                .changed()
                 .and_then(|m| m.checked_add(RACY))
                 .is_some_and(|settled| settled <= self.read_at)
     }
@@ -169,6 +186,8 @@ pub struct FolderReader {
     files: Vec<(PathBuf, CachedFile)>,
     digest: Option<[u8; 32]>,
     last_reads: usize,
+    /// Added to the clock when a file is read (tests make files look old with it).
+    skew: Duration,
 }
 
 impl FolderReader {
@@ -179,12 +198,20 @@ impl FolderReader {
             files: Vec::new(),
             digest: None,
             last_reads: 0,
+            skew: Duration::ZERO,
         }
     }
 
     /// The path read.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Sets the reader's clock `ahead` of the system's: files changed less than that
+    /// ago look settled to it.
+    #[cfg(test)]
+    fn clock_ahead(&mut self, ahead: Duration) {
+        self.skew = ahead;
     }
 
     /// How many files the last call read from disk (the others were unchanged).
@@ -239,7 +266,7 @@ impl FolderReader {
                 Some(c) if c.unchanged(&stamp) => c,
                 _ => {
                     self.last_reads += 1;
-                    read_file(&file, stamp)?
+                    read_file(&file, stamp, SystemTime::now() + self.skew)?
                 }
             };
             hasher.update(file.to_string_lossy().as_bytes());
@@ -269,8 +296,7 @@ impl FolderReader {
 }
 
 /// Reads and parses one file.
-fn read_file(file: &Path, stamp: Stamp) -> Result<CachedFile, SourceError> {
-    let read_at = SystemTime::now();
+fn read_file(file: &Path, stamp: Stamp, read_at: SystemTime) -> Result<CachedFile, SourceError> {
     let text = std::fs::read_to_string(file).map_err(io(file))?;
     let mut objects = Objects::default();
     manifest::parse_into(&text, &file.display().to_string(), &mut objects)?;
@@ -312,15 +338,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Sets a file's modification time an hour back, as if written long ago.
-    fn age(path: &Path) {
-        let file = std::fs::File::options()
-            .write(true)
-            .open(path)
-            .expect("open");
-        let past = SystemTime::now() - Duration::from_secs(3600);
-        file.set_modified(past).expect("set mtime");
-    }
+    const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
     fn a_reader_reads_only_the_files_that_changed() {
@@ -329,15 +347,21 @@ mod tests {
             let path = dir.join(format!("{name}.yaml"));
             std::fs::write(&path, POOL.replace("name: a", &format!("name: {name}")))
                 .expect("write");
-            age(&path);
         }
         let mut reader = FolderReader::new(&dir);
+        // By the reader's clock the files were written an hour ago: settled.
+        reader.clock_ahead(HOUR);
         let first = reader.read_if_changed().expect("reads").expect("first");
         assert_eq!((first.objects.pools.len(), reader.last_reads()), (3, 3));
         assert!(reader.read_if_changed().expect("reads").is_none());
-        assert_eq!(reader.last_reads(), 0, "old unchanged files are not read");
+        assert_eq!(
+            reader.last_reads(),
+            0,
+            "settled unchanged files are not read"
+        );
 
         // Same length, so only the modification time and inode change tell.
+        reader.clock_ahead(Duration::ZERO);
         std::fs::write(dir.join("b.yaml"), POOL.replace("name: a", "name: x")).expect("write");
         let changed = reader.read_if_changed().expect("reads").expect("changed");
         assert_eq!(reader.last_reads(), 1);
@@ -349,13 +373,17 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["a", "c", "x"]);
-        // Just written: not trusted yet, read at every poll, but not reported again.
+        // Just written: read at every poll until it settles, but not reported again.
         assert!(reader.read_if_changed().expect("reads").is_none());
         assert_eq!(
             reader.last_reads(),
             1,
             "a fresh file is read until it settles"
         );
+        reader.clock_ahead(HOUR);
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        assert_eq!(reader.last_reads(), 0, "settled");
 
         std::fs::remove_file(dir.join("c.yaml")).expect("rm");
         let removed = reader.read_if_changed().expect("reads").expect("removed");
@@ -368,8 +396,8 @@ mod tests {
         let dir = tempdir("touched");
         let path = dir.join("a.yaml");
         std::fs::write(&path, POOL).expect("write");
-        age(&path);
         let mut reader = FolderReader::new(&dir);
+        reader.clock_ahead(HOUR);
         reader.read_if_changed().expect("reads").expect("first");
         let before = std::fs::metadata(&path)
             .and_then(|m| m.modified())
