@@ -234,7 +234,7 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         "sluice_controller_table_endpoints 2",
         r#"sluice_controller_proxies{state="current"} 1"#,
     ] {
-        assert!(metrics.contains(line), "{line} in {metrics}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
     let bytes: u64 = metrics
         .lines()
