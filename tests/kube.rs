@@ -4,7 +4,8 @@
 //! and pushes tables to a `sluice proxy`. Endpoint changes in the API reach the
 //! proxy's traffic, and a terminating endpoint is drained; an invalid pool is refused with its condition and leaves the
 //! other served; when the leader dies, the standby takes the Lease over and writes the
-//! status of what changed since.
+//! status of what changed since. With `--endpointslice-label`, a slice that loses the
+//! label is gone for the controller.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -91,39 +92,33 @@ fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
-fn controller(identity: &str, kubeconfig: &str) -> Result<(Process, SocketAddr)> {
-    let mut c = Process::start_with_env(
+fn controller(identity: &str, kubeconfig: &str, extra: &[&str]) -> Result<(Process, SocketAddr)> {
+    let args = [
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--identity",
         identity,
+        "--lease-namespace",
         "sluice",
-        &[
-            "controller",
-            "--listen",
-            "127.0.0.1:0",
-            "--identity",
-            identity,
-            "--lease-namespace",
-            "sluice",
-            "--lease-duration",
-            "3s",
-            "--debounce",
-            "10ms",
-            "--heartbeat",
-            "1s",
-        ],
-        &[("KUBECONFIG", kubeconfig)],
-    )?;
+        "--lease-duration",
+        "3s",
+        "--debounce",
+        "10ms",
+        "--heartbeat",
+        "1s",
+    ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+    let mut c = Process::start_with_env(identity, "sluice", &args, &[("KUBECONFIG", kubeconfig)])?;
     let addr = c.logged_addr("controller started", "listen")?;
     Ok((c, addr))
 }
 
-#[test]
-fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result<()> {
-    let (_agent_a, a) = demo_agent("agent-a")?;
-    let (_agent_b, b) = demo_agent("agent-b")?;
+/// The stand-in API server, and a kubeconfig pointing at it in a new temp dir.
+fn fake_cluster(name: &str) -> Result<(Process, Api, std::path::PathBuf, String)> {
     let mut apiserver = Process::start("apiserver", "sluice-fake-apiserver", &[])?;
     let api = Api(apiserver.logged_addr("fake apiserver listening", "addr")?);
-
-    let dir = temp_dir("kube");
+    let dir = temp_dir(name);
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -136,20 +131,18 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         ),
     )?;
     let kubeconfig = kubeconfig.to_string_lossy().to_string();
+    Ok((apiserver, api, dir, kubeconfig))
+}
 
-    api.create(POOLS, &pool("chat", "chat"))?;
-    api.create(SLICES, &slice("chat-1", a, true, false))?;
-    // An invalid Service name: refused, with its condition, without harming `chat`.
-    api.create(POOLS, &pool("broken", "Not_A_Service"))?;
-
-    let (mut first, first_addr) = controller("ctl-1", &kubeconfig)?;
+/// A proxy subscribed to the controller at `controller`, and its traffic address.
+fn proxy(controller: SocketAddr) -> Result<(Process, SocketAddr)> {
     let mut proxy = Process::start(
         "proxy",
         "sluice",
         &[
             "proxy",
             "--controller",
-            &format!("http://{first_addr}"),
+            &format!("http://{controller}"),
             "--proxy-id",
             "proxy-1",
             "--listen",
@@ -159,6 +152,22 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         ],
     )?;
     let traffic = proxy.logged_addr("proxy started", "listen")?;
+    Ok((proxy, traffic))
+}
+
+#[test]
+fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result<()> {
+    let (_agent_a, a) = demo_agent("agent-a")?;
+    let (_agent_b, b) = demo_agent("agent-b")?;
+    let (_apiserver, api, dir, kubeconfig) = fake_cluster("kube")?;
+
+    api.create(POOLS, &pool("chat", "chat"))?;
+    api.create(SLICES, &slice("chat-1", a, true, false))?;
+    // An invalid Service name: refused, with its condition, without harming `chat`.
+    api.create(POOLS, &pool("broken", "Not_A_Service"))?;
+
+    let (mut first, first_addr) = controller("ctl-1", &kubeconfig, &[])?;
+    let (mut proxy, traffic) = proxy(first_addr)?;
     let served_by = || -> Result<Option<String>> {
         let resp = get(traffic, "/agents/chat/hello")?;
         Ok(resp.header("x-demo-agent").map(str::to_owned))
@@ -244,7 +253,7 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
     assert!(bytes > 100, "{bytes}");
 
     // A standby replica; the leader dies without handing the Lease over.
-    let (_second, _) = controller("ctl-2", &kubeconfig)?;
+    let (_second, _) = controller("ctl-2", &kubeconfig, &[])?;
     first.kill();
     eventually(WAIT, "ctl-2 to take the Lease over", || {
         let lease = api.get(LEASE)?.context("the Lease")?;
@@ -268,6 +277,39 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
         "no proxy subscribed to ctl-2: {status}"
     );
 
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn only_the_labelled_endpoint_slices_are_watched() -> Result<()> {
+    let (_agent, a) = demo_agent("agent-a")?;
+    let (_apiserver, api, dir, kubeconfig) = fake_cluster("kube-labels")?;
+    api.create(POOLS, &pool("chat", "chat"))?;
+    let mut labelled = slice("chat-1", a, true, false);
+    labelled["metadata"]["labels"]["sluice.dev/agent"] = "true".into();
+    api.create(SLICES, &labelled)?;
+
+    let (_controller, addr) = controller(
+        "ctl-1",
+        &kubeconfig,
+        &["--endpointslice-label", "sluice.dev/agent=true"],
+    )?;
+    let (_proxy, traffic) = proxy(addr)?;
+    eventually(WAIT, "traffic to reach agent-a", || {
+        let resp = get(traffic, "/agents/chat/hello")?;
+        Ok((resp.header("x-demo-agent") == Some("agent-a")).then_some(()))
+    })?;
+
+    // The label comes off the Service (and so off its slice): for the controller the
+    // slice is gone, and the pool has no endpoint left.
+    api.update(&format!("{SLICES}/chat-1"), slice("chat-1", a, true, false))?;
+    eventually(WAIT, "the pool to lose its endpoint", || {
+        let resp = get(traffic, "/agents/chat/hello")?;
+        Ok((resp.status == 503).then_some(()))
+    })?;
+    let chat = api.get(&format!("{POOLS}/chat"))?.context("chat")?;
+    assert_eq!(chat["status"]["readyEndpoints"], 0, "{chat}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

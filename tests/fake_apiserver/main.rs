@@ -48,6 +48,9 @@ struct Change {
     resource: String,
     kind: &'static str,
     object: Value,
+    /// The labels before a modification (`{"metadata": {"labels"}}`): a watch with a
+    /// label selector sees an object that starts or stops matching as ADDED or DELETED.
+    before: Option<Value>,
 }
 
 #[derive(Default)]
@@ -194,7 +197,13 @@ fn spec_of(object: &Value) -> Value {
 }
 
 impl Store {
-    fn record(&mut self, resource: &str, kind: &'static str, object: &mut Value) -> u64 {
+    fn record(
+        &mut self,
+        resource: &str,
+        kind: &'static str,
+        object: &mut Value,
+        before: Option<&Value>,
+    ) -> u64 {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         self.history.push(Change {
@@ -202,6 +211,7 @@ impl Store {
             resource: resource.to_owned(),
             kind,
             object: object.clone(),
+            before: before.map(|b| json!({"metadata": {"labels": b["metadata"]["labels"]}})),
         });
         self.rv
     }
@@ -348,14 +358,19 @@ impl Server {
                     for c in &store.history[start..] {
                         from = c.rv;
                         let ns = c.object["metadata"]["namespace"].as_str().unwrap_or("");
-                        if c.resource != resource
-                            || namespace.as_deref().is_some_and(|n| n != ns)
-                            || !selected(&c.object, &selector)
-                        {
+                        if c.resource != resource || namespace.as_deref().is_some_and(|n| n != ns) {
                             continue;
                         }
+                        let now = selected(&c.object, &selector);
+                        let then = c.before.as_ref().map(|b| selected(b, &selector));
+                        let kind = match (c.kind, then) {
+                            ("MODIFIED", Some(false)) if now => "ADDED",
+                            ("MODIFIED", Some(true)) if !now => "DELETED",
+                            (kind, _) if now => kind,
+                            _ => continue,
+                        };
                         let mut line =
-                            serde_json::to_vec(&json!({"type": c.kind, "object": c.object}))
+                            serde_json::to_vec(&json!({"type": kind, "object": c.object}))
                                 .unwrap_or_default();
                         line.push(b'\n');
                         lines.push(Bytes::from(line));
@@ -418,7 +433,7 @@ impl Server {
             meta["uid"] = Value::String(format!("uid-{}", store.rv + 1));
             meta["generation"] = json!(1);
             meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-            let rv = store.record(&key.0, "ADDED", &mut body);
+            let rv = store.record(&key.0, "ADDED", &mut body, None);
             store.objects.insert(key, body.clone());
             rv
         };
@@ -463,7 +478,7 @@ impl Server {
                     }
                 }
             }
-            let rv = store.record(&key.0, "MODIFIED", &mut body);
+            let rv = store.record(&key.0, "MODIFIED", &mut body, Some(&old));
             store.objects.insert(key, body.clone());
             rv
         };
@@ -489,7 +504,7 @@ impl Server {
             if new == old {
                 return respond(StatusCode::OK, &old);
             }
-            let rv = store.record(&key.0, "MODIFIED", &mut new);
+            let rv = store.record(&key.0, "MODIFIED", &mut new, Some(&old));
             store.objects.insert(key, new.clone());
             (rv, new)
         };
@@ -506,7 +521,7 @@ impl Server {
             let Some(mut old) = store.objects.remove(&key) else {
                 return not_found(&key);
             };
-            let rv = store.record(&key.0, "DELETED", &mut old);
+            let rv = store.record(&key.0, "DELETED", &mut old, None);
             (rv, old)
         };
         self.changed(rv);
