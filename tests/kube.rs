@@ -2,10 +2,10 @@
 //! `sluice-fake-apiserver` (a stand-in API server) through a kubeconfig, lists and
 //! watches AgentPools and EndpointSlices, takes the Lease, writes status and events,
 //! and pushes tables to a `sluice proxy`. Endpoint changes in the API reach the
-//! proxy's traffic, and a terminating endpoint is drained; an invalid pool is refused with its condition and leaves the
-//! other served; when the leader dies, the standby takes the Lease over and writes the
-//! status of what changed since. With `--endpointslice-label`, a slice that loses the
-//! label is gone for the controller.
+//! proxy's traffic, and a terminating endpoint is drained; an invalid pool is refused
+//! with its condition and leaves the other served; when the leader dies, the standby
+//! takes the Lease over and writes the status of what changed since. With
+//! `--endpointslice-label`, a slice that loses the label is gone for the controller.
 
 use std::net::SocketAddr;
 use std::time::Duration;
