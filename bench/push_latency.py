@@ -361,6 +361,26 @@ def measure(args):
         assert v == version, (p, v, version)
     print(f"initial table v{version} on {len(ids)} proxies", flush=True)
 
+    status_converged = None
+    if api is not None:
+        # Kubernetes mode: the leader writes every pool's status (paced by
+        # --status-write-rate); measure once that is done, not during it.
+        t0 = time.monotonic()
+
+        def all_statuses():
+            alive()
+            status, body = api.get(f"/apis/sluice.dev/v1alpha1/namespaces/{NS}/agentpools", timeout=10.0)
+            if status != 200:
+                return None
+            items = json.loads(body)["items"]
+            done = all((i.get("status") or {}).get("updatedProxies") == len(ids) for i in items)
+            return True if done and len(items) == args.pools else None
+
+        wait_for(all_statuses, 300, "every AgentPool's status to count the proxies", step=0.5)
+        status_converged = time.monotonic() - t0
+        print(f"every pool's status written and counting {len(ids)} proxies "
+              f"{status_converged:.1f}s after the first table reached them", flush=True)
+
     load_before = os.getloadavg()
     # 2. Idle: RSS, and the CPU the folder poll costs with nothing changing.
     time.sleep(args.settle)
@@ -507,6 +527,7 @@ def measure(args):
             "observe": args.observe,
         },
         "initial_load": initial,
+        "status_converged_seconds": status_converged,
         "loadavg_before_after": [load_before, os.getloadavg()],
         "table_line_bytes": table_bytes,
         "controller_idle_cpu_cores": idle_cpu,
@@ -590,6 +611,11 @@ def report(r):
         f"{t['changes']}: " + " ".join(f"{(t[k] or 0) / 1024:.0f}" for k in t if k != "changes")
         for t in r["rss_kib_timeline"]) + " (controller, then the proxies)")
     print()
+    if r.get("status_converged_seconds") is not None:
+        print(f"every AgentPool's status written, counting all proxies: "
+              f"{r['status_converged_seconds']:.1f}s after the first table reached them "
+              f"(status patches paced by --status-write-rate)")
+        print()
     il = r["initial_load"]
     if il:
         print(f"initial load: controller start → v1 published {ms(il['controller_start_to_publish_v1'])} ms; "
