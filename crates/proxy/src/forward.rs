@@ -682,7 +682,7 @@ impl Source {
 
 /// Turns the agent's response into the client's: hop-by-hop headers removed, the body
 /// streamed under the pool's deadlines, the endpoint slot held until the body ends, and
-/// an upgraded connection spliced through.
+/// an upgraded connection spliced through (holding the slot until it closes).
 fn respond(
     pool: &PoolRuntime,
     mut resp: Response<Incoming>,
@@ -694,8 +694,10 @@ fn respond(
 ) -> Response<ProxyBody> {
     let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let protocol = resp.headers().get(header::UPGRADE).cloned();
+    let mut slot = Some(slot);
     if let (true, Some(client), Some(protocol)) = (switching, client_upgrade, protocol.clone()) {
-        upgrade::splice(client, hyper::upgrade::on(&mut resp), protocol);
+        // The upgraded connection, not the (empty) response body, holds the slot.
+        upgrade::splice(client, hyper::upgrade::on(&mut resp), protocol, slot.take());
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -720,7 +722,7 @@ fn respond(
         (!rate.tokens.is_empty()).then(|| UsageWatch::new(rate.tokens, is_stream(&parts.headers)));
     let watch = (
         SlotWatch {
-            slot: Some(slot),
+            slot,
             cut: pool.metrics.body_cut.clone(),
         },
         usage,

@@ -35,9 +35,16 @@ pub fn restore_upgrade_headers(headers: &mut HeaderMap, protocol: HeaderValue) {
 }
 
 /// Copies bytes both ways between the client's and the agent's upgraded connections,
-/// once both upgrades complete, in a task of its own.
-pub fn splice(client: OnUpgrade, upstream: OnUpgrade, protocol: HeaderValue) {
+/// once both upgrades complete, in a task of its own. `hold` (the endpoint's slot) is
+/// kept until the connection closes: an open WebSocket occupies its endpoint.
+pub fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    protocol: HeaderValue,
+    hold: impl Send + 'static,
+) {
     tokio::spawn(async move {
+        let _hold = hold;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -11,7 +11,7 @@ mod support;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use support::{Agent, Proxy, catch_all, empty, pool, within};
+use support::{Agent, Proxy, catch_all, empty, eventually, pool, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -118,4 +118,38 @@ async fn a_websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
         assert_eq!(echoed, format!("echo:{message}"));
     }
     assert_eq!(agent.requests(), 1);
+}
+
+#[tokio::test]
+async fn an_open_websocket_occupies_its_endpoint_until_it_closes() {
+    let agent = echo_agent().await;
+    let proxy = Proxy::with_table(catch_all(pool("demo/ws", &[agent.address()], 30_000))).await;
+    let in_flight = format!(
+        "sluice_endpoint_in_flight{{endpoint=\"{}\",pool=\"demo/ws\"}}",
+        agent.address()
+    );
+
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = "GET /ws HTTP/1.1\r\nHost: sluice.test\r\nConnection: Upgrade\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let head = within("the 101 head", read_head(&mut stream)).await;
+    assert!(
+        head.to_ascii_lowercase().starts_with("http/1.1 101"),
+        "{head}"
+    );
+    let echoed = within("echo through the proxy", round_trip(&mut stream, "hi")).await;
+    assert_eq!(echoed, "echo:hi");
+    // The 101 response has ended; the connection is still open and counts.
+    assert_eq!(proxy.metric(&in_flight), Some(1.0));
+
+    drop(stream);
+    eventually("the closed connection to free its endpoint", || {
+        proxy.metric(&in_flight) == Some(0.0)
+    })
+    .await;
 }
