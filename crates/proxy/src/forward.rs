@@ -188,7 +188,7 @@ impl Forwarder {
         };
 
         // Who is asking, and may they call this pool. (A fallback pool is asked again
-        // before it serves; the request stays under the primary pool's rate limits.)
+        // before it serves, and its own rate limits apply too.)
         let caller = match runtime
             .auth
             .admit(
@@ -345,6 +345,63 @@ impl Forwarder {
                             }),
                         );
                     };
+                    // The fallback's own rate limits apply too: fallback traffic must
+                    // not overrun the pool it lands on.
+                    if let Some(needs) = rt.limits.needs(f) {
+                        let mut max_tokens = None;
+                        if needs.tokens && is_json(&parts.headers) {
+                            match body.into_bytes(MAX_BUFFERED_BODY).await {
+                                Ok(bytes) => {
+                                    max_tokens = requested_tokens(&bytes);
+                                    body = RequestBody::Buffered(bytes);
+                                }
+                                Err(e) => return (index_in(runtime, rt, f), Err(e)),
+                            }
+                        }
+                        let subject = Subject {
+                            pool: rt.pools[f].key(),
+                            pool_index: f,
+                            consumer: caller
+                                .as_ref()
+                                .map(|c| (c.consumer.as_str(), c.tier.as_str())),
+                            client_ip,
+                            headers: &parts.headers,
+                        };
+                        match rt.limits.check(&subject, max_tokens).await {
+                            Verdict::Admitted { headers, tokens } => {
+                                rate.headers = headers;
+                                rate.tokens.absorb(tokens);
+                            }
+                            Verdict::Limited {
+                                headers,
+                                policy,
+                                tier,
+                                retry_after,
+                            } => {
+                                return (
+                                    index_in(runtime, rt, f),
+                                    Err(ProxyError::RateLimited {
+                                        policy,
+                                        tier,
+                                        retry_after,
+                                        headers,
+                                    }),
+                                );
+                            }
+                            Verdict::Unavailable {
+                                policy,
+                                retry_after,
+                            } => {
+                                return (
+                                    index_in(runtime, rt, f),
+                                    Err(ProxyError::LimitsUnavailable {
+                                        policy,
+                                        retry_after,
+                                    }),
+                                );
+                            }
+                        }
+                    }
                     self.metrics
                         .fallbacks
                         .with_label_values(&[pool.key(), rt.pools[f].key()])

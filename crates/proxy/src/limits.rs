@@ -595,6 +595,8 @@ fn rate_headers(
 }
 
 /// Token reservations of one request, settled with the usage the agent reports.
+/// Reservations neither settled nor kept (see [`UsageWatch`]) are given back when it is
+/// dropped: a request refused or failed before an agent answered costs no tokens.
 #[derive(Debug, Default)]
 pub struct TokenSettlement {
     held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation, TokenCounters)>,
@@ -616,6 +618,15 @@ impl TokenSettlement {
     /// Gives back what was reserved (the request never reached an agent).
     pub fn release(&mut self) {
         self.settle_all(0);
+    }
+
+    /// Takes over `other`'s reservations (a fallback pool's, settled with the same
+    /// usage as the primary's).
+    pub fn absorb(&mut self, mut other: TokenSettlement) {
+        self.held.append(&mut other.held);
+        if self.clock.is_none() {
+            self.clock = other.clock.take();
+        }
     }
 
     fn settle_all(&mut self, actual: u64) {
@@ -661,6 +672,12 @@ impl UsageWatch {
                 self.usage = Some(total);
             }
         }
+    }
+}
+
+impl Drop for TokenSettlement {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -756,9 +773,22 @@ mod tests {
         ));
         tokens.settle(10);
         // 90 of the 100 reserved tokens came back.
+        let Verdict::Admitted { tokens, .. } = limits.check(&subject, Some(80)).await else {
+            panic!("90 tokens are free");
+        };
+        // A reservation dropped unsettled (the request failed before an agent
+        // answered) is given back whole.
+        drop(tokens);
+        let Verdict::Admitted { tokens, .. } = limits.check(&subject, Some(90)).await else {
+            panic!("the dropped reservation came back");
+        };
+        // One kept by a response without a usage report stays charged.
+        let mut watch = UsageWatch::new(tokens, false);
+        watch.on_end(BodyEnd::Dropped);
+        drop(watch);
         assert!(matches!(
-            limits.check(&subject, Some(80)).await,
-            Verdict::Admitted { .. }
+            limits.check(&subject, Some(1)).await,
+            Verdict::Limited { .. }
         ));
     }
 

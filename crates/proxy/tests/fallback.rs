@@ -268,3 +268,48 @@ async fn a_request_waiting_in_an_unchanged_pool_falls_back_by_the_newest_table()
     assert_eq!(second.text(), "new-backup");
     assert_eq!(old_backup.requests(), 0);
 }
+
+#[tokio::test]
+async fn a_fallback_pool_applies_its_own_rate_limits() {
+    let backup = Agent::named("backup").await;
+    let policy = "apiVersion: sluice.dev/v1alpha1\nkind: RatePolicy\n\
+        metadata: {name: backup-cap, namespace: demo}\n\
+        spec:\n  targetRefs: [{kind: AgentPool, name: backup}]\n  key: {type: Pool}\n  \
+        defaultTier: all\n  tiers: [{name: all, limits: [{requests: 2, period: 1m}]}]\n";
+    let yaml = [
+        pool(
+            "primary",
+            "/",
+            "[{service: {name: missing, port: 8080}}]",
+            "  fallback: {name: backup}\n",
+        ),
+        pool("backup", "/backup-only", &static_backend(&backup), ""),
+        policy.to_owned(),
+    ]
+    .concat();
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let c = client();
+
+    for _ in 0..2 {
+        let reply = get(&c, &proxy.url("/chat")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let refused = get(&c, &proxy.url("/chat")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    assert!(
+        refused.text().contains("demo/backup-cap"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(backup.requests(), 2);
+    // The backup's own route shares the same counter.
+    assert_eq!(
+        get(&c, &proxy.url("/backup-only")).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
