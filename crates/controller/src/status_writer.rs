@@ -241,37 +241,48 @@ impl StatusWriter {
     /// Writes every status of `batch`, logging failures; returns how many were patched.
     /// Stops when this replica loses the Lease.
     pub async fn apply_batch(&self, batch: &StatusBatch) -> usize {
+        self.apply_batch_until(batch, || false).await
+    }
+
+    /// Like [`Self::apply_batch`], but stops early once `superseded` says a newer batch
+    /// came: that one holds every status still to write (a batch is computed from the
+    /// objects as last seen, which the statuses written so far have already updated).
+    async fn apply_batch_until(&self, batch: &StatusBatch, superseded: impl Fn() -> bool) -> usize {
         let mut patched = 0;
-        let mut count = |written: Result<Written, StatusError>| match written {
-            Ok(Written::Patched) => {
-                patched += 1;
-                true
-            }
-            Ok(Written::Unchanged) => true,
-            Ok(Written::Standby) => false,
-            Err(e) => {
-                tracing::warn!(error = %e, "status not written");
-                true
-            }
+        let mut go_on = |written: Result<Written, StatusError>| {
+            let keep = match written {
+                Ok(Written::Patched) => {
+                    patched += 1;
+                    true
+                }
+                Ok(Written::Unchanged) => true,
+                Ok(Written::Standby) => {
+                    tracing::debug!("not the leader: the rest of the status batch is dropped");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "status not written");
+                    true
+                }
+            };
+            keep && !superseded()
         };
         for (o, s) in &batch.pools {
-            if !count(self.apply_pool(o, s).await) {
-                tracing::debug!("not the leader: the rest of the status batch is dropped");
+            if !go_on(self.apply_pool(o, s).await) {
                 return patched;
             }
         }
         for (o, s) in &batch.policies {
-            if !count(self.apply_policy(o, s).await) {
-                tracing::debug!("not the leader: the rest of the status batch is dropped");
+            if !go_on(self.apply_policy(o, s).await) {
                 return patched;
             }
         }
         patched
     }
 
-    /// Writes each batch published on `batches`, the latest one when several came in
-    /// while a batch was being written, until the sender is dropped. A batch that comes
-    /// while this replica is standby is dropped.
+    /// Writes each batch published on `batches` until the sender is dropped. A newer
+    /// batch replaces the one being written (which it supersedes) at the next status;
+    /// a batch that comes while this replica is standby is dropped.
     pub async fn run(self, mut batches: watch::Receiver<StatusBatch>) {
         while batches.changed().await.is_ok() {
             if !self.may_write() {
@@ -280,7 +291,9 @@ impl StatusWriter {
                 continue;
             }
             let batch = batches.borrow_and_update().clone();
-            let patched = self.apply_batch(&batch).await;
+            let patched = self
+                .apply_batch_until(&batch, || batches.has_changed().unwrap_or(false))
+                .await;
             if patched > 0 {
                 tracing::debug!(patched, "statuses written");
             }

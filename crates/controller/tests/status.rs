@@ -430,3 +430,44 @@ async fn status_patches_are_paced() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_batch_replaces_the_one_being_written() {
+    let objects = fixture();
+    let (table, diags) = compile(&objects);
+    let first = pool(&objects, "invalid").clone();
+    let wanted = status_for_pool(&first, &diags, &table, &t(100));
+    let mut other = first.clone();
+    other.metadata.name = Some("other".into());
+    let (client, seen) = stand_in(StatusCode::OK, serde_json::to_value(&first).expect("json"));
+    let two = NonZeroU32::new(2).expect("non-zero");
+    let writer = StatusWriter::new(client).with_write_rate(two, two);
+    let (tx, rx) = tokio::sync::watch::channel(StatusBatch::default());
+    let running = tokio::spawn(writer.run(rx));
+
+    tx.send_replace(StatusBatch {
+        pools: vec![(first, wanted.clone()); 6],
+        policies: Vec::new(),
+    });
+    // Two patches go at once, the third waits for the pace; meanwhile a newer batch.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send_replace(StatusBatch {
+        pools: vec![(other, wanted)],
+        policies: Vec::new(),
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let paths: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    assert_eq!(
+        paths.len(),
+        4,
+        "three of the first batch, then the newer: {paths:?}"
+    );
+    assert!(paths[3].contains("/agentpools/other/status"), "{paths:?}");
+    drop(tx);
+    running.await.expect("writer ends with the sender");
+}
