@@ -212,62 +212,19 @@ impl Forwarder {
 
         // Whether the request may go: every rate limit of the pool, at once.
         let (parts, incoming) = req.into_parts();
-        let mut body = RequestBody::Streaming(incoming);
-        let mut rate = RateOutcome::default();
-        if let Some(needs) = runtime.limits.needs(p) {
-            let mut max_tokens = None;
-            if needs.tokens && is_json(&parts.headers) {
-                match body.into_bytes(MAX_BUFFERED_BODY).await {
-                    Ok(bytes) => {
-                        max_tokens = requested_tokens(&bytes);
-                        body = RequestBody::Buffered(bytes);
-                    }
-                    Err(e) => return (Some(p), Err(e)),
-                }
-            }
-            let subject = Subject {
-                pool: runtime.pools[p].key(),
-                pool_index: p,
-                consumer: caller
-                    .as_ref()
-                    .map(|c| (c.consumer.as_str(), c.tier.as_str())),
-                client_ip,
-                headers: &parts.headers,
-            };
-            match runtime.limits.check(&subject, max_tokens).await {
-                Verdict::Admitted { headers, tokens } => {
-                    rate = RateOutcome { headers, tokens };
-                }
-                Verdict::Limited {
-                    headers,
-                    policy,
-                    tier,
-                    retry_after,
-                } => {
-                    return (
-                        Some(p),
-                        Err(ProxyError::RateLimited {
-                            policy,
-                            tier,
-                            retry_after,
-                            headers,
-                        }),
-                    );
-                }
-                Verdict::Unavailable {
-                    policy,
-                    retry_after,
-                } => {
-                    return (
-                        Some(p),
-                        Err(ProxyError::LimitsUnavailable {
-                            policy,
-                            retry_after,
-                        }),
-                    );
-                }
-            }
-        }
+        let checked = check_limits(
+            runtime,
+            p,
+            caller.as_ref(),
+            client_ip,
+            &parts.headers,
+            RequestBody::Streaming(incoming),
+        )
+        .await;
+        let (mut body, mut rate) = match checked {
+            Ok((body, rate)) => (body, rate.unwrap_or_default()),
+            Err(e) => return (Some(p), Err(e)),
+        };
 
         // Reserve an endpoint: in this pool, waiting in its queue if it is full, or in
         // its fallback chain when it has no live endpoint.
@@ -347,60 +304,17 @@ impl Forwarder {
                     };
                     // The fallback's own rate limits apply too: fallback traffic must
                     // not overrun the pool it lands on.
-                    if let Some(needs) = rt.limits.needs(f) {
-                        let mut max_tokens = None;
-                        if needs.tokens && is_json(&parts.headers) {
-                            match body.into_bytes(MAX_BUFFERED_BODY).await {
-                                Ok(bytes) => {
-                                    max_tokens = requested_tokens(&bytes);
-                                    body = RequestBody::Buffered(bytes);
-                                }
-                                Err(e) => return (index_in(runtime, rt, f), Err(e)),
+                    let checked =
+                        check_limits(rt, f, caller.as_ref(), client_ip, &parts.headers, body).await;
+                    match checked {
+                        Ok((checked_body, extra)) => {
+                            body = checked_body;
+                            if let Some(extra) = extra {
+                                rate.headers = extra.headers;
+                                rate.tokens.absorb(extra.tokens);
                             }
                         }
-                        let subject = Subject {
-                            pool: rt.pools[f].key(),
-                            pool_index: f,
-                            consumer: caller
-                                .as_ref()
-                                .map(|c| (c.consumer.as_str(), c.tier.as_str())),
-                            client_ip,
-                            headers: &parts.headers,
-                        };
-                        match rt.limits.check(&subject, max_tokens).await {
-                            Verdict::Admitted { headers, tokens } => {
-                                rate.headers = headers;
-                                rate.tokens.absorb(tokens);
-                            }
-                            Verdict::Limited {
-                                headers,
-                                policy,
-                                tier,
-                                retry_after,
-                            } => {
-                                return (
-                                    index_in(runtime, rt, f),
-                                    Err(ProxyError::RateLimited {
-                                        policy,
-                                        tier,
-                                        retry_after,
-                                        headers,
-                                    }),
-                                );
-                            }
-                            Verdict::Unavailable {
-                                policy,
-                                retry_after,
-                            } => {
-                                return (
-                                    index_in(runtime, rt, f),
-                                    Err(ProxyError::LimitsUnavailable {
-                                        policy,
-                                        retry_after,
-                                    }),
-                                );
-                            }
-                        }
+                        Err(e) => return (index_in(runtime, rt, f), Err(e)),
                     }
                     self.metrics
                         .fallbacks
@@ -686,6 +600,56 @@ impl RequestBody {
 struct RateOutcome {
     headers: Vec<(HeaderName, HeaderValue)>,
     tokens: TokenSettlement,
+}
+
+/// Checks the rate limits of pool `p` of `rt` for this caller, all at once. A token
+/// budget needs the body's `max_tokens`: a JSON body is then read (and handed back
+/// buffered). `None` when the pool has no limits.
+async fn check_limits(
+    rt: &Runtime,
+    p: usize,
+    caller: Option<&Caller>,
+    client_ip: std::net::IpAddr,
+    headers: &HeaderMap,
+    mut body: RequestBody,
+) -> Result<(RequestBody, Option<RateOutcome>), ProxyError> {
+    let Some(needs) = rt.limits.needs(p) else {
+        return Ok((body, None));
+    };
+    let mut max_tokens = None;
+    if needs.tokens && is_json(headers) {
+        let bytes = body.into_bytes(MAX_BUFFERED_BODY).await?;
+        max_tokens = requested_tokens(&bytes);
+        body = RequestBody::Buffered(bytes);
+    }
+    let subject = Subject {
+        pool: rt.pools[p].key(),
+        pool_index: p,
+        consumer: caller.map(|c| (c.consumer.as_str(), c.tier.as_str())),
+        client_ip,
+        headers,
+    };
+    match rt.limits.check(&subject, max_tokens).await {
+        Verdict::Admitted { headers, tokens } => Ok((body, Some(RateOutcome { headers, tokens }))),
+        Verdict::Limited {
+            headers,
+            policy,
+            tier,
+            retry_after,
+        } => Err(ProxyError::RateLimited {
+            policy,
+            tier,
+            retry_after,
+            headers,
+        }),
+        Verdict::Unavailable {
+            policy,
+            retry_after,
+        } => Err(ProxyError::LimitsUnavailable {
+            policy,
+            retry_after,
+        }),
+    }
 }
 
 /// Whether a request body is JSON (where `max_tokens` may be).
