@@ -542,6 +542,15 @@ impl<K: Content + ResourceExt> Cache<K> {
     }
 }
 
+/// Waits for a change on `rx`; whether its sender is still there. Never resolves
+/// without a receiver.
+async fn changed<T>(rx: Option<&mut channel::Receiver<T>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
 /// When passes run: compiles at least `debounce` apart, and status-only passes (a
 /// proxy acknowledged, a status was written back) at least `debounce` after any
 /// pass. A status pass does not hold the next compile back, so an endpoint change
@@ -689,16 +698,11 @@ impl Watch {
         let mut proxy_changes = self.proxies.as_ref().map(ProxyRegistry::changes);
         let mut peer_changes = self.peer_proxies.clone();
         loop {
-            let peers_changed = async {
-                match peer_changes.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
-                }
-            };
-            let proxies_changed = async {
-                match proxy_changes.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => std::future::pending().await,
+            // The proxies here or at the peers changed: (still open, which one).
+            let counts_changed = async {
+                tokio::select! {
+                    open = changed(proxy_changes.as_mut()) => (open, false),
+                    open = changed(peer_changes.as_mut()) => (open, true),
                 }
             };
             let leader_changed = async {
@@ -726,17 +730,11 @@ impl Watch {
                     }
                     deadline = pacer.schedule(deadline, pending);
                 }
-                open = proxies_changed => {
-                    if !open {
-                        proxy_changes = None;
-                    } else if self.statuses.is_some() {
-                        pending = pending.max(Change::Status);
-                        deadline = pacer.schedule(deadline, pending);
-                    }
-                }
-                open = peers_changed => {
-                    if !open {
+                (open, peers) = counts_changed => {
+                    if !open && peers {
                         peer_changes = None;
+                    } else if !open {
+                        proxy_changes = None;
                     } else if self.statuses.is_some() {
                         pending = pending.max(Change::Status);
                         deadline = pacer.schedule(deadline, pending);

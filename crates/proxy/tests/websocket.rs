@@ -93,11 +93,9 @@ async fn round_trip(stream: &mut TcpStream, message: &str) -> String {
     String::from_utf8(got).expect("utf-8")
 }
 
-#[tokio::test]
-async fn a_websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
-    let agent = echo_agent().await;
-    let proxy = Proxy::with_table(catch_all(pool("demo/ws", &[agent.address()], 30_000))).await;
-
+/// Connects to `proxy`, asks for a WebSocket upgrade, and returns the connection and
+/// the response head.
+async fn open_websocket(proxy: &Proxy) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
     let request = "GET /ws HTTP/1.1\r\nHost: sluice.test\r\nConnection: Upgrade\r\n\
                    Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
@@ -107,6 +105,15 @@ async fn a_websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
         .await
         .expect("write request");
     let head = within("the 101 head", read_head(&mut stream)).await;
+    (stream, head)
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
+    let agent = echo_agent().await;
+    let proxy = Proxy::with_table(catch_all(pool("demo/ws", &[agent.address()], 30_000))).await;
+
+    let (mut stream, head) = open_websocket(&proxy).await;
     let lower = head.to_ascii_lowercase();
     assert!(lower.starts_with("http/1.1 101"), "{head}");
     assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{head}");
@@ -129,15 +136,7 @@ async fn an_open_websocket_occupies_its_endpoint_until_it_closes() {
         agent.address()
     );
 
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let request = "GET /ws HTTP/1.1\r\nHost: sluice.test\r\nConnection: Upgrade\r\n\
-                   Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request");
-    let head = within("the 101 head", read_head(&mut stream)).await;
+    let (mut stream, head) = open_websocket(&proxy).await;
     assert!(
         head.to_ascii_lowercase().starts_with("http/1.1 101"),
         "{head}"
