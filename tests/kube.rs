@@ -6,6 +6,7 @@
 //! with its condition and leaves the other served; when the leader dies, the standby
 //! takes the Lease over and writes the status of what changed since. With
 //! `--endpointslice-label`, a slice that loses the label is gone for the controller.
+//! With `--peers`, the leader counts the proxies subscribed to the other replica.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -93,10 +94,20 @@ fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
 }
 
 fn controller(identity: &str, kubeconfig: &str, extra: &[&str]) -> Result<(Process, SocketAddr)> {
+    controller_on("127.0.0.1:0", identity, kubeconfig, extra)
+}
+
+/// A controller whose push listener binds `listen`.
+fn controller_on(
+    listen: &str,
+    identity: &str,
+    kubeconfig: &str,
+    extra: &[&str],
+) -> Result<(Process, SocketAddr)> {
     let args = [
         "controller",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--identity",
         identity,
         "--lease-namespace",
@@ -310,6 +321,46 @@ fn only_the_labelled_endpoint_slices_are_watched() -> Result<()> {
     })?;
     let chat = api.get(&format!("{POOLS}/chat"))?.context("chat")?;
     assert_eq!(chat["status"]["readyEndpoints"], 0, "{chat}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn the_leader_counts_the_proxies_of_the_other_replica() -> Result<()> {
+    let (_agent, a) = demo_agent("agent-a")?;
+    let (_apiserver, api, dir, kubeconfig) = fake_cluster("kube-peers")?;
+    api.create(POOLS, &pool("chat", "chat"))?;
+    api.create(SLICES, &slice("chat-1", a, true, false))?;
+
+    // The standby's address must be known to the leader, which starts first (to hold
+    // the Lease): a port found free a moment before.
+    let standby_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let peers = standby_addr.to_string();
+    let (_leader, _) = controller(
+        "ctl-1",
+        &kubeconfig,
+        &["--peers", &peers, "--peers-interval", "200ms"],
+    )?;
+    eventually(WAIT, "ctl-1 to hold the Lease", || {
+        Ok(api
+            .get(LEASE)?
+            .filter(|l| l["spec"]["holderIdentity"] == "ctl-1"))
+    })?;
+    let (_standby, standby) = controller_on(&peers, "ctl-2", &kubeconfig, &[])?;
+    let (_proxy, traffic) = proxy(standby)?;
+    eventually(WAIT, "traffic through the standby's table", || {
+        let resp = get(traffic, "/agents/chat/hello")?;
+        Ok((resp.header("x-demo-agent") == Some("agent-a")).then_some(()))
+    })?;
+
+    // Only the leader writes status, and it counts the standby's proxy.
+    let status = eventually(WAIT, "the leader to count the standby's proxy", || {
+        let status = api.get(&format!("{POOLS}/chat"))?.context("chat")?["status"].clone();
+        Ok((status["updatedProxies"] == 1).then_some(status))
+    })?;
+    assert_eq!(status["proxies"], 1, "{status}");
+    let lease = api.get(LEASE)?.context("the Lease")?;
+    assert_eq!(lease["spec"]["holderIdentity"], "ctl-1", "{lease}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
