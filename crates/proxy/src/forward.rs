@@ -371,7 +371,7 @@ impl Forwarder {
         pick: &PickRequest<'_>,
         deadline: Instant,
         start: Instant,
-        mut rate: RateOutcome,
+        rate: RateOutcome,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let retry = pool
             .spec
@@ -459,7 +459,7 @@ impl Forwarder {
                         .map_or(pool.spec.request_timeout_ms, |fb| {
                             fb.min(pool.spec.request_timeout_ms)
                         });
-                    rate.tokens.release();
+                    // `rate` is dropped: its token reservation goes back.
                     return Err(ProxyError::Timeout {
                         endpoint: endpoint.address.clone(),
                         timeout_ms,
@@ -483,11 +483,9 @@ impl Forwarder {
                             start,
                             rate,
                         )),
-                        Failure::Error(e) => {
-                            // Nothing reached an agent that answered: the reservation goes back.
-                            rate.tokens.release();
-                            Err(e)
-                        }
+                        // Nothing reached an agent that answered: dropping `rate`
+                        // gives the token reservation back.
+                        Failure::Error(e) => Err(e),
                     };
                 }
             }

@@ -468,7 +468,7 @@ impl TableLimits {
                             .push((budget.store.clone(), reservation, counters));
                     }
                     Ok(Reserve::Refused(decision)) => {
-                        tokens.release();
+                        // Returning drops `tokens`: what was reserved goes back.
                         self.context
                             .metrics
                             .count_rate(&policy.key, tier_name, "denied");
@@ -615,11 +615,6 @@ impl TokenSettlement {
         self.settle_all(actual);
     }
 
-    /// Gives back what was reserved (the request never reached an agent).
-    pub fn release(&mut self) {
-        self.settle_all(0);
-    }
-
     /// Takes over `other`'s reservations (a fallback pool's, settled with the same
     /// usage as the primary's).
     pub fn absorb(&mut self, mut other: TokenSettlement) {
@@ -676,8 +671,9 @@ impl UsageWatch {
 }
 
 impl Drop for TokenSettlement {
+    /// Gives back what was neither settled nor kept.
     fn drop(&mut self) {
-        self.release();
+        self.settle_all(0);
     }
 }
 
