@@ -17,6 +17,8 @@ pub mod duration;
 pub mod manifest;
 pub mod rate_policy;
 pub mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use agent_pool::{AgentPool, AgentPoolSpec, AgentPoolStatus};
 pub use compile::{Objects, compile};

@@ -88,31 +88,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_api::table::{Algorithm, BackendTarget};
-    use sluice_api::table::{Pool, Route};
-
-    fn table(prefix: &str) -> RouteTable {
-        let pool = Pool {
-            key: "d/p".into(),
-            algorithm: Algorithm::RoundRobin,
-            backends: vec![BackendTarget {
-                name: "static[0]".into(),
-                weight: 1,
-                endpoints: vec![],
-                ..Default::default()
-            }],
-            connect_timeout_ms: 1,
-            request_timeout_ms: 1,
-            ..Default::default()
-        };
-        let route = Route {
-            pool: "d/p".into(),
-            host: None,
-            path_prefix: prefix.into(),
-            headers: vec![],
-        };
-        RouteTable::new(vec![route], vec![pool])
-    }
+    use sluice_api::testing::one_pool_table as table;
 
     #[test]
     fn versions_grow_only_when_content_changes() {

@@ -13,34 +13,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_api::RouteTable;
-use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
+use sluice_api::testing::one_pool_table as table;
 use sluice_controller::Publisher;
 use sluice_controller::peers::{self, PeerConfig, ProxyRevisions};
 use sluice_controller::push::proxies::{AckError, Acked, RegisterError};
 use sluice_controller::push::{self, Ack, ProxyRegistry, PushConfig, PushMetrics};
-
-fn table(prefix: &str) -> RouteTable {
-    let pool = Pool {
-        key: "d/p".into(),
-        algorithm: Algorithm::RoundRobin,
-        backends: vec![BackendTarget {
-            name: "static[0]".into(),
-            weight: 1,
-            endpoints: vec![Endpoint::new("127.0.0.1:9")],
-            ..Default::default()
-        }],
-        connect_timeout_ms: 1,
-        request_timeout_ms: 1,
-        ..Default::default()
-    };
-    let route = Route {
-        pool: "d/p".into(),
-        host: None,
-        path_prefix: prefix.into(),
-        headers: vec![],
-    };
-    RouteTable::new(vec![route], vec![pool])
-}
 
 async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
