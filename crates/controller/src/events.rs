@@ -99,7 +99,10 @@ pub fn transitions(current: &[Condition], wanted: &[Condition]) -> Vec<Transitio
                 EventType::Warning
             },
             reason: c.reason.clone(),
-            note: cut(format!("{}={}: {}", c.type_, c.status, c.message)),
+            note: crate::status::cut(
+                MAX_NOTE_LEN,
+                format!("{}={}: {}", c.type_, c.status, c.message),
+            ),
             action: c.type_.clone(),
         })
         .collect()
@@ -178,17 +181,4 @@ impl EventPublisher {
             }
         }
     }
-}
-
-/// Cuts `note` to [`MAX_NOTE_LEN`] bytes, on a character boundary.
-fn cut(mut note: String) -> String {
-    if note.len() > MAX_NOTE_LEN {
-        let mut end = MAX_NOTE_LEN - 3;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    note
 }

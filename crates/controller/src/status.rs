@@ -269,15 +269,21 @@ fn describe(diags: &[&Diagnostic]) -> String {
         out.push_str(": ");
         out.push_str(&d.message);
     }
-    if out.len() > MAX_MESSAGE_LEN {
-        let mut cut = MAX_MESSAGE_LEN - 3;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
+    cut(MAX_MESSAGE_LEN, out)
+}
+
+/// Cuts `text` to at most `max` bytes (at least 4), on a character boundary, ending
+/// it with `...` when something was cut.
+pub(crate) fn cut(max: usize, mut text: String) -> String {
+    if text.len() > max {
+        let mut end = max - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
         }
-        out.truncate(cut);
-        out.push_str("...");
+        text.truncate(end);
+        text.push_str("...");
     }
-    out
+    text
 }
 
 /// Turns drafts into conditions: a condition whose status did not change keeps the
