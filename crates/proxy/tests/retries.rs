@@ -60,6 +60,29 @@ async fn reading_agent(
     .await
 }
 
+/// Two reading agents, `a` and `b`, both answering 503, behind a pool with `retries`.
+struct Failing {
+    a: Agent,
+    b: Agent,
+    proxy: Proxy,
+    /// What each agent read.
+    bodies: mpsc::UnboundedReceiver<(&'static str, Bytes)>,
+}
+
+async fn two_failing(retries: &str) -> Failing {
+    let (seen, bodies) = mpsc::unbounded_channel();
+    let a = reading_agent("a", StatusCode::SERVICE_UNAVAILABLE, seen.clone()).await;
+    let b = reading_agent("b", StatusCode::SERVICE_UNAVAILABLE, seen).await;
+    let yaml = manifest(&[a.address(), b.address()], retries, "{}");
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    Failing {
+        a,
+        b,
+        proxy,
+        bodies,
+    }
+}
+
 /// An agent that echoes the request body with `200`.
 async fn echo_agent() -> Agent {
     Agent::start(|req: Request<Incoming>| async move {
@@ -225,15 +248,12 @@ async fn a_small_post_is_replayed_with_the_identical_body() {
 
 #[tokio::test]
 async fn a_post_over_the_replay_cap_is_not_replayed() {
-    let (seen, mut bodies) = mpsc::unbounded_channel();
-    let a = reading_agent("a", StatusCode::SERVICE_UNAVAILABLE, seen.clone()).await;
-    let b = reading_agent("b", StatusCode::SERVICE_UNAVAILABLE, seen).await;
-    let yaml = manifest(
-        &[a.address(), b.address()],
-        "{attempts: 2, statuses: [503]}",
-        "{}",
-    );
-    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let Failing {
+        a,
+        b,
+        proxy,
+        mut bodies,
+    } = two_failing("{attempts: 2, statuses: [503]}").await;
     let c = client();
 
     // 100 KiB: more than the 64 KiB kept for replay.
@@ -312,15 +332,12 @@ async fn a_timeout_is_never_retried() {
 #[tokio::test]
 async fn a_retry_beyond_the_budget_is_not_sent() {
     // Ratio 0 and no reserve: the budget never holds a retry.
-    let (seen, mut bodies) = mpsc::unbounded_channel();
-    let a = reading_agent("a", StatusCode::SERVICE_UNAVAILABLE, seen.clone()).await;
-    let b = reading_agent("b", StatusCode::SERVICE_UNAVAILABLE, seen).await;
-    let yaml = manifest(
-        &[a.address(), b.address()],
-        "{attempts: 2, statuses: [503], budgetRatio: 0, minRetriesPerSecond: 0}",
-        "{}",
-    );
-    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let Failing {
+        a,
+        b,
+        proxy,
+        mut bodies,
+    } = two_failing("{attempts: 2, statuses: [503], budgetRatio: 0, minRetriesPerSecond: 0}").await;
 
     let reply = get(&client(), &proxy.url("/")).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -335,15 +352,12 @@ async fn a_retry_beyond_the_budget_is_not_sent() {
 /// budget refuses was never sent, so it must not count.
 #[tokio::test]
 async fn a_retry_refused_by_the_budget_is_not_counted_as_sent_to_an_endpoint() {
-    let (seen, _bodies) = mpsc::unbounded_channel();
-    let a = reading_agent("a", StatusCode::SERVICE_UNAVAILABLE, seen.clone()).await;
-    let b = reading_agent("b", StatusCode::SERVICE_UNAVAILABLE, seen).await;
-    let yaml = manifest(
-        &[a.address(), b.address()],
-        "{attempts: 2, statuses: [503], budgetRatio: 0, minRetriesPerSecond: 0}",
-        "{}",
-    );
-    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let Failing {
+        a,
+        b,
+        proxy,
+        bodies: _bodies,
+    } = two_failing("{attempts: 2, statuses: [503], budgetRatio: 0, minRetriesPerSecond: 0}").await;
 
     let reply = get(&client(), &proxy.url("/")).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
