@@ -71,6 +71,20 @@ fn spawn_send(client: &TestClient, req: Request<support::TestBody>) -> JoinHandl
     tokio::spawn(async move { send(&client, req).await })
 }
 
+/// Sends `req` in a task of its own and returns once it waits in the queue, which is
+/// then `depth` deep.
+async fn send_queued(
+    client: &TestClient,
+    proxy: &Proxy,
+    req: Request<support::TestBody>,
+    depth: f64,
+    what: &str,
+) -> JoinHandle<Reply> {
+    let sent = spawn_send(client, req);
+    eventually(what, || proxy.metric(DEPTH) == Some(depth)).await;
+    sent
+}
+
 async fn next_arrival(arrived: &mut mpsc::UnboundedReceiver<String>) -> String {
     within("the agent receives a request", arrived.recv())
         .await
@@ -86,15 +100,21 @@ async fn a_full_pool_queues_in_order_and_refuses_beyond_the_depth_at_once() {
 
     let first = spawn_send(&c, request(&proxy, 1, true));
     assert_eq!(next_arrival(&mut arrived).await, "1");
-    let second = spawn_send(&c, request(&proxy, 2, false));
-    eventually("the second request queues", || {
-        proxy.metric(DEPTH) == Some(1.0)
-    })
+    let second = send_queued(
+        &c,
+        &proxy,
+        request(&proxy, 2, false),
+        1.0,
+        "the second request queues",
+    )
     .await;
-    let third = spawn_send(&c, request(&proxy, 3, false));
-    eventually("the third request queues", || {
-        proxy.metric(DEPTH) == Some(2.0)
-    })
+    let third = send_queued(
+        &c,
+        &proxy,
+        request(&proxy, 3, false),
+        2.0,
+        "the third request queues",
+    )
     .await;
 
     // The queue is full: the fourth is refused without waiting for anything.
@@ -188,10 +208,13 @@ async fn a_waiter_is_served_by_an_endpoint_added_while_it_waits() {
 
     let first = spawn_send(&c, request(&proxy, 1, true));
     assert_eq!(next_arrival(&mut arrived).await, "1");
-    let second = spawn_send(&c, request(&proxy, 2, false));
-    eventually("the second request queues", || {
-        proxy.metric(DEPTH) == Some(1.0)
-    })
+    let second = send_queued(
+        &c,
+        &proxy,
+        request(&proxy, 2, false),
+        1.0,
+        "the second request queues",
+    )
     .await;
 
     // The pool scales up while the first request is still held.
@@ -249,15 +272,21 @@ async fn a_freed_slot_reaches_a_waiter_that_can_use_it() {
     let on_cpu = spawn_send(&c, request(&proxy, 2, true));
     assert_eq!(next_arrival(&mut cpu_arrived).await, "2");
     // Queued: first a summarize request, then a plain one.
-    let waiting_summarize = spawn_send(&c, summarize(3, false));
-    eventually("the summarize request queues", || {
-        proxy.metric(DEPTH) == Some(1.0)
-    })
+    let waiting_summarize = send_queued(
+        &c,
+        &proxy,
+        summarize(3, false),
+        1.0,
+        "the summarize request queues",
+    )
     .await;
-    let waiting_plain = spawn_send(&c, request(&proxy, 4, false));
-    eventually("the plain request queues", || {
-        proxy.metric(DEPTH) == Some(2.0)
-    })
+    let waiting_plain = send_queued(
+        &c,
+        &proxy,
+        request(&proxy, 4, false),
+        2.0,
+        "the plain request queues",
+    )
     .await;
 
     // Free the cpu slot: only the plain waiter can take it.
@@ -297,21 +326,20 @@ async fn a_higher_priority_tier_goes_first() {
 
     let first = spawn_send(&c, request(&proxy, 1, true));
     assert_eq!(next_arrival(&mut arrived).await, "1");
-    let anonymous = spawn_send(&c, request(&proxy, 2, false));
-    eventually("the anonymous request queues", || {
-        proxy.metric(DEPTH) == Some(1.0)
-    })
+    let anonymous = send_queued(
+        &c,
+        &proxy,
+        request(&proxy, 2, false),
+        1.0,
+        "the anonymous request queues",
+    )
     .await;
     let mut req = request(&proxy, 3, false);
     req.headers_mut().insert(
         "x-api-key",
         "vip-key-long-enough-to-pass".parse().expect("value"),
     );
-    let premium = spawn_send(&c, req);
-    eventually("the premium request queues", || {
-        proxy.metric(DEPTH) == Some(2.0)
-    })
-    .await;
+    let premium = send_queued(&c, &proxy, req, 2.0, "the premium request queues").await;
 
     gate.send_replace(true);
     for task in [first, anonymous, premium] {
