@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use support::{Agent, Proxy, TestClient, client, compile_yaml, empty, full, get, send, within};
+use support::{
+    Agent, Proxy, TestClient, client, compile_yaml, empty, full, get, holding_agent, send, within,
+};
 use tokio::sync::{mpsc, watch};
 
 /// A pool over `agents` with the `loadBalancing` given as a YAML flow mapping.
@@ -70,26 +71,6 @@ async fn a_session_stays_on_one_agent_and_sessions_spread() {
     }
     let used: BTreeSet<&String> = placed.values().collect();
     assert!(used.len() >= 2, "30 sessions all on {used:?}");
-}
-
-/// An agent that reports its name when a request arrives and holds requests carrying
-/// `x-hold` until the gate opens.
-async fn holding_agent(
-    name: &'static str,
-    arrived: mpsc::UnboundedSender<&'static str>,
-    gate: watch::Receiver<bool>,
-) -> Agent {
-    Agent::start(move |req: Request<Incoming>| {
-        let (arrived, mut gate) = (arrived.clone(), gate.clone());
-        async move {
-            arrived.send(name).expect("test is listening");
-            if req.headers().contains_key("x-hold") {
-                gate.wait_for(|open| *open).await.expect("gate kept");
-            }
-            Response::new(full(name))
-        }
-    })
-    .await
 }
 
 #[tokio::test]

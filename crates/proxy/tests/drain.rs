@@ -5,33 +5,12 @@
 
 mod support;
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{Request, StatusCode};
 use sluice_api::RouteTable;
-use support::{Agent, Proxy, client, compile_yaml, empty, full, get, send, within};
+use support::{Agent, Proxy, client, compile_yaml, empty, get, holding_agent, send, within};
 use tokio::sync::{mpsc, watch};
 
 const POOL: &str = "demo/rollout";
-
-/// An agent that reports its name when a request arrives and holds requests carrying
-/// `x-hold` until the gate opens.
-async fn agent(
-    name: &'static str,
-    arrived: mpsc::UnboundedSender<&'static str>,
-    gate: watch::Receiver<bool>,
-) -> Agent {
-    Agent::start(move |req: Request<Incoming>| {
-        let (arrived, mut gate) = (arrived.clone(), gate.clone());
-        async move {
-            arrived.send(name).expect("test is listening");
-            if req.headers().contains_key("x-hold") {
-                gate.wait_for(|open| *open).await.expect("gate kept");
-            }
-            Response::new(full(name))
-        }
-    })
-    .await
-}
 
 /// The pool over Service `rollout`, with one EndpointSlice per `(agent, conditions)`.
 fn table(slices: &[(&Agent, &str)]) -> RouteTable {
@@ -61,8 +40,8 @@ const TERMINATING: &str = "{ready: false, serving: true, terminating: true}";
 async fn drain_with(next: impl FnOnce(&Agent, &Agent) -> RouteTable) {
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
     let (gate, gate_rx) = watch::channel(false);
-    let old = agent("old", arrived_tx.clone(), gate_rx.clone()).await;
-    let new = agent("new", arrived_tx, gate_rx).await;
+    let old = holding_agent("old", arrived_tx.clone(), gate_rx.clone()).await;
+    let new = holding_agent("new", arrived_tx, gate_rx).await;
     let proxy = Proxy::with_table(table(&[(&old, READY)])).await;
     let c = client();
 

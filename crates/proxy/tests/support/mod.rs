@@ -27,7 +27,7 @@ use sluice_proxy::body::BoxError;
 use sluice_proxy::server::{self, ServerConfig};
 use sluice_proxy::{Forwarder, Metrics, TableStore};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// The body type tests send and fake agents answer with.
 pub type TestBody = BoxBody<Bytes, BoxError>;
@@ -249,6 +249,26 @@ impl Agent {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// An agent that reports its name when a request arrives and holds requests carrying
+/// `x-hold` until the gate opens.
+pub async fn holding_agent(
+    name: &'static str,
+    arrived: mpsc::UnboundedSender<&'static str>,
+    gate: watch::Receiver<bool>,
+) -> Agent {
+    Agent::start(move |req: Request<Incoming>| {
+        let (arrived, mut gate) = (arrived.clone(), gate.clone());
+        async move {
+            arrived.send(name).expect("test is listening");
+            if req.headers().contains_key("x-hold") {
+                gate.wait_for(|open| *open).await.expect("gate kept");
+            }
+            Response::new(full(name))
+        }
+    })
+    .await
 }
 
 /// An address nothing listens on: bound, then released.
