@@ -22,6 +22,21 @@ fn pool(name: &str, path: &str, backends: &str, extra: &str) -> String {
     )
 }
 
+/// Pool `primary` on `/` over `backends` (with the spec lines `extra`), falling back
+/// to pool `backup` on `/backup-only` over the agent `backup`.
+fn primary_with_backup(backends: &str, extra: &str, backup: &Agent) -> String {
+    [
+        pool(
+            "primary",
+            "/",
+            backends,
+            &format!("{extra}  fallback: {{name: backup}}\n"),
+        ),
+        pool("backup", "/backup-only", &static_backend(backup), ""),
+    ]
+    .concat()
+}
+
 fn static_backend(agent: &Agent) -> String {
     format!("[{{endpoints: [\"{}\"]}}]", agent.address())
 }
@@ -38,16 +53,7 @@ fn fallbacks(proxy: &Proxy, from: &str, to: &str) -> f64 {
 async fn a_pool_without_endpoints_sends_to_its_fallback() {
     let backup = Agent::named("backup").await;
     // A Service with no EndpointSlices resolves to no endpoint (a warning, not an error).
-    let yaml = [
-        pool(
-            "primary",
-            "/",
-            "[{service: {name: missing, port: 8080}}]",
-            "  fallback: {name: backup}\n",
-        ),
-        pool("backup", "/backup-only", &static_backend(&backup), ""),
-    ]
-    .concat();
+    let yaml = primary_with_backup("[{service: {name: missing, port: 8080}}]", "", &backup);
     let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
     let c = client();
 
@@ -139,16 +145,11 @@ async fn a_pool_whose_endpoints_fail_their_health_check_falls_back() {
     })
     .await;
     let backup = Agent::named("backup").await;
-    let yaml = [
-        pool(
-            "primary",
-            "/",
-            &static_backend(&sick),
-            "  healthCheck: {interval: 100ms, unhealthyThreshold: 1}\n  fallback: {name: backup}\n",
-        ),
-        pool("backup", "/backup-only", &static_backend(&backup), ""),
-    ]
-    .concat();
+    let yaml = primary_with_backup(
+        &static_backend(&sick),
+        "  healthCheck: {interval: 100ms, unhealthyThreshold: 1}\n",
+        &backup,
+    );
     let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
     let healthy = format!(
         "sluice_endpoint_healthy{{endpoint=\"{}\",pool=\"demo/primary\"}}",
@@ -175,16 +176,11 @@ async fn a_pool_whose_only_endpoint_is_ejected_falls_back() {
     })
     .await;
     let backup = Agent::named("backup").await;
-    let yaml = [
-        pool(
-            "primary",
-            "/",
-            &static_backend(&failing),
-            "  outlierDetection: {consecutiveFailures: 1, baseEjectionTime: 1m}\n  fallback: {name: backup}\n",
-        ),
-        pool("backup", "/backup-only", &static_backend(&backup), ""),
-    ]
-    .concat();
+    let yaml = primary_with_backup(
+        &static_backend(&failing),
+        "  outlierDetection: {consecutiveFailures: 1, baseEjectionTime: 1m}\n",
+        &backup,
+    );
     let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
     let c = client();
 
@@ -221,24 +217,16 @@ async fn a_request_waiting_in_an_unchanged_pool_falls_back_by_the_newest_table()
     let old_backup = Agent::named("old-backup").await;
     let new_backup = Agent::named("new-backup").await;
     let table = |backup: &Agent| {
-        compile_yaml(
-            &[
-                pool(
-                    "primary",
-                    "/",
-                    &format!(
-                        "[{{endpoints: [\"{}\"], maxConcurrency: 1}}]",
-                        slow.address()
-                    ),
-                    "  queue: {maxDepth: 4, timeout: 30s}\n  \
+        compile_yaml(&primary_with_backup(
+            &format!(
+                "[{{endpoints: [\"{}\"], maxConcurrency: 1}}]",
+                slow.address()
+            ),
+            "  queue: {maxDepth: 4, timeout: 30s}\n  \
                      outlierDetection: {consecutiveFailures: 1, baseEjectionTime: 1m, \
-                     maxEjectionTime: 2m, maxEjectionPercent: 100}\n  \
-                     fallback: {name: backup}\n",
-                ),
-                pool("backup", "/backup-only", &static_backend(backup), ""),
-            ]
-            .concat(),
-        )
+                     maxEjectionTime: 2m, maxEjectionPercent: 100}\n",
+            backup,
+        ))
     };
     let proxy = Proxy::with_table(table(&old_backup)).await;
     let c = client();
@@ -277,13 +265,7 @@ async fn a_fallback_pool_applies_its_own_rate_limits() {
         spec:\n  targetRefs: [{kind: AgentPool, name: backup}]\n  key: {type: Pool}\n  \
         defaultTier: all\n  tiers: [{name: all, limits: [{requests: 2, period: 1m}]}]\n";
     let yaml = [
-        pool(
-            "primary",
-            "/",
-            "[{service: {name: missing, port: 8080}}]",
-            "  fallback: {name: backup}\n",
-        ),
-        pool("backup", "/backup-only", &static_backend(&backup), ""),
+        primary_with_backup("[{service: {name: missing, port: 8080}}]", "", &backup),
         policy.to_owned(),
     ]
     .concat();
