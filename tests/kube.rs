@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use sluice_e2e::{Process, demo_agent, eventually, get, send_json, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, send_json, subscribed_proxy, temp_dir};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -147,22 +147,7 @@ fn fake_cluster(name: &str) -> Result<(Process, Api, std::path::PathBuf, String)
 
 /// A proxy subscribed to the controller at `controller`, and its traffic address.
 fn proxy(controller: SocketAddr) -> Result<(Process, SocketAddr)> {
-    let mut proxy = Process::start(
-        "proxy",
-        "sluice",
-        &[
-            "proxy",
-            "--controller",
-            &format!("http://{controller}"),
-            "--proxy-id",
-            "proxy-1",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-    )?;
-    let traffic = proxy.logged_addr("proxy started", "listen")?;
+    let (proxy, traffic, _) = subscribed_proxy("proxy", controller, "proxy-1", &[])?;
     Ok((proxy, traffic))
 }
 

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, subscribed_proxy, temp_dir};
 
 fn pool(endpoint: &str) -> String {
     format!(
@@ -39,27 +39,10 @@ fn controller_pushes_to_two_proxies_which_survive_its_loss() -> Result<()> {
         ],
     )?;
     let controller_addr = controller.logged_addr("controller started", "listen")?;
-    let url = format!("http://{controller_addr}");
 
     let mut proxies = Vec::new();
     for name in ["proxy-1", "proxy-2"] {
-        let mut p = Process::start(
-            name,
-            "sluice",
-            &[
-                "proxy",
-                "--controller",
-                &url,
-                "--proxy-id",
-                name,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin",
-                "127.0.0.1:0",
-            ],
-        )?;
-        let traffic = p.logged_addr("proxy started", "listen")?;
-        let admin = p.logged_addr("proxy started", "admin")?;
+        let (p, traffic, admin) = subscribed_proxy(name, controller_addr, name, &[])?;
         proxies.push((p, traffic, admin));
     }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Result;
-use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir};
+use sluice_e2e::{Process, demo_agent, eventually, get, subscribed_proxy, temp_dir};
 
 fn pool(endpoint: &str) -> String {
     format!(
@@ -41,27 +41,7 @@ fn proxy(
     controller: SocketAddr,
     cache: &str,
 ) -> Result<(Process, SocketAddr, SocketAddr)> {
-    let url = format!("http://{controller}");
-    let mut p = Process::start(
-        name,
-        "sluice",
-        &[
-            "proxy",
-            "--controller",
-            &url,
-            "--proxy-id",
-            "e2e-proxy",
-            "--table-cache",
-            cache,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-    )?;
-    let traffic = p.logged_addr("proxy started", "listen")?;
-    let admin = p.logged_addr("proxy started", "admin")?;
-    Ok((p, traffic, admin))
+    subscribed_proxy(name, controller, "e2e-proxy", &["--table-cache", cache])
 }
 
 fn served_by(traffic: SocketAddr) -> Result<Option<String>> {

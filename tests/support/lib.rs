@@ -174,6 +174,38 @@ pub fn demo_agent(name: &str) -> Result<(Process, SocketAddr)> {
     Ok((agent, addr))
 }
 
+/// Starts `sluice proxy` (process `name`) subscribed as `proxy_id` to the controller
+/// at `controller`, with `extra` arguments, listening on ports of its own choosing;
+/// returns it with its traffic and admin addresses.
+///
+/// # Errors
+///
+/// When it cannot be started or does not log its addresses.
+pub fn subscribed_proxy(
+    name: &str,
+    controller: SocketAddr,
+    proxy_id: &str,
+    extra: &[&str],
+) -> Result<(Process, SocketAddr, SocketAddr)> {
+    let url = format!("http://{controller}");
+    let mut args = vec![
+        "proxy",
+        "--controller",
+        &url,
+        "--proxy-id",
+        proxy_id,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let mut proxy = Process::start(name, "sluice", &args)?;
+    let traffic = proxy.logged_addr("proxy started", "listen")?;
+    let admin = proxy.logged_addr("proxy started", "admin")?;
+    Ok((proxy, traffic, admin))
+}
+
 /// Calls `check` every 20 ms until it returns `Some`, fails, or `timeout` passes.
 ///
 /// # Errors
