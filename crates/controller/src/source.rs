@@ -228,9 +228,9 @@ impl FolderReader {
     /// As [`read`].
     pub fn read_if_changed(&mut self) -> Result<Option<Snapshot>, SourceError> {
         let last = self.digest.take();
-        let (files, digest) = self.refresh()?;
+        let digest = self.refresh()?;
         self.digest = Some(digest);
-        Ok((last != Some(digest)).then(|| self.snapshot(files, digest)))
+        Ok((last != Some(digest)).then(|| self.snapshot(digest)))
     }
 
     /// Reads the manifests, taking unchanged files from the cache.
@@ -239,13 +239,13 @@ impl FolderReader {
     ///
     /// As [`read`].
     pub fn read(&mut self) -> Result<Snapshot, SourceError> {
-        let (files, digest) = self.refresh()?;
+        let digest = self.refresh()?;
         self.digest = Some(digest);
-        Ok(self.snapshot(files, digest))
+        Ok(self.snapshot(digest))
     }
 
     /// Lists the files, reads those that changed, and digests names and contents.
-    fn refresh(&mut self) -> Result<(Vec<PathBuf>, [u8; 32]), SourceError> {
+    fn refresh(&mut self) -> Result<[u8; 32], SourceError> {
         self.last_reads = 0;
         let listed = list_with_metadata(&self.path)?;
         // The listing is almost always the last one: walk both in step, and index
@@ -253,7 +253,6 @@ impl FolderReader {
         let mut previous = std::mem::take(&mut self.files).into_iter().peekable();
         let mut strays: Option<HashMap<PathBuf, CachedFile>> = None;
         let mut hasher = Sha256::new();
-        let mut files = Vec::with_capacity(listed.len());
         for (file, meta) in listed {
             let stamp = Stamp::of(&meta);
             let cached = match (&mut strays, previous.peek()) {
@@ -272,16 +271,17 @@ impl FolderReader {
             hasher.update(file.to_string_lossy().as_bytes());
             hasher.update([0]);
             hasher.update(entry.digest);
-            self.files.push((file.clone(), entry));
-            files.push(file);
+            self.files.push((file, entry));
         }
-        Ok((files, hasher.finalize().into()))
+        Ok(hasher.finalize().into())
     }
 
     /// The objects of the files last read, in their order.
-    fn snapshot(&self, files: Vec<PathBuf>, digest: [u8; 32]) -> Snapshot {
+    fn snapshot(&self, digest: [u8; 32]) -> Snapshot {
         let mut objects = Objects::default();
-        for (_, c) in &self.files {
+        let mut files = Vec::with_capacity(self.files.len());
+        for (file, c) in &self.files {
+            files.push(file.clone());
             objects.pools.extend_from_slice(&c.objects.pools);
             objects.policies.extend_from_slice(&c.objects.policies);
             objects.slices.extend_from_slice(&c.objects.slices);
