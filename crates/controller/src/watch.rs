@@ -837,15 +837,16 @@ impl Watch {
             self.metrics.compiles.inc();
             log_new_diagnostics(self.last.as_ref().map(|c| &c.diags), &diags);
             let (pools, routes) = (table.pools.len(), table.routes.len());
-            match self.publisher.publish(table.clone()) {
+            let published = self.publisher.publish(table.clone());
+            if published.is_ok() {
+                // In force now, newly published or not.
+                self.rollout.record(&table);
+            }
+            match published {
                 Ok(Some(version)) => {
-                    self.rollout.record(&table);
                     tracing::info!(version, pools, routes, "route table published")
                 }
-                Ok(None) => {
-                    self.rollout.record(&table);
-                    tracing::debug!("objects changed but the table did not")
-                }
+                Ok(None) => tracing::debug!("objects changed but the table did not"),
                 Err(e) => {
                     tracing::error!(error = %e, "compiled table is invalid; keeping the last table")
                 }
@@ -863,14 +864,13 @@ impl Watch {
             return;
         }
         let now = Time(Timestamp::now());
-        let proxies = self.proxies.as_ref().map(|registry| {
-            let remote = self
-                .peer_proxies
-                .as_ref()
-                .map(|rx| rx.borrow().clone())
-                .unwrap_or_default();
-            peers::merge(registry.acked(), &remote)
-        });
+        let proxies = self
+            .proxies
+            .as_ref()
+            .map(|registry| match &self.peer_proxies {
+                Some(rx) => peers::merge(registry.acked(), &rx.borrow()),
+                None => peers::merge(registry.acked(), &ProxyRevisions::new()),
+            });
         let updated = proxies
             .as_ref()
             .map(|(connected, acked)| (*connected, self.rollout.counter(acked)));
