@@ -316,8 +316,7 @@ impl StatusWriter {
             + std::fmt::Debug,
         S: Serialize + DeserializeOwned + WithConditions,
     {
-        let sent = serde_json::to_value(status).unwrap_or_default();
-        let comparable: Option<S> = self.without_pruned(&sent);
+        let comparable = self.without_pruned(status);
         if same_apart_from_transition_time(current, Some(comparable.as_ref().unwrap_or(status))) {
             return Ok(Written::Unchanged);
         }
@@ -348,7 +347,7 @@ impl StatusWriter {
         .await
         {
             Ok(Ok(written)) => {
-                self.note_pruned(kind, &sent, &written);
+                self.note_pruned(kind, &patch["status"], &written);
                 if let Some(events) = &self.events {
                     let flips = transitions(current_conditions.unwrap_or_default(), conditions);
                     events.publish_all(&obj.object_ref(&()), &flips).await;
@@ -372,12 +371,12 @@ impl StatusWriter {
 
 impl StatusWriter {
     /// `status` without the fields the API server is known to drop, if there are any.
-    fn without_pruned<S: DeserializeOwned>(&self, sent: &serde_json::Value) -> Option<S> {
+    fn without_pruned<S: Serialize + DeserializeOwned>(&self, status: &S) -> Option<S> {
         let pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
         if pruned.is_empty() {
             return None;
         }
-        let mut v = sent.clone();
+        let mut v = serde_json::to_value(status).ok()?;
         let fields = v.as_object_mut()?;
         for field in pruned.iter() {
             fields.remove(field);
