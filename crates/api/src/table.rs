@@ -6,15 +6,17 @@
 //! a re-sent one. Both sides call [`RouteTable::validate`]: a table that fails it is
 //! never served.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use http::HeaderName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 mod policy;
 mod pool;
+pub mod rules;
+pub mod units;
 
-pub use crate::agent_pool::HeaderMatch;
 pub use policy::{
     Consumer, FailureMode, Policy, RateAlgorithm, RateKeyType, RequestLimit, Scope, TierLimits,
     TokenLimit,
@@ -23,6 +25,8 @@ pub use pool::{
     Access, Algorithm, BackendProtocol, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck,
     Jwt, Outlier, Pool, Queue, RetryPolicy,
 };
+pub use rules::RuleError;
+pub use units::{KeyHash, Millis, Percent, Threshold};
 
 /// A compiled, versioned routing table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -55,13 +59,23 @@ pub struct Route {
     pub host: Option<String>,
     /// Segment-wise path prefix, without a trailing slash (`/` itself for the root).
     pub path_prefix: String,
-    /// Headers (names in lower case) that must be present with these exact values.
+    /// Headers that must be present with these exact values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
 }
 
+/// A header a route requires, with its exact value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderMatch {
+    /// The header.
+    #[serde(with = "units::header_name")]
+    pub name: HeaderName,
+    /// Its value, compared byte for byte.
+    pub value: String,
+}
+
 /// Why a table was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TableError {
     /// A route names a pool the table does not have. Not retryable: the producer is buggy
     /// or the table was corrupted.
@@ -75,13 +89,24 @@ pub enum TableError {
     /// Two pools share a key.
     #[error("pool {0:?} appears twice")]
     DuplicatePool(String),
-    /// A backend weight is zero.
-    #[error("pool {pool:?} backend {backend:?} has weight 0")]
-    ZeroWeight {
-        /// The pool.
-        pool: String,
-        /// The backend.
-        backend: String,
+    /// A value breaks one of the [`rules`] that `compile` enforces.
+    #[error("{at}: {error}")]
+    Rule {
+        /// Where: the pool, policy or consumer and the field.
+        at: String,
+        /// The rule broken.
+        #[source]
+        error: RuleError,
+    },
+    /// A reference does not resolve, or settings contradict each other (a policy's
+    /// pool or default tier that is not there, a `Header` key without its header, a
+    /// key hash shared by two consumers, a malformed route).
+    #[error("{at}: {problem}")]
+    Inconsistent {
+        /// Where: the pool, policy, consumer or route and the field.
+        at: String,
+        /// What is wrong.
+        problem: String,
     },
     /// An endpoint address is not `host:port`.
     #[error("pool {pool:?} endpoint {address:?} is not host:port")]
@@ -164,13 +189,8 @@ impl RouteTable {
             if !keys.insert(pool.key.as_str()) {
                 return Err(TableError::DuplicatePool(pool.key.clone()));
             }
+            validate_pool(pool)?;
             for backend in &pool.backends {
-                if backend.weight == 0 {
-                    return Err(TableError::ZeroWeight {
-                        pool: pool.key.clone(),
-                        backend: backend.name.clone(),
-                    });
-                }
                 for ep in &backend.endpoints {
                     if !is_host_port(&ep.address) {
                         return Err(TableError::BadAddress {
@@ -194,9 +214,214 @@ impl RouteTable {
                     pool: route.pool.clone(),
                 });
             }
+            if let Err(problem) = route_form(route) {
+                return Err(inconsistent(format!("route {index}"), problem));
+            }
         }
-        Ok(())
+        for pool in &self.pools {
+            if let Some(f) = &pool.fallback
+                && !keys.contains(f.as_str())
+            {
+                return Err(inconsistent(
+                    format!("pool {} fallback", pool.key),
+                    format!("pool {f:?} is not in the table"),
+                ));
+            }
+        }
+        for policy in &self.policies {
+            validate_policy(policy, &keys)?;
+        }
+        validate_consumers(&self.consumers, &keys)
     }
+}
+
+fn inconsistent(at: String, problem: impl Into<String>) -> TableError {
+    TableError::Inconsistent {
+        at,
+        problem: problem.into(),
+    }
+}
+
+fn rule(at: impl FnOnce() -> String, checked: Result<(), RuleError>) -> Result<(), TableError> {
+    checked.map_err(|error| TableError::Rule { at: at(), error })
+}
+
+/// The rules of one pool that its types do not already guarantee.
+fn validate_pool(pool: &Pool) -> Result<(), TableError> {
+    let key = &pool.key;
+    for c in pool
+        .capabilities
+        .iter()
+        .chain(pool.backends.iter().flat_map(|b| &b.capabilities))
+    {
+        rule(
+            || format!("pool {key} capabilities"),
+            rules::name(c, "capability"),
+        )?;
+    }
+    if (pool.algorithm == Algorithm::ConsistentHash) != pool.balancer.hash_on.is_some() {
+        return Err(inconsistent(
+            format!("pool {key} balancer"),
+            "hashOn is set exactly when the algorithm is ConsistentHash",
+        ));
+    }
+    rule(
+        || format!("pool {key} balancer.boundedLoad"),
+        rules::bounded_load(pool.balancer.bounded_load),
+    )?;
+    if let Some(r) = &pool.retries {
+        rule(
+            || format!("pool {key} retries.attempts"),
+            rules::retry_attempts(r.attempts),
+        )?;
+        for s in &r.statuses {
+            rule(
+                || format!("pool {key} retries.statuses"),
+                rules::retry_status(*s),
+            )?;
+        }
+        rule(
+            || format!("pool {key} retries"),
+            rules::retry_budget(r.budget_ratio, r.min_retries_per_second),
+        )?;
+    }
+    if let Some(o) = &pool.outlier {
+        rule(
+            || format!("pool {key} outlier.maxEjectionMs"),
+            rules::ejection_times(o.base_ejection, o.max_ejection),
+        )?;
+    }
+    if let Some(q) = &pool.queue {
+        for tier in q.tier_priorities.keys() {
+            rule(
+                || format!("pool {key} queue.tierPriorities"),
+                rules::name(tier, "tier"),
+            )?;
+        }
+    }
+    for t in &pool.access.tiers {
+        rule(
+            || format!("pool {key} access.tiers"),
+            rules::name(t, "tier"),
+        )?;
+    }
+    for c in &pool.access.consumers {
+        rule(
+            || format!("pool {key} access.consumers"),
+            rules::name(c, "consumer"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A route's path prefix and host are in the form routing compares against.
+fn route_form(route: &Route) -> Result<(), String> {
+    let p = route.path_prefix.as_str();
+    if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) {
+        return Err(format!(
+            "path prefix {p:?} must start with / and not end with one"
+        ));
+    }
+    if p.contains("//")
+        || p.split('/').any(|s| s == "." || s == "..")
+        || p.bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+    {
+        return Err(format!("path prefix {p:?} is not a plain, normalised path"));
+    }
+    if let Some(h) = &route.host
+        && (h.contains(':')
+            || h.ends_with('.')
+            || h.bytes().any(|b| b.is_ascii_uppercase())
+            || !is_host_port(&format!("{h}:1")))
+    {
+        return Err(format!("host {h:?} is not a lower-case host name"));
+    }
+    Ok(())
+}
+
+fn validate_policy(policy: &Policy, pools: &HashSet<&str>) -> Result<(), TableError> {
+    let key = &policy.key;
+    for p in &policy.pools {
+        if !pools.contains(p.as_str()) {
+            return Err(inconsistent(
+                format!("policy {key} pools"),
+                format!("pool {p:?} is not in the table"),
+            ));
+        }
+    }
+    if (policy.key_type == RateKeyType::Header) != policy.header.is_some() {
+        return Err(inconsistent(
+            format!("policy {key} header"),
+            "a header is set exactly when the key type is Header",
+        ));
+    }
+    if !policy.tiers.contains_key(&policy.default_tier) {
+        return Err(inconsistent(
+            format!("policy {key} defaultTier"),
+            format!("{:?} is not one of the tiers", policy.default_tier),
+        ));
+    }
+    for (name, limits) in &policy.tiers {
+        rule(|| format!("policy {key} tiers"), rules::name(name, "tier"))?;
+        if limits.requests.is_empty() && limits.tokens.is_empty() {
+            return Err(inconsistent(
+                format!("policy {key} tier {name}"),
+                "has no limit",
+            ));
+        }
+        for l in &limits.requests {
+            let at = || format!("policy {key} tier {name} limits");
+            rule(at, rules::period(l.period))?;
+            rule(
+                at,
+                rules::request_limit(policy.algorithm, l.requests, l.period),
+            )?;
+        }
+        for l in &limits.tokens {
+            let at = || format!("policy {key} tier {name} tokenLimits");
+            rule(at, rules::period(l.period))?;
+            rule(at, rules::token_limit(l.tokens, l.period))?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_consumers(consumers: &[Consumer], pools: &HashSet<&str>) -> Result<(), TableError> {
+    let mut owners: HashMap<&KeyHash, &str> = HashMap::new();
+    let mut names = HashSet::new();
+    for c in consumers {
+        let at = || format!("consumer {}", c.name);
+        rule(at, rules::name(&c.name, "consumer"))?;
+        if !names.insert(c.name.as_str()) {
+            return Err(inconsistent(at(), "appears twice"));
+        }
+        if let Some(t) = &c.tier {
+            rule(at, rules::name(t, "tier"))?;
+        }
+        if c.key_hashes.is_empty() {
+            return Err(inconsistent(at(), "has no API key"));
+        }
+        for h in &c.key_hashes {
+            if let Some(other) = owners.insert(h, &c.name)
+                && other != c.name
+            {
+                return Err(inconsistent(
+                    at(),
+                    format!("shares an API key with consumer {other}"),
+                ));
+            }
+        }
+        for p in c.pools.iter().flatten() {
+            if !pools.contains(p.as_str()) {
+                return Err(inconsistent(
+                    format!("consumer {} pools", c.name),
+                    format!("pool {p:?} is not in the table"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `s` is `host:port` (a DNS name, an IPv4 address or a bracketed IPv6 address,
@@ -258,12 +483,11 @@ mod tests {
             algorithm: Algorithm::RoundRobin,
             backends: vec![BackendTarget {
                 name: "static[0]".into(),
-                weight: 1,
                 endpoints: vec![Endpoint::new("127.0.0.1:9001")],
                 ..Default::default()
             }],
-            connect_timeout_ms: 1000,
-            request_timeout_ms: 1000,
+            connect_timeout: Millis::at_least_one(1000),
+            request_timeout: Millis::at_least_one(1000),
             ..Default::default()
         }
     }
@@ -293,19 +517,119 @@ mod tests {
         assert!(matches!(dup.validate(), Err(TableError::DuplicatePool(_))));
 
         let mut tampered = good.clone();
-        tampered.pools[0].request_timeout_ms = 5;
+        tampered.pools[0].request_timeout = Millis::at_least_one(5);
         assert!(matches!(
             tampered.validate(),
             Err(TableError::Revision { .. })
         ));
+    }
 
-        let mut zero = RouteTable::new(vec![], vec![pool("a/x")]);
-        zero.pools[0].backends[0].weight = 0;
-        zero.revision = zero.content_digest();
+    /// Re-stamps the revision, as a buggy producer would, so that only the broken rule
+    /// is left for `validate` to find.
+    fn restamped(mut t: RouteTable) -> RouteTable {
+        t.revision = t.content_digest();
+        t
+    }
+
+    #[test]
+    fn validate_refuses_what_compile_refuses() {
+        let base = RouteTable::new(vec![route("a/x")], vec![pool("a/x")]);
+        let broken = |edit: &dyn Fn(&mut RouteTable)| {
+            let mut t = base.clone();
+            edit(&mut t);
+            restamped(t).validate()
+        };
         assert!(matches!(
-            zero.validate(),
-            Err(TableError::ZeroWeight { .. })
+            broken(&|t| {
+                t.pools[0].retries = Some(RetryPolicy {
+                    attempts: 11,
+                    ..RetryPolicy::default()
+                })
+            }),
+            Err(TableError::Rule {
+                error: RuleError::TooManyAttempts(11),
+                ..
+            })
         ));
+        assert!(matches!(
+            broken(&|t| t.pools[0].algorithm = Algorithm::ConsistentHash),
+            Err(TableError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            broken(&|t| t.routes[0].path_prefix = "/a/".into()),
+            Err(TableError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            broken(&|t| t.pools[0].capabilities = vec!["a b".into()]),
+            Err(TableError::Rule {
+                error: RuleError::BadName { .. },
+                ..
+            })
+        ));
+        let limit = |requests: u32| RequestLimit {
+            requests: std::num::NonZeroU32::new(requests).expect("nonzero"),
+            period: Millis::MIN,
+            burst: std::num::NonZeroU32::MIN,
+        };
+        let policy = |requests: u32| Policy {
+            key: "a/p".into(),
+            pools: vec!["a/x".into()],
+            key_type: RateKeyType::Pool,
+            header: None,
+            per_pool: false,
+            algorithm: RateAlgorithm::TokenBucket,
+            tiers: [(
+                "all".to_owned(),
+                TierLimits {
+                    requests: vec![limit(requests)],
+                    tokens: vec![],
+                },
+            )]
+            .into(),
+            default_tier: "all".into(),
+            scope: Scope::Local,
+            failure_mode: FailureMode::Open,
+            soft_percent: None,
+            token_estimate: std::num::NonZeroU32::MIN,
+        };
+        assert_eq!(broken(&|t| t.policies = vec![policy(1_000)]), Ok(()));
+        assert!(matches!(
+            broken(&|t| t.policies = vec![policy(2_000_000)]),
+            Err(TableError::Rule {
+                error: RuleError::RateTooHigh { .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            broken(&|t| {
+                let mut p = policy(1);
+                p.default_tier = "gold".into();
+                t.policies = vec![p];
+            }),
+            Err(TableError::Inconsistent { .. })
+        ));
+        let hash = KeyHash::from_bytes([7; 32]);
+        let consumer = |name: &str| Consumer {
+            name: name.into(),
+            tier: None,
+            key_hashes: vec![hash],
+            pools: None,
+        };
+        assert!(matches!(
+            broken(&|t| t.consumers = vec![consumer("a"), consumer("b")]),
+            Err(TableError::Inconsistent { .. })
+        ));
+    }
+
+    #[test]
+    fn a_zero_in_a_nonzero_field_fails_to_parse() {
+        let table = RouteTable::new(vec![route("a/x")], vec![pool("a/x")]);
+        let json = serde_json::to_string(&table).expect("serialise");
+        assert!(json.contains("\"requestTimeoutMs\":1000"), "{json}");
+        let zeroed = json.replace("\"weight\":1", "\"weight\":0");
+        assert!(serde_json::from_str::<RouteTable>(&zeroed).is_err());
+        let back: RouteTable = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, table);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! dev-dependency only).
 
 use crate::RouteTable;
-use crate::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
+use crate::table::{Algorithm, BackendTarget, Endpoint, Millis, Pool, Route};
 
 /// A table with one pool `d/p` behind one route on `prefix`: round robin over one
 /// endpoint, `127.0.0.1:9` (the discard port, where nothing answers), 1 ms timeouts.
@@ -13,12 +13,11 @@ pub fn one_pool_table(prefix: &str) -> RouteTable {
         algorithm: Algorithm::RoundRobin,
         backends: vec![BackendTarget {
             name: "static[0]".into(),
-            weight: 1,
             endpoints: vec![Endpoint::new("127.0.0.1:9")],
             ..Default::default()
         }],
-        connect_timeout_ms: 1,
-        request_timeout_ms: 1,
+        connect_timeout: Millis::MIN,
+        request_timeout: Millis::MIN,
         ..Default::default()
     };
     let route = Route {

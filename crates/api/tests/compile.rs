@@ -55,6 +55,14 @@ fn fixtures() {
                 "--- {name}: expected\n{expected}\n--- actual\n{actual}"
             ));
         }
+        // What compile emits, the proxy accepts: validate refuses only what compile
+        // would have refused.
+        let (table, _) = sluice_api::compile(&objects);
+        assert_eq!(
+            table.validate(),
+            Ok(()),
+            "{name}: compiled table is invalid"
+        );
         // Compiling the same objects in reverse order gives the same result.
         objects.pools.reverse();
         objects.slices.reverse();

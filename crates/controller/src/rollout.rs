@@ -122,7 +122,6 @@ mod tests {
             key: key.into(),
             backends: vec![BackendTarget {
                 name: "b".into(),
-                weight: 1,
                 endpoints: vec![Endpoint::new(address)],
                 ..Default::default()
             }],

@@ -471,7 +471,10 @@ async fn a_consumer_secret_feeds_the_consumers_of_the_table() {
         .find(|c| c.name == "acme")
         .expect("consumer acme");
     assert_eq!(
-        acme.key_hashes,
+        acme.key_hashes
+            .iter()
+            .map(|h| h.to_hex())
+            .collect::<Vec<_>>(),
         vec![hash_api_key("a-long-random-api-key-0123456789")]
     );
     assert_eq!(acme.tier.as_deref(), Some("premium"));

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -228,7 +227,7 @@ impl Forwarder {
 
         // Reserve an endpoint: in this pool, waiting in its queue if it is full, or in
         // its fallback chain when it has no live endpoint.
-        let deadline = start + Duration::from_millis(runtime.pools[p].spec.request_timeout_ms);
+        let deadline = start + runtime.pools[p].spec.request_timeout.get();
         let mut hops = 0;
         // The newer table the request moved to while it waited, if any.
         let mut newer: Option<Arc<Runtime>> = None;
@@ -332,7 +331,7 @@ impl Forwarder {
             hash: pool.hash_key(&parts.headers, client_ip),
             priority: pool.priority(tier),
         };
-        let request_deadline = start + Duration::from_millis(pool.spec.request_timeout_ms);
+        let request_deadline = start + pool.spec.request_timeout.get();
         let template = Template::new(
             &parts,
             peer,
@@ -403,9 +402,10 @@ impl Forwarder {
             };
             let upstream = template.request(&endpoint.address, body)?;
             let attempt_start = Instant::now();
-            let first_byte = pool.spec.first_byte_timeout_ms.map_or(deadline, |ms| {
-                deadline.min(attempt_start + Duration::from_millis(ms))
-            });
+            let first_byte = pool
+                .spec
+                .first_byte_timeout
+                .map_or(deadline, |t| deadline.min(attempt_start + t.get()));
             let failure = match tokio::time::timeout_at(
                 first_byte,
                 endpoint.client.request(upstream),
@@ -453,12 +453,12 @@ impl Forwarder {
                 Err(_) => {
                     // The agent may be working on it: a timeout is never retried.
                     pool.record_outcome(slot.index, Outcome::Failure5xx);
+                    let request = pool.spec.request_timeout;
                     let timeout_ms = pool
                         .spec
-                        .first_byte_timeout_ms
-                        .map_or(pool.spec.request_timeout_ms, |fb| {
-                            fb.min(pool.spec.request_timeout_ms)
-                        });
+                        .first_byte_timeout
+                        .map_or(request, |fb| fb.min(request))
+                        .as_millis();
                     // `rate` is dropped: its token reservation goes back.
                     return Err(ProxyError::Timeout {
                         endpoint: endpoint.address.clone(),
@@ -724,16 +724,14 @@ fn respond(
         upgrade::restore_upgrade_headers(&mut parts.headers, protocol);
     }
     let total = if is_stream(&parts.headers) {
-        pool.spec
-            .stream_max_duration_ms
-            .map(|ms| start + Duration::from_millis(ms))
+        pool.spec.stream_max_duration.map(|d| start + d.get())
     } else {
         Some(deadline)
     };
     let idle = pool
         .spec
-        .idle_timeout_ms
-        .map_or(DEFAULT_IDLE_TIMEOUT, Duration::from_millis);
+        .idle_timeout
+        .map_or(DEFAULT_IDLE_TIMEOUT, |t| t.get());
     for (name, value) in rate.headers {
         parts.headers.insert(name, value);
     }

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use http::HeaderMap;
 use sluice_api::table::{self, Pool};
 
-use crate::auth::api_key::{Consumer, KeyStore};
+use crate::auth::api_key::{ApiKeyError, Consumer, KeyStore};
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{AuthError, extract_credential};
@@ -45,25 +45,25 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the key store of `consumers`. The compile step already refused keys
-    /// shared by two consumers; a store that still cannot be built is logged and left
-    /// empty, so no key is accepted by mistake.
-    pub fn new(consumers: &[table::Consumer]) -> Self {
+    /// Builds the key store of `consumers`.
+    ///
+    /// # Errors
+    ///
+    /// The [`ApiKeyError`] of a consumer that cannot be identified safely (a key
+    /// shared by two consumers, a name or tier that cannot be forwarded): the table
+    /// is refused rather than served with a guess.
+    pub fn new(consumers: &[table::Consumer]) -> Result<Self, ApiKeyError> {
         let entries = consumers.iter().flat_map(|c| {
             let consumer = Consumer {
                 name: c.name.clone(),
                 tier: c.tier.clone().unwrap_or_else(|| DEFAULT_TIER.to_owned()),
                 allowed_pools: c.pools.clone(),
             };
-            c.key_hashes
-                .iter()
-                .map(move |h| (h.clone(), consumer.clone()))
+            c.key_hashes.iter().map(move |h| (*h, consumer.clone()))
         });
-        let keys = KeyStore::new(entries).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "consumer keys refused; no API key is accepted");
-            KeyStore::default()
-        });
-        Self { keys }
+        Ok(Self {
+            keys: KeyStore::new(entries)?,
+        })
     }
 
     /// Identifies the caller of `pool` and checks its access.

@@ -78,15 +78,24 @@ impl LimitsContext {
 
     /// Builds the limits of a table's policies for its pools (by key). Counters whose
     /// quota did not change carry over; the others start fresh.
-    pub fn build(self: &Arc<Self>, policies: &[Policy], pool_keys: &[String]) -> TableLimits {
+    ///
+    /// # Errors
+    ///
+    /// A [`LimitError`] when a limit cannot be held by its limiter (a table that
+    /// passed validation never has one): the table is refused whole, never served
+    /// without that limit.
+    pub fn build(
+        self: &Arc<Self>,
+        policies: &[Policy],
+        pool_keys: &[String],
+    ) -> Result<TableLimits, LimitError> {
         let mut stores = self.stores.lock().unwrap_or_else(PoisonError::into_inner);
         let mut used = HashMap::new();
         let mut by_pool: Vec<Vec<usize>> = vec![Vec::new(); pool_keys.len()];
         let mut built = Vec::new();
         for policy in policies {
-            let Some(rt) = self.build_policy(policy, &mut stores, &mut used) else {
-                continue;
-            };
+            // Counters are only read here: a table refused half-way loses none.
+            let rt = self.build_policy(policy, &stores, &mut used)?;
             let index = built.len();
             built.push(rt);
             for pool in &policy.pools {
@@ -96,89 +105,90 @@ impl LimitsContext {
             }
         }
         *stores = used;
-        TableLimits {
+        Ok(TableLimits {
             context: self.clone(),
             policies: built,
             by_pool,
-        }
+        })
     }
 
     fn build_policy(
         &self,
         policy: &Policy,
-        stores: &mut HashMap<String, Counter>,
+        stores: &HashMap<String, Counter>,
         used: &mut HashMap<String, Counter>,
-    ) -> Option<PolicyRt> {
+    ) -> Result<PolicyRt, LimitError> {
+        let refused = |tier: &str, reason: String| LimitError {
+            policy: policy.key.clone(),
+            tier: tier.to_owned(),
+            reason,
+        };
         let mut tiers = HashMap::new();
         for (name, limits) in &policy.tiers {
             let mut requests = Vec::new();
             for (i, l) in limits.requests.iter().enumerate() {
-                let (Some(n), Some(burst)) =
-                    (NonZeroU32::new(l.requests), NonZeroU32::new(l.burst))
-                else {
-                    continue;
-                };
-                let period = Duration::from_millis(l.period_ms);
                 let id = format!(
                     "{}|{name}|r{i}|{:?}|{:?}|{}|{}|{}",
-                    policy.key, policy.algorithm, policy.scope, l.requests, l.period_ms, l.burst
+                    policy.key,
+                    policy.algorithm,
+                    policy.scope,
+                    l.requests,
+                    l.period.as_millis(),
+                    l.burst
                 );
-                let counter = match stores.remove(&id).or_else(|| used.get(&id).cloned()) {
+                let counter = match stores.get(&id).or_else(|| used.get(&id)).cloned() {
                     Some(c) => c,
-                    None => match self.new_counter(policy, n, period, burst) {
-                        Some(c) => c,
-                        None => {
-                            tracing::error!(policy = %policy.key, tier = %name, "limit refused by the limiter; the policy is not applied");
-                            return None;
-                        }
-                    },
+                    None => self
+                        .new_counter(policy, l.requests, l.period.get(), l.burst)
+                        .map_err(|reason| refused(name, reason))?,
                 };
                 used.insert(id, counter.clone());
                 requests.push(RequestLimit {
                     counter,
-                    requests: l.requests,
-                    window_ms: l.period_ms,
+                    requests: l.requests.get(),
+                    window_ms: l.period.as_millis(),
                 });
             }
             let mut tokens = Vec::new();
             for (i, l) in limits.tokens.iter().enumerate() {
-                let Some(n) = NonZeroU32::new(l.tokens) else {
-                    continue;
-                };
-                let id = format!("{}|{name}|t{i}|{}|{}", policy.key, l.tokens, l.period_ms);
-                let counter = match stores.remove(&id).or_else(|| used.get(&id).cloned()) {
-                    Some(c) => c,
-                    None => {
-                        let quota =
-                            BudgetQuota::per_period(n, Duration::from_millis(l.period_ms)).ok()?;
-                        Counter::Tokens(Arc::new(KeyedStore::new(
-                            quota,
-                            StoreConfig::new(self.max_keys),
-                        )))
+                let id = format!(
+                    "{}|{name}|t{i}|{}|{}",
+                    policy.key,
+                    l.tokens,
+                    l.period.as_millis()
+                );
+                let store = match stores.get(&id).or_else(|| used.get(&id)).cloned() {
+                    Some(Counter::Tokens(store)) => store,
+                    _ => {
+                        let quota = BudgetQuota::per_period(l.tokens, l.period.get())
+                            .map_err(|e| refused(name, e.to_string()))?;
+                        Arc::new(KeyedStore::new(quota, StoreConfig::new(self.max_keys)))
                     }
                 };
-                used.insert(id, counter.clone());
-                if let Counter::Tokens(store) = counter {
-                    tokens.push(TokenLimitRt {
-                        store,
-                        tokens: l.tokens,
-                        window_ms: l.period_ms,
-                    });
-                }
+                used.insert(id, Counter::Tokens(store.clone()));
+                tokens.push(TokenLimitRt {
+                    store,
+                    tokens: l.tokens.get(),
+                    window_ms: l.period.as_millis(),
+                });
             }
             tiers.insert(name.clone(), TierRt { requests, tokens });
         }
-        Some(PolicyRt {
+        let soft = match policy.soft_percent {
+            Some(p) => Some(
+                SoftLimit::percent(p.get())
+                    .map_err(|e| refused(&policy.default_tier, e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(PolicyRt {
             key: policy.key.clone(),
             key_type: policy.key_type,
-            header: policy
-                .header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok()),
+            header: policy.header.clone(),
             per_pool: policy.per_pool,
             default_tier: policy.default_tier.clone(),
-            soft: policy.soft_percent.and_then(|p| SoftLimit::percent(p).ok()),
-            token_estimate: policy.token_estimate,
+            soft,
+            token_estimate: policy.token_estimate.get(),
             tiers,
         })
     }
@@ -189,41 +199,60 @@ impl LimitsContext {
         n: NonZeroU32,
         period: Duration,
         burst: NonZeroU32,
-    ) -> Option<Counter> {
+    ) -> Result<Counter, String> {
         let config = StoreConfig::new(self.max_keys);
-        match (policy.scope, policy.algorithm) {
+        let gcra = || {
+            Quota::per_period(n, period)
+                .map(|q| q.with_burst(burst))
+                .map_err(|e| e.to_string())
+        };
+        Ok(match (policy.scope, policy.algorithm) {
             (Scope::Global, _) => {
-                let quota = Quota::per_period(n, period).ok()?.with_burst(burst);
+                let quota = gcra()?;
                 match &self.redis {
                     Some(redis) => {
                         let mode = match policy.failure_mode {
                             TableFailureMode::Open => FailureMode::Open,
                             TableFailureMode::Closed => FailureMode::Closed,
                         };
-                        Some(Counter::Global(Arc::new(GlobalLimiter::new(
+                        Counter::Global(Arc::new(GlobalLimiter::new(
                             redis.clone(),
                             quota,
                             GlobalConfig::new(mode),
                             self.clock.clone(),
-                        ))))
+                        )))
                     }
                     // No Redis: the failure mode decides, as if it were down.
                     None if policy.failure_mode == TableFailureMode::Open => {
-                        Some(Counter::Gcra(Arc::new(KeyedStore::new(quota, config))))
+                        Counter::Gcra(Arc::new(KeyedStore::new(quota, config)))
                     }
-                    None => Some(Counter::NoStore),
+                    None => Counter::NoStore,
                 }
             }
             (Scope::Local, RateAlgorithm::TokenBucket) => {
-                let quota = Quota::per_period(n, period).ok()?.with_burst(burst);
-                Some(Counter::Gcra(Arc::new(KeyedStore::new(quota, config))))
+                Counter::Gcra(Arc::new(KeyedStore::new(gcra()?, config)))
             }
             (Scope::Local, RateAlgorithm::SlidingWindow) => {
-                let quota = WindowQuota::new(n, period).ok()?;
-                Some(Counter::Window(Arc::new(KeyedStore::new(quota, config))))
+                let quota = WindowQuota::new(n, period).map_err(|e| e.to_string())?;
+                Counter::Window(Arc::new(KeyedStore::new(quota, config)))
             }
-        }
+        })
     }
+}
+
+/// A limit its limiter cannot hold. A table that passed [`RouteTable::validate`]
+/// never has one; one that does is refused, not served without the limit.
+///
+/// [`RouteTable::validate`]: sluice_api::RouteTable::validate
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy {policy} tier {tier}: {reason}")]
+pub struct LimitError {
+    /// The policy.
+    pub policy: String,
+    /// The tier.
+    pub tier: String,
+    /// Why the limiter refused it.
+    pub reason: String,
 }
 
 #[derive(Debug)]
@@ -751,7 +780,9 @@ mod tests {
             NonZeroUsize::MIN.saturating_add(99),
             Metrics::new(),
         ));
-        let limits = context.build(&table.policies, &["d/p".to_owned()]);
+        let limits = context
+            .build(&table.policies, &["d/p".to_owned()])
+            .expect("limits build");
         let headers = HeaderMap::new();
         let subject = Subject {
             pool: "d/p",

@@ -34,7 +34,7 @@ pub struct EndpointRt {
     /// Draining: no new requests.
     pub terminating: bool,
     /// Most requests at once.
-    pub max_concurrency: Option<u32>,
+    pub max_concurrency: Option<NonZeroU32>,
     /// Capabilities of its backend and of the pool, sorted.
     pub capabilities: Vec<String>,
     /// The client for its protocol.
@@ -150,7 +150,7 @@ pub fn build(
 ) -> PoolRuntime {
     let now = now_nanos();
     let key = spec.key.as_str();
-    let connect = Duration::from_millis(spec.connect_timeout_ms);
+    let connect = spec.connect_timeout.get();
     let mut endpoints = Vec::new();
     let mut weights = Vec::new();
     let sizes: Vec<usize> = spec.backends.iter().map(|b| b.endpoints.len()).collect();
@@ -167,7 +167,7 @@ pub fn build(
             .collect();
         capabilities.sort();
         capabilities.dedup();
-        let share = u64::from(backend.weight) * lcm / (backend.endpoints.len().max(1) as u64);
+        let share = u64::from(backend.weight.get()) * lcm / (backend.endpoints.len().max(1) as u64);
         for ep in &backend.endpoints {
             let labels = [key, ep.address.as_str()];
             endpoints.push(EndpointRt {
@@ -192,8 +192,8 @@ pub fn build(
     }
     let addresses: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
     let load_config = LoadConfig {
-        decay: Duration::from_millis(spec.balancer.ewma_decay_ms),
-        neutral_latency: Duration::from_millis(spec.balancer.ewma_default_latency_ms),
+        decay: spec.balancer.ewma_decay.get(),
+        neutral_latency: spec.balancer.ewma_default_latency.get(),
     };
     let load = match previous {
         Some(p) => p.load.rebuild(&addresses, load_config, now),
@@ -216,11 +216,11 @@ pub fn build(
 
     let outlier = spec.outlier.as_ref().map(|o| {
         let config = OutlierConfig {
-            consecutive_failures: NonZeroU32::new(o.consecutive_failures),
+            consecutive_failures: Some(o.consecutive_failures),
             consecutive_connect_failures: None,
-            base_ejection: Duration::from_millis(o.base_ejection_ms),
-            max_ejection: Duration::from_millis(o.max_ejection_ms),
-            max_ejection_percent: u8::try_from(o.max_ejection_percent.min(100)).unwrap_or(100),
+            base_ejection: o.base_ejection.get(),
+            max_ejection: o.max_ejection.get(),
+            max_ejection_percent: o.max_ejection_percent.get(),
             ..OutlierConfig::default()
         };
         match previous.and_then(|p| p.outlier.as_ref()) {
@@ -234,8 +234,8 @@ pub fn build(
         }
     });
     let health_config = spec.health_check.as_ref().map(|h| HealthConfig {
-        healthy_threshold: NonZeroU32::new(h.healthy_threshold).unwrap_or(NonZeroU32::MIN),
-        unhealthy_threshold: NonZeroU32::new(h.unhealthy_threshold).unwrap_or(NonZeroU32::MIN),
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
     });
     let mixed_capabilities = endpoints
         .windows(2)
@@ -286,8 +286,8 @@ pub fn start_health_checks(pool: &Arc<PoolRuntime>) {
     };
     let weak = Arc::downgrade(pool);
     let task = tokio::spawn(async move {
-        let interval = Duration::from_millis(check.interval_ms.max(1));
-        let timeout = Duration::from_millis(check.timeout_ms.max(1));
+        let interval = check.interval.get();
+        let timeout = check.timeout.get();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -399,7 +399,7 @@ impl PoolRuntime {
         limit.is_none_or(|m| {
             self.load
                 .get(i)
-                .is_some_and(|l| l.in_flight() < u64::from(m))
+                .is_some_and(|l| l.in_flight() < u64::from(m.get()))
         })
     }
 
@@ -417,7 +417,7 @@ impl PoolRuntime {
             let i = self.selector.pick(&pick)?;
             let load = self.load.get(i)?;
             let guard = match self.endpoints[i].max_concurrency {
-                Some(m) => load.try_start(u64::from(m)),
+                Some(m) => load.try_start(u64::from(m.get())),
                 None => Some(load.start()),
             };
             // A concurrent request may have taken the last slot since `accept`.
@@ -458,7 +458,11 @@ impl PoolRuntime {
             return Err(Unavailable::NoCapacity);
         }
         let queued = Instant::now();
-        let timeout = self.spec.queue.as_ref().map_or(0, |q| q.timeout_ms);
+        let timeout = self
+            .spec
+            .queue
+            .as_ref()
+            .map_or(0, |q| q.timeout.as_millis());
         let wait_until = deadline.min(queued + Duration::from_millis(timeout));
         let mut waiter = match self.queue.register(req.priority) {
             Ok(w) => w,
@@ -570,7 +574,7 @@ impl PoolRuntime {
     pub fn hash_key(&self, headers: &http::HeaderMap, client_ip: std::net::IpAddr) -> Option<u64> {
         let on = self.spec.balancer.hash_on.as_ref()?;
         let bytes: Vec<u8> = match on {
-            HashOn::Header(name) => headers.get(name.as_str())?.as_bytes().to_vec(),
+            HashOn::Header(name) => headers.get(name)?.as_bytes().to_vec(),
             HashOn::Cookie(name) => cookie(headers, name)?.as_bytes().to_vec(),
             HashOn::ClientIp => client_ip.to_string().into_bytes(),
         };

@@ -21,6 +21,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sluice_api::{RouteTable, TableError};
+
+use crate::auth::api_key::ApiKeyError;
+use crate::limits::LimitError;
 use sluice_balance::HealthState;
 
 use sluice_api::table::Jwt;
@@ -104,6 +107,21 @@ pub struct TableStore {
     metrics: Metrics,
 }
 
+/// Why [`TableStore::apply`] refused a table; the runtime in force stays.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    /// The table breaks an invariant of the contract. Not retryable: the producer
+    /// must send another table.
+    #[error(transparent)]
+    Invalid(#[from] TableError),
+    /// A rate limit cannot be held by its limiter. Not retryable.
+    #[error("rate limits: {0}")]
+    Limits(#[from] LimitError),
+    /// The consumers cannot be identified safely. Not retryable.
+    #[error("consumers: {0}")]
+    Consumers(#[from] ApiKeyError),
+}
+
 /// What [`TableStore::apply`] did with a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -145,15 +163,16 @@ impl TableStore {
     ///
     /// # Errors
     ///
-    /// The [`TableError`] that made the table invalid; the runtime in force stays.
-    pub fn apply(&self, table: RouteTable) -> Result<Applied, TableError> {
-        if let Err(e) = table.validate() {
+    /// The [`ApplyError`] that made the table unusable; the runtime in force stays.
+    pub fn apply(&self, table: RouteTable) -> Result<Applied, ApplyError> {
+        let rejected = |e: ApplyError| {
             self.metrics
                 .table_updates
                 .with_label_values(&["rejected"])
                 .inc();
-            return Err(e);
-        }
+            e
+        };
+        table.validate().map_err(|e| rejected(e.into()))?;
         let version = i64::try_from(table.version).unwrap_or(i64::MAX);
         let previous = self.current.load_full();
         if let Some(current) = previous.as_deref()
@@ -162,7 +181,7 @@ impl TableStore {
             self.metrics.table_version.set(version);
             return Ok(Applied::Unchanged);
         }
-        let runtime = Arc::new(self.build(table, previous.as_deref()));
+        let runtime = Arc::new(self.build(table, previous.as_deref()).map_err(rejected)?);
         self.current.store(Some(runtime.clone()));
         if let Some(old) = previous {
             for pool in &old.pools {
@@ -214,7 +233,11 @@ impl TableStore {
         }
     }
 
-    fn build(&self, table: RouteTable, previous: Option<&Runtime>) -> Runtime {
+    fn build(&self, table: RouteTable, previous: Option<&Runtime>) -> Result<Runtime, ApplyError> {
+        // What can refuse the table comes first, before pools start their checks.
+        let auth = Authenticator::new(&table.consumers)?;
+        let pool_keys: Vec<String> = table.pools.iter().map(|p| p.key.clone()).collect();
+        let limits = self.limits.build(&table.policies, &pool_keys)?;
         let client = |connect: Duration, h2c: bool| self.client(connect, h2c);
         let pools: Vec<Arc<PoolRuntime>> = table
             .pools
@@ -250,16 +273,15 @@ impl TableStore {
             .iter()
             .map(|r| by_key.get(r.pool.as_str()).copied().unwrap_or(usize::MAX))
             .collect();
-        let pool_keys: Vec<String> = table.pools.iter().map(|p| p.key.clone()).collect();
-        Runtime {
-            auth: Authenticator::new(&table.consumers),
-            limits: self.limits.build(&table.policies, &pool_keys),
+        Ok(Runtime {
+            auth,
+            limits,
             table,
             pools,
             fallbacks,
             by_key,
             route_pool,
-        }
+        })
     }
 
     /// The JWT verifier of a pool. One that cannot be built is logged and left out:
@@ -268,7 +290,7 @@ impl TableStore {
         let config = JwtConfig {
             issuers: vec![jwt.issuer.clone()],
             audiences: jwt.audiences.clone(),
-            leeway: Duration::from_millis(jwt.leeway_ms),
+            leeway: jwt.leeway,
             require_exp: true,
             consumer_claim: jwt.consumer_claim.clone(),
             tier_claim: jwt.tier_claim.clone(),
@@ -393,10 +415,10 @@ mod tests {
             t.pools[0].backends[0].endpoints = vec![Endpoint::new(p_endpoint)];
             t.pools[0].health_check = Some(sluice_api::table::HealthCheck {
                 path: "/healthz".into(),
-                interval_ms: 3_600_000,
-                timeout_ms: 1,
-                healthy_threshold: 1,
-                unhealthy_threshold: 1,
+                interval: sluice_api::table::Millis::at_least_one(3_600_000),
+                timeout: sluice_api::table::Millis::MIN,
+                healthy_threshold: std::num::NonZeroU32::MIN,
+                unhealthy_threshold: std::num::NonZeroU32::MIN,
             });
             let mut t = RouteTable::new(t.routes, t.pools);
             t.version = version;

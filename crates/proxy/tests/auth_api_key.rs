@@ -25,9 +25,9 @@ fn store() -> KeyStore {
             hash_key("demo-standard-key"),
             consumer("standard-user", "standard"),
         ),
-        // Rotation: a second key for the same consumer, listed in upper case.
+        // Rotation: a second key for the same consumer.
         (
-            hash_key("demo-premium-key-2").to_ascii_uppercase(),
+            hash_key("demo-premium-key-2"),
             consumer("premium-user", "premium"),
         ),
     ])
@@ -164,7 +164,7 @@ fn the_key_never_appears_in_output() {
     assert!(!format!("{c:?}").contains("demo-premium-key"));
     let debug = format!("{s:?}");
     assert!(!debug.contains("demo-premium-key"));
-    assert!(!debug.contains(&hash_key("demo-premium-key")));
+    assert!(!debug.contains(&hash_key("demo-premium-key").to_hex()));
     for r in AuthError::ALL {
         assert!(!r.to_string().contains("demo"));
     }
@@ -173,21 +173,9 @@ fn the_key_never_appears_in_output() {
 #[test]
 fn bad_stores_are_refused() {
     let c = consumer("a", "t");
-    assert_eq!(
-        KeyStore::new([("abc", c.clone())]),
-        Err(ApiKeyError::InvalidHash {
-            consumer: "a".into()
-        })
-    );
-    assert_eq!(
-        KeyStore::new([("demo-premium-key".to_owned(), c.clone())]),
-        Err(ApiKeyError::InvalidHash {
-            consumer: "a".into()
-        })
-    );
     let h = hash_key("k");
     assert_eq!(
-        KeyStore::new([(h.clone(), c.clone()), (h.clone(), consumer("b", "t"))]),
+        KeyStore::new([(h, c.clone()), (h, consumer("b", "t"))]),
         Err(ApiKeyError::DuplicateHash {
             first: "a".into(),
             second: "b".into()
@@ -195,7 +183,7 @@ fn bad_stores_are_refused() {
     );
     assert_eq!(
         KeyStore::new([
-            (h.clone(), consumer("a", "premium")),
+            (h, consumer("a", "premium")),
             (hash_key("k2"), consumer("a", "standard"))
         ]),
         Err(ApiKeyError::ConflictingConsumer {

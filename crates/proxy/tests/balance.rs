@@ -52,8 +52,6 @@ async fn weighted_backends_split_three_to_one() {
             backend("static[0]", 3, &[heavy[0].address(), heavy[1].address()]),
             backend("static[1]", 1, &[light.address()]),
         ],
-        connect_timeout_ms: 5_000,
-        request_timeout_ms: 30_000,
         ..Default::default()
     };
     let proxy = Proxy::with_table(catch_all(weighted)).await;

@@ -6,7 +6,7 @@ mod support;
 
 use http::StatusCode;
 use sluice_api::TableError;
-use sluice_proxy::store::Applied;
+use sluice_proxy::store::{Applied, ApplyError};
 use support::{Agent, Proxy, catch_all, client, get, pool};
 
 #[tokio::test]
@@ -33,7 +33,7 @@ async fn the_next_request_follows_the_new_table_and_bad_tables_are_refused() {
     bad.revision = "0123456789abcdef".into();
     assert!(matches!(
         proxy.store.apply(bad),
-        Err(TableError::Revision { .. })
+        Err(ApplyError::Invalid(TableError::Revision { .. }))
     ));
     // Content changed after the revision was computed.
     let mut tampered = b.clone();
@@ -41,7 +41,7 @@ async fn the_next_request_follows_the_new_table_and_bad_tables_are_refused() {
     tampered.pools[0].backends[0].endpoints[0].address = three.address();
     assert!(matches!(
         proxy.store.apply(tampered),
-        Err(TableError::Revision { .. })
+        Err(ApplyError::Invalid(TableError::Revision { .. }))
     ));
     let reply = get(&client, &url).await;
     assert_eq!(reply.status, StatusCode::OK);

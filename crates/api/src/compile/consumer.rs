@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Cx, is_name};
 use crate::diagnostics::Diagnostic;
-use crate::table::Consumer;
+use crate::table::{Consumer, KeyHash};
 
 /// The label that marks a Secret as a consumer; its value names the consumer.
 pub const CONSUMER_LABEL: &str = "sluice.dev/consumer";
@@ -82,7 +82,7 @@ pub(super) fn compile_consumers(
 
     // A name or a key claimed by two Secrets identifies no one for sure: drop both.
     let mut by_name: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut by_key: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut by_key: BTreeMap<&KeyHash, BTreeSet<&str>> = BTreeMap::new();
     for p in &parsed {
         by_name.entry(&p.consumer.name).or_default().push(&p.secret);
         for h in &p.consumer.key_hashes {
@@ -173,7 +173,9 @@ fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> O
         let text = std::str::from_utf8(value).map(str::trim);
         if key == "api-key-sha256" || key.starts_with("api-key-sha256-") {
             match text {
-                Ok(h) if is_hex_sha256(h) => consumer.key_hashes.push(h.to_owned()),
+                Ok(h) if is_hex_sha256(h) => {
+                    consumer.key_hashes.extend(KeyHash::from_hex(h));
+                }
                 _ => cx.error(
                     &field,
                     "is not a SHA-256 hash in lower-case hex (use `sluice hash-key`)",
@@ -188,7 +190,9 @@ fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> O
                             "is shorter than 16 characters; use a long random key",
                         );
                     }
-                    consumer.key_hashes.push(hash_api_key(k));
+                    consumer
+                        .key_hashes
+                        .push(KeyHash::from_bytes(Sha256::digest(k.as_bytes()).into()));
                 }
                 _ => cx.error(&field, "is empty or not UTF-8"),
             }

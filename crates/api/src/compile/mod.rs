@@ -278,14 +278,7 @@ fn report_shadowed(routes: &[(Route, usize)], pools: &[&AgentPool], diags: &mut 
     }
 }
 
-/// Whether `name` is a valid name for a capability, tier or consumer: 1 to 63 of
-/// `a-z`, `A-Z`, `0-9`, `-`, `_` and `.`.
-pub(crate) fn is_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
+pub(crate) use crate::table::rules::is_name;
 
 /// Milliseconds of a duration, saturating.
 pub(crate) fn millis(d: crate::Duration) -> u64 {

@@ -1,16 +1,16 @@
 //! Compiling RatePolicies.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+
+use http::HeaderName;
 
 use super::pool::http_token;
 use super::{Cx, is_name, millis};
 use crate::RatePolicy;
 use crate::diagnostics::Diagnostic;
 use crate::rate_policy::RateKeyType;
-use crate::table::{Policy, RequestLimit, TierLimits, TokenLimit};
-
-/// The longest period a limit may have.
-const MAX_PERIOD_MS: u64 = 365 * 24 * 3_600_000;
+use crate::table::{Millis, Policy, RequestLimit, Threshold, TierLimits, TokenLimit, rules};
 
 pub(super) fn compile_policies(
     policies: &[RatePolicy],
@@ -77,7 +77,9 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
     pools.dedup();
 
     let header = match (spec.key.kind, &spec.key.header) {
-        (RateKeyType::Header, Some(h)) if http_token(h) => Some(h.to_ascii_lowercase()),
+        (RateKeyType::Header, Some(h)) if http_token(h) => {
+            HeaderName::from_bytes(h.as_bytes()).ok()
+        }
         (RateKeyType::Header, Some(h)) => {
             cx.error(
                 "spec.key.header",
@@ -115,29 +117,36 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
         let mut limits = TierLimits::default();
         for (j, l) in tier.limits.iter().enumerate() {
             let f = format!("{field}.limits[{j}]");
-            let period_ms = period(l.period, &format!("{f}.period"), cx);
-            if l.requests == 0 {
+            let period = period(l.period, &format!("{f}.period"), cx);
+            let requests = NonZeroU32::new(l.requests);
+            if requests.is_none() {
                 cx.error(&format!("{f}.requests"), "must be at least 1");
             }
-            if l.burst == Some(0) {
+            let burst = l.burst.map(NonZeroU32::new);
+            if burst == Some(None) {
                 cx.error(&format!("{f}.burst"), "must be at least 1");
             }
+            let Some(requests) = requests else { continue };
+            if let Err(e) = rules::request_limit(spec.algorithm, requests, period) {
+                cx.error(&format!("{f}.requests"), e.to_string());
+            }
             limits.requests.push(RequestLimit {
-                requests: l.requests,
-                period_ms,
-                burst: l.burst.unwrap_or(l.requests),
+                requests,
+                period,
+                burst: burst.flatten().unwrap_or(requests),
             });
         }
         for (j, l) in tier.token_limits.iter().enumerate() {
             let f = format!("{field}.tokenLimits[{j}]");
-            let period_ms = period(l.period, &format!("{f}.period"), cx);
-            if l.tokens == 0 {
+            let period = period(l.period, &format!("{f}.period"), cx);
+            let Some(tokens) = NonZeroU32::new(l.tokens) else {
                 cx.error(&format!("{f}.tokens"), "must be at least 1");
+                continue;
+            };
+            if let Err(e) = rules::token_limit(tokens, period) {
+                cx.error(&format!("{f}.tokens"), e.to_string());
             }
-            limits.tokens.push(TokenLimit {
-                tokens: l.tokens,
-                period_ms,
-            });
+            limits.tokens.push(TokenLimit { tokens, period });
         }
         if tiers.insert(tier.name.clone(), limits).is_some() {
             cx.error(
@@ -166,19 +175,23 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
             }
         }
     };
-    let soft_percent = spec.soft_limit.as_ref().map(|s| s.percent);
-    if let Some(p) = soft_percent
-        && !(1..=100).contains(&p)
-    {
-        cx.error(
-            "spec.softLimit.percent",
-            format!("{p} must be between 1 and 100"),
-        );
-    }
-    let token_estimate = spec.token_estimate.unwrap_or(1000);
-    if token_estimate == 0 {
-        cx.error("spec.tokenEstimate", "must be at least 1");
-    }
+    let soft_percent = spec.soft_limit.as_ref().and_then(|s| {
+        let threshold = Threshold::new(u64::from(s.percent));
+        if threshold.is_none() {
+            cx.error(
+                "spec.softLimit.percent",
+                format!("{} must be between 1 and 100", s.percent),
+            );
+        }
+        threshold
+    });
+    let token_estimate = match NonZeroU32::new(spec.token_estimate.unwrap_or(1000)) {
+        Some(n) => n,
+        None => {
+            cx.error("spec.tokenEstimate", "must be at least 1");
+            NonZeroU32::MIN
+        }
+    };
 
     super::gate::unsupported_in_policy(spec, cx);
     if cx.has_errors() {
@@ -200,12 +213,13 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
     })
 }
 
-fn period(d: crate::Duration, field: &str, cx: &mut Cx) -> u64 {
-    let ms = millis(d);
-    if ms == 0 {
+fn period(d: crate::Duration, field: &str, cx: &mut Cx) -> Millis {
+    let Some(period) = Millis::new(millis(d)) else {
         cx.error(field, "must be greater than 0");
-    } else if ms > MAX_PERIOD_MS {
-        cx.error(field, "is longer than 365 days");
+        return Millis::MIN;
+    };
+    if let Err(e) = rules::period(period) {
+        cx.error(field, e.to_string());
     }
-    ms.max(1)
+    period
 }

@@ -1,12 +1,17 @@
 //! Compiling one AgentPool.
 
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use http::HeaderName;
+
 use super::slices::{SliceIndex, resolve_service};
-use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, is_name, millis};
+use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, millis};
 use crate::AgentPool;
-use crate::agent_pool::{self, Algorithm, Backend, HeaderMatch, LoadBalancing, RouteMatch};
+use crate::agent_pool::{self, Algorithm, Backend, LoadBalancing, RouteMatch};
 use crate::table::{
-    Access, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck, Jwt, Outlier, Pool, Queue,
-    RetryPolicy, Route, is_host_port,
+    Access, BackendTarget, Balancer, Endpoint, HashOn, HeaderMatch, HealthCheck, Jwt, Millis,
+    Outlier, Percent, Pool, Queue, RetryPolicy, Route, is_host_port, rules,
 };
 
 /// Compiles `pool`, or returns `None` (with errors in `cx`) when it is invalid.
@@ -46,27 +51,27 @@ pub(super) fn compile_pool(
 
     let (algorithm, balancer) = compile_balancer(&spec.load_balancing, cx);
     let timeouts = spec.timeouts.clone().unwrap_or_default();
-    let connect_timeout_ms = duration_ms(
+    let connect_timeout = duration(
         timeouts.connect,
         DEFAULT_CONNECT_TIMEOUT_MS,
         "spec.timeouts.connect",
         cx,
     );
-    let request_timeout_ms = duration_ms(
+    let request_timeout = duration(
         timeouts.request,
         DEFAULT_REQUEST_TIMEOUT_MS,
         "spec.timeouts.request",
         cx,
     );
-    let first_byte_timeout_ms = timeouts
+    let first_byte_timeout = timeouts
         .first_byte
-        .map(|d| duration_ms(Some(d), 0, "spec.timeouts.firstByte", cx));
-    let idle_timeout_ms = timeouts
+        .map(|d| duration(Some(d), 1, "spec.timeouts.firstByte", cx));
+    let idle_timeout = timeouts
         .idle
-        .map(|d| duration_ms(Some(d), 0, "spec.timeouts.idle", cx));
-    let stream_max_duration_ms = timeouts
+        .map(|d| duration(Some(d), 1, "spec.timeouts.idle", cx));
+    let stream_max_duration = timeouts
         .stream_max_duration
-        .map(|d| duration_ms(Some(d), 0, "spec.timeouts.streamMaxDuration", cx));
+        .map(|d| duration(Some(d), 1, "spec.timeouts.streamMaxDuration", cx));
 
     let queue = spec.queue.as_ref().map(|q| compile_queue(q, cx));
     let retries = spec.retries.as_ref().map(|r| compile_retries(r, cx));
@@ -104,11 +109,11 @@ pub(super) fn compile_pool(
             balancer,
             backends,
             capabilities,
-            connect_timeout_ms,
-            request_timeout_ms,
-            first_byte_timeout_ms,
-            idle_timeout_ms,
-            stream_max_duration_ms,
+            connect_timeout,
+            request_timeout,
+            first_byte_timeout,
+            idle_timeout,
+            stream_max_duration,
             queue,
             retries,
             health_check,
@@ -121,31 +126,49 @@ pub(super) fn compile_pool(
     ))
 }
 
-/// A duration in milliseconds, `default` when absent; zero is an error.
-fn duration_ms(value: Option<crate::Duration>, default: u64, field: &str, cx: &mut Cx) -> u64 {
+/// A duration of whole milliseconds (at least one), `default_ms` when absent; zero is
+/// an error.
+fn duration(value: Option<crate::Duration>, default_ms: u64, field: &str, cx: &mut Cx) -> Millis {
     match value {
-        None => default,
+        None => Millis::at_least_one(default_ms),
         Some(d) if d.get().is_zero() => {
             cx.error(field, "must be greater than 0");
+            Millis::at_least_one(default_ms)
+        }
+        Some(d) => Millis::at_least_one(millis(d)),
+    }
+}
+
+/// A count that must be at least one, `default` when absent.
+fn at_least_one(value: Option<u32>, default: NonZeroU32, field: &str, cx: &mut Cx) -> NonZeroU32 {
+    match value.map(NonZeroU32::new) {
+        None => default,
+        Some(Some(n)) => n,
+        Some(None) => {
+            cx.error(field, "must be at least 1");
             default
         }
-        Some(d) => millis(d).max(1),
+    }
+}
+
+/// A header name from a resource, lower-cased.
+fn header_name(name: &str, field: &str, cx: &mut Cx) -> Option<HeaderName> {
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(h) if http_token(name) => Some(h),
+        _ => {
+            cx.error(field, format!("{name:?} is not a valid header name"));
+            None
+        }
     }
 }
 
 /// Validated, sorted, de-duplicated names (capabilities, tiers, consumers).
-fn names(list: &[String], field: &str, what: &str, cx: &mut Cx) -> Vec<String> {
+fn names(list: &[String], field: &str, what: &'static str, cx: &mut Cx) -> Vec<String> {
     let mut out = Vec::new();
     for (i, name) in list.iter().enumerate() {
-        if is_name(name) {
-            out.push(name.clone());
-        } else {
-            cx.error(
-                &format!("{field}[{i}]"),
-                format!(
-                    "{name:?} is not a valid {what} name (1-63 letters, digits, `-`, `_`, `.`)"
-                ),
-            );
+        match rules::name(name, what) {
+            Ok(()) => out.push(name.clone()),
+            Err(e) => cx.error(&format!("{field}[{i}]"), e.to_string()),
         }
     }
     out.sort();
@@ -154,6 +177,7 @@ fn names(list: &[String], field: &str, what: &str, cx: &mut Cx) -> Vec<String> {
 }
 
 fn compile_balancer(lb: &LoadBalancing, cx: &mut Cx) -> (Algorithm, Balancer) {
+    let defaults = Balancer::default();
     let mut balancer = Balancer::default();
     let algorithm = lb.algorithm;
     if let Some(ewma) = &lb.peak_ewma {
@@ -164,17 +188,17 @@ fn compile_balancer(lb: &LoadBalancing, cx: &mut Cx) -> (Algorithm, Balancer) {
             );
         }
         if let Some(d) = ewma.decay {
-            balancer.ewma_decay_ms = duration_ms(
+            balancer.ewma_decay = duration(
                 Some(d),
-                balancer.ewma_decay_ms,
+                defaults.ewma_decay.as_millis(),
                 "spec.loadBalancing.peakEwma.decay",
                 cx,
             );
         }
         if let Some(d) = ewma.default_latency {
-            balancer.ewma_default_latency_ms = duration_ms(
+            balancer.ewma_default_latency = duration(
                 Some(d),
-                balancer.ewma_default_latency_ms,
+                defaults.ewma_default_latency.as_millis(),
                 "spec.loadBalancing.peakEwma.defaultLatency",
                 cx,
             );
@@ -195,15 +219,7 @@ fn compile_balancer(lb: &LoadBalancing, cx: &mut Cx) -> (Algorithm, Balancer) {
             let field = "spec.loadBalancing.consistentHash";
             let on = match (&h.header, &h.cookie, h.client_ip.unwrap_or(false)) {
                 (Some(name), None, false) => {
-                    if http_token(name) {
-                        Some(HashOn::Header(name.to_ascii_lowercase()))
-                    } else {
-                        cx.error(
-                            &format!("{field}.header"),
-                            format!("{name:?} is not a valid header name"),
-                        );
-                        None
-                    }
+                    header_name(name, &format!("{field}.header"), cx).map(HashOn::Header)
                 }
                 (None, Some(name), false) => {
                     if http_token(name) {
@@ -224,13 +240,9 @@ fn compile_balancer(lb: &LoadBalancing, cx: &mut Cx) -> (Algorithm, Balancer) {
             };
             balancer.hash_on = on;
             if let Some(factor) = h.bounded_load {
-                if factor.is_finite() && (1.0..=100.0).contains(&factor) {
-                    balancer.bounded_load = factor;
-                } else {
-                    cx.error(
-                        &format!("{field}.boundedLoad"),
-                        format!("{factor} must be between 1.0 and 100"),
-                    );
+                match rules::bounded_load(factor) {
+                    Ok(()) => balancer.bounded_load = factor,
+                    Err(e) => cx.error(&format!("{field}.boundedLoad"), e.to_string()),
                 }
             }
         }
@@ -242,7 +254,7 @@ fn compile_balancer(lb: &LoadBalancing, cx: &mut Cx) -> (Algorithm, Balancer) {
 fn compile_queue(q: &agent_pool::QueueSpec, cx: &mut Cx) -> Queue {
     let mut tier_priorities = std::collections::BTreeMap::new();
     for (tier, priority) in &q.tier_priorities {
-        if is_name(tier) {
+        if rules::is_name(tier) {
             tier_priorities.insert(tier.clone(), *priority);
         } else {
             cx.error(
@@ -253,7 +265,7 @@ fn compile_queue(q: &agent_pool::QueueSpec, cx: &mut Cx) -> Queue {
     }
     Queue {
         max_depth: q.max_depth.unwrap_or(100),
-        timeout_ms: duration_ms(q.timeout, 30_000, "spec.queue.timeout", cx),
+        timeout: duration(q.timeout, 30_000, "spec.queue.timeout", cx),
         default_priority: q.default_priority.unwrap_or(0),
         tier_priorities,
     }
@@ -261,37 +273,32 @@ fn compile_queue(q: &agent_pool::QueueSpec, cx: &mut Cx) -> Queue {
 
 fn compile_retries(r: &agent_pool::Retries, cx: &mut Cx) -> RetryPolicy {
     let attempts = r.attempts.unwrap_or(2);
-    if attempts > 10 {
-        cx.error(
-            "spec.retries.attempts",
-            format!("{attempts} is more than 10"),
-        );
+    if let Err(e) = rules::retry_attempts(attempts) {
+        cx.error("spec.retries.attempts", e.to_string());
     }
     let mut statuses = Vec::new();
     for (i, s) in r.statuses.iter().enumerate() {
-        if (400..=599).contains(s) {
-            statuses.push(*s);
-        } else {
-            cx.error(
-                &format!("spec.retries.statuses[{i}]"),
-                format!("{s} is not a 4xx or 5xx status"),
-            );
+        match rules::retry_status(*s) {
+            Ok(()) => statuses.push(*s),
+            Err(e) => cx.error(&format!("spec.retries.statuses[{i}]"), e.to_string()),
         }
     }
     statuses.sort_unstable();
     statuses.dedup();
     let budget_ratio = r.budget_ratio.unwrap_or(0.2);
-    if !(budget_ratio.is_finite() && (0.0..=1.0).contains(&budget_ratio)) {
-        cx.error(
-            "spec.retries.budgetRatio",
-            format!("{budget_ratio} must be between 0 and 1"),
-        );
+    let min_retries_per_second = r.min_retries_per_second.unwrap_or(10);
+    match rules::retry_budget(budget_ratio, min_retries_per_second) {
+        Ok(()) => {}
+        Err(e @ rules::RuleError::BudgetRatio(_)) => {
+            cx.error("spec.retries.budgetRatio", e.to_string());
+        }
+        Err(e) => cx.error("spec.retries.minRetriesPerSecond", e.to_string()),
     }
     RetryPolicy {
         attempts,
         statuses,
         budget_ratio,
-        min_retries_per_second: r.min_retries_per_second.unwrap_or(10),
+        min_retries_per_second,
     }
 }
 
@@ -303,27 +310,19 @@ fn compile_health_check(h: &agent_pool::HealthCheck, cx: &mut Cx) -> HealthCheck
             format!("{path:?} must be a path starting with /"),
         );
     }
-    let threshold = |v: Option<u32>, default: u32, field: &str, cx: &mut Cx| match v {
-        Some(0) => {
-            cx.error(field, "must be at least 1");
-            default
-        }
-        Some(n) => n,
-        None => default,
-    };
     HealthCheck {
         path,
-        interval_ms: duration_ms(h.interval, 5_000, "spec.healthCheck.interval", cx),
-        timeout_ms: duration_ms(h.timeout, 1_000, "spec.healthCheck.timeout", cx),
-        healthy_threshold: threshold(
+        interval: duration(h.interval, 5_000, "spec.healthCheck.interval", cx),
+        timeout: duration(h.timeout, 1_000, "spec.healthCheck.timeout", cx),
+        healthy_threshold: at_least_one(
             h.healthy_threshold,
-            2,
+            NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN),
             "spec.healthCheck.healthyThreshold",
             cx,
         ),
-        unhealthy_threshold: threshold(
+        unhealthy_threshold: at_least_one(
             h.unhealthy_threshold,
-            3,
+            NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
             "spec.healthCheck.unhealthyThreshold",
             cx,
         ),
@@ -331,42 +330,39 @@ fn compile_health_check(h: &agent_pool::HealthCheck, cx: &mut Cx) -> HealthCheck
 }
 
 fn compile_outlier(o: &agent_pool::OutlierDetection, cx: &mut Cx) -> Outlier {
-    let consecutive_failures = o.consecutive_failures.unwrap_or(5);
-    if consecutive_failures == 0 {
-        cx.error(
-            "spec.outlierDetection.consecutiveFailures",
-            "must be at least 1",
-        );
-    }
-    let max_ejection_percent = o.max_ejection_percent.unwrap_or(50);
-    if max_ejection_percent > 100 {
+    let consecutive_failures = at_least_one(
+        o.consecutive_failures,
+        NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+        "spec.outlierDetection.consecutiveFailures",
+        cx,
+    );
+    let requested_percent = o.max_ejection_percent.unwrap_or(50);
+    let max_ejection_percent = Percent::new(u64::from(requested_percent)).unwrap_or_else(|| {
         cx.error(
             "spec.outlierDetection.maxEjectionPercent",
-            format!("{max_ejection_percent} is more than 100"),
+            format!("{requested_percent} is more than 100"),
         );
-    }
-    let base_ejection_ms = duration_ms(
+        Percent::saturating(50)
+    });
+    let base_ejection = duration(
         o.base_ejection_time,
         30_000,
         "spec.outlierDetection.baseEjectionTime",
         cx,
     );
-    let max_ejection_ms = duration_ms(
+    let max_ejection = duration(
         o.max_ejection_time,
         300_000,
         "spec.outlierDetection.maxEjectionTime",
         cx,
     );
-    if max_ejection_ms < base_ejection_ms {
-        cx.error(
-            "spec.outlierDetection.maxEjectionTime",
-            "is shorter than baseEjectionTime",
-        );
+    if let Err(e) = rules::ejection_times(base_ejection, max_ejection) {
+        cx.error("spec.outlierDetection.maxEjectionTime", e.to_string());
     }
     Outlier {
         consecutive_failures,
-        base_ejection_ms,
-        max_ejection_ms,
+        base_ejection,
+        max_ejection,
         max_ejection_percent,
     }
 }
@@ -417,12 +413,12 @@ fn compile_jwt(j: &agent_pool::JwtSpec, cx: &mut Cx) -> Jwt {
         },
         _ => cx.error(field, "set exactly one of jwksUri or jwks"),
     }
-    let leeway_ms = j.leeway.map_or(30_000, millis);
-    if leeway_ms > 300_000 {
+    let leeway = j.leeway.map_or(Duration::from_secs(30), |d| d.get());
+    if leeway > Duration::from_secs(300) {
         cx.error(&format!("{field}.leeway"), "is more than 5m");
     }
     if let Some(t) = &j.default_tier
-        && !is_name(t)
+        && !rules::is_name(t)
     {
         cx.error(
             &format!("{field}.defaultTier"),
@@ -437,7 +433,7 @@ fn compile_jwt(j: &agent_pool::JwtSpec, cx: &mut Cx) -> Jwt {
         consumer_claim: j.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
         tier_claim: j.tier_claim.clone().unwrap_or_else(|| "tier".into()),
         default_tier: j.default_tier.clone(),
-        leeway_ms,
+        leeway,
     }
 }
 
@@ -481,25 +477,26 @@ fn compile_match(m: &RouteMatch, pool: &str, field: &str, cx: &mut Cx) -> Option
 
     let mut headers = Vec::new();
     for (j, h) in m.headers.iter().enumerate() {
-        let name = h.name.to_ascii_lowercase();
-        if !http_token(&name) {
-            cx.error(
-                &format!("{field}.headers[{j}].name"),
-                format!("{:?} is not a valid header name", h.name),
-            );
-        }
+        let name = header_name(&h.name, &format!("{field}.headers[{j}].name"), cx);
         if h.value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
             cx.error(
                 &format!("{field}.headers[{j}].value"),
                 "contains control characters",
             );
         }
-        headers.push(HeaderMatch {
-            name,
-            value: h.value.clone(),
-        });
+        if let Some(name) = name {
+            headers.push(HeaderMatch {
+                name,
+                value: h.value.clone(),
+            });
+        }
     }
-    headers.sort_by(|a, b| a.name.cmp(&b.name).then(a.value.cmp(&b.value)));
+    headers.sort_by(|a, b| {
+        a.name
+            .as_str()
+            .cmp(b.name.as_str())
+            .then(a.value.cmp(&b.value))
+    });
 
     (cx.diags.len() == errors_before).then(|| Route {
         pool: pool.to_owned(),
@@ -524,12 +521,20 @@ fn compile_backend(
     cx: &mut Cx,
 ) -> Option<BackendTarget> {
     let field = format!("spec.backends[{i}]");
-    if b.weight == 0 {
-        cx.error(&format!("{field}.weight"), "must be at least 1");
-    }
-    if b.max_concurrency == Some(0) {
-        cx.error(&format!("{field}.maxConcurrency"), "must be at least 1");
-    }
+    let weight = at_least_one(
+        Some(b.weight),
+        NonZeroU32::MIN,
+        &format!("{field}.weight"),
+        cx,
+    );
+    let max_concurrency = b.max_concurrency.map(|m| {
+        at_least_one(
+            Some(m),
+            NonZeroU32::MIN,
+            &format!("{field}.maxConcurrency"),
+            cx,
+        )
+    });
     let capabilities = names(
         &b.capabilities,
         &format!("{field}.capabilities"),
@@ -568,9 +573,9 @@ fn compile_backend(
             }
             Some(BackendTarget {
                 name: format!("static[{i}]"),
-                weight: b.weight.max(1),
+                weight,
                 capabilities: capabilities.clone(),
-                max_concurrency: b.max_concurrency,
+                max_concurrency,
                 protocol: b.protocol,
                 endpoints,
             })
@@ -580,9 +585,9 @@ fn compile_backend(
                 resolve_service(service, namespace, slices, &format!("{field}.service"), cx)?;
             Some(BackendTarget {
                 name: format!("service/{}", service.name),
-                weight: b.weight.max(1),
+                weight,
                 capabilities: capabilities.clone(),
-                max_concurrency: b.max_concurrency,
+                max_concurrency,
                 protocol: b.protocol,
                 endpoints,
             })

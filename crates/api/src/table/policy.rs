@@ -1,13 +1,17 @@
 //! Compiled RatePolicies and consumers.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 
+use http::HeaderName;
 use serde::{Deserialize, Serialize};
+
+use super::units::{KeyHash, Millis, Threshold, header_name};
 
 pub use crate::rate_policy::{FailureMode, RateAlgorithm, RateKeyType, Scope};
 
 /// A compiled RatePolicy.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
     /// `namespace/name` of the RatePolicy.
@@ -16,9 +20,13 @@ pub struct Policy {
     pub pools: Vec<String>,
     /// What a counter is kept per.
     pub key_type: RateKeyType,
-    /// Header name (lower case) for `Header` keys.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<String>,
+    /// The header of `Header` keys.
+    #[serde(
+        default,
+        with = "header_name::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub header: Option<HeaderName>,
     /// Separate counters per pool.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub per_pool: bool,
@@ -34,9 +42,9 @@ pub struct Policy {
     pub failure_mode: FailureMode,
     /// Warning threshold in percent of a limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soft_percent: Option<u8>,
+    pub soft_percent: Option<Threshold>,
     /// Tokens reserved for a request without `max_tokens`.
-    pub token_estimate: u32,
+    pub token_estimate: NonZeroU32,
 }
 
 /// The limits of one tier.
@@ -51,26 +59,28 @@ pub struct TierLimits {
     pub tokens: Vec<TokenLimit>,
 }
 
-/// At most `requests` per `period_ms`, bursts up to `burst`.
+/// At most `requests` per `period`, bursts up to `burst`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestLimit {
-    /// Requests per period (at least 1).
-    pub requests: u32,
-    /// Period in milliseconds (at least 1).
-    pub period_ms: u64,
-    /// Largest burst (at least 1).
-    pub burst: u32,
+    /// Requests per period.
+    pub requests: NonZeroU32,
+    /// The period.
+    #[serde(rename = "periodMs")]
+    pub period: Millis,
+    /// Largest burst.
+    pub burst: NonZeroU32,
 }
 
-/// At most `tokens` LLM tokens per `period_ms`.
+/// At most `tokens` LLM tokens per `period`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenLimit {
-    /// Tokens per period (at least 1).
-    pub tokens: u32,
-    /// Period in milliseconds (at least 1).
-    pub period_ms: u64,
+    /// Tokens per period.
+    pub tokens: NonZeroU32,
+    /// The period.
+    #[serde(rename = "periodMs")]
+    pub period: Millis,
 }
 
 /// A consumer: a named caller with a tier and API keys (stored hashed).
@@ -82,8 +92,8 @@ pub struct Consumer {
     /// The consumer's tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
-    /// SHA-256 hashes (lower-case hex) of the consumer's API keys.
-    pub key_hashes: Vec<String>,
+    /// SHA-256 hashes of the consumer's API keys (lower-case hex on the wire).
+    pub key_hashes: Vec<KeyHash>,
     /// Pool keys the consumer is limited to; any pool its access allows when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pools: Option<Vec<String>>,

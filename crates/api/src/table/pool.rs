@@ -1,14 +1,19 @@
 //! A compiled AgentPool: everything the proxy needs to route to, balance across and
-//! protect one pool, with defaults filled in and durations in milliseconds.
+//! protect one pool, with defaults filled in. Durations travel as whole milliseconds
+//! (the `…Ms` fields on the wire).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
+use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
+use super::units::{Millis, Percent, header_name, millis};
 pub use crate::agent_pool::{Algorithm, BackendProtocol};
 
 /// A compiled AgentPool.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pool {
     /// `namespace/name` of the AgentPool.
@@ -23,20 +28,33 @@ pub struct Pool {
     /// Capabilities of every backend.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
-    /// Connect timeout in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Whole-request timeout in milliseconds (streamed responses: see
-    /// `stream_max_duration_ms`).
-    pub request_timeout_ms: u64,
-    /// Time from sending the request to the response headers, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_byte_timeout_ms: Option<u64>,
-    /// Longest pause between two response body chunks, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u64>,
-    /// Longest streamed response, in milliseconds; unlimited when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream_max_duration_ms: Option<u64>,
+    /// Connect timeout.
+    #[serde(rename = "connectTimeoutMs")]
+    pub connect_timeout: Millis,
+    /// Whole-request timeout (streamed responses: see `stream_max_duration`).
+    #[serde(rename = "requestTimeoutMs")]
+    pub request_timeout: Millis,
+    /// Time from sending the request to the response headers.
+    #[serde(
+        default,
+        rename = "firstByteTimeoutMs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub first_byte_timeout: Option<Millis>,
+    /// Longest pause between two response body chunks.
+    #[serde(
+        default,
+        rename = "idleTimeoutMs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Millis>,
+    /// Longest streamed response; unlimited when absent.
+    #[serde(
+        default,
+        rename = "streamMaxDurationMs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stream_max_duration: Option<Millis>,
     /// The bounded queue for when every endpoint is full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<Queue>,
@@ -60,6 +78,32 @@ pub struct Pool {
     pub jwt: Option<Jwt>,
 }
 
+impl Default for Pool {
+    /// A round-robin pool with no backends, the default timeouts of `compile` (2 s to
+    /// connect, 5 min in all) and nothing else set.
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            algorithm: Algorithm::default(),
+            balancer: Balancer::default(),
+            backends: Vec::new(),
+            capabilities: Vec::new(),
+            connect_timeout: Millis::at_least_one(2_000),
+            request_timeout: Millis::at_least_one(300_000),
+            first_byte_timeout: None,
+            idle_timeout: None,
+            stream_max_duration: None,
+            queue: None,
+            retries: None,
+            health_check: None,
+            outlier: None,
+            fallback: None,
+            access: Access::default(),
+            jwt: None,
+        }
+    }
+}
+
 impl Pool {
     /// All endpoints of all backends, in order.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
@@ -71,10 +115,12 @@ impl Pool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Balancer {
-    /// PeakEwma decay time constant in milliseconds.
-    pub ewma_decay_ms: u64,
-    /// PeakEwma latency assumed for a new endpoint, in milliseconds.
-    pub ewma_default_latency_ms: u64,
+    /// PeakEwma decay time constant.
+    #[serde(rename = "ewmaDecayMs")]
+    pub ewma_decay: Millis,
+    /// PeakEwma latency assumed for a new endpoint.
+    #[serde(rename = "ewmaDefaultLatencyMs")]
+    pub ewma_default_latency: Millis,
     /// What ConsistentHash hashes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_on: Option<HashOn>,
@@ -85,8 +131,8 @@ pub struct Balancer {
 impl Default for Balancer {
     fn default() -> Self {
         Self {
-            ewma_decay_ms: 10_000,
-            ewma_default_latency_ms: 100,
+            ewma_decay: Millis::at_least_one(10_000),
+            ewma_default_latency: Millis::at_least_one(100),
             hash_on: None,
             bounded_load: 1.25,
         }
@@ -97,8 +143,8 @@ impl Default for Balancer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HashOn {
-    /// A request header (lower-case name).
-    Header(String),
+    /// A request header.
+    Header(#[serde(with = "header_name")] HeaderName),
     /// A cookie.
     Cookie(String),
     /// The client IP address.
@@ -106,24 +152,38 @@ pub enum HashOn {
 }
 
 /// One backend of a pool with the endpoints it resolved to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendTarget {
     /// `service/NAME` or `static` with its index, for logs and metrics.
     pub name: String,
-    /// Relative share for the `Weighted` algorithm, at least 1.
-    pub weight: u32,
+    /// Relative share of the pool's requests.
+    pub weight: NonZeroU32,
     /// Capabilities of this backend in addition to the pool's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<String>,
     /// Requests one endpoint serves at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
+    pub max_concurrency: Option<NonZeroU32>,
     /// Protocol spoken to the endpoints.
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: BackendProtocol,
     /// Endpoints (ready, or terminating ones still draining), sorted, no duplicates.
     pub endpoints: Vec<Endpoint>,
+}
+
+impl Default for BackendTarget {
+    /// Weight 1, no endpoints.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            weight: NonZeroU32::MIN,
+            capabilities: Vec::new(),
+            max_concurrency: None,
+            protocol: BackendProtocol::default(),
+            endpoints: Vec::new(),
+        }
+    }
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -155,13 +215,14 @@ impl Endpoint {
 }
 
 /// The bounded wait queue of a pool.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Queue {
     /// Most waiting requests.
     pub max_depth: u32,
-    /// Longest wait in milliseconds.
-    pub timeout_ms: u64,
+    /// Longest wait.
+    #[serde(rename = "timeoutMs")]
+    pub timeout: Millis,
     /// Priority of requests without a tier.
     pub default_priority: u32,
     /// Priority by consumer tier.
@@ -185,33 +246,37 @@ pub struct RetryPolicy {
 }
 
 /// Active health checks.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Probed path.
     pub path: String,
-    /// Probe interval in milliseconds.
-    pub interval_ms: u64,
-    /// Probe deadline in milliseconds.
-    pub timeout_ms: u64,
+    /// Probe interval.
+    #[serde(rename = "intervalMs")]
+    pub interval: Millis,
+    /// Probe deadline.
+    #[serde(rename = "timeoutMs")]
+    pub timeout: Millis,
     /// Consecutive successes to become healthy.
-    pub healthy_threshold: u32,
+    pub healthy_threshold: NonZeroU32,
     /// Consecutive failures to become unhealthy.
-    pub unhealthy_threshold: u32,
+    pub unhealthy_threshold: NonZeroU32,
 }
 
 /// Passive outlier ejection.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Outlier {
     /// Consecutive failures that eject.
-    pub consecutive_failures: u32,
-    /// Base ejection time in milliseconds.
-    pub base_ejection_ms: u64,
-    /// Longest ejection in milliseconds.
-    pub max_ejection_ms: u64,
-    /// Most endpoints ejected at once, in percent.
-    pub max_ejection_percent: u32,
+    pub consecutive_failures: NonZeroU32,
+    /// Base ejection time.
+    #[serde(rename = "baseEjectionMs")]
+    pub base_ejection: Millis,
+    /// Longest ejection.
+    #[serde(rename = "maxEjectionMs")]
+    pub max_ejection: Millis,
+    /// Most endpoints ejected at once.
+    pub max_ejection_percent: Percent,
 }
 
 /// Who may call a pool.
@@ -259,6 +324,7 @@ pub struct Jwt {
     /// Tier of tokens without the tier claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_tier: Option<String>,
-    /// Allowed clock skew in milliseconds.
-    pub leeway_ms: u64,
+    /// Allowed clock skew.
+    #[serde(rename = "leewayMs", with = "millis")]
+    pub leeway: Duration,
 }

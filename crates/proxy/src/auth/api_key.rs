@@ -18,6 +18,7 @@ use std::fmt;
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
+use sluice_api::table::KeyHash;
 
 use super::{AuthError, Credential, extract_credential};
 
@@ -28,12 +29,6 @@ pub const MAX_NAME_LEN: usize = 256;
 /// is loaded: the previous store stays in force.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ApiKeyError {
-    /// A key hash is not 64 hex digits.
-    #[error("the key hash for consumer {consumer:?} is not 64 hex digits (SHA-256)")]
-    InvalidHash {
-        /// The consumer the hash belongs to.
-        consumer: String,
-    },
     /// Two entries have the same key hash: one key would identify two consumers.
     #[error("consumers {first:?} and {second:?} share a key hash")]
     DuplicateHash {
@@ -89,13 +84,10 @@ pub enum KeyLookup<'a> {
     Consumer(&'a Consumer),
 }
 
-/// SHA-256 of a 32-byte digest.
-type Hash = [u8; 32];
-
 /// The API keys of one route table, by hash. Immutable once built.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct KeyStore {
-    by_hash: HashMap<Hash, usize>,
+    by_hash: HashMap<KeyHash, usize>,
     consumers: Vec<Consumer>,
 }
 
@@ -109,33 +101,10 @@ impl fmt::Debug for KeyStore {
     }
 }
 
-/// The lower-case hex SHA-256 of `key`'s bytes: the only form in which a key is stored.
-pub fn hash_key(key: &str) -> String {
-    to_hex(&Sha256::digest(key.as_bytes()).into())
-}
-
-fn to_hex(hash: &Hash) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in hash {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
-
-fn parse_hex(hex: &str) -> Option<Hash> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        *o = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(out)
+/// The SHA-256 of `key`'s bytes: the only form in which a key is stored (lower-case
+/// hex, as `printf %s KEY | sha256sum` prints it, in tables and Secrets).
+pub fn hash_key(key: &str) -> KeyHash {
+    KeyHash::from_bytes(Sha256::digest(key.as_bytes()).into())
 }
 
 fn valid_name(s: &str) -> bool {
@@ -143,17 +112,16 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl KeyStore {
-    /// Builds a store from `(hash, consumer)` pairs; hashes are hex SHA-256 in either
-    /// case. The same consumer may appear with several hashes.
+    /// Builds a store from `(hash, consumer)` pairs. The same consumer may appear with
+    /// several hashes.
     ///
     /// # Errors
     ///
-    /// An [`ApiKeyError`] for a malformed hash, a hash listed twice, a consumer listed
-    /// twice with different settings, or a name or tier that cannot be forwarded.
-    pub fn new<I, S>(entries: I) -> Result<Self, ApiKeyError>
+    /// An [`ApiKeyError`] for a hash listed twice, a consumer listed twice with
+    /// different settings, or a name or tier that cannot be forwarded.
+    pub fn new<I>(entries: I) -> Result<Self, ApiKeyError>
     where
-        I: IntoIterator<Item = (S, Consumer)>,
-        S: AsRef<str>,
+        I: IntoIterator<Item = (KeyHash, Consumer)>,
     {
         let mut store = KeyStore::default();
         for (hash, consumer) in entries {
@@ -162,11 +130,6 @@ impl KeyStore {
                     consumer: consumer.name,
                 });
             }
-            let Some(hash) = parse_hex(hash.as_ref().trim()) else {
-                return Err(ApiKeyError::InvalidHash {
-                    consumer: consumer.name,
-                });
-            };
             if let Some(&i) = store.by_hash.get(&hash) {
                 return Err(ApiKeyError::DuplicateHash {
                     first: store.consumers[i].name.clone(),
@@ -207,8 +170,9 @@ impl KeyStore {
 
     /// The consumer whose key is `key`.
     pub fn lookup(&self, key: &str) -> Option<&Consumer> {
-        let hash: Hash = Sha256::digest(key.as_bytes()).into();
-        self.by_hash.get(&hash).and_then(|&i| self.consumers.get(i))
+        self.by_hash
+            .get(&hash_key(key))
+            .and_then(|&i| self.consumers.get(i))
     }
 
     /// The consumer whose key is `credential`'s secret.
@@ -242,23 +206,23 @@ mod tests {
     #[test]
     fn hash_matches_sha256sum() {
         assert_eq!(
-            hash_key(""),
+            hash_key("").to_hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         // printf %s demo-premium-key | sha256sum
-        let h = hash_key("demo-premium-key");
+        let h = hash_key("demo-premium-key").to_hex();
         assert_eq!(
             h,
             "24fdfedfe3f3458eae8dfd32a021ba503cb73dca09e14591a41821f5f9af91fe"
         );
-        assert_eq!(parse_hex(&h).map(|b| to_hex(&b)), Some(h.clone()));
+        assert_eq!(KeyHash::from_hex(&h).map(|k| k.to_hex()), Some(h.clone()));
         assert_eq!(
-            parse_hex(&h.to_ascii_uppercase()).map(|b| to_hex(&b)),
+            KeyHash::from_hex(&h.to_ascii_uppercase()).map(|k| k.to_hex()),
             Some(h)
         );
-        assert_eq!(parse_hex("zz"), None);
-        assert_eq!(parse_hex(&"g".repeat(64)), None);
-        assert_eq!(parse_hex(&"é".repeat(32)), None);
+        assert_eq!(KeyHash::from_hex("zz"), None);
+        assert_eq!(KeyHash::from_hex(&"g".repeat(64)), None);
+        assert_eq!(KeyHash::from_hex(&"é".repeat(32)), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Pool, Route};
+use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Millis, Pool, Route};
 use sluice_api::{Objects, RouteTable};
 use sluice_proxy::admin::Admin;
 use sluice_proxy::body::BoxError;
@@ -395,8 +395,8 @@ pub fn pool(key: &str, addresses: &[String], request_timeout_ms: u64) -> Pool {
         key: key.into(),
         algorithm: Algorithm::RoundRobin,
         backends: vec![backend("static[0]", 1, addresses)],
-        connect_timeout_ms: 5_000,
-        request_timeout_ms,
+        connect_timeout: Millis::at_least_one(5_000),
+        request_timeout: Millis::new(request_timeout_ms).expect("a positive timeout"),
         ..Default::default()
     }
 }
@@ -405,7 +405,7 @@ pub fn pool(key: &str, addresses: &[String], request_timeout_ms: u64) -> Pool {
 pub fn backend(name: &str, weight: u32, addresses: &[String]) -> BackendTarget {
     BackendTarget {
         name: name.into(),
-        weight,
+        weight: std::num::NonZeroU32::new(weight).expect("a positive weight"),
         endpoints: addresses.iter().map(|a| Endpoint::new(a.clone())).collect(),
         ..Default::default()
     }
