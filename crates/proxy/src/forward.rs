@@ -20,7 +20,6 @@ use sluice_balance::Outcome;
 use tokio::time::Instant;
 
 use crate::body::{BodyEnd, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
-use crate::clock::now_nanos;
 use crate::error::ProxyError;
 use crate::hygiene::client_ip::{TrustedProxies, X_FORWARDED_FOR};
 use crate::hygiene::headers::{
@@ -379,7 +378,7 @@ impl Forwarder {
             .filter(|_| client_upgrade.is_none());
         let attempts = retry.map_or(0, |r| r.attempts);
         if let Some(budget) = &pool.retry_budget {
-            budget.deposit(now_nanos());
+            budget.deposit(pool.now());
         }
         let mut source = match body {
             RequestBody::Buffered(bytes) => Source::Buffered(bytes),
@@ -421,7 +420,7 @@ impl Forwarder {
                     };
                     pool.record_outcome(slot.index, outcome);
                     if !retry.is_some_and(|r| r.statuses.contains(&status.as_u16())) {
-                        slot.record_latency(attempt_start.elapsed());
+                        slot.record_latency(attempt_start.elapsed(), pool.now());
                         return Ok(respond(
                             pool,
                             resp,
@@ -518,7 +517,7 @@ impl Forwarder {
         // Checked before an endpoint is reserved, so that a refused retry is not
         // counted as a request to an endpoint; charged once one is.
         let budget = pool.retry_budget.as_ref();
-        if budget.is_some_and(|b| b.available(now_nanos()) == 0) {
+        if budget.is_some_and(|b| b.available(pool.now()) == 0) {
             count("budget_exhausted");
             return Err(());
         }
@@ -526,7 +525,7 @@ impl Forwarder {
             count("no_endpoint");
             return Err(());
         };
-        if budget.is_some_and(|b| !b.withdraw(now_nanos())) {
+        if budget.is_some_and(|b| !b.withdraw(pool.now())) {
             // Another request took the last retry meanwhile; `next` is released.
             count("budget_exhausted");
             return Err(());

@@ -20,12 +20,13 @@ use sluice_api::table::{
     FailureMode as TableFailureMode, Policy, RateAlgorithm, RateKeyType, Scope,
 };
 use sluice_ratelimit::{
-    BudgetQuota, Clock, Decision, FailureMode, Gcra, GlobalConfig, GlobalDecision, GlobalKey,
-    GlobalLimiter, KeyHasher, KeyedStore, Limit, MonotonicClock, Quota, RedisBackend, Reservation,
-    Reserve, SlidingWindow, SoftLimit, StoreConfig, TokenBudget, WindowQuota, check_all,
+    BudgetQuota, Decision, FailureMode, Gcra, GlobalConfig, GlobalDecision, GlobalKey,
+    GlobalLimiter, KeyHasher, KeyedStore, Limit, Quota, RedisBackend, Reservation, Reserve,
+    SlidingWindow, SoftLimit, StoreConfig, TokenBudget, WindowQuota, check_all,
 };
 
 use crate::body::{BodyEnd, BodyWatch};
+use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// Keys one store tracks at most, unless configured otherwise.
@@ -39,7 +40,7 @@ pub const WARNING_HEADER: &str = "x-sluice-ratelimit-warning";
 #[derive(Debug)]
 pub struct LimitsContext {
     hasher: KeyHasher,
-    clock: Arc<MonotonicClock>,
+    clock: SharedClock,
     redis: Option<Arc<RedisBackend>>,
     max_keys: NonZeroUsize,
     stores: Mutex<HashMap<String, Counter>>,
@@ -51,7 +52,7 @@ pub struct LimitsContext {
 enum Counter {
     Gcra(Arc<KeyedStore<Gcra>>),
     Window(Arc<KeyedStore<SlidingWindow>>),
-    Global(Arc<GlobalLimiter<Arc<MonotonicClock>>>),
+    Global(Arc<GlobalLimiter<SharedClock>>),
     /// A global limit, failing closed, on a proxy without Redis: every request 503.
     NoStore,
     Tokens(Arc<KeyedStore<TokenBudget>>),
@@ -59,8 +60,13 @@ enum Counter {
 
 impl LimitsContext {
     /// `redis` serves `scope: Global` policies; without it they follow their failure
-    /// mode as if Redis were down.
-    pub fn new(redis: Option<Arc<RedisBackend>>, max_keys: NonZeroUsize, metrics: Metrics) -> Self {
+    /// mode as if Redis were down. Every limit reads time from `clock`.
+    pub fn new(
+        redis: Option<Arc<RedisBackend>>,
+        max_keys: NonZeroUsize,
+        metrics: Metrics,
+        clock: SharedClock,
+    ) -> Self {
         if let Some(backend) = &redis
             && let Err(e) = metrics.register_redis(backend.clone())
         {
@@ -68,7 +74,7 @@ impl LimitsContext {
         }
         Self {
             hasher: KeyHasher::new(),
-            clock: Arc::new(MonotonicClock::new()),
+            clock,
             redis,
             max_keys,
             stores: Mutex::new(HashMap::new()),
@@ -630,7 +636,7 @@ fn rate_headers(
 pub struct TokenSettlement {
     held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation, TokenCounters)>,
     /// The clock the reservations were made on: settling must read the same one.
-    clock: Option<Arc<MonotonicClock>>,
+    clock: Option<SharedClock>,
 }
 
 impl TokenSettlement {
@@ -779,6 +785,7 @@ mod tests {
             None,
             NonZeroUsize::MIN.saturating_add(99),
             Metrics::new(),
+            crate::clock::TokioClock::shared(),
         ));
         let limits = context
             .build(&table.policies, &["d/p".to_owned()])

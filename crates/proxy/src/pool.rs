@@ -21,7 +21,7 @@ use sluice_balance::{
 };
 use tokio::time::Instant;
 
-use crate::clock::now_nanos;
+use crate::clock::{Entropy, SharedClock};
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::store::UpstreamClient;
@@ -88,10 +88,11 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// Records the time to response headers in the endpoint's latency estimate.
-    pub fn record_latency(&self, latency: Duration) {
+    /// Records the time to response headers in the endpoint's latency estimate, at
+    /// `now` (the pool's [`PoolRuntime::now`]).
+    pub fn record_latency(&self, latency: Duration, now: u64) {
         if let Some(g) = &self.guard {
-            g.load().record(latency, now_nanos());
+            g.load().record(latency, now);
         }
     }
 }
@@ -137,6 +138,19 @@ pub struct PoolRuntime {
     /// The task probing the endpoints, while the pool is in force.
     checker: Mutex<Option<AbortHandle>>,
     metrics_all: Metrics,
+    clock: SharedClock,
+    entropy: Arc<Entropy>,
+}
+
+/// What every pool of a store shares: the metrics, the clock and the random source.
+#[derive(Debug, Clone)]
+pub struct PoolEnv {
+    /// The proxy's metrics.
+    pub metrics: Metrics,
+    /// The proxy's clock.
+    pub clock: SharedClock,
+    /// The proxy's random source.
+    pub entropy: Arc<Entropy>,
 }
 
 /// Builds a pool runtime; `previous` is the pool of the same key in the runtime being
@@ -146,9 +160,10 @@ pub fn build(
     previous: Option<&PoolRuntime>,
     client: &dyn Fn(Duration, bool) -> UpstreamClient,
     health: &dyn Fn(&str) -> Arc<HealthState>,
-    metrics: &Metrics,
+    env: &PoolEnv,
 ) -> PoolRuntime {
-    let now = now_nanos();
+    let metrics = &env.metrics;
+    let now = env.clock.now_nanos();
     let key = spec.key.as_str();
     let connect = spec.connect_timeout.get();
     let mut endpoints = Vec::new();
@@ -199,7 +214,7 @@ pub fn build(
         Some(p) => p.load.rebuild(&addresses, load_config, now),
         None => PoolLoad::new(&addresses, load_config, now),
     };
-    let start = fastrand::usize(..);
+    let start = env.entropy.below(usize::MAX);
     let selector: Box<dyn Selector> = match spec.algorithm {
         Algorithm::RoundRobin => Box::new(RoundRobin::new(endpoints.len()).starting_at(start)),
         Algorithm::Weighted => Box::new(Weighted::new(&weights).starting_at(start)),
@@ -274,6 +289,8 @@ pub fn build(
         jwt: None,
         checker: Mutex::new(None),
         metrics_all: metrics.clone(),
+        clock: env.clock.clone(),
+        entropy: env.entropy.clone(),
     }
 }
 
@@ -377,6 +394,11 @@ impl PoolRuntime {
         &self.spec.key
     }
 
+    /// The proxy clock's reading now, in nanoseconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
     /// Whether the pool advertises `capability`, itself or through a backend (whether
     /// or not that backend has endpoints right now).
     pub fn has_capability(&self, capability: &str) -> bool {
@@ -405,11 +427,11 @@ impl PoolRuntime {
 
     /// Picks an endpoint and reserves a slot on it, without waiting.
     pub fn try_acquire(&self, req: &PickRequest<'_>, exclude: &[usize]) -> Option<Slot> {
-        let now = now_nanos();
+        let now = self.now();
         let accept = |i: usize| self.alive(i, now, req.capability, exclude) && self.has_room(i);
         for _ in 0..3 {
             let pick = Pick {
-                random: fastrand::u64(..),
+                random: self.entropy.next_u64(),
                 hash: req.hash,
                 now,
                 accept: &accept,
@@ -525,7 +547,7 @@ impl PoolRuntime {
 
     /// Whether some endpoint could take a request if it had room.
     pub fn any_alive(&self, capability: Option<&str>) -> bool {
-        let now = now_nanos();
+        let now = self.now();
         (0..self.endpoints.len()).any(|i| self.alive(i, now, capability, &[]))
     }
 
@@ -534,7 +556,7 @@ impl PoolRuntime {
         let Some(detector) = &self.outlier else {
             return;
         };
-        if let Some(ejection) = detector.record(i, outcome, now_nanos()) {
+        if let Some(ejection) = detector.record(i, outcome, self.now()) {
             let result = if ejection.is_ejected() {
                 "ejected"
             } else {

@@ -20,21 +20,20 @@ use arc_swap::ArcSwapOption;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sluice_api::table::Jwt;
 use sluice_api::{RouteTable, TableError};
+use sluice_balance::HealthState;
+use sluice_ratelimit::RedisBackend;
 
 use crate::auth::api_key::ApiKeyError;
-use crate::limits::LimitError;
-use sluice_balance::HealthState;
-
-use sluice_api::table::Jwt;
-
 use crate::auth::jwks::{JwksSource, KeySet, RemoteConfig, RemoteJwks};
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
+use crate::clock::{Entropy, SharedClock, TokioClock};
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
-use crate::limits::{DEFAULT_MAX_KEYS, LimitsContext, TableLimits};
+use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
-use crate::pool::{self, HEALTH_START, PoolRuntime};
+use crate::pool::{self, HEALTH_START, PoolEnv, PoolRuntime};
 
 /// The pooled HTTP client used to reach agents.
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
@@ -104,6 +103,7 @@ pub struct TableStore {
     health: Mutex<HashMap<(String, String), Arc<HealthState>>>,
     jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
     limits: Arc<LimitsContext>,
+    env: PoolEnv,
     metrics: Metrics,
 }
 
@@ -131,25 +131,90 @@ pub enum Applied {
     Unchanged,
 }
 
-impl TableStore {
-    /// An empty store: not ready until the first table is applied. Global rate
-    /// limits have no Redis: they follow their failure mode.
-    pub fn new(metrics: Metrics) -> Self {
-        let max_keys = NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN);
-        let limits = LimitsContext::new(None, max_keys, metrics.clone());
-        Self::with_limits(metrics, limits)
+/// Builds a [`TableStore`]: Redis for global limits, key bounds, and where time and
+/// chance come from.
+#[derive(Debug)]
+pub struct StoreBuilder {
+    metrics: Metrics,
+    redis: Option<Arc<RedisBackend>>,
+    max_keys: NonZeroUsize,
+    clock: Option<SharedClock>,
+    entropy: Option<Entropy>,
+}
+
+impl StoreBuilder {
+    /// Redis for `scope: Global` rate limits; without it they follow their failure
+    /// mode as if Redis were down.
+    pub fn redis(mut self, redis: Option<Arc<RedisBackend>>) -> Self {
+        self.redis = redis;
+        self
     }
 
-    /// An empty store whose rate limits use `limits` (Redis, key bounds).
-    pub fn with_limits(metrics: Metrics, limits: LimitsContext) -> Self {
-        Self {
+    /// Most keys one rate limit tracks.
+    pub fn max_keys(mut self, max_keys: NonZeroUsize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// The clock of endpoint load, ejections, retry budgets and rate limits (default:
+    /// a [`TokioClock`] made by [`StoreBuilder::build`]).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The random source of endpoint picks (default: seeded from the system).
+    pub fn entropy(mut self, entropy: Entropy) -> Self {
+        self.entropy = Some(entropy);
+        self
+    }
+
+    /// An empty store: not ready until the first table is applied.
+    pub fn build(self) -> TableStore {
+        let clock = self.clock.unwrap_or_else(TokioClock::shared);
+        let limits = LimitsContext::new(
+            self.redis,
+            self.max_keys,
+            self.metrics.clone(),
+            clock.clone(),
+        );
+        TableStore {
             limits: Arc::new(limits),
             current: ArcSwapOption::empty(),
             clients: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             jwks: Mutex::new(HashMap::new()),
-            metrics,
+            env: PoolEnv {
+                metrics: self.metrics.clone(),
+                clock,
+                entropy: Arc::new(self.entropy.unwrap_or_default()),
+            },
+            metrics: self.metrics,
         }
+    }
+}
+
+impl TableStore {
+    /// An empty store with the defaults of [`StoreBuilder`]: no Redis, the Tokio
+    /// clock, a random source seeded from the system.
+    pub fn new(metrics: Metrics) -> Self {
+        Self::builder(metrics).build()
+    }
+
+    /// A builder for a store whose settings differ from the defaults.
+    pub fn builder(metrics: Metrics) -> StoreBuilder {
+        StoreBuilder {
+            metrics,
+            redis: None,
+            max_keys: NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN),
+            clock: None,
+            entropy: None,
+        }
+    }
+
+    /// The clock the store's state reads.
+    pub fn clock(&self) -> &SharedClock {
+        &self.env.clock
     }
 
     /// The runtime in force, if any.
@@ -248,8 +313,7 @@ impl TableStore {
                     return same.clone();
                 }
                 let health = |address: &str| self.health_state(&p.key, address);
-                let mut pool =
-                    pool::build(p, before.map(Arc::as_ref), &client, &health, &self.metrics);
+                let mut pool = pool::build(p, before.map(Arc::as_ref), &client, &health, &self.env);
                 pool.jwt = p.jwt.as_ref().and_then(|j| self.jwt_auth(&p.key, j));
                 let pool = Arc::new(pool);
                 pool::start_health_checks(&pool);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// Only differences between readings are meaningful. Readings of one clock should
 /// never decrease; the limiters stay safe if they do (a clock stepping backwards
 /// never admits extra requests), they just become stricter until it catches up.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Returns the current time in nanoseconds since this clock's epoch.
     fn now_nanos(&self) -> u64;
 }

@@ -10,14 +10,14 @@ use anyhow::{Context, Result, bail};
 use sluice_controller::from_dir::DirWatcher;
 use sluice_controller::publisher::Publisher;
 use sluice_proxy::admin::Admin;
+use sluice_proxy::clock::TokioClock;
 use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
 use sluice_proxy::hygiene::client_ip::TrustedProxies;
-use sluice_proxy::limits::LimitsContext;
 use sluice_proxy::server::{self, ServerConfig};
 use sluice_proxy::subscriber::{self, SubscriberConfig};
 use sluice_proxy::table_cache::TableCache;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
-use sluice_ratelimit::{MonotonicClock, RedisBackend, RedisConfig};
+use sluice_ratelimit::{RedisBackend, RedisConfig};
 
 use crate::cmd_controller::{on_poll, parse_duration, parse_interval};
 
@@ -89,23 +89,27 @@ pub async fn run(args: Args) -> Result<()> {
         trusted_proxies,
         ..ForwardConfig::default()
     };
+    // One clock for everything the proxy times: limits, Redis leases, endpoint load.
+    let clock = TokioClock::shared();
     let redis = match &args.redis_url {
         None => None,
         Some(url) => {
             let config = RedisConfig::new(url.clone()).with_deadline(args.redis_timeout);
-            let clock: Arc<dyn sluice_ratelimit::Clock> = Arc::new(MonotonicClock::new());
             Some(Arc::new(
-                RedisBackend::new(config, clock).context("--redis-url")?,
+                RedisBackend::new(config, clock.clone()).context("--redis-url")?,
             ))
         }
     };
     let max_keys = NonZeroUsize::new(args.rate_limit_max_keys)
         .context("--rate-limit-max-keys must be at least 1")?;
     let metrics = Metrics::new();
-    let store = Arc::new(TableStore::with_limits(
-        metrics.clone(),
-        LimitsContext::new(redis, max_keys, metrics.clone()),
-    ));
+    let store = Arc::new(
+        TableStore::builder(metrics.clone())
+            .redis(redis)
+            .max_keys(max_keys)
+            .clock(clock)
+            .build(),
+    );
 
     match (&args.config, &args.controller) {
         (Some(path), None) => {
