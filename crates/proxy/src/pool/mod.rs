@@ -1,0 +1,231 @@
+//! One pool at run time: its endpoints with their live load, health and ejection
+//! state, the selector, the wait queue and the retry budget.
+//!
+//! Built when a route table brings a new or changed pool (an unchanged one is shared
+//! by the new runtime as it is). State that must survive a change (in-flight counts
+//! and latency estimates, health, ejections, the queue and its waiters, the retry
+//! budget) is carried over from the previous runtime's pool of the same key.
+
+mod build;
+mod health;
+mod slot;
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_api::table::{HashOn, Pool};
+use sluice_balance::{
+    HealthConfig, HealthState, OutlierDetector, PoolLoad, RetryBudget, Selector, StartAs, WaitQueue,
+};
+use tokio::task::AbortHandle;
+
+pub use build::build;
+pub use health::start_health_checks;
+pub use slot::Slot;
+
+use crate::clock::{Entropy, SharedClock};
+use crate::error::ProxyError;
+use crate::metrics::{Metrics, PoolMetrics};
+use crate::store::UpstreamClient;
+
+/// One endpoint of a pool.
+#[derive(Debug)]
+pub struct EndpointRt {
+    /// `host:port`.
+    pub address: String,
+    /// Draining: no new requests.
+    pub terminating: bool,
+    /// Most requests at once.
+    pub max_concurrency: Option<NonZeroU32>,
+    /// Capabilities of its backend and of the pool, sorted.
+    pub capabilities: Vec<String>,
+    /// The client for its protocol.
+    pub client: UpstreamClient,
+    /// Requests sent to it (`sluice_endpoint_requests_total`).
+    pub selections: prometheus::IntCounter,
+    /// Its in-flight gauge.
+    pub in_flight: prometheus::IntGauge,
+    /// Its health gauge.
+    pub healthy_gauge: prometheus::IntGauge,
+    /// Health check state.
+    pub health: Arc<HealthState>,
+}
+
+/// Why no endpoint could be had.
+#[derive(Debug)]
+pub enum Unavailable {
+    /// No endpoint is alive (none, all unhealthy, ejected or draining, or none with
+    /// the capability): try the fallback pool.
+    NoCapacity,
+    /// Endpoints are alive but full, and the queue refused or timed out.
+    Queue(ProxyError),
+    /// A new route table replaced this pool while the request waited: wait on in the
+    /// new table's pool of the same key.
+    Replaced,
+}
+
+/// What a request asks of the pool when picking.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickRequest<'a> {
+    /// The capability the request names.
+    pub capability: Option<&'a str>,
+    /// Session key for consistent hashing.
+    pub hash: Option<u64>,
+    /// Queue priority.
+    pub priority: u32,
+}
+
+/// A pool ready to take requests.
+#[derive(Debug)]
+pub struct PoolRuntime {
+    /// The compiled pool.
+    pub spec: Pool,
+    /// Its endpoints, backends flattened in order.
+    pub endpoints: Vec<EndpointRt>,
+    /// Pre-resolved metric handles.
+    pub metrics: PoolMetrics,
+    load: PoolLoad,
+    selector: Box<dyn Selector>,
+    outlier: Option<OutlierDetector>,
+    health_config: Option<HealthConfig>,
+    /// The wait queue (depth 0 when the pool has none).
+    pub queue: Arc<WaitQueue>,
+    /// Endpoints differ in capabilities: a freed slot may be of no use to the first
+    /// waiter (it asks for a capability the endpoint lacks) yet serve one behind it,
+    /// so freeing a slot wakes every waiter to try, instead of the first only.
+    mixed_capabilities: bool,
+    /// A newer table is in force: waiters leave for its pool of the same key.
+    replaced: std::sync::atomic::AtomicBool,
+    /// The retry budget when the pool retries.
+    pub retry_budget: Option<Arc<RetryBudget>>,
+    /// JWT verification, when the pool accepts tokens.
+    pub jwt: Option<Arc<crate::identity::JwtAuth>>,
+    /// The task probing the endpoints, while the pool is in force.
+    checker: Mutex<Option<AbortHandle>>,
+    metrics_all: Metrics,
+    clock: SharedClock,
+    entropy: Arc<Entropy>,
+}
+
+/// What every pool of a store shares: the metrics, the clock and the random source.
+#[derive(Debug, Clone)]
+pub struct PoolEnv {
+    /// The proxy's metrics.
+    pub metrics: Metrics,
+    /// The proxy's clock.
+    pub clock: SharedClock,
+    /// The proxy's random source.
+    pub entropy: Arc<Entropy>,
+}
+
+impl PoolRuntime {
+    /// The pool key.
+    pub fn key(&self) -> &str {
+        &self.spec.key
+    }
+
+    /// The proxy clock's reading now, in nanoseconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now_nanos()
+    }
+
+    /// Whether the pool advertises `capability`, itself or through a backend (whether
+    /// or not that backend has endpoints right now).
+    pub fn has_capability(&self, capability: &str) -> bool {
+        let has = |list: &[String]| list.iter().any(|c| c == capability);
+        has(&self.spec.capabilities) || self.spec.backends.iter().any(|b| has(&b.capabilities))
+    }
+
+    /// Whether endpoint `i` may take a new request, apart from its concurrency limit.
+    fn alive(&self, i: usize, now: u64, capability: Option<&str>, exclude: &[usize]) -> bool {
+        let e = &self.endpoints[i];
+        !e.terminating
+            && !exclude.contains(&i)
+            && capability.is_none_or(|c| e.capabilities.iter().any(|x| x == c))
+            && e.health.is_healthy()
+            && self.outlier.as_ref().is_none_or(|o| !o.is_ejected(i, now))
+    }
+
+    fn has_room(&self, i: usize) -> bool {
+        let limit = self.endpoints[i].max_concurrency;
+        limit.is_none_or(|m| {
+            self.load
+                .get(i)
+                .is_some_and(|l| l.in_flight() < u64::from(m.get()))
+        })
+    }
+
+    /// Whether some endpoint could take a request if it had room.
+    pub fn any_alive(&self, capability: Option<&str>) -> bool {
+        let now = self.now();
+        (0..self.endpoints.len()).any(|i| self.alive(i, now, capability, &[]))
+    }
+
+    /// Records the outcome of an attempt on endpoint `i` for outlier detection.
+    pub fn record_outcome(&self, i: usize, outcome: sluice_balance::Outcome) {
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        if let Some(ejection) = detector.record(i, outcome, self.now()) {
+            let result = if ejection.is_ejected() {
+                "ejected"
+            } else {
+                "skipped"
+            };
+            self.metrics_all
+                .ejections
+                .with_label_values(&[self.key(), ejection.reason().as_str(), result])
+                .inc();
+            if ejection.is_ejected() {
+                tracing::warn!(pool = self.key(), endpoint = %self.endpoints[i].address, reason = ejection.reason().as_str(), "endpoint ejected");
+            }
+        }
+    }
+
+    /// The session hash key of a request under `ConsistentHash`.
+    pub fn hash_key(&self, headers: &http::HeaderMap, client_ip: std::net::IpAddr) -> Option<u64> {
+        let on = self.spec.balancer.hash_on.as_ref()?;
+        let bytes: Vec<u8> = match on {
+            HashOn::Header(name) => headers.get(name)?.as_bytes().to_vec(),
+            HashOn::Cookie(name) => cookie(headers, name)?.as_bytes().to_vec(),
+            HashOn::ClientIp => client_ip.to_string().into_bytes(),
+        };
+        Some(sluice_balance::hash_key(&bytes))
+    }
+
+    /// The queue priority of a request from a consumer of `tier`.
+    pub fn priority(&self, tier: Option<&str>) -> u32 {
+        let Some(q) = &self.spec.queue else { return 0 };
+        tier.and_then(|t| q.tier_priorities.get(t).copied())
+            .unwrap_or(q.default_priority)
+    }
+
+    /// The number of endpoints.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether the pool has no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Health checks start optimistic: a new endpoint is healthy until its probes fail.
+pub const HEALTH_START: StartAs = StartAs::Healthy;
+
+/// The default idle timeout of response bodies.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
