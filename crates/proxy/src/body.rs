@@ -1,5 +1,6 @@
-//! Response bodies: streamed frame by frame, with deadlines, and watched so that the
-//! proxy learns how each body ended (to release an endpoint slot, settle a token
+//! Bodies. A request body is streamed, or read in full (bounded) when a limit needs
+//! to see it. A response body is streamed frame by frame, with deadlines, and watched
+//! so that the proxy learns how it ended (to release an endpoint slot, settle a token
 //! reservation or count a cut stream).
 
 use std::pin::Pin;
@@ -8,14 +9,51 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
 
 /// The error type of bodies the proxy serves.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every response the proxy serves.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A request body: streamed, or read in full when a limit needed it.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// As it arrives from the client.
+    Streaming(hyper::body::Incoming),
+    /// Read in full.
+    Buffered(Bytes),
+}
+
+impl RequestBody {
+    /// Reads the body in full, up to `limit` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError::BodyTooLarge`] past `limit`; [`ProxyError::BadRequest`] when the
+    /// client's body fails.
+    pub async fn into_bytes(self, limit: usize) -> Result<Bytes, ProxyError> {
+        match self {
+            RequestBody::Buffered(bytes) => Ok(bytes),
+            RequestBody::Streaming(incoming) => http_body_util::Limited::new(incoming, limit)
+                .collect()
+                .await
+                .map(http_body_util::Collected::to_bytes)
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ProxyError::BodyTooLarge { limit }
+                    } else {
+                        ProxyError::BadRequest(format!("reading the request body: {e}"))
+                    }
+                }),
+        }
+    }
+}
 
 /// A deadline expired while the body was still streaming.
 #[derive(Debug, thiserror::Error)]

@@ -1,12 +1,17 @@
 //! The Sluice data plane.
 //!
-//! A request flows through [`router`] (which pool), a balancer from `sluice-balance`
-//! (which endpoint) and [`forward`] (send it, stream both ways), while [`metrics`]
-//! records what happened. The routing state is a [`store::TableStore`]: an immutable
-//! runtime built once per [`sluice_api::RouteTable`] and swapped in whole, so the
-//! request path takes no lock. Tables arrive from the controller through the
-//! [`subscriber`], or from the binary's file mode; [`admin`] serves health, readiness,
-//! metrics and the current table.
+//! A request goes through the phases of [`forward`], in order: **route** ([`router`]:
+//! which pool), **admit** ([`identity`], [`auth`]: who is asking, may they call it),
+//! **limit** ([`limits`]: every rate limit of the pool at once), **reserve** ([`pool`]:
+//! a slot on an endpoint picked by a balancer from `sluice-balance`, queueing or
+//! falling back), **send** (with retries; the head cleaned by [`hygiene`]),
+//! **respond** ([`body`]: streamed back under deadlines) and **log** ([`metrics`]).
+//!
+//! The routing state is a [`store::TableStore`]: an immutable runtime built once per
+//! [`sluice_api::RouteTable`] and swapped in whole, so the request path takes no lock.
+//! Tables arrive from the controller through the [`subscriber`], or from the binary's
+//! file mode; [`admin`] serves health, readiness, metrics and the current table. Time
+//! and randomness come from [`clock`], injected so that tests control them.
 
 pub mod admin;
 pub mod auth;

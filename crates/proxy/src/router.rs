@@ -1,8 +1,49 @@
 //! Which pool serves a request: the first route of the table, in precedence order,
-//! whose host, path prefix and headers all match.
+//! whose host, path prefix and headers all match, and whose pool has the capability
+//! the request names (when it names one).
 
-use http::HeaderMap;
+use http::{HeaderMap, Uri};
 use sluice_api::table::Route;
+
+use crate::error::ProxyError;
+use crate::store::Runtime;
+
+/// The index in `runtime` of the pool that serves a request for `uri` with `headers`,
+/// asking for `capability` if any.
+///
+/// # Errors
+///
+/// [`ProxyError::NoRoute`] when no route matches; [`ProxyError::NoCapability`] when
+/// routes match but none of their pools has the capability.
+pub fn route(
+    runtime: &Runtime,
+    uri: &Uri,
+    headers: &HeaderMap,
+    capability: Option<&str>,
+) -> Result<usize, ProxyError> {
+    let mut host_buf = String::new();
+    let req = RouteRequest {
+        host: request_host(uri, headers, &mut host_buf),
+        path: uri.path(),
+        headers,
+    };
+    let mut candidates = matching(&runtime.table.routes, &req)
+        .filter_map(|i| runtime.pool_index_for_route(i))
+        .peekable();
+    if candidates.peek().is_none() {
+        return Err(ProxyError::NoRoute {
+            path: uri.path().to_owned(),
+        });
+    }
+    let found = match capability {
+        None => candidates.next(),
+        Some(c) => candidates.find(|&p| runtime.pools[p].has_capability(c)),
+    };
+    found.ok_or_else(|| ProxyError::NoCapability {
+        path: uri.path().to_owned(),
+        capability: capability.unwrap_or_default().to_owned(),
+    })
+}
 
 /// The parts of a request routing looks at.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! JWT verification: signature against a key the gateway trusts, then the claims.
 //!
 //! The token's header only *selects* a key; the algorithm is the key's own
-//! ([`VerifyKey::algorithm`]). A header `alg` that differs from it is refused
+//! (`VerifyKey::algorithm`). A header `alg` that differs from it is refused
 //! ([`AuthError::AlgorithmMismatch`]), `none` and unknown names are refused
 //! ([`AuthError::UnsupportedAlgorithm`]). HS256/384/512 tokens are verified only with the
 //! secret configured in [`JwtConfig::hmac`], which is a key of its own: an RSA, EC or

@@ -7,7 +7,9 @@
 //! * [`client_ip`]: the client address, taken from `X-Forwarded-For` only when the TCP
 //!   peer is a trusted proxy;
 //! * [`headers`]: hop-by-hop and client-supplied `x-sluice-*` headers removed, then the
-//!   gateway's identity headers set, in that order.
+//!   gateway's identity headers set, in that order;
+//! * [`upstream`]: the head an agent receives, built once per request from the above
+//!   and the forwarding headers.
 //!
 //! On the request path they run in this order: normalise the path (400 on a
 //! [`path::PathError`]) → route → client IP → strip headers ([`headers::strip_hop_by_hop`],
@@ -18,6 +20,7 @@
 pub mod client_ip;
 pub mod headers;
 pub mod path;
+pub mod upstream;
 
 pub use client_ip::TrustedProxies;
 pub use headers::Identity;

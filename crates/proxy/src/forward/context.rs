@@ -1,0 +1,124 @@
+//! What the proxy knows about one request as it goes through the phases: the
+//! [`RequestCtx`] from arrival, and from routing on the [`Serving`] pool.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use crate::identity::Caller;
+use crate::limits::{RateOutcome, Subject};
+use crate::pool::{PickRequest, PoolRuntime};
+use crate::store::Runtime;
+
+/// One request's state, filled in phase by phase.
+#[derive(Debug)]
+pub(super) struct RequestCtx {
+    /// When the request arrived: every timeout counts from here.
+    pub start: Instant,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client: the peer, or what trusted proxies report in `X-Forwarded-For`.
+    pub client_ip: IpAddr,
+    /// The capability the request names, if any.
+    pub capability: Option<String>,
+    /// The identified caller; `None` for an anonymous request.
+    pub caller: Option<Caller>,
+    /// What the rate limits added: response headers and token reservations.
+    pub rate: RateOutcome,
+    /// Fallback hops taken so far.
+    pub fallbacks: usize,
+}
+
+impl RequestCtx {
+    /// A request from `peer`, arrived now.
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            start: Instant::now(),
+            peer,
+            client_ip: peer.ip(),
+            capability: None,
+            caller: None,
+            rate: RateOutcome::default(),
+            fallbacks: 0,
+        }
+    }
+
+    /// The caller's tier, when identified.
+    pub fn tier(&self) -> Option<&str> {
+        self.caller.as_ref().map(|c| c.tier.as_str())
+    }
+
+    /// What the request asks of `pool` when picking an endpoint.
+    pub fn pick<'a>(&'a self, pool: &PoolRuntime, headers: &HeaderMap) -> PickRequest<'a> {
+        PickRequest {
+            capability: self.capability.as_deref(),
+            hash: pool.hash_key(headers, self.client_ip),
+            priority: pool.priority(self.tier()),
+        }
+    }
+}
+
+/// The pool serving a request, in the table it was found in: the table the request
+/// arrived under, or a newer one it moved to while it waited.
+#[derive(Debug)]
+pub(super) struct Serving {
+    runtime: Arc<Runtime>,
+    index: usize,
+    deadline: Instant,
+}
+
+impl Serving {
+    /// Pool `index` of `runtime` serves the request that arrived at `start`.
+    pub fn new(runtime: Arc<Runtime>, index: usize, start: Instant) -> Self {
+        let deadline = start + runtime.pools[index].spec.request_timeout.get();
+        Self {
+            runtime,
+            index,
+            deadline,
+        }
+    }
+
+    /// From now on pool `index` of `runtime` serves the request that arrived at
+    /// `start`: its deadline becomes that pool's.
+    pub fn move_to(&mut self, runtime: Arc<Runtime>, index: usize, start: Instant) {
+        *self = Self::new(runtime, index, start);
+    }
+
+    /// The table the pool was found in.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The pool's index in [`Serving::runtime`].
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<PoolRuntime> {
+        &self.runtime.pools[self.index]
+    }
+
+    /// When the request must be answered: its arrival plus the serving pool's request
+    /// timeout. Queueing, attempts and a response body that is not a stream count
+    /// against it.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Who the request is, for the serving pool's limits.
+    pub fn subject<'a>(&'a self, ctx: &'a RequestCtx, headers: &'a HeaderMap) -> Subject<'a> {
+        Subject {
+            pool: self.pool().key(),
+            pool_index: self.index,
+            consumer: ctx
+                .caller
+                .as_ref()
+                .map(|c| (c.consumer.as_str(), c.tier.as_str())),
+            client_ip: ctx.client_ip,
+            headers,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The request path: one sequence of phases over a per-request context, in the spirit
+//! of pingora's `ProxyHttp`.
+//!
+//! ```text
+//! route ─► admit ─► limit ─► reserve ─► send ─► respond ─► log
+//! ```
+//!
+//! * **route**: normalise the path, find the client address,
+//!   set aside an upgrade, and pick the pool ([`crate::router`]);
+//! * **admit**: identify the caller and check the pool's access ([`crate::identity`]);
+//! * **limit**: every rate limit of the pool at once, reading the body's
+//!   `max_tokens` when a token budget needs it ([`crate::limits::request`]);
+//! * **reserve** (`reserve.rs`): a slot on an endpoint, waiting in the pool's queue,
+//!   following a newer table, or falling back to another pool (which is admitted and
+//!   limited again by the same two phases);
+//! * **send** (`retry.rs`): the request to the endpoint, and to another when the pool
+//!   retries and the failure allows it; the head is cleaned once
+//!   ([`crate::hygiene::upstream`]);
+//! * **respond** (`respond.rs`): the agent's response streamed back under the pool's
+//!   deadlines, holding the endpoint slot until the body ends;
+//! * **log**: every response, the proxy's own refusals included,
+//!   counted once under the pool that served it.
+//!
+//! Bodies are never buffered but to read `max_tokens`: the client's request body
+//! goes upstream as it arrives (a pool with retries keeps its first 64 KiB to replay)
+//! and the agent's response frames reach the client one by one.
+
+mod context;
+mod reserve;
+mod respond;
+mod retry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use self::context::{RequestCtx, Serving};
+use crate::body::{ProxyBody, RequestBody};
+use crate::error::ProxyError;
+use crate::hygiene::client_ip::TrustedProxies;
+use crate::hygiene::path::{PathOptions, normalise_path_and_query};
+use crate::hygiene::upstream::UpstreamHead;
+use crate::limits;
+use crate::metrics::{Metrics, NO_POOL, code_class};
+use crate::router;
+use crate::store::{Runtime, TableStore};
+use crate::upgrade;
+
+/// The header a request names a capability in, unless configured otherwise.
+pub const DEFAULT_CAPABILITY_HEADER: &str = "x-agent-capability";
+
+/// Settings of the request path that come from the command line, not the table.
+#[derive(Debug, Clone)]
+pub struct ForwardConfig {
+    /// The header a request names a capability in.
+    pub capability_header: HeaderName,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Path normalisation options.
+    pub path: PathOptions,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        Self {
+            capability_header: HeaderName::from_static(DEFAULT_CAPABILITY_HEADER),
+            trusted_proxies: TrustedProxies::none(),
+            path: PathOptions::default(),
+        }
+    }
+}
+
+/// The proxy's request handler.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    store: Arc<TableStore>,
+    metrics: Metrics,
+    config: Arc<ForwardConfig>,
+}
+
+/// What goes to the agent: the cleaned head, the body, the client's side of an
+/// upgrade, and what the rate limits gave the request (settled by the response).
+struct Outbound {
+    head: UpstreamHead,
+    body: RequestBody,
+    upgrade: Option<OnUpgrade>,
+    rate: limits::RateOutcome,
+}
+
+/// The parts of a routed request the later phases use.
+struct Routed {
+    parts: Parts,
+    body: Incoming,
+    /// The `Upgrade` value and the client connection's upgrade, for an upgrade request.
+    upgrade: Option<(HeaderValue, OnUpgrade)>,
+}
+
+impl Forwarder {
+    /// A forwarder reading the routing state from `store`.
+    pub fn new(store: Arc<TableStore>, metrics: Metrics) -> Self {
+        Self::with_config(store, metrics, ForwardConfig::default())
+    }
+
+    /// A forwarder with settings other than the defaults.
+    pub fn with_config(store: Arc<TableStore>, metrics: Metrics, config: ForwardConfig) -> Self {
+        Self {
+            store,
+            metrics,
+            config: Arc::new(config),
+        }
+    }
+
+    /// Handles one request from `peer`, always producing a response.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let mut ctx = RequestCtx::new(peer);
+        let mut serving = None;
+        let result = self.proxy(&mut ctx, &mut serving, req).await;
+        self.log(&ctx, serving.as_ref(), result)
+    }
+
+    /// The phases, in order; the first that refuses answers the request.
+    async fn proxy(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &mut Option<Serving>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let runtime = self.store.load().ok_or(ProxyError::NotReady)?;
+        let (index, routed) = self.route(ctx, &runtime, req)?;
+        let serving = serving.insert(Serving::new(runtime, index, ctx.start));
+        let Routed {
+            parts,
+            body,
+            upgrade,
+        } = routed;
+        self.admit(ctx, serving, &parts.headers).await?;
+        let body = self
+            .limit(ctx, serving, &parts.headers, RequestBody::Streaming(body))
+            .await?;
+        let (slot, body) = self.reserve(ctx, serving, &parts.headers, body).await?;
+        let (protocol, on_upgrade) = upgrade.unzip();
+        let head = UpstreamHead::new(
+            &parts,
+            ctx.peer,
+            self.config
+                .trusted_proxies
+                .contains(ctx.peer.ip().to_canonical()),
+            ctx.caller.as_ref(),
+            protocol,
+        );
+        let outbound = Outbound {
+            head,
+            body,
+            upgrade: on_upgrade,
+            rate: std::mem::take(&mut ctx.rate),
+        };
+        let pick = ctx.pick(serving.pool(), &parts.headers);
+        self.send(ctx, serving, &pick, slot, outbound).await
+    }
+
+    /// Route: normalises the path, reads the client address and capability, sets an
+    /// upgrade aside, and finds the pool (its index in `runtime`).
+    fn route(
+        &self,
+        ctx: &mut RequestCtx,
+        runtime: &Runtime,
+        mut req: Request<Incoming>,
+    ) -> Result<(usize, Routed), ProxyError> {
+        // Routing, authentication, limits and the agent all see the one normalised path.
+        normalise_uri(&mut req, &self.config.path)?;
+        ctx.client_ip = self
+            .config
+            .trusted_proxies
+            .client_ip(ctx.peer.ip(), req.headers());
+        let upgrade = upgrade::take_upgrade(&mut req);
+        ctx.capability = req
+            .headers()
+            .get(&self.config.capability_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let index = router::route(runtime, req.uri(), req.headers(), ctx.capability.as_deref())?;
+        let (parts, body) = req.into_parts();
+        Ok((
+            index,
+            Routed {
+                parts,
+                body,
+                upgrade,
+            },
+        ))
+    }
+
+    /// Admit: who is asking, and may they call the serving pool.
+    async fn admit(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &Serving,
+        headers: &HeaderMap,
+    ) -> Result<(), ProxyError> {
+        let pool = serving.pool();
+        match serving
+            .runtime()
+            .auth
+            .admit(&pool.spec, pool.jwt.as_ref(), headers)
+            .await
+        {
+            Ok(caller) => {
+                self.metrics
+                    .count_auth(if caller.is_some() { "ok" } else { "anonymous" });
+                ctx.caller = caller;
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.count_auth(e.reason());
+                Err(ProxyError::Auth(e))
+            }
+        }
+    }
+
+    /// Limit: every rate limit of the serving pool at once. What an admitted request
+    /// gets (headers, token reservations) joins the context.
+    async fn limit(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &Serving,
+        headers: &HeaderMap,
+        body: RequestBody,
+    ) -> Result<RequestBody, ProxyError> {
+        let limits = &serving.runtime().limits;
+        let subject = serving.subject(ctx, headers);
+        let (body, outcome) = limits::check_request(limits, &subject, body).await?;
+        if let Some(outcome) = outcome {
+            ctx.rate.absorb(outcome);
+        }
+        Ok(body)
+    }
+
+    /// Log: the proxy's own refusal becomes its response, and every response is
+    /// counted under the pool that served it (or under no pool when none was found).
+    fn log(
+        &self,
+        ctx: &RequestCtx,
+        serving: Option<&Serving>,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Response<ProxyBody> {
+        let resp = result.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "request answered by the proxy");
+            self.metrics.errors.with_label_values(&[e.reason()]).inc();
+            e.into_response()
+        });
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        match serving {
+            Some(s) => s.pool().metrics.observe(resp.status(), elapsed),
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[NO_POOL, code_class(resp.status())])
+                    .inc();
+                self.metrics
+                    .duration
+                    .with_label_values(&[NO_POOL])
+                    .observe(elapsed);
+            }
+        }
+        resp
+    }
+}
+
+/// Replaces the request's path with its normalised form.
+fn normalise_uri<B>(req: &mut Request<B>, options: &PathOptions) -> Result<(), ProxyError> {
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(());
+    };
+    let normalised = match normalise_path_and_query(pq.as_str(), options)? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(n) => n,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        normalised
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?,
+    );
+    *req.uri_mut() = Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("normalised path: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Reserve: a slot on an endpoint of the serving pool, waiting in its queue when every
+//! endpoint is full. Where the pool cannot serve, the request moves: to the same pool
+//! in a newer table (the pool was replaced, or is shared unchanged by a newer table
+//! whose fallbacks and consumers may differ), or to the pool's fallback, which must
+//! admit the caller and whose own rate limits apply.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::Forwarder;
+use super::context::{RequestCtx, Serving};
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+use crate::pool::{Slot, Unavailable};
+use crate::store::Runtime;
+
+impl Forwarder {
+    /// Reserves a slot for the request, moving it between pools as the module docs
+    /// say. Returns the slot and the body (read in full if a fallback's token budget
+    /// needed it).
+    pub(super) async fn reserve(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &mut Serving,
+        headers: &HeaderMap,
+        mut body: RequestBody,
+    ) -> Result<(Slot, RequestBody), ProxyError> {
+        loop {
+            let pool = serving.pool().clone();
+            let pick = ctx.pick(&pool, headers);
+            let no_endpoints = || ProxyError::NoEndpoints {
+                pool: pool.key().to_owned(),
+                capability: ctx.capability.clone(),
+            };
+            match pool.acquire(&pick, serving.deadline()).await {
+                Ok(slot) => return Ok((slot, body)),
+                Err(Unavailable::Queue(e)) => return Err(e),
+                Err(Unavailable::Replaced) => {
+                    // A new table came while the request waited: wait on in its pool
+                    // of the same key.
+                    let (runtime, index) =
+                        self.newest(pool.key(), None).ok_or_else(no_endpoints)?;
+                    serving.move_to(runtime, index, ctx.start);
+                }
+                Err(Unavailable::NoCapacity) => {
+                    // A pool unchanged by a newer table is shared with it and not
+                    // marked replaced: follow the newer table, whose fallback and
+                    // consumers may differ.
+                    if let Some((runtime, index)) = self.newest(pool.key(), Some(serving)) {
+                        serving.move_to(runtime, index, ctx.start);
+                        continue;
+                    }
+                    let fallback = self
+                        .fallback(serving, ctx.fallbacks, headers)
+                        .await
+                        .ok_or_else(no_endpoints)?;
+                    serving.move_to(serving.runtime().clone(), fallback, ctx.start);
+                    // The fallback's own limits apply: fallback traffic must not
+                    // overrun the pool it lands on.
+                    body = self.limit(ctx, serving, headers, body).await?;
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[pool.key(), serving.pool().key()])
+                        .inc();
+                    ctx.fallbacks += 1;
+                }
+            }
+        }
+    }
+
+    /// The table in force and the index of its pool `key`, unless that table is the
+    /// one `current` already serves from.
+    fn newest(&self, key: &str, current: Option<&Serving>) -> Option<(Arc<Runtime>, usize)> {
+        let next = self.store.load()?;
+        if current.is_some_and(|s| Arc::ptr_eq(s.runtime(), &next)) {
+            return None;
+        }
+        let index = next.pool_index(key)?;
+        Some((next, index))
+    }
+
+    /// The index of the serving pool's fallback, when it has one that admits the
+    /// caller (a fallback serves only the callers it would admit itself). After
+    /// `hops` fallbacks, a chain as long as the table has pools ends here.
+    async fn fallback(&self, serving: &Serving, hops: usize, headers: &HeaderMap) -> Option<usize> {
+        let runtime = serving.runtime();
+        let f = runtime.fallback(serving.index())?;
+        if hops >= runtime.pools.len() {
+            return None;
+        }
+        let pool = &runtime.pools[f];
+        runtime
+            .auth
+            .admit(&pool.spec, pool.jwt.as_ref(), headers)
+            .await
+            .is_ok()
+            .then_some(f)
+    }
+}

@@ -1,0 +1,249 @@
+//! Send: the request to the reserved endpoint and, when the pool retries and the
+//! failure allows it, to another endpoint not tried yet, within the retry budget and
+//! never replaying a body that was partly sent and not kept. A timeout is never
+//! retried: the agent may be working on the request.
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use sluice_api::table::RetryPolicy;
+use sluice_balance::Outcome;
+use tokio::time::Instant;
+
+use super::context::{RequestCtx, Serving};
+use super::respond::respond;
+use super::{Forwarder, Outbound};
+use crate::body::{ProxyBody, RequestBody};
+use crate::error::ProxyError;
+use crate::hygiene::upstream::UpstreamHead;
+use crate::pool::{PickRequest, PoolRuntime, Slot};
+use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
+
+/// Why an attempt did not give the answer: a response with a retried status, or an
+/// error that another endpoint may not have.
+enum Failure {
+    Status(Response<Incoming>),
+    Error(ProxyError),
+}
+
+/// How one attempt ended.
+enum Attempt {
+    /// The agent's answer, to pass on.
+    Answered(Response<Incoming>),
+    /// A failure another endpoint may not have.
+    Failed(Failure),
+    /// A failure that ends the request.
+    Fatal(ProxyError),
+}
+
+impl Forwarder {
+    /// Sends the request, retrying as the serving pool allows, and returns the
+    /// response to stream back.
+    pub(super) async fn send(
+        &self,
+        ctx: &RequestCtx,
+        serving: &Serving,
+        pick: &PickRequest<'_>,
+        mut slot: Slot,
+        outbound: Outbound,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Outbound {
+            head,
+            body,
+            upgrade,
+            rate,
+        } = outbound;
+        let pool = serving.pool();
+        let retry = pool.spec.retries.as_ref().filter(|_| upgrade.is_none());
+        let attempts = retry.map_or(0, |r| r.attempts);
+        if let Some(budget) = &pool.retry_budget {
+            budget.deposit(pool.now());
+        }
+        let mut source = Source::new(body, attempts > 0);
+        let mut tried = Vec::new();
+        loop {
+            let failure =
+                match attempt(pool, &head, &mut source, &slot, serving.deadline(), retry).await {
+                    Attempt::Answered(resp) => {
+                        return Ok(respond(ctx, serving, resp, slot, upgrade, rate));
+                    }
+                    // `rate` is dropped: its token reservation goes back.
+                    Attempt::Fatal(e) => return Err(e),
+                    Attempt::Failed(failure) => failure,
+                };
+            tried.push(slot.index);
+            let attempts_left = tried.len() <= attempts as usize;
+            match self.next_attempt(pool, pick, &tried, attempts_left, &source) {
+                Some(next) => slot = next,
+                None => {
+                    return match failure {
+                        Failure::Status(resp) => {
+                            Ok(respond(ctx, serving, resp, slot, upgrade, rate))
+                        }
+                        // Nothing reached an agent that answered: dropping `rate`
+                        // gives the token reservation back.
+                        Failure::Error(e) => Err(e),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A slot for a retry, on an endpoint not tried yet, when the attempts, the body
+    /// and the retry budget allow one.
+    fn next_attempt(
+        &self,
+        pool: &PoolRuntime,
+        pick: &PickRequest<'_>,
+        tried: &[usize],
+        attempts_left: bool,
+        source: &Source,
+    ) -> Option<Slot> {
+        if !attempts_left {
+            return None;
+        }
+        let count = |result: &str| {
+            self.metrics
+                .retries
+                .with_label_values(&[pool.key(), result])
+                .inc()
+        };
+        if !source.replayable() {
+            count("not_replayable");
+            return None;
+        }
+        // Checked before an endpoint is reserved, so that a refused retry is not
+        // counted as a request to an endpoint; charged once one is.
+        let budget = pool.retry_budget.as_ref();
+        if budget.is_some_and(|b| b.available(pool.now()) == 0) {
+            count("budget_exhausted");
+            return None;
+        }
+        let Some(next) = pool.try_acquire(pick, tried) else {
+            count("no_endpoint");
+            return None;
+        };
+        if budget.is_some_and(|b| !b.withdraw(pool.now())) {
+            // Another request took the last retry meanwhile; `next` is released.
+            count("budget_exhausted");
+            return None;
+        }
+        count("sent");
+        Some(next)
+    }
+}
+
+/// One attempt on the endpoint of `slot`: the outcome is recorded for outlier
+/// detection, and the latency of an answer in the endpoint's estimate.
+async fn attempt(
+    pool: &PoolRuntime,
+    head: &UpstreamHead,
+    source: &mut Source,
+    slot: &Slot,
+    deadline: Instant,
+    retry: Option<&RetryPolicy>,
+) -> Attempt {
+    let endpoint = &pool.endpoints[slot.index];
+    let Some(body) = source.next() else {
+        // Unreachable: a retry is only chosen while the body can be replayed.
+        return Attempt::Fatal(ProxyError::Upstream {
+            endpoint: endpoint.address.clone(),
+            message: "the request body cannot be sent again".into(),
+        });
+    };
+    let upstream = match head.request(&endpoint.address, body) {
+        Ok(r) => r,
+        Err(e) => return Attempt::Fatal(e),
+    };
+    let started = Instant::now();
+    let first_byte = pool
+        .spec
+        .first_byte_timeout
+        .map_or(deadline, |t| deadline.min(started + t.get()));
+    match tokio::time::timeout_at(first_byte, endpoint.client.request(upstream)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            let outcome = if status.is_server_error() {
+                Outcome::Failure5xx
+            } else {
+                Outcome::Success
+            };
+            pool.record_outcome(slot.index, outcome);
+            if retry.is_some_and(|r| r.statuses.contains(&status.as_u16())) {
+                return Attempt::Failed(Failure::Status(resp));
+            }
+            slot.record_latency(started.elapsed(), pool.now());
+            Attempt::Answered(resp)
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::debug!(error = ?e, endpoint = %endpoint.address, "connect failed");
+            pool.record_outcome(slot.index, Outcome::ConnectFailure);
+            Attempt::Failed(Failure::Error(ProxyError::Connect {
+                endpoint: endpoint.address.clone(),
+            }))
+        }
+        Ok(Err(e)) => {
+            pool.record_outcome(slot.index, Outcome::Failure5xx);
+            let message =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+            Attempt::Failed(Failure::Error(ProxyError::Upstream {
+                endpoint: endpoint.address.clone(),
+                message,
+            }))
+        }
+        Err(_) => {
+            pool.record_outcome(slot.index, Outcome::Failure5xx);
+            let request = pool.spec.request_timeout;
+            let timeout = pool
+                .spec
+                .first_byte_timeout
+                .map_or(request, |fb| fb.min(request));
+            Attempt::Fatal(ProxyError::Timeout {
+                endpoint: endpoint.address.clone(),
+                timeout_ms: timeout.as_millis(),
+            })
+        }
+    }
+}
+
+/// Where attempts get the request body from.
+enum Source {
+    /// Sent once, as it streams in.
+    Once(Option<Incoming>),
+    /// Kept (up to a cap) so that a retry can send it again.
+    Replay(ReplayBody<Incoming>),
+    /// Read in full before sending (to find `max_tokens`).
+    Buffered(Bytes),
+}
+
+impl Source {
+    /// The body of a request that `retries` or not.
+    fn new(body: RequestBody, retries: bool) -> Self {
+        match body {
+            RequestBody::Buffered(bytes) => Source::Buffered(bytes),
+            RequestBody::Streaming(body) if retries => {
+                Source::Replay(ReplayBody::new(body, DEFAULT_REPLAY_CAP))
+            }
+            RequestBody::Streaming(body) => Source::Once(Some(body)),
+        }
+    }
+
+    fn next(&mut self) -> Option<ProxyBody> {
+        match self {
+            Source::Once(body) => body.take().map(|b| b.map_err(Into::into).boxed()),
+            Source::Replay(r) => r.attempt().map(BodyExt::boxed),
+            Source::Buffered(b) => {
+                Some(Full::new(b.clone()).map_err(|never| match never {}).boxed())
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        match self {
+            Source::Once(_) => false,
+            Source::Replay(r) => r.attempt().is_some(),
+            Source::Buffered(_) => true,
+        }
+    }
+}

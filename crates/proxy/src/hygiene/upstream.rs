@@ -1,0 +1,155 @@
+//! The request head an agent receives: the client's, cleaned once per request by
+//! [`super::headers::prepare_upstream`] and the forwarding headers,
+//! then copied for each attempt.
+//!
+//! In order: hop-by-hop headers (and those `Connection` names) go; client-sent
+//! `x-sluice-*` headers go; the caller's identity is set; the gateway's credentials
+//! go once a caller is identified; `X-Forwarded-For` is extended (from a trusted peer)
+//! or replaced, `Forwarded` and `X-Real-IP` from an untrusted peer go, and
+//! `X-Forwarded-Proto` is set; an upgrade's `Connection`/`Upgrade` are put back.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Uri};
+
+use super::client_ip::X_FORWARDED_FOR;
+use super::headers::{Identity, prepare_upstream, strip_credentials, strip_sluice_headers};
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::identity::Caller;
+use crate::upgrade;
+
+/// The cleaned head of a request, ready to be sent to any endpoint.
+#[derive(Debug)]
+pub struct UpstreamHead {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+impl UpstreamHead {
+    /// Cleans the client's request head for agents (see the [module docs](self)).
+    /// `peer_trusted` says whether the TCP peer is a trusted proxy; `upgrade` is the
+    /// `Upgrade` value of an upgrade request, kept aside before hop-by-hop headers
+    /// went.
+    pub fn new(
+        parts: &Parts,
+        peer: SocketAddr,
+        peer_trusted: bool,
+        caller: Option<&Caller>,
+        upgrade: Option<HeaderValue>,
+    ) -> Self {
+        let mut headers = parts.headers.clone();
+        // HTTP/2 requests carry the host in the authority: keep it for the agent.
+        if !headers.contains_key(header::HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        let identity = caller.map(|c| Identity {
+            consumer: &c.consumer,
+            tier: &c.tier,
+        });
+        if prepare_upstream(&mut headers, identity.as_ref()).is_err() {
+            // Names and tiers were validated when the table was built; an identity
+            // that still cannot be a header value is not passed on.
+            strip_sluice_headers(&mut headers);
+        }
+        if caller.is_some() {
+            strip_credentials(&mut headers);
+        }
+        if !peer_trusted {
+            // What an untrusted peer claims about the path it came by is not passed on.
+            for name in [X_FORWARDED_FOR, "forwarded", "x-real-ip"] {
+                headers.remove(name);
+            }
+        }
+        append_forwarded_for(&mut headers, peer);
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        if let Some(protocol) = upgrade {
+            upgrade::restore_upgrade_headers(&mut headers, protocol);
+        }
+        Self {
+            method: parts.method.clone(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            headers,
+        }
+    }
+
+    /// The request for the agent at `endpoint` (`host:port`), carrying `body`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError::BadRequest`] when no URI can be made of the endpoint and path.
+    pub fn request(
+        &self,
+        endpoint: &str,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, ProxyError> {
+        let uri: Uri = format!("http://{endpoint}{}", self.path)
+            .parse()
+            .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = self.headers.clone();
+        Ok(req)
+    }
+}
+
+/// Appends `peer` to `X-Forwarded-For`, joining the lines the client sent into one list
+/// (a list split over several lines means the same as one line, RFC 9110 section 5.3).
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let mut value = String::new();
+    for prior in headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+    {
+        value.push_str(prior);
+        value.push_str(", ");
+    }
+    value.push_str(&peer.ip().to_canonical().to_string());
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static(X_FORWARDED_FOR), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_joins_every_line_then_appends_the_peer() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            "198.51.100.1, 198.51.100.2".parse().expect("value"),
+        );
+        h.append("x-forwarded-for", "203.0.113.7".parse().expect("value"));
+        append_forwarded_for(&mut h, "10.0.0.1:80".parse().expect("addr"));
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["198.51.100.1, 198.51.100.2, 203.0.113.7, 10.0.0.1"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let peer: SocketAddr = "[::ffff:10.1.2.3]:5000".parse().expect("addr");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        append_forwarded_for(&mut h, "127.0.0.1:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    }
+}

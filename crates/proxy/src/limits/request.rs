@@ -1,0 +1,96 @@
+//! The limits step of the request path: read the body's `max_tokens` when a token
+//! budget needs it, check every limit of the pool, and turn the verdict into the
+//! response headers of an admitted request or the refusal of a limited one.
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use super::tokens::TokenSettlement;
+use super::{MAX_BUFFERED_BODY, Subject, TableLimits, Verdict};
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+
+/// What the rate limits add to an admitted request: response headers and token
+/// reservations to settle.
+#[derive(Debug, Default)]
+pub struct RateOutcome {
+    /// `RateLimit-Policy`, `RateLimit` and, past a soft limit, the warning.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Token reservations, settled when the response ends (given back if dropped).
+    pub tokens: TokenSettlement,
+}
+
+impl RateOutcome {
+    /// Adds what another pool's limits gave the same request (a fallback's): its
+    /// headers replace these, its reservations join them.
+    pub fn absorb(&mut self, other: RateOutcome) {
+        self.headers = other.headers;
+        self.tokens.absorb(other.tokens);
+    }
+}
+
+/// Checks `subject` against the limits of its pool, all at once. A token budget needs
+/// the body's `max_tokens`: a JSON body is then read (up to [`MAX_BUFFERED_BODY`]) and
+/// handed back buffered. `None` when the pool has no limits.
+///
+/// # Errors
+///
+/// [`ProxyError::RateLimited`] (429) or [`ProxyError::LimitsUnavailable`] (503);
+/// [`ProxyError::BodyTooLarge`] or [`ProxyError::BadRequest`] when the body that had
+/// to be read could not be.
+pub async fn check_request(
+    limits: &TableLimits,
+    subject: &Subject<'_>,
+    mut body: RequestBody,
+) -> Result<(RequestBody, Option<RateOutcome>), ProxyError> {
+    let Some(needs) = limits.needs(subject.pool_index) else {
+        return Ok((body, None));
+    };
+    let mut max_tokens = None;
+    if needs.tokens && is_json(subject.headers) {
+        let bytes = body.into_bytes(MAX_BUFFERED_BODY).await?;
+        max_tokens = requested_tokens(&bytes);
+        body = RequestBody::Buffered(bytes);
+    }
+    match limits.check(subject, max_tokens).await {
+        Verdict::Admitted { headers, tokens } => Ok((body, Some(RateOutcome { headers, tokens }))),
+        Verdict::Limited {
+            headers,
+            policy,
+            tier,
+            retry_after,
+        } => Err(ProxyError::RateLimited {
+            policy,
+            tier,
+            retry_after,
+            headers,
+        }),
+        Verdict::Unavailable {
+            policy,
+            retry_after,
+        } => Err(ProxyError::LimitsUnavailable {
+            policy,
+            retry_after,
+        }),
+    }
+}
+
+/// Whether a request body is JSON (where `max_tokens` may be).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
+/// `max_tokens` (or `max_completion_tokens`) of an OpenAI-style request body.
+pub fn requested_tokens(json: &[u8]) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    v.get("max_tokens")
+        .or_else(|| v.get("max_completion_tokens"))
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
