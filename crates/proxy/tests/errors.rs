@@ -6,11 +6,11 @@ mod support;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
 use support::{
-    Agent, Proxy, Reply, catch_all, channel_body, client, dead_address, empty, get, next_chunk,
-    pool, route, within,
+    Agent, Proxy, Reply, catch_all, channel_body, client, dead_address, get, next_chunk,
+    open_stream, pool, route, within,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
@@ -176,14 +176,7 @@ async fn a_response_body_still_streaming_at_the_deadline_is_cut() {
     // Generous for the response head to come back, short enough to keep the test quick.
     let proxy = Proxy::with_table(catch_all(pool("demo/stall", &[agent.address()], 500))).await;
 
-    let req = Request::get(proxy.url("/stream"))
-        .body(empty())
-        .expect("request");
-    let resp = within("response head", client().request(req))
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = open_stream(&proxy, "/stream").await;
     let first = within("first chunk", next_chunk(&mut body))
         .await
         .expect("a first chunk");

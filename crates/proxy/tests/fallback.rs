@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 
 use http::{Response, StatusCode, header};
-use support::{Agent, Proxy, client, compile_yaml, eventually, full, get, within};
+use support::{Agent, Proxy, client, compile_yaml, full, get, settle, within};
 use tokio::sync::Notify;
 
 /// An AgentPool in namespace `demo` on `path` with `backends` (a YAML flow sequence)
@@ -130,7 +130,7 @@ async fn fallbacks_chain_from_pool_to_pool() {
     assert_eq!(fallbacks(&proxy, "b", "c"), 4.0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_pool_whose_endpoints_fail_their_health_check_falls_back() {
     let sick = Agent::start(|req: http::Request<hyper::body::Incoming>| async move {
         let status = if req.uri().path() == "/healthz" {
@@ -155,10 +155,9 @@ async fn a_pool_whose_endpoints_fail_their_health_check_falls_back() {
         "sluice_endpoint_healthy{{endpoint=\"{}\",pool=\"demo/primary\"}}",
         sick.address()
     );
-    eventually("the endpoint is marked unhealthy", || {
-        proxy.metric(&healthy) == Some(0.0)
-    })
-    .await;
+    // The first probe goes out at once and fails: one failure marks it unhealthy.
+    settle().await;
+    assert_eq!(proxy.metric(&healthy), Some(0.0), "marked unhealthy");
 
     let reply = get(&client(), &proxy.url("/chat")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
@@ -196,7 +195,7 @@ async fn a_pool_whose_only_endpoint_is_ejected_falls_back() {
     assert_eq!(fallbacks(&proxy, "primary", "backup"), 3.0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_waiting_in_an_unchanged_pool_falls_back_by_the_newest_table() {
     // The primary's one endpoint holds the first request until released, then fails it
     // with a 500, which ejects the endpoint: the queued second request finds no live
@@ -235,12 +234,15 @@ async fn a_request_waiting_in_an_unchanged_pool_falls_back_by_the_newest_table()
         tokio::spawn(async move { get(&c, &url).await })
     };
     let first = send("/chat");
-    eventually("the first request at the agent", || slow.requests() == 1).await;
+    settle().await;
+    assert_eq!(slow.requests(), 1, "the first request is at the agent");
     let second = send("/chat");
-    eventually("the second request queued", || {
-        proxy.metric(r#"sluice_queue_depth{pool="demo/primary"}"#) == Some(1.0)
-    })
-    .await;
+    settle().await;
+    assert_eq!(
+        proxy.metric(r#"sluice_queue_depth{pool="demo/primary"}"#),
+        Some(1.0),
+        "the second request is queued"
+    );
 
     // A new table changes the fallback pool only: the primary is shared, unchanged.
     proxy

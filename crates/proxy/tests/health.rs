@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use support::{Agent, Proxy, client, compile_yaml, eventually, full, get, within};
+use support::{Agent, PoolYaml, Proxy, client, compile_yaml, full, get, settle, within};
 use tokio::sync::mpsc;
 
 const POOL: &str = "demo/checked";
@@ -84,22 +84,16 @@ impl Checked {
 }
 
 fn manifest(agents: &[&Agent]) -> String {
-    let endpoints: Vec<String> = agents
-        .iter()
-        .map(|a| format!("\"{}\"", a.address()))
-        .collect();
-    format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
-         metadata: {{name: checked, namespace: demo}}\n\
-         spec:\n  matches: [{{pathPrefix: /}}]\n\
-         \x20 backends: [{{endpoints: [{}]}}]\n\
-         \x20 healthCheck: {{path: /healthz, interval: 100ms, timeout: 1s, \
-         healthyThreshold: 1, unhealthyThreshold: 1}}\n",
-        endpoints.join(", ")
-    )
+    PoolYaml::new("checked")
+        .agents(agents)
+        .spec(
+            "healthCheck: {path: /healthz, interval: 100ms, timeout: 1s, \
+             healthyThreshold: 1, unhealthyThreshold: 1}",
+        )
+        .yaml()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_endpoint_failing_its_health_check_gets_no_traffic_until_it_passes() {
     let mut sick = Checked::start("sick").await;
     let well = Checked::start("well").await;
@@ -121,10 +115,8 @@ async fn an_endpoint_failing_its_health_check_gets_no_traffic_until_it_passes() 
     // Failing: marked unhealthy, and no more traffic.
     sick.passing.store(false, Ordering::SeqCst);
     sick.until_probed_twice(false).await;
-    eventually("the endpoint is marked unhealthy", || {
-        proxy.metric(&healthy) == Some(0.0)
-    })
-    .await;
+    settle().await;
+    assert_eq!(proxy.metric(&healthy), Some(0.0), "marked unhealthy");
     for _ in 0..10 {
         let reply = get(&c, &proxy.url("/")).await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -135,10 +127,8 @@ async fn an_endpoint_failing_its_health_check_gets_no_traffic_until_it_passes() 
     // Passing again: back in the pool.
     sick.passing.store(true, Ordering::SeqCst);
     sick.until_probed_twice(true).await;
-    eventually("the endpoint is marked healthy", || {
-        proxy.metric(&healthy) == Some(1.0)
-    })
-    .await;
+    settle().await;
+    assert_eq!(proxy.metric(&healthy), Some(1.0), "marked healthy");
     for _ in 0..10 {
         assert_eq!(get(&c, &proxy.url("/")).await.status, StatusCode::OK);
     }

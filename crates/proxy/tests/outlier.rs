@@ -2,13 +2,14 @@
 //! `consecutiveFailures` times in a row is taken out of the pool, and the pool never
 //! ejects more than `maxEjectionPercent` of its endpoints.
 //!
-//! Ejections last a minute here, far beyond the test, so that an endpoint coming back
-//! cannot blur the counts.
+//! Ejections last a minute here, far beyond the tests that run in real time, so that
+//! an endpoint coming back cannot blur their counts; with paused time, one test moves
+//! the clock to the end of an ejection and sees the endpoint back.
 
 mod support;
 
 use http::{Response, StatusCode};
-use support::{Agent, Proxy, client, compile_yaml, full, get};
+use support::{Agent, PoolYaml, Proxy, client, compile_yaml, full, get};
 
 const POOL: &str = "demo/flaky";
 
@@ -24,19 +25,13 @@ async fn agent(name: &'static str, status: StatusCode) -> Agent {
 }
 
 fn manifest(agents: &[&Agent], max_ejection_percent: u32) -> String {
-    let endpoints: Vec<String> = agents
-        .iter()
-        .map(|a| format!("\"{}\"", a.address()))
-        .collect();
-    format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
-         metadata: {{name: flaky, namespace: demo}}\n\
-         spec:\n  matches: [{{pathPrefix: /}}]\n\
-         \x20 backends: [{{endpoints: [{}]}}]\n\
-         \x20 outlierDetection: {{consecutiveFailures: 2, baseEjectionTime: 1m, \
-         maxEjectionTime: 2m, maxEjectionPercent: {max_ejection_percent}}}\n",
-        endpoints.join(", ")
-    )
+    PoolYaml::new("flaky")
+        .agents(agents)
+        .spec(&format!(
+            "outlierDetection: {{consecutiveFailures: 2, baseEjectionTime: 1m, \
+             maxEjectionTime: 2m, maxEjectionPercent: {max_ejection_percent}}}"
+        ))
+        .yaml()
 }
 
 fn ejections(proxy: &Proxy, result: &str) -> f64 {
@@ -144,4 +139,39 @@ async fn refused_connections_count_as_failures() {
     }
     assert_eq!(refused, 2, "two refusals in a row eject the dead endpoint");
     assert_eq!(ejections(&proxy, "ejected"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_takes_requests_again_once_its_ejection_ends() {
+    let bad = agent("bad", StatusCode::INTERNAL_SERVER_ERROR).await;
+    let good = agent("good", StatusCode::OK).await;
+    let proxy = Proxy::with_table(compile_yaml(&manifest(&[&bad, &good], 50))).await;
+    let c = client();
+    while bad.requests() < 2 {
+        assert!(
+            good.requests() < 10,
+            "round robin reaches the failing agent"
+        );
+        get(&c, &proxy.url("/")).await;
+    }
+    assert_eq!(ejections(&proxy, "ejected"), 1.0);
+
+    // The base ejection is one minute: a second before it ends, still out.
+    tokio::time::sleep(std::time::Duration::from_secs(59)).await;
+    for _ in 0..4 {
+        assert_eq!(get(&c, &proxy.url("/")).await.text(), "good");
+    }
+    assert_eq!(bad.requests(), 2);
+
+    // Once it has ended, round robin reaches the endpoint again.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let texts: Vec<String> = {
+        let mut texts = Vec::new();
+        for _ in 0..4 {
+            texts.push(get(&c, &proxy.url("/")).await.text().to_owned());
+        }
+        texts
+    };
+    assert_eq!(texts.iter().filter(|t| *t == "bad").count(), 2, "{texts:?}");
+    assert_eq!(bad.requests(), 4);
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
 use support::{
-    Agent, Proxy, Reply, TestClient, client, compile_yaml, empty, eventually, full, send, within,
+    Agent, PoolYaml, Proxy, Reply, TestClient, client, compile_yaml, empty, full, send, settle,
+    within,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -48,14 +49,11 @@ async fn gated_agent() -> (Agent, mpsc::UnboundedReceiver<String>, watch::Sender
 
 /// One endpoint serving one request at a time, and a queue of two.
 fn manifest(agent: &Agent, queue_timeout: &str) -> String {
-    format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
-         metadata: {{name: busy, namespace: demo}}\n\
-         spec:\n  matches: [{{pathPrefix: /}}]\n\
-         \x20 backends: [{{endpoints: [\"{}\"], maxConcurrency: 1}}]\n\
-         \x20 queue: {{maxDepth: 2, timeout: {queue_timeout}}}\n",
-        agent.address()
-    )
+    PoolYaml::new("busy")
+        .agents(&[agent])
+        .backend("maxConcurrency: 1")
+        .spec(&format!("queue: {{maxDepth: 2, timeout: {queue_timeout}}}"))
+        .yaml()
 }
 
 fn request(proxy: &Proxy, seq: u32, hold: bool) -> Request<support::TestBody> {
@@ -81,7 +79,8 @@ async fn send_queued(
     what: &str,
 ) -> JoinHandle<Reply> {
     let sent = spawn_send(client, req);
-    eventually(what, || proxy.metric(DEPTH) == Some(depth)).await;
+    settle().await;
+    assert_eq!(proxy.metric(DEPTH), Some(depth), "{what}");
     sent
 }
 
@@ -91,7 +90,7 @@ async fn next_arrival(arrived: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("agent running")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_full_pool_queues_in_order_and_refuses_beyond_the_depth_at_once() {
     let (agent, mut arrived, gate) = gated_agent().await;
     // A queue timeout far beyond the test, so that only freed slots move waiters.
@@ -163,7 +162,7 @@ async fn a_full_pool_queues_in_order_and_refuses_beyond_the_depth_at_once() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_waiter_is_refused_when_its_queue_timeout_passes() {
     let (agent, mut arrived, gate) = gated_agent().await;
     let proxy = Proxy::with_table(compile_yaml(&manifest(&agent, "300ms"))).await;
@@ -171,7 +170,7 @@ async fn a_waiter_is_refused_when_its_queue_timeout_passes() {
 
     let first = spawn_send(&c, request(&proxy, 1, true));
     assert_eq!(next_arrival(&mut arrived).await, "1");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let refused = send(&c, request(&proxy, 2, false)).await;
     assert_eq!(
         refused.status,
@@ -181,9 +180,13 @@ async fn a_waiter_is_refused_when_its_queue_timeout_passes() {
     );
     assert_eq!(refused.error_code(), "queue_timeout");
     assert!(refused.headers.contains_key(header::RETRY_AFTER));
-    // It waited its full timeout (a timer never fires early), and the slot it waited
+    // It waited its full timeout (to the timer's millisecond), and the slot it waited
     // for never freed: the first request is still held.
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_millis(300)..Duration::from_millis(302)).contains(&waited),
+        "{waited:?}"
+    );
     assert!(!first.is_finished());
     assert_eq!(agent.requests(), 1);
     assert_eq!(proxy.metric(DEPTH), Some(0.0));
@@ -200,7 +203,7 @@ async fn a_waiter_is_refused_when_its_queue_timeout_passes() {
     assert_eq!(reply.text(), "1");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_waiter_is_served_by_an_endpoint_added_while_it_waits() {
     let (agent, mut arrived, gate) = gated_agent().await;
     let proxy = Proxy::with_table(compile_yaml(&manifest(&agent, "60s"))).await;
@@ -239,7 +242,7 @@ async fn a_waiter_is_served_by_an_endpoint_added_while_it_waits() {
     within("held request completes", first).await.expect("task");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_freed_slot_reaches_a_waiter_that_can_use_it() {
     // Two endpoints of one slot each: `gpu` has the `summarize` capability, `cpu` has
     // not. A summarize request queued first cannot use a slot freed on `cpu`; the
@@ -310,7 +313,7 @@ async fn a_freed_slot_reaches_a_waiter_that_can_use_it() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_higher_priority_tier_goes_first() {
     let (agent, mut arrived, gate) = gated_agent().await;
     // A public pool: anonymous callers queue at the default priority (0), callers

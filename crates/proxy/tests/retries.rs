@@ -10,7 +10,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use support::{
-    Agent, Proxy, TestBody, channel_body, client, compile_yaml, dead_address, full, get, send,
+    Agent, PoolYaml, Proxy, TestBody, channel_body, client, compile_yaml, dead_address, full, get,
+    send,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -21,16 +22,11 @@ const POOL: &str = "demo/retry";
 /// A pool over `addresses` (round robin) with the `retries` and `timeouts` given as
 /// YAML flow mappings.
 fn manifest(addresses: &[String], retries: &str, timeouts: &str) -> String {
-    let endpoints: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
-         metadata: {{name: retry, namespace: demo}}\n\
-         spec:\n  matches: [{{pathPrefix: /}}]\n\
-         \x20 backends: [{{endpoints: [{}]}}]\n\
-         \x20 retries: {retries}\n\
-         \x20 timeouts: {timeouts}\n",
-        endpoints.join(", ")
-    )
+    PoolYaml::new("retry")
+        .endpoints(addresses)
+        .spec(&format!("retries: {retries}"))
+        .spec(&format!("timeouts: {timeouts}"))
+        .yaml()
 }
 
 /// An agent that reads the whole request body, reports it as `(name, body)`, and
@@ -440,4 +436,33 @@ async fn a_retry_after_an_early_answer_gets_the_rest_of_a_streaming_body() {
         retried >= 2,
         "round robin tried the early agent first {retried} times"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_refills_as_its_window_passes() {
+    // Ratio 0 and one retry a second in reserve: over the budget's 10 s window, ten
+    // retries in all; each counts until the window has passed.
+    let Failing {
+        proxy,
+        bodies: _bodies,
+        ..
+    } = two_failing("{attempts: 1, statuses: [503], budgetRatio: 0, minRetriesPerSecond: 1}").await;
+    let c = client();
+    for _ in 0..12 {
+        let reply = get(&c, &proxy.url("/")).await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(retries(&proxy, "sent"), 10.0);
+    assert_eq!(retries(&proxy, "budget_exhausted"), 2.0);
+
+    // Still spent 9 s later; all back once the window has passed.
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    get(&c, &proxy.url("/")).await;
+    assert_eq!(retries(&proxy, "budget_exhausted"), 3.0);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        get(&c, &proxy.url("/")).await;
+    }
+    assert_eq!(retries(&proxy, "sent"), 20.0);
+    assert_eq!(retries(&proxy, "budget_exhausted"), 3.0);
 }

@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use support::{Agent, Proxy, catch_all, channel_body, client, empty, next_chunk, pool, within};
+use http::Response;
+use support::{Agent, Proxy, catch_all, channel_body, next_chunk, open_stream, pool, within};
 use tokio::sync::{Notify, oneshot};
 
 #[tokio::test]
@@ -38,14 +38,7 @@ async fn shutdown_drains_a_streaming_response_before_serve_returns() {
         .apply(catch_all(pool("demo/stream", &[agent.address()], 30_000)))
         .expect("table applies");
 
-    let req = Request::get(proxy.url("/stream"))
-        .body(empty())
-        .expect("request");
-    let resp = within("response head", client().request(req))
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = open_stream(&proxy, "/stream").await;
     assert_eq!(
         within("first chunk", next_chunk(&mut body))
             .await

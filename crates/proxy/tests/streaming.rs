@@ -14,8 +14,8 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use support::{
-    Agent, Proxy, TestClient, catch_all, channel_body, client, empty, full, h2_client, next_chunk,
-    pool, within,
+    Agent, Proxy, TestClient, catch_all, channel_body, client, full, h2_client, next_chunk,
+    open_stream, pool, within,
 };
 use tokio::sync::{Notify, mpsc};
 
@@ -74,14 +74,7 @@ async fn the_first_response_chunk_arrives_before_the_agent_finishes() {
     let (agent, release) = gated_agent("text/plain", "first ", &["second"]).await;
     let proxy = Proxy::with_table(catch_all(pool("demo/stream", &[agent.address()], 30_000))).await;
 
-    let req = Request::get(proxy.url("/stream"))
-        .body(empty())
-        .expect("request");
-    let resp = within("response head", client().request(req))
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = open_stream(&proxy, "/stream").await;
     // The agent cannot finish until `release`, which only happens below.
     expect_bytes(&mut body, b"first ").await;
     release.notify_one();

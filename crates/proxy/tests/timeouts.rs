@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use support::{
-    Agent, Proxy, TestBody, channel_body, client, compile_yaml, empty, full, get, within,
+    Agent, Proxy, TestBody, channel_body, client, compile_yaml, empty, full, get, open_stream,
+    within,
 };
 use tokio::sync::watch;
 
@@ -187,14 +188,8 @@ async fn a_body_stalling_longer_than_the_idle_timeout_is_cut() {
 
     // The request timeout (30 s) is beyond the hang guard: only the idle timeout can
     // end this body in time.
-    let req = Request::get(proxy.url("/stall"))
-        .body(empty())
-        .expect("request");
-    let resp = within("response head", client().request(req))
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let (data, clean) = within("the body is cut", drain(resp.into_body())).await;
+    let body = open_stream(&proxy, "/stall").await;
+    let (data, clean) = within("the body is cut", drain(body)).await;
     assert!(!clean, "the body ended cleanly");
     assert_eq!(&data[..], b"first");
     assert_eq!(cut(&proxy, "idle"), 1.0);

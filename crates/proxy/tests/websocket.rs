@@ -11,7 +11,7 @@ mod support;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use support::{Agent, Proxy, catch_all, empty, eventually, pool, within};
+use support::{Agent, Proxy, catch_all, empty, pool, settle, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -127,7 +127,7 @@ async fn a_websocket_upgrade_passes_through_and_bytes_flow_both_ways() {
     assert_eq!(agent.requests(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_open_websocket_occupies_its_endpoint_until_it_closes() {
     let agent = echo_agent().await;
     let proxy = Proxy::with_table(catch_all(pool("demo/ws", &[agent.address()], 30_000))).await;
@@ -147,8 +147,10 @@ async fn an_open_websocket_occupies_its_endpoint_until_it_closes() {
     assert_eq!(proxy.metric(&in_flight), Some(1.0));
 
     drop(stream);
-    eventually("the closed connection to free its endpoint", || {
-        proxy.metric(&in_flight) == Some(0.0)
-    })
-    .await;
+    settle().await;
+    assert_eq!(
+        proxy.metric(&in_flight),
+        Some(0.0),
+        "the closed connection freed its endpoint"
+    );
 }

@@ -126,15 +126,13 @@ impl Proxy {
     }
 }
 
-/// Polls `condition` until it holds, failing the test after [`HANG`]. For state that
-/// changes in the background (a gauge, a health check) without a signal to wait on.
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let polled = async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    within(what, polled).await;
+/// Under paused time (`#[tokio::test(start_paused = true)]`), returns once every task
+/// has run as far as it can without the clock moving: Tokio only advances a paused
+/// clock when the runtime is idle, and the proxy, its agents and clients all run in
+/// the test's runtime over loopback. Use it instead of polling for background work
+/// (a request reaching a queue, a probe, a closed connection) to finish.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 /// The value of `series` (the metric name with its labels, as rendered) in the
@@ -433,4 +431,98 @@ pub fn compile_yaml(yaml: &str) -> RouteTable {
     let (table, diagnostics) = sluice_api::compile(&objects);
     assert!(!diagnostics.has_errors(), "{diagnostics:?}");
     table
+}
+
+/// An AgentPool manifest `demo/NAME` for tests: a catch-all route (or the given
+/// prefix), one static backend over the given endpoints, and any further `spec`
+/// fields, each a line of YAML such as `loadBalancing: {algorithm: PeakEwma}`.
+#[derive(Clone, Debug)]
+pub struct PoolYaml {
+    name: String,
+    prefix: String,
+    endpoints: Vec<String>,
+    backend: String,
+    spec: Vec<String>,
+}
+
+impl PoolYaml {
+    /// A pool named `name` in namespace `demo`, on `/`, with no endpoints yet.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            prefix: "/".to_owned(),
+            endpoints: Vec::new(),
+            backend: String::new(),
+            spec: Vec::new(),
+        }
+    }
+
+    /// Adds the agents as endpoints.
+    pub fn agents(mut self, agents: &[&Agent]) -> Self {
+        self.endpoints.extend(agents.iter().map(|a| a.address()));
+        self
+    }
+
+    /// Adds endpoints by address.
+    pub fn endpoints(mut self, addresses: &[String]) -> Self {
+        self.endpoints.extend(addresses.iter().cloned());
+        self
+    }
+
+    /// Routes `prefix` instead of `/`.
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Adds fields to the backend, in YAML flow style (`maxConcurrency: 1`).
+    pub fn backend(mut self, fields: &str) -> Self {
+        self.backend.push_str(", ");
+        self.backend.push_str(fields);
+        self
+    }
+
+    /// Adds a `spec` field, as one line of YAML (flow style).
+    pub fn spec(mut self, line: &str) -> Self {
+        self.spec.push(line.to_owned());
+        self
+    }
+
+    /// The manifest.
+    pub fn yaml(&self) -> String {
+        let endpoints: Vec<String> = self.endpoints.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut yaml = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+             metadata: {{name: {}, namespace: demo}}\n\
+             spec:\n  matches: [{{pathPrefix: {}}}]\n\
+             \x20 backends: [{{endpoints: [{}]{}}}]\n",
+            self.name,
+            self.prefix,
+            endpoints.join(", "),
+            self.backend,
+        );
+        for line in &self.spec {
+            yaml.push_str("  ");
+            yaml.push_str(line);
+            yaml.push('\n');
+        }
+        yaml
+    }
+
+    /// The manifest compiled into a table.
+    pub fn table(&self) -> RouteTable {
+        compile_yaml(&self.yaml())
+    }
+}
+
+/// `GET path` on the proxy, expecting `200`: the response body, to read as it streams.
+pub async fn open_stream(proxy: &Proxy, path: &str) -> Incoming {
+    let req = Request::get(proxy.url(path))
+        .body(empty())
+        .expect("request");
+    let resp = within("response head", client().request(req))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
 }
