@@ -8,6 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::conditions;
 use crate::duration::Duration;
 
 /// Which requests an AgentPool serves and where they go.
@@ -59,7 +60,7 @@ pub struct AgentPoolSpec {
     /// Capabilities every backend of this pool has (for example `summarize`). A request
     /// that names a capability is only routed to pools and backends that advertise it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     pub capabilities: Vec<String>,
     /// How a request is spread over the endpoints.
     #[serde(default)]
@@ -125,13 +126,17 @@ pub struct HeaderMatch {
 /// One backend of a pool: either a Service or a list of static endpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.service) != (has(self.endpoints) && size(self.endpoints) > 0)",
+    "message": "set either service or endpoints, not both",
+}]))]
 pub struct Backend {
     /// A Service in the pool's namespace, resolved through its EndpointSlices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceBackend>,
     /// Static endpoints as `host:port`, for use without Kubernetes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 259)))]
     pub endpoints: Vec<String>,
     /// Relative share of traffic this backend receives with the `Weighted` algorithm.
     #[serde(default = "default_weight")]
@@ -139,7 +144,7 @@ pub struct Backend {
     pub weight: u32,
     /// Capabilities of this backend, in addition to the pool's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     pub capabilities: Vec<String>,
     /// Requests one endpoint of this backend serves at once; more wait in the pool's
     /// queue. Unlimited when absent.
@@ -173,12 +178,33 @@ pub struct ServiceBackend {
     pub name: String,
     /// The port the agents listen on: its name in the Service (and so in the
     /// EndpointSlices), or its number on the pods (the Service's `targetPort`).
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "type(self) == int ? self >= 1 && self <= 65535 : size(self) >= 1 && size(self) <= 63",
+        "message": "must be a port number (1-65535) or a port name (1-63 characters)",
+    }]))]
     pub port: IntOrString,
 }
 
 /// How requests are spread over a pool's endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.algorithm != 'ConsistentHash' || has(self.consistentHash)",
+        "message": "consistentHash is required with algorithm ConsistentHash: set header, cookie or clientIp",
+        "fieldPath": ".consistentHash",
+    },
+    {
+        "rule": "!has(self.consistentHash) || self.algorithm == 'ConsistentHash'",
+        "message": "consistentHash is only used with algorithm ConsistentHash",
+        "fieldPath": ".consistentHash",
+    },
+    {
+        "rule": "!has(self.peakEwma) || self.algorithm == 'PeakEwma'",
+        "message": "peakEwma is only used with algorithm PeakEwma",
+        "fieldPath": ".peakEwma",
+    },
+]))]
 pub struct LoadBalancing {
     /// The balancing algorithm.
     #[serde(default)]
@@ -206,12 +232,18 @@ pub struct PeakEwmaSpec {
 /// Settings of the `ConsistentHash` algorithm: what identifies a session.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.header) ? 1 : 0) + (has(self.cookie) ? 1 : 0) + (has(self.clientIp) && self.clientIp ? 1 : 0) == 1",
+    "message": "set exactly one of header, cookie or clientIp: true",
+}]))]
 pub struct ConsistentHashSpec {
     /// Hash the value of this request header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub header: Option<String>,
     /// Hash the value of this cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub cookie: Option<String>,
     /// Hash the client IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +251,7 @@ pub struct ConsistentHashSpec {
     /// No endpoint takes more than this factor times the mean in-flight load; a session
     /// whose endpoint is over it goes to the next one on the ring. Default 1.25.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0, max = 100.0))]
     pub bounded_load: Option<f64>,
 }
 
@@ -275,6 +308,9 @@ pub struct Timeouts {
     pub stream_max_duration: Option<Duration>,
 }
 
+/// The highest queue priority.
+pub const MAX_PRIORITY: u32 = 1_000_000;
+
 /// The bounded queue of a pool.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -288,9 +324,19 @@ pub struct QueueSpec {
     pub timeout: Option<Duration>,
     /// Priority of requests from callers without a tier (higher goes first). Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_PRIORITY))]
     pub default_priority: Option<u32>,
     /// Priority by consumer tier, for example `{premium: 10, standard: 1}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {
+            "type": "integer",
+            "format": "uint32",
+            "minimum": 0,
+            "maximum": MAX_PRIORITY,
+        },
+    ))]
     pub tier_priorities: BTreeMap<String, u32>,
 }
 
@@ -305,13 +351,16 @@ pub struct Retries {
     /// Response statuses that are retried (connect failures and resets before any
     /// response byte always are). Default none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(range(min = 400, max = 599)))]
     pub statuses: Vec<u16>,
     /// Retries allowed as a share of requests, so failures do not multiply load.
     /// Default 0.2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub budget_ratio: Option<f64>,
     /// Retries per second always allowed whatever the ratio. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100_000))]
     pub min_retries_per_second: Option<u32>,
 }
 
@@ -321,6 +370,7 @@ pub struct Retries {
 pub struct HealthCheck {
     /// Path probed with GET; 2xx is healthy. Default `/healthz`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub path: Option<String>,
     /// Time between probes of one endpoint. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -341,6 +391,11 @@ pub struct HealthCheck {
 /// Passive outlier ejection.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "duration(has(self.maxEjectionTime) ? self.maxEjectionTime : '5m') >= duration(has(self.baseEjectionTime) ? self.baseEjectionTime : '30s')",
+    "message": "maxEjectionTime (default 5m) must not be shorter than baseEjectionTime (default 30s)",
+    "fieldPath": ".maxEjectionTime",
+}]))]
 pub struct OutlierDetection {
     /// Consecutive 5xx responses or connect failures that eject an endpoint. Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,9 +432,11 @@ pub struct Access {
     pub public: bool,
     /// Consumer tiers that may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub tiers: Vec<String>,
     /// Consumer names that may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
     pub consumers: Vec<String>,
 }
 
@@ -395,26 +452,36 @@ pub struct Authentication {
 /// A JWT issuer whose tokens identify consumers.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.jwksUri) != has(self.jwks)",
+    "message": "set exactly one of jwksUri or jwks",
+}]))]
 pub struct JwtSpec {
     /// Required `iss` claim.
+    #[schemars(length(min = 1, max = 1024))]
     pub issuer: String,
     /// Accepted `aud` values; a token must carry one of them.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 1024)))]
     pub audiences: Vec<String>,
     /// URL of the issuer's JSON Web Key Set (fetched, cached and refreshed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
     pub jwks_uri: Option<String>,
     /// The JSON Web Key Set itself, as JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
     pub jwks: Option<String>,
     /// Claim holding the consumer name. Default `sub`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub consumer_claim: Option<String>,
     /// Claim holding the consumer's tier. Default `tier`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub tier_claim: Option<String>,
     /// Tier of a token without the tier claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub default_tier: Option<String>,
     /// Allowed clock skew for `exp` and `nbf`. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -427,19 +494,24 @@ pub struct JwtSpec {
 pub struct AgentPoolStatus {
     /// `Accepted`, `ResolvedRefs` and `Ready` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions::schema")]
     pub conditions: Vec<Condition>,
     /// Endpoints currently ready to take requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub ready_endpoints: Option<i32>,
     /// Proxies subscribed to the controller: to the replica that wrote this status
     /// (the Lease holder) and, when it knows its peers, to the other replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub proxies: Option<i32>,
     /// Of `proxies`, those that acknowledged a route table holding the pool as it is
     /// now: equal to `proxies` once a change to the pool reached every proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = i32::MAX))]
     pub updated_proxies: Option<i32>,
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
 }

@@ -12,6 +12,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The regular expression the CRD schema uses for duration fields.
 pub const PATTERN: &str = "^([0-9]{1,9}(h|m|s|ms)){1,4}$";
 
+/// The longest duration text [`PATTERN`] allows: four groups of nine digits and a
+/// two-letter unit.
+pub const MAX_LENGTH: usize = 44;
+
 /// A non-negative duration written as `1m30s`, `250ms` and so on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Duration(pub std::time::Duration);
@@ -128,6 +132,7 @@ impl JsonSchema for Duration {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
+            "maxLength": MAX_LENGTH,
             "pattern": PATTERN,
         })
     }

@@ -12,6 +12,7 @@
 
 pub mod agent_pool;
 pub mod compile;
+pub mod conditions;
 pub mod diagnostics;
 pub mod duration;
 pub mod manifest;

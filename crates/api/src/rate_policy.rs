@@ -1,11 +1,11 @@
 //! The `RatePolicy` custom resource: who may send how much to which pools.
-//!
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::conditions;
 use crate::duration::Duration;
 
 /// Limits on the requests that reach the targeted pools.
@@ -32,6 +32,28 @@ use crate::duration::Duration;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.algorithm != 'SlidingWindow' || self.tiers.all(t, !has(t.limits) || t.limits.all(l, !has(l.burst)))",
+        "message": "burst is only used with algorithm TokenBucket; a sliding window admits requests per period",
+        "fieldPath": ".tiers",
+    },
+    {
+        "rule": "self.tiers.all(a, self.tiers.exists_one(b, b.name == a.name))",
+        "message": "tier names must be unique",
+        "fieldPath": ".tiers",
+    },
+    {
+        "rule": "!has(self.defaultTier) || self.tiers.exists(t, t.name == self.defaultTier)",
+        "message": "defaultTier must name one of the tiers",
+        "fieldPath": ".defaultTier",
+    },
+    {
+        "rule": "self.scope == 'Global' || self.failureMode == 'Open'",
+        "message": "failureMode Closed is only used with scope Global: local counters need no store",
+        "fieldPath": ".failureMode",
+    },
+]))]
 pub struct RatePolicySpec {
     /// The AgentPools, in this namespace, the policy applies to.
     #[schemars(length(min = 1, max = 16))]
@@ -46,6 +68,7 @@ pub struct RatePolicySpec {
     pub tiers: Vec<Tier>,
     /// The tier for requests whose consumer has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub default_tier: Option<String>,
     /// Where the counters live.
     #[serde(default)]
@@ -59,7 +82,7 @@ pub struct RatePolicySpec {
     /// Tokens reserved at admission for a request without `max_tokens`, settled when
     /// the agent reports its usage. Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000_000))]
     pub token_estimate: Option<u32>,
 }
 
@@ -67,6 +90,13 @@ pub struct RatePolicySpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TargetRef {
     /// Must be `AgentPool`.
+    #[schemars(
+        length(min = 1, max = 63),
+        extend("x-kubernetes-validations" = [{
+            "rule": "self == 'AgentPool'",
+            "message": "must be AgentPool: a RatePolicy targets AgentPools",
+        }]),
+    )]
     pub kind: String,
     /// The AgentPool's name.
     #[schemars(length(min = 1, max = 253))]
@@ -75,12 +105,25 @@ pub struct TargetRef {
 
 /// What a limit counts per.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type != 'Header' || has(self.header)",
+        "message": "header is required with type Header",
+        "fieldPath": ".header",
+    },
+    {
+        "rule": "!has(self.header) || self.type == 'Header'",
+        "message": "header is only used with type Header",
+        "fieldPath": ".header",
+    },
+]))]
 pub struct RateKey {
     /// The kind of key.
     #[serde(rename = "type")]
     pub kind: RateKeyType,
     /// The header whose value is the key, for `type: Header`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub header: Option<String>,
     /// Keep separate counters per targeted pool (for example consumer × pool) instead
     /// of one counter shared by all of them.
@@ -119,6 +162,10 @@ pub enum RateAlgorithm {
 
 /// A named set of limits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.limits) && size(self.limits) > 0) || (has(self.tokenLimits) && size(self.tokenLimits) > 0)",
+    "message": "needs at least one of limits or tokenLimits",
+}]))]
 pub struct Tier {
     /// The tier's name, matched against the consumer's tier.
     #[schemars(length(min = 1, max = 63))]
@@ -137,7 +184,7 @@ pub struct Tier {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenLimit {
     /// Tokens allowed per period.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub tokens: u32,
     /// The period, for example `1m` or `24h`.
     pub period: Duration,
@@ -147,13 +194,13 @@ pub struct TokenLimit {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Limit {
     /// Requests allowed per period.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub requests: u32,
     /// The period, for example `1s` or `1m`.
     pub period: Duration,
-    /// Largest burst; defaults to `requests`.
+    /// Largest burst, with `TokenBucket` only; defaults to `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub burst: Option<u32>,
 }
 
@@ -191,8 +238,10 @@ pub struct SoftLimit {
 pub struct RatePolicyStatus {
     /// `Accepted` and `ResolvedRefs` conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions::schema")]
     pub conditions: Vec<Condition>,
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub observed_generation: Option<i64>,
 }

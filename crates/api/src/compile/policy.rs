@@ -9,7 +9,7 @@ use super::pool::http_token;
 use super::{Cx, is_name, millis};
 use crate::RatePolicy;
 use crate::diagnostics::Diagnostic;
-use crate::rate_policy::RateKeyType;
+use crate::rate_policy::{FailureMode, RateAlgorithm, RateKeyType, Scope};
 use crate::table::{Millis, Policy, RequestLimit, Threshold, TierLimits, TokenLimit, rules};
 
 pub(super) fn compile_policies(
@@ -126,6 +126,12 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
             if burst == Some(None) {
                 cx.error(&format!("{f}.burst"), "must be at least 1");
             }
+            if burst.is_some() && spec.algorithm == RateAlgorithm::SlidingWindow {
+                cx.error(
+                    &format!("{f}.burst"),
+                    "is only used with algorithm TokenBucket; a sliding window admits `requests` per `period`",
+                );
+            }
             let Some(requests) = requests else { continue };
             if let Err(e) = rules::request_limit(spec.algorithm, requests, period) {
                 cx.error(&format!("{f}.requests"), e.to_string());
@@ -185,6 +191,12 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
         }
         threshold
     });
+    if spec.failure_mode == FailureMode::Closed && spec.scope == Scope::Local {
+        cx.error(
+            "spec.failureMode",
+            "Closed is only used with scope Global: local counters need no store",
+        );
+    }
     let token_estimate = match NonZeroU32::new(spec.token_estimate.unwrap_or(1000)) {
         Some(n) => n,
         None => {

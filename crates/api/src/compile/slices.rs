@@ -70,8 +70,11 @@ pub(super) fn resolve_service(
             );
             return None;
         }
-        IntOrString::String(s) if s.is_empty() => {
-            cx.error(&format!("{field}.port"), "is empty");
+        IntOrString::String(s) if !is_port_name(s) => {
+            cx.error(
+                &format!("{field}.port"),
+                format!("{s:?} is not a port name (1-63 lower-case letters, digits and `-`, starting and ending with a letter or digit)"),
+            );
             return None;
         }
         _ => {}
@@ -143,4 +146,15 @@ pub(super) fn resolve_service(
     // ready wins over terminating.
     endpoints.dedup_by(|later, earlier| later.address == earlier.address);
     Some(endpoints)
+}
+
+/// Whether `name` can name a Service port (and so an EndpointSlice port): a DNS label.
+fn is_port_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
 }
