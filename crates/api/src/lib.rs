@@ -17,6 +17,7 @@ pub mod diagnostics;
 pub mod duration;
 pub mod manifest;
 pub mod rate_policy;
+pub mod schema;
 pub mod table;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -3,12 +3,21 @@
 //! Only parsing lives here: callers read the files. Kinds Sluice does not use (a
 //! Deployment or Service beside the AgentPools, say) are skipped, so a folder of
 //! ordinary manifests can be pointed at as it is.
+//!
+//! An AgentPool or RatePolicy with a field its CRD's schema does not declare is
+//! refused, naming the field and the declared one it most likely means: the API
+//! server would prune such a field without a word (or, with `kubectl apply
+//! --server-side`, refuse the object), and a pool running without the setting its
+//! author wrote is worse than one that does not run. EndpointSlices and Secrets are
+//! read with their own types and not checked this way.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
 use crate::compile::Objects;
+use crate::diagnostics::ObjectRef;
+use crate::schema::{self, UnknownField};
 use crate::{AgentPool, RatePolicy};
 
 /// Why a manifest could not be read.
@@ -25,6 +34,54 @@ pub enum ManifestError {
         /// What is wrong.
         message: String,
     },
+    /// An AgentPool or RatePolicy has fields its schema does not declare (a typo, or
+    /// a field of another version). Not retryable until the file is edited.
+    #[error("{source_name}: document {index}: {object}: {}", join(fields))]
+    UnknownFields {
+        /// The file (or other source) name.
+        source_name: String,
+        /// Zero-based index of the document in the file.
+        index: usize,
+        /// The object with the fields (boxed: errors stay small).
+        object: Box<ObjectRef>,
+        /// The fields, in key order; never empty.
+        fields: Vec<UnknownField>,
+    },
+}
+
+fn join(fields: &[UnknownField]) -> String {
+    let parts: Vec<String> = fields.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+/// Refuses `value`, a document of `kind`, when it has fields the schema does not
+/// declare.
+fn check_fields(
+    kind: schema::Kind,
+    kind_name: &str,
+    value: &serde_yaml::Value,
+    source_name: &str,
+    index: usize,
+) -> Result<(), ManifestError> {
+    // A document that does not convert (a non-string key, say) fails the typed parse.
+    let Ok(json) = serde_json::to_value(value) else {
+        return Ok(());
+    };
+    let fields = schema::unknown_fields(kind, &json);
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let metadata = |key: &str| json.pointer(&format!("/metadata/{key}"))?.as_str();
+    Err(ManifestError::UnknownFields {
+        source_name: source_name.to_owned(),
+        index,
+        object: Box::new(ObjectRef::new(
+            kind_name,
+            metadata("namespace").unwrap_or("default"),
+            metadata("name").unwrap_or("<unnamed>"),
+        )),
+        fields,
+    })
 }
 
 #[derive(Deserialize)]
@@ -42,8 +99,9 @@ struct TypeMeta {
 ///
 /// # Errors
 ///
-/// The first document that is not valid YAML, has no `kind`, or does not match the
-/// schema of a kind Sluice reads.
+/// The first document that is not valid YAML, has no `kind`, does not match the
+/// schema of a kind Sluice reads, or has fields that schema does not declare
+/// ([`ManifestError::UnknownFields`]).
 pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(), ManifestError> {
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let err = |message: String| ManifestError::Document {
@@ -62,6 +120,13 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
         }
         match (meta.api_version.as_str(), meta.kind.as_str()) {
             ("sluice.dev/v1alpha1", "AgentPool") => {
+                check_fields(
+                    schema::Kind::AgentPool,
+                    "AgentPool",
+                    &value,
+                    source_name,
+                    index,
+                )?;
                 let mut pool: AgentPool =
                     serde_yaml::from_value(value).map_err(|e| err(format!("AgentPool: {e}")))?;
                 pool.metadata
@@ -70,6 +135,13 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                 into.pools.push(pool);
             }
             ("sluice.dev/v1alpha1", "RatePolicy") => {
+                check_fields(
+                    schema::Kind::RatePolicy,
+                    "RatePolicy",
+                    &value,
+                    source_name,
+                    index,
+                )?;
                 let mut policy: RatePolicy =
                     serde_yaml::from_value(value).map_err(|e| err(format!("RatePolicy: {e}")))?;
                 policy
@@ -164,5 +236,35 @@ spec:
         )
         .expect_err("unknown kind");
         assert!(err.to_string().contains("AgentPol"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_a_suggestion() {
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+                    metadata: {name: echo, namespace: demo}\n\
+                    spec:\n  matches: [{pathprefix: /agents/echo/}]\n  \
+                    backends: [{endpoints: [\"127.0.0.1:9001\"]}]\n  \
+                    loadBalancing: {algorith: Weighted}\n";
+        let err = parse_into(text, "pool.yaml", &mut Objects::default()).expect_err("typos");
+        assert_eq!(
+            err.to_string(),
+            "pool.yaml: document 0: AgentPool demo/echo: \
+             spec.loadBalancing.algorith: unknown field; did you mean `algorithm`?; \
+             spec.matches[0].pathprefix: unknown field; did you mean `pathPrefix`?"
+        );
+    }
+
+    #[test]
+    fn slices_and_secrets_are_read_with_their_own_types() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                    metadata: {name: s, labels: {kubernetes.io/service-name: a}}\n\
+                    addressType: IPv4\nendpoints: [{addresses: [10.0.0.1], conditions: {ready: true}}]\n\
+                    ports: [{name: http, port: 80}]\n---\n\
+                    apiVersion: v1\nkind: Secret\n\
+                    metadata: {name: alice, labels: {sluice.dev/consumer: alice}}\n\
+                    stringData: {api-key: k}\n";
+        let mut objects = Objects::default();
+        parse_into(text, "k8s.yaml", &mut objects).expect("parses");
+        assert_eq!((objects.slices.len(), objects.secrets.len()), (1, 1));
     }
 }

@@ -6,6 +6,7 @@
 //! fallback pool, a policy's target, a consumer's pools) that do not resolve are
 //! warnings: the reference is dropped, the object stays.
 
+mod bounds;
 mod consumer;
 mod gate;
 mod policy;

@@ -47,6 +47,9 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
         cx.error("metadata.name", "is missing");
         return None;
     }
+    if super::bounds::refused(crate::schema::Kind::RatePolicy, policy, cx) {
+        return None;
+    }
     let namespace = policy.metadata.namespace.as_deref().unwrap_or("default");
     let spec = &policy.spec;
 

@@ -25,6 +25,9 @@ pub(super) fn compile_pool(
         cx.error("metadata.name", "is missing");
         return None;
     }
+    if super::bounds::refused(crate::schema::Kind::AgentPool, pool, cx) {
+        return None;
+    }
     let spec = &pool.spec;
     let namespace = pool.metadata.namespace.as_deref().unwrap_or("default");
 
