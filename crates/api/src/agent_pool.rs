@@ -68,7 +68,9 @@ pub struct AgentPoolSpec {
     /// Deadlines applied to each forwarded request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
-    /// Where requests wait when every endpoint is at its `maxConcurrency`.
+    /// Where requests wait when every endpoint is at its `maxConcurrency`. A pool
+    /// whose backends set `maxConcurrency` has a queue with the defaults even without
+    /// this block; `maxDepth: 0` refuses such requests at once instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueSpec>,
     /// Retrying failed attempts on another endpoint.

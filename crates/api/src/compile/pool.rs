@@ -76,7 +76,15 @@ pub(super) fn compile_pool(
         .stream_max_duration
         .map(|d| duration(Some(d), 1, "spec.timeouts.streamMaxDuration", cx));
 
-    let queue = spec.queue.as_ref().map(|q| compile_queue(q, cx));
+    // Requests over `maxConcurrency` wait in the queue: a pool that sets it without
+    // a queue block queues with the defaults (`maxDepth: 0` refuses at once).
+    let queue = match &spec.queue {
+        Some(q) => Some(compile_queue(q, cx)),
+        None if spec.backends.iter().any(|b| b.max_concurrency.is_some()) => {
+            Some(compile_queue(&agent_pool::QueueSpec::default(), cx))
+        }
+        None => None,
+    };
     let retries = spec.retries.as_ref().map(|r| compile_retries(r, cx));
     let health_check = spec
         .health_check
