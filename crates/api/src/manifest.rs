@@ -54,33 +54,51 @@ fn join(fields: &[UnknownField]) -> String {
     parts.join("; ")
 }
 
-/// Refuses `value`, a document of `kind`, when it has fields the schema does not
-/// declare.
-fn check_fields(
+/// Parses `value`, a document of `kind`, refusing fields the schema does not declare.
+/// When the typed parse fails on a number too large for its type, the error names the
+/// field and its bound rather than only the type.
+fn parse_custom<T: serde::de::DeserializeOwned>(
     kind: schema::Kind,
     kind_name: &str,
-    value: &serde_yaml::Value,
+    value: serde_yaml::Value,
     source_name: &str,
     index: usize,
-) -> Result<(), ManifestError> {
+) -> Result<T, ManifestError> {
     // A document that does not convert (a non-string key, say) fails the typed parse.
-    let Ok(json) = serde_json::to_value(value) else {
-        return Ok(());
-    };
-    let fields = schema::unknown_fields(kind, &json);
-    if fields.is_empty() {
-        return Ok(());
-    }
+    let json = serde_json::to_value(&value).unwrap_or_default();
     let metadata = |key: &str| json.pointer(&format!("/metadata/{key}"))?.as_str();
-    Err(ManifestError::UnknownFields {
-        source_name: source_name.to_owned(),
-        index,
-        object: Box::new(ObjectRef::new(
+    let object = || {
+        ObjectRef::new(
             kind_name,
             metadata("namespace").unwrap_or("default"),
             metadata("name").unwrap_or("<unnamed>"),
-        )),
-        fields,
+        )
+    };
+    let fields = schema::unknown_fields(kind, &json);
+    if !fields.is_empty() {
+        return Err(ManifestError::UnknownFields {
+            source_name: source_name.to_owned(),
+            index,
+            object: Box::new(object()),
+            fields,
+        });
+    }
+    serde_yaml::from_value(value).map_err(|e| {
+        let bounds = schema::out_of_bounds(kind, &json);
+        let message = if bounds.is_empty() {
+            format!("{kind_name}: {e}")
+        } else {
+            let parts: Vec<String> = bounds
+                .iter()
+                .map(|o| format!("{}: {}", o.path, o.message))
+                .collect();
+            format!("{}: {}", object(), parts.join("; "))
+        };
+        ManifestError::Document {
+            source_name: source_name.to_owned(),
+            index,
+            message,
+        }
     })
 }
 
@@ -120,30 +138,26 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
         }
         match (meta.api_version.as_str(), meta.kind.as_str()) {
             ("sluice.dev/v1alpha1", "AgentPool") => {
-                check_fields(
+                let mut pool: AgentPool = parse_custom(
                     schema::Kind::AgentPool,
                     "AgentPool",
-                    &value,
+                    value,
                     source_name,
                     index,
                 )?;
-                let mut pool: AgentPool =
-                    serde_yaml::from_value(value).map_err(|e| err(format!("AgentPool: {e}")))?;
                 pool.metadata
                     .namespace
                     .get_or_insert_with(|| "default".into());
                 into.pools.push(pool);
             }
             ("sluice.dev/v1alpha1", "RatePolicy") => {
-                check_fields(
+                let mut policy: RatePolicy = parse_custom(
                     schema::Kind::RatePolicy,
                     "RatePolicy",
-                    &value,
+                    value,
                     source_name,
                     index,
                 )?;
-                let mut policy: RatePolicy =
-                    serde_yaml::from_value(value).map_err(|e| err(format!("RatePolicy: {e}")))?;
                 policy
                     .metadata
                     .namespace
@@ -251,6 +265,21 @@ spec:
             "pool.yaml: document 0: AgentPool demo/echo: \
              spec.loadBalancing.algorith: unknown field; did you mean `algorithm`?; \
              spec.matches[0].pathprefix: unknown field; did you mean `pathPrefix`?"
+        );
+    }
+
+    #[test]
+    fn a_number_too_large_for_its_type_names_the_field_and_its_bound() {
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+                    metadata: {name: echo}\n\
+                    spec:\n  matches: [{pathPrefix: /}]\n  \
+                    backends: [{service: {name: a, port: 80}}]\n  \
+                    queue: {defaultPriority: 5000000000}\n";
+        let err = parse_into(text, "pool.yaml", &mut Objects::default()).expect_err("too large");
+        assert_eq!(
+            err.to_string(),
+            "pool.yaml: document 0: AgentPool default/echo: \
+             spec.queue.defaultPriority: must be at most 1000000 (is 5000000000)"
         );
     }
 
