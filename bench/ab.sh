@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Two Sluice builds head to head: the same manifests, the same static upstream (nginx
+# answering `return 200` on two ports, so the upstream costs almost nothing), wrk
+# against each in turn, rounds interleaved. Prints req/s and CPU per request for each
+# build and the ratio of the second to the first. For "is this change slower?".
+#
+#   bash bench/ab.sh BEFORE_SLUICE_BINARY AFTER_SLUICE_BINARY
+#
+# Knobs (environment): AB_ROUNDS (5), AB_DURATION (s, 8), AB_WARMUP (s, 2),
+# AB_CONNECTIONS (64), AB_THREADS (wrk threads, 2), AB_SCENARIO (plain: LeastRequest
+# over the two ports, no policy; limits: the same plus API-key authentication and a
+# per-consumer rate limit), AB_PORT_BASE (19000). Needs nginx and wrk (Debian).
+set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
+
+[[ $# -eq 2 ]] || { echo "usage: $0 BEFORE_SLUICE AFTER_SLUICE" >&2; exit 2; }
+A=$(realpath "$1"); B=$(realpath "$2")
+for bin in "$A" "$B"; do [[ -x $bin ]] || { echo "not executable: $bin" >&2; exit 2; }; done
+command -v nginx >/dev/null && command -v wrk >/dev/null \
+  || { echo "needs nginx and wrk: apt-get install nginx wrk" >&2; exit 2; }
+
+ROUNDS=${AB_ROUNDS:-5}
+DURATION=${AB_DURATION:-8}
+WARMUP=${AB_WARMUP:-2}
+CONNECTIONS=${AB_CONNECTIONS:-64}
+THREADS=${AB_THREADS:-2}
+SCENARIO=${AB_SCENARIO:-plain}
+base=${AB_PORT_BASE:-19000}
+UP1=$((base + 1)) UP2=$((base + 2)) PROXY=$((base + 80)) ADMIN=$((base + 90))
+KEY=bench-consumer-key-0123456789
+run=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$run"
+}
+trap cleanup EXIT
+
+mkdir -p "$run/nginx" "$run/manifests"
+cat > "$run/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid nginx.pid;
+error_log error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP1; location / { return 200 "ok"; } }
+  server { listen 127.0.0.1:$UP2; location / { return 200 "ok"; } }
+}
+EOF
+cat > "$run/manifests/pool.yaml" <<EOF
+apiVersion: sluice.dev/v1alpha1
+kind: AgentPool
+metadata: {name: bench, namespace: bench}
+spec:
+  matches: [{pathPrefix: /}]
+  backends: [{endpoints: ["127.0.0.1:$UP1", "127.0.0.1:$UP2"]}]
+  loadBalancing: {algorithm: LeastRequest}
+  timeouts: {connect: 1s, request: 60s}
+EOF
+headers=()
+if [[ $SCENARIO == limits ]]; then
+  cat >> "$run/manifests/pool.yaml" <<EOF
+  access: {public: false, tiers: [standard]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-consumer, namespace: bench, labels: {sluice.dev/consumer: bench}}
+stringData: {api-key: "$KEY", tier: standard}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: RatePolicy
+metadata: {name: per-consumer, namespace: bench}
+spec:
+  targetRefs: [{kind: AgentPool, name: bench}]
+  key: {type: Consumer}
+  tiers: [{name: standard, limits: [{requests: 1000000000, period: 1s}]}]
+EOF
+  headers=(-H "Authorization: Bearer $KEY")
+fi
+"$A" compile -f "$run/manifests" > /dev/null
+
+nginx -p "$run/nginx/" -c "$run/nginx/nginx.conf" &
+pids+=($!)
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# One build at a time on the same ports, so that each runs alone on the machine.
+measure() { # label binary seconds -> "rps cpu_us_per_request"
+  local bin=$2 secs=$3 pid t0 t1 out rps requests
+  RUST_LOG=warn "$bin" proxy --config "$run/manifests" --listen "127.0.0.1:$PROXY" \
+    --admin "127.0.0.1:$ADMIN" > "$run/sluice.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" && break
+    sleep 0.05
+  done
+  curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" \
+    || { cat "$run/sluice.log" >&2; echo "$1 did not start" >&2; exit 1; }
+  t0=$(cpu_ticks "$pid")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" "${headers[@]}" "http://127.0.0.1:$PROXY/")
+  t1=$(cpu_ticks "$pid")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  grep -q "Non-2xx" <<<"$out" && { echo "$1: non-2xx responses" >&2; echo "$out" >&2; exit 1; }
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  awk -v r="$rps" -v n="$requests" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%.0f %.1f\n", r, t / hz * 1e6 / n }'
+}
+
+echo "scenario $SCENARIO: wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, interleaved"
+measure A "$A" "$WARMUP" > /dev/null
+measure B "$B" "$WARMUP" > /dev/null
+: > "$run/results"
+for r in $(seq "$ROUNDS"); do
+  for side in A B; do
+    bin=$A; [[ $side == B ]] && bin=$B
+    read -r rps cpu < <(measure "$side" "$bin" "$DURATION")
+    printf '%s %s %s %s\n' "$side" "$r" "$rps" "$cpu" | tee -a "$run/results"
+  done
+done
+python3 - "$run/results" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+med = {}
+for side in "AB":
+    rps = [float(r[2]) for r in rows if r[0] == side]
+    cpu = [float(r[3]) for r in rows if r[0] == side]
+    med[side] = (statistics.median(rps), statistics.median(cpu))
+    print(f"{side}: median {med[side][0]:.0f} req/s, {med[side][1]:.1f} µs CPU per request")
+print(f"B/A: req/s {med['B'][0] / med['A'][0]:.2f}, CPU per request {med['B'][1] / med['A'][1]:.2f}")
+EOF
