@@ -4,6 +4,8 @@
 //! reservation or count a cut stream).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,10 +26,52 @@ pub type ProxyBody = BoxBody<Bytes, BoxError>;
 /// A request body: streamed, or read in full when a limit needed it.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// As it arrives from the client.
-    Streaming(hyper::body::Incoming),
+    /// As it arrives from the client, its bytes counted.
+    Streaming(CountedBody),
     /// Read in full.
     Buffered(Bytes),
+}
+
+/// The client's request body, counting the bytes read from it into a counter the
+/// access log and metrics read once the request is over.
+#[derive(Debug)]
+pub struct CountedBody {
+    inner: hyper::body::Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl CountedBody {
+    /// Counts what is read from `inner` into `count`.
+    pub fn new(inner: hyper::body::Incoming, count: Arc<AtomicU64>) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl RequestBody {
@@ -40,7 +84,7 @@ impl RequestBody {
     pub async fn into_bytes(self, limit: usize) -> Result<Bytes, ProxyError> {
         match self {
             RequestBody::Buffered(bytes) => Ok(bytes),
-            RequestBody::Streaming(incoming) => http_body_util::Limited::new(incoming, limit)
+            RequestBody::Streaming(body) => http_body_util::Limited::new(body, limit)
                 .collect()
                 .await
                 .map(http_body_util::Collected::to_bytes)
@@ -190,6 +234,11 @@ where
                     }
                     if let Some((d, sleep)) = this.idle.as_mut() {
                         sleep.as_mut().reset(Instant::now() + *d);
+                    }
+                    // A body of known length ends with its last frame: hyper polls
+                    // no further once `is_end_stream` says so.
+                    if this.inner.is_end_stream() {
+                        this.end(BodyEnd::Complete);
                     }
                 }
                 Some(Err(_)) => this.end(BodyEnd::Failed),

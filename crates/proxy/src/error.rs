@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use crate::body::ProxyBody;
+use crate::trace::TraceId;
 
 /// Why the proxy answered a request itself instead of with an agent's response.
 #[derive(Debug, thiserror::Error)]
@@ -181,9 +182,15 @@ impl ProxyError {
     }
 
     /// The response the client receives: the status and a JSON body
-    /// `{"error": {"code": ..., "message": ...}}`; retryable errors carry `Retry-After`.
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let mut error = serde_json::json!({ "code": self.reason(), "message": self.to_string() });
+    /// `{"error": {"code": ..., "message": ..., "trace_id": ...}}`; retryable errors
+    /// carry `Retry-After`. `trace_id` names the request's trace, so that a client's
+    /// report leads to its log line.
+    pub fn into_response(self, trace_id: &TraceId) -> Response<ProxyBody> {
+        let mut error = serde_json::json!({
+            "code": self.reason(),
+            "message": self.to_string(),
+            "trace_id": trace_id.to_string(),
+        });
         if let ProxyError::RateLimited {
             policy,
             tier,

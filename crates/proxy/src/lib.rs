@@ -13,6 +13,7 @@
 //! file mode; [`admin`] serves health, readiness, metrics and the current table. Time
 //! and randomness come from [`clock`], injected so that tests control them.
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -32,6 +33,7 @@ pub mod subscriber;
 pub mod table_cache;
 #[cfg(test)]
 mod test_tables;
+pub mod trace;
 pub mod upgrade;
 
 pub use error::ProxyError;

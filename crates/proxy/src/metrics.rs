@@ -3,8 +3,8 @@
 //! status classes are fixed lists).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The label value used for requests that matched no pool.
@@ -24,14 +24,29 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `sluice_request_duration_seconds{pool}`: time from receipt to response headers.
     pub duration: HistogramVec,
+    /// `sluice_response_duration_seconds{pool}`: time from receipt to the end of the
+    /// response body (the whole of a stream).
+    pub response_duration: HistogramVec,
+    /// `sluice_response_first_byte_seconds{pool}`: time from receipt to the first
+    /// response body byte.
+    pub first_byte: HistogramVec,
+    /// `sluice_request_bytes_total{pool}`: request body bytes received.
+    pub request_bytes: IntCounterVec,
+    /// `sluice_response_bytes_total{pool}`: response body bytes sent.
+    pub response_bytes: IntCounterVec,
     /// `sluice_requests_in_flight{pool}`: requests whose response has not ended.
     pub in_flight: IntGaugeVec,
     /// `sluice_endpoint_requests_total{pool, endpoint}`: requests sent to each endpoint.
     pub endpoint_requests: IntCounterVec,
+    /// `sluice_endpoint_response_seconds{pool, endpoint}`: time from sending an
+    /// attempt to its response headers, per endpoint.
+    pub endpoint_latency: HistogramVec,
     /// `sluice_proxy_errors_total{reason}`: requests the proxy answered itself.
     pub errors: IntCounterVec,
     /// `sluice_route_table_version`: version of the table in force (0 before the first).
     pub table_version: IntGauge,
+    /// `sluice_route_table_age_seconds`: time since the table in force was applied.
+    pub table_age: Gauge,
     /// `sluice_route_table_updates_total{result}`: tables `applied` or `rejected`.
     pub table_updates: IntCounterVec,
     /// `sluice_endpoint_in_flight{pool, endpoint}`: requests in flight per endpoint.
@@ -39,6 +54,9 @@ pub struct Metrics {
     /// `sluice_endpoint_healthy{pool, endpoint}`: 1 when the active health check
     /// says healthy (or there is none), 0 when unhealthy.
     pub endpoint_healthy: IntGaugeVec,
+    /// `sluice_pool_utilisation{pool}`: requests in flight over the pool's capacity
+    /// (the `maxConcurrency` of its live endpoints), when every endpoint has one.
+    pub utilisation: GaugeVec,
     /// `sluice_queue_depth{pool}`: requests waiting for a free endpoint.
     pub queue_depth: IntGaugeVec,
     /// `sluice_queue_wait_seconds{pool, result}`: time spent in the queue.
@@ -66,6 +84,14 @@ pub struct Metrics {
     /// `sluice_ratelimit_tokens_total{policy, tier, kind}`: LLM tokens `reserved` at
     /// admission, `refunded` and `charged` (beyond the reservation) at settlement.
     pub rate_tokens: IntCounterVec,
+    /// `sluice_llm_tokens_total{pool, tier, kind}`: LLM tokens `reserved` for and
+    /// `used` by (as the agent reported) the requests a pool served.
+    pub llm_tokens: IntCounterVec,
+    /// `sluice_access_log_lines_total`: access log lines written.
+    pub access_log_lines: IntCounter,
+    /// `sluice_access_log_dropped_total`: access log lines dropped because the writer
+    /// was behind.
+    pub access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -81,176 +107,187 @@ impl Metrics {
     }
 
     fn register(registry: Registry) -> prometheus::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new(
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            c: C,
+        ) -> prometheus::Result<C> {
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            reg(&registry, HistogramVec::new(opts, labels)?)
+        };
+        let auth_results = counter(
+            "sluice_auth_results_total",
+            "Authentication results by reason",
+            &["result"],
+        )?;
+        Ok(Self {
+            requests: counter(
                 "sluice_requests_total",
                 "Responses by pool and status class",
-            ),
-            &["pool", "code"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
+                &["pool", "code"],
+            )?,
+            duration: histogram(
                 "sluice_request_duration_seconds",
                 "Time from receipt of a request to its response headers",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["pool"],
-        )?;
-        let in_flight = IntGaugeVec::new(
-            Opts::new(
+                &["pool"],
+            )?,
+            response_duration: histogram(
+                "sluice_response_duration_seconds",
+                "Time from receipt of a request to the end of its response body",
+                &["pool"],
+            )?,
+            first_byte: histogram(
+                "sluice_response_first_byte_seconds",
+                "Time from receipt of a request to the first byte of its response body",
+                &["pool"],
+            )?,
+            request_bytes: counter(
+                "sluice_request_bytes_total",
+                "Request body bytes received",
+                &["pool"],
+            )?,
+            response_bytes: counter(
+                "sluice_response_bytes_total",
+                "Response body bytes sent",
+                &["pool"],
+            )?,
+            in_flight: gauge(
                 "sluice_requests_in_flight",
                 "Requests whose response has not ended",
-            ),
-            &["pool"],
-        )?;
-        let endpoint_requests = IntCounterVec::new(
-            Opts::new(
+                &["pool"],
+            )?,
+            endpoint_requests: counter(
                 "sluice_endpoint_requests_total",
                 "Requests sent to each endpoint",
-            ),
-            &["pool", "endpoint"],
-        )?;
-        let errors = IntCounterVec::new(
-            Opts::new(
+                &["pool", "endpoint"],
+            )?,
+            endpoint_latency: histogram(
+                "sluice_endpoint_response_seconds",
+                "Time from sending an attempt to an endpoint to its response headers",
+                &["pool", "endpoint"],
+            )?,
+            errors: counter(
                 "sluice_proxy_errors_total",
                 "Requests the proxy answered itself, by reason",
-            ),
-            &["reason"],
-        )?;
-        let table_version = IntGauge::new(
-            "sluice_route_table_version",
-            "Version of the route table in force (0 before the first)",
-        )?;
-        let table_updates = IntCounterVec::new(
-            Opts::new(
+                &["reason"],
+            )?,
+            table_version: reg(
+                &registry,
+                IntGauge::new(
+                    "sluice_route_table_version",
+                    "Version of the route table in force (0 before the first)",
+                )?,
+            )?,
+            table_age: reg(
+                &registry,
+                Gauge::new(
+                    "sluice_route_table_age_seconds",
+                    "Time since the route table in force was applied",
+                )?,
+            )?,
+            table_updates: counter(
                 "sluice_route_table_updates_total",
                 "Route tables applied or rejected",
-            ),
-            &["result"],
-        )?;
-        let endpoint_in_flight = IntGaugeVec::new(
-            Opts::new(
+                &["result"],
+            )?,
+            endpoint_in_flight: gauge(
                 "sluice_endpoint_in_flight",
                 "Requests in flight per endpoint",
-            ),
-            &["pool", "endpoint"],
-        )?;
-        let endpoint_healthy = IntGaugeVec::new(
-            Opts::new(
+                &["pool", "endpoint"],
+            )?,
+            endpoint_healthy: gauge(
                 "sluice_endpoint_healthy",
                 "1 when the endpoint passes its health checks",
-            ),
-            &["pool", "endpoint"],
-        )?;
-        let queue_depth = IntGaugeVec::new(
-            Opts::new("sluice_queue_depth", "Requests waiting for a free endpoint"),
-            &["pool"],
-        )?;
-        let queue_wait = HistogramVec::new(
-            HistogramOpts::new(
+                &["pool", "endpoint"],
+            )?,
+            utilisation: reg(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "sluice_pool_utilisation",
+                        "Requests in flight over the capacity of the pool's live endpoints",
+                    ),
+                    &["pool"],
+                )?,
+            )?,
+            queue_depth: gauge(
+                "sluice_queue_depth",
+                "Requests waiting for a free endpoint",
+                &["pool"],
+            )?,
+            queue_wait: histogram(
                 "sluice_queue_wait_seconds",
                 "Time requests spent in the queue",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["pool", "result"],
-        )?;
-        let retries = IntCounterVec::new(
-            Opts::new("sluice_retries_total", "Retries sent, or refused and why"),
-            &["pool", "result"],
-        )?;
-        let ejections = IntCounterVec::new(
-            Opts::new(
+                &["pool", "result"],
+            )?,
+            retries: counter(
+                "sluice_retries_total",
+                "Retries sent, or refused and why",
+                &["pool", "result"],
+            )?,
+            ejections: counter(
                 "sluice_outlier_ejections_total",
                 "Outlier ejections, done or skipped",
-            ),
-            &["pool", "reason", "result"],
-        )?;
-        let health_transitions = IntCounterVec::new(
-            Opts::new(
+                &["pool", "reason", "result"],
+            )?,
+            health_transitions: counter(
                 "sluice_health_transitions_total",
                 "Health check state changes",
-            ),
-            &["pool", "to"],
-        )?;
-        let fallbacks = IntCounterVec::new(
-            Opts::new("sluice_fallbacks_total", "Requests sent to a fallback pool"),
-            &["pool", "to"],
-        )?;
-        let body_cut = IntCounterVec::new(
-            Opts::new(
+                &["pool", "to"],
+            )?,
+            fallbacks: counter(
+                "sluice_fallbacks_total",
+                "Requests sent to a fallback pool",
+                &["pool", "to"],
+            )?,
+            body_cut: counter(
                 "sluice_body_cut_total",
                 "Response bodies cut before their end",
-            ),
-            &["pool", "reason"],
-        )?;
-        for c in [&endpoint_in_flight, &endpoint_healthy, &queue_depth] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        for c in [
-            &retries,
-            &ejections,
-            &health_transitions,
-            &fallbacks,
-            &body_cut,
-        ] {
-            registry.register(Box::new(c.clone()))?;
-        }
-        let auth_results = IntCounterVec::new(
-            Opts::new(
-                "sluice_auth_results_total",
-                "Authentication results by reason",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(auth_results.clone()))?;
-        let rate_decisions = IntCounterVec::new(
-            Opts::new(
-                "sluice_ratelimit_decisions_total",
-                "Rate-limit decisions by policy, tier and result",
-            ),
-            &["policy", "tier", "result"],
-        )?;
-        registry.register(Box::new(rate_decisions.clone()))?;
-        let rate_tokens = IntCounterVec::new(
-            Opts::new(
-                "sluice_ratelimit_tokens_total",
-                "LLM tokens reserved, refunded and charged",
-            ),
-            &["policy", "tier", "kind"],
-        )?;
-        registry.register(Box::new(rate_tokens.clone()))?;
-        registry.register(Box::new(queue_wait.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(endpoint_requests.clone()))?;
-        registry.register(Box::new(errors.clone()))?;
-        registry.register(Box::new(table_version.clone()))?;
-        registry.register(Box::new(table_updates.clone()))?;
-        Ok(Self {
-            registry,
-            requests,
-            duration,
-            in_flight,
-            endpoint_requests,
-            errors,
-            table_version,
-            table_updates,
-            endpoint_in_flight,
-            endpoint_healthy,
-            queue_depth,
-            queue_wait,
-            retries,
-            ejections,
-            health_transitions,
-            fallbacks,
-            body_cut,
+                &["pool", "reason"],
+            )?,
             auth_counters: ["ok", "anonymous"]
                 .map(|r| (r, auth_results.with_label_values(&[r])))
                 .into(),
             auth_results,
-            rate_decisions,
-            rate_tokens,
+            rate_decisions: counter(
+                "sluice_ratelimit_decisions_total",
+                "Rate-limit decisions by policy, tier and result",
+                &["policy", "tier", "result"],
+            )?,
+            rate_tokens: counter(
+                "sluice_ratelimit_tokens_total",
+                "LLM tokens reserved, refunded and charged",
+                &["policy", "tier", "kind"],
+            )?,
+            llm_tokens: counter(
+                "sluice_llm_tokens_total",
+                "LLM tokens reserved for and used by the requests of a pool, by tier",
+                &["pool", "tier", "kind"],
+            )?,
+            access_log_lines: reg(
+                &registry,
+                IntCounter::new("sluice_access_log_lines_total", "Access log lines written")?,
+            )?,
+            access_log_dropped: reg(
+                &registry,
+                IntCounter::new(
+                    "sluice_access_log_dropped_total",
+                    "Access log lines dropped because the writer was behind",
+                )?,
+            )?,
+            registry,
         })
     }
 
@@ -318,6 +355,14 @@ pub struct PoolMetrics {
     pub queue_depth: prometheus::IntGauge,
     /// Bodies cut: by the total deadline, by the idle timeout, by an upstream failure.
     pub body_cut: [prometheus::IntCounter; 3],
+    /// Receipt to the end of the response body.
+    pub response_duration: prometheus::Histogram,
+    /// Receipt to the first response body byte.
+    pub first_byte: prometheus::Histogram,
+    /// Request body bytes received.
+    pub request_bytes: prometheus::IntCounter,
+    /// Response body bytes sent.
+    pub response_bytes: prometheus::IntCounter,
 }
 
 impl PoolMetrics {
@@ -337,6 +382,10 @@ impl PoolMetrics {
             queue_depth: metrics.queue_depth.with_label_values(&[pool]),
             body_cut: ["total", "idle", "upstream"]
                 .map(|r| metrics.body_cut.with_label_values(&[pool, r])),
+            response_duration: metrics.response_duration.with_label_values(&[pool]),
+            first_byte: metrics.first_byte.with_label_values(&[pool]),
+            request_bytes: metrics.request_bytes.with_label_values(&[pool]),
+            response_bytes: metrics.response_bytes.with_label_values(&[pool]),
         }
     }
 

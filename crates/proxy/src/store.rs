@@ -217,6 +217,11 @@ impl TableStore {
         &self.env.clock
     }
 
+    /// The random source of the store's pools (and of trace and span ids).
+    pub fn entropy(&self) -> &Entropy {
+        &self.env.entropy
+    }
+
     /// The runtime in force, if any.
     pub fn load(&self) -> Option<Arc<Runtime>> {
         self.current.load_full()
@@ -294,6 +299,7 @@ impl TableStore {
                     let _ = vec.remove_label_values(&labels);
                 }
                 let _ = self.metrics.endpoint_requests.remove_label_values(&labels);
+                let _ = self.metrics.endpoint_latency.remove_label_values(&labels);
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sluice_controller::from_dir::DirWatcher;
 use sluice_controller::publisher::Publisher;
+use sluice_proxy::access_log::{self, AccessLog, AccessLogConfig};
 use sluice_proxy::admin::Admin;
 use sluice_proxy::clock::TokioClock;
 use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
@@ -72,6 +73,24 @@ pub struct Args {
     /// The request header that names a capability.
     #[arg(long, default_value = DEFAULT_CAPABILITY_HEADER, env = "SLUICE_CAPABILITY_HEADER")]
     capability_header: http::HeaderName,
+    /// One line per request on stdout: json, text or off.
+    #[arg(long, default_value = "json", env = "SLUICE_ACCESS_LOG")]
+    access_log: access_log::Format,
+    /// The share of successful requests logged, from 0 to 1 (refusals and errors are
+    /// always logged).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_share, env = "SLUICE_ACCESS_LOG_SAMPLE")]
+    access_log_sample: f64,
+    /// Log paths with their query strings (off by default: queries may hold tokens).
+    #[arg(long, env = "SLUICE_ACCESS_LOG_QUERY")]
+    access_log_query: bool,
+}
+
+/// A share from 0 to 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give a number from 0 to 1")),
+    }
 }
 
 /// Runs the proxy until a shutdown signal.
@@ -177,7 +196,18 @@ pub async fn run(args: Args) -> Result<()> {
         .await;
     });
 
-    let forwarder = Forwarder::with_config(store, metrics, forward_config);
+    let access_log = AccessLog::stdout(
+        &AccessLogConfig {
+            format: args.access_log,
+            sample: args.access_log_sample,
+            query: args.access_log_query,
+            ..AccessLogConfig::default()
+        },
+        &metrics,
+    )
+    .context("starting the access log writer")?;
+    let forwarder =
+        Forwarder::with_config(store, metrics, forward_config).with_access_log(access_log);
     let handler = move |req, peer| {
         let forwarder = forwarder.clone();
         async move { forwarder.handle(req, peer).await }

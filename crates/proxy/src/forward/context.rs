@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use tokio::time::Instant;
@@ -11,12 +13,30 @@ use crate::identity::Caller;
 use crate::limits::{RateOutcome, Subject};
 use crate::pool::{PickRequest, PoolRuntime};
 use crate::store::Runtime;
+use crate::trace::TraceContext;
 
 /// One request's state, filled in phase by phase.
 #[derive(Debug)]
 pub(super) struct RequestCtx {
     /// When the request arrived: every timeout counts from here.
     pub start: Instant,
+    /// The wall-clock time it arrived, for the access log.
+    pub arrived: SystemTime,
+    /// The request's W3C trace context.
+    pub trace: TraceContext,
+    /// Method, host and path, kept for the access log while it is on.
+    pub line: Option<RequestLine>,
+    /// `ok`, `anonymous` or the reason authentication refused, once admitted or not.
+    pub auth: Option<&'static str>,
+    /// Request body bytes read from the client so far.
+    pub bytes_in: Arc<AtomicU64>,
+    /// Time spent waiting for an endpoint.
+    pub queue_wait: Duration,
+    /// The pool the request was routed to, when it fell back from it.
+    pub fallback_from: Option<String>,
+    /// The last attempt: its endpoint (index in the serving pool) and the agent's
+    /// status, and how many attempts came before it.
+    pub upstream: UpstreamLog,
     /// The TCP peer.
     pub peer: SocketAddr,
     /// The client: the peer, or what trusted proxies report in `X-Forwarded-For`.
@@ -31,11 +51,35 @@ pub(super) struct RequestCtx {
     pub fallbacks: usize,
 }
 
+/// The request line as logged.
+#[derive(Debug)]
+pub(super) struct RequestLine {
+    pub method: String,
+    pub host: Option<String>,
+    pub path: String,
+}
+
+/// What the send phase did, for the access log.
+#[derive(Debug, Default)]
+pub(super) struct UpstreamLog {
+    pub endpoint: Option<usize>,
+    pub status: Option<u16>,
+    pub retries: u32,
+}
+
 impl RequestCtx {
-    /// A request from `peer`, arrived now.
-    pub fn new(peer: SocketAddr) -> Self {
+    /// A request from `peer`, arrived now, in the trace `trace`.
+    pub fn new(peer: SocketAddr, trace: TraceContext) -> Self {
         Self {
             start: Instant::now(),
+            arrived: SystemTime::now(),
+            trace,
+            line: None,
+            auth: None,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            queue_wait: Duration::ZERO,
+            fallback_from: None,
+            upstream: UpstreamLog::default(),
             peer,
             client_ip: peer.ip(),
             capability: None,

@@ -26,6 +26,7 @@
 //! and the agent's response frames reach the client one by one.
 
 mod context;
+mod log;
 mod reserve;
 mod respond;
 mod retry;
@@ -39,16 +40,18 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use self::context::{RequestCtx, Serving};
-use crate::body::{ProxyBody, RequestBody};
+use self::context::{RequestCtx, RequestLine, Serving, UpstreamLog};
+use crate::access_log::AccessLog;
+use crate::body::{CountedBody, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::client_ip::TrustedProxies;
 use crate::hygiene::path::{PathOptions, normalise_path_and_query};
 use crate::hygiene::upstream::UpstreamHead;
 use crate::limits;
-use crate::metrics::{Metrics, NO_POOL, code_class};
+use crate::metrics::Metrics;
 use crate::router;
 use crate::store::{Runtime, TableStore};
+use crate::trace::TraceContext;
 use crate::upgrade;
 
 /// The header a request names a capability in, unless configured otherwise.
@@ -81,6 +84,7 @@ pub struct Forwarder {
     store: Arc<TableStore>,
     metrics: Metrics,
     config: Arc<ForwardConfig>,
+    access_log: AccessLog,
 }
 
 /// What goes to the agent: the cleaned head, the body, the client's side of an
@@ -112,15 +116,23 @@ impl Forwarder {
             store,
             metrics,
             config: Arc::new(config),
+            access_log: AccessLog::off(),
         }
+    }
+
+    /// The same forwarder, writing an access log line per request to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> Self {
+        self.access_log = log;
+        self
     }
 
     /// Handles one request from `peer`, always producing a response.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let mut ctx = RequestCtx::new(peer);
+        let trace = TraceContext::from_headers(req.headers(), self.store.entropy());
+        let mut ctx = RequestCtx::new(peer, trace);
         let mut serving = None;
         let result = self.proxy(&mut ctx, &mut serving, req).await;
-        self.log(&ctx, serving.as_ref(), result)
+        self.log(ctx, serving, result)
     }
 
     /// The phases, in order; the first that refuses answers the request.
@@ -131,6 +143,9 @@ impl Forwarder {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let runtime = self.store.load().ok_or(ProxyError::NotReady)?;
+        if self.access_log.is_on() {
+            ctx.line = Some(self.request_line(&req));
+        }
         let (index, routed) = self.route(ctx, &runtime, req)?;
         let serving = serving.insert(Serving::new(runtime, index, ctx.start));
         let Routed {
@@ -139,6 +154,7 @@ impl Forwarder {
             upgrade,
         } = routed;
         self.admit(ctx, serving, &parts.headers).await?;
+        let body = CountedBody::new(body, ctx.bytes_in.clone());
         let body = self
             .limit(ctx, serving, &parts.headers, RequestBody::Streaming(body))
             .await?;
@@ -160,7 +176,12 @@ impl Forwarder {
             rate: std::mem::take(&mut ctx.rate),
         };
         let pick = ctx.pick(serving.pool(), &parts.headers);
-        self.send(ctx, serving, &pick, slot, outbound).await
+        let mut upstream = UpstreamLog::default();
+        let result = self
+            .send(ctx, serving, &pick, slot, outbound, &mut upstream)
+            .await;
+        ctx.upstream = upstream;
+        result
     }
 
     /// Route: normalises the path, reads the client address and capability, sets an
@@ -173,6 +194,9 @@ impl Forwarder {
     ) -> Result<(usize, Routed), ProxyError> {
         // Routing, authentication, limits and the agent all see the one normalised path.
         normalise_uri(&mut req, &self.config.path)?;
+        if let Some(line) = &mut ctx.line {
+            line.path = self.logged_path(req.uri());
+        }
         ctx.client_ip = self
             .config
             .trusted_proxies
@@ -210,13 +234,15 @@ impl Forwarder {
             .await
         {
             Ok(caller) => {
-                self.metrics
-                    .count_auth(if caller.is_some() { "ok" } else { "anonymous" });
+                let result = if caller.is_some() { "ok" } else { "anonymous" };
+                self.metrics.count_auth(result);
+                ctx.auth = Some(result);
                 ctx.caller = caller;
                 Ok(())
             }
             Err(e) => {
                 self.metrics.count_auth(e.reason());
+                ctx.auth = Some(e.reason());
                 Err(ProxyError::Auth(e))
             }
         }
@@ -240,34 +266,24 @@ impl Forwarder {
         Ok(body)
     }
 
-    /// Log: the proxy's own refusal becomes its response, and every response is
-    /// counted under the pool that served it (or under no pool when none was found).
-    fn log(
-        &self,
-        ctx: &RequestCtx,
-        serving: Option<&Serving>,
-        result: Result<Response<ProxyBody>, ProxyError>,
-    ) -> Response<ProxyBody> {
-        let resp = result.unwrap_or_else(|e| {
-            tracing::debug!(error = %e, "request answered by the proxy");
-            self.metrics.errors.with_label_values(&[e.reason()]).inc();
-            e.into_response()
-        });
-        let elapsed = ctx.start.elapsed().as_secs_f64();
-        match serving {
-            Some(s) => s.pool().metrics.observe(resp.status(), elapsed),
-            None => {
-                self.metrics
-                    .requests
-                    .with_label_values(&[NO_POOL, code_class(resp.status())])
-                    .inc();
-                self.metrics
-                    .duration
-                    .with_label_values(&[NO_POOL])
-                    .observe(elapsed);
-            }
+    /// The request line for the access log, as received (routing replaces the path
+    /// with its normalised form).
+    fn request_line(&self, req: &Request<Incoming>) -> RequestLine {
+        let mut host = String::new();
+        let host = router::request_host(req.uri(), req.headers(), &mut host).map(str::to_owned);
+        RequestLine {
+            method: req.method().as_str().to_owned(),
+            host,
+            path: self.logged_path(req.uri()),
         }
-        resp
+    }
+
+    /// The path of `uri` as logged: without its query string unless the log keeps it.
+    fn logged_path(&self, uri: &Uri) -> String {
+        match (self.access_log.logs_query(), uri.path_and_query()) {
+            (true, Some(pq)) => pq.as_str().to_owned(),
+            _ => uri.path().to_owned(),
+        }
     }
 }
 

@@ -33,7 +33,10 @@ impl Forwarder {
                 pool: pool.key().to_owned(),
                 capability: ctx.capability.clone(),
             };
-            match pool.acquire(&pick, serving.deadline()).await {
+            let asked = tokio::time::Instant::now();
+            let acquired = pool.acquire(&pick, serving.deadline()).await;
+            ctx.queue_wait += asked.elapsed();
+            match acquired {
                 Ok(slot) => return Ok((slot, body)),
                 Err(Unavailable::Queue(e)) => return Err(e),
                 Err(Unavailable::Replaced) => {
@@ -55,6 +58,9 @@ impl Forwarder {
                         .fallback(serving, ctx.fallbacks, headers)
                         .await
                         .ok_or_else(no_endpoints)?;
+                    if ctx.fallback_from.is_none() {
+                        ctx.fallback_from = Some(pool.key().to_owned());
+                    }
                     serving.move_to(serving.runtime().clone(), fallback, ctx.start);
                     // The fallback's own limits apply: fallback traffic must not
                     // overrun the pool it lands on.

@@ -11,14 +11,15 @@ use sluice_api::table::RetryPolicy;
 use sluice_balance::Outcome;
 use tokio::time::Instant;
 
-use super::context::{RequestCtx, Serving};
+use super::context::{RequestCtx, Serving, UpstreamLog};
 use super::respond::respond;
 use super::{Forwarder, Outbound};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{CountedBody, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::upstream::UpstreamHead;
 use crate::pool::{PickRequest, PoolRuntime, Slot};
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
+use crate::trace::{SpanId, TraceContext};
 
 /// Why an attempt did not give the answer: a response with a retried status, or an
 /// error that another endpoint may not have.
@@ -47,6 +48,7 @@ impl Forwarder {
         pick: &PickRequest<'_>,
         mut slot: Slot,
         outbound: Outbound,
+        log: &mut UpstreamLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Outbound {
             head,
@@ -63,19 +65,32 @@ impl Forwarder {
         let mut source = Source::new(body, attempts > 0);
         let mut tried = Vec::new();
         loop {
-            let failure =
-                match attempt(pool, &head, &mut source, &slot, serving.deadline(), retry).await {
-                    Attempt::Answered(resp) => {
-                        return Ok(respond(ctx, serving, resp, slot, upgrade, rate));
-                    }
-                    // `rate` is dropped: its token reservation goes back.
-                    Attempt::Fatal(e) => return Err(e),
-                    Attempt::Failed(failure) => failure,
-                };
+            log.endpoint = Some(slot.index);
+            let span = SpanId::random(self.store.entropy());
+            let to = Target {
+                pool,
+                slot: &slot,
+                deadline: serving.deadline(),
+            };
+            let outcome = attempt(&to, &head, &ctx.trace, span, &mut source, retry).await;
+            if let Attempt::Answered(resp) | Attempt::Failed(Failure::Status(resp)) = &outcome {
+                log.status = Some(resp.status().as_u16());
+            }
+            let failure = match outcome {
+                Attempt::Answered(resp) => {
+                    return Ok(respond(ctx, serving, resp, slot, upgrade, rate));
+                }
+                // `rate` is dropped: its token reservation goes back.
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Failed(failure) => failure,
+            };
             tried.push(slot.index);
             let attempts_left = tried.len() <= attempts as usize;
             match self.next_attempt(pool, pick, &tried, attempts_left, &source) {
-                Some(next) => slot = next,
+                Some(next) => {
+                    slot = next;
+                    log.retries += 1;
+                }
                 None => {
                     return match failure {
                         Failure::Status(resp) => {
@@ -134,16 +149,29 @@ impl Forwarder {
     }
 }
 
-/// One attempt on the endpoint of `slot`: the outcome is recorded for outlier
-/// detection, and the latency of an answer in the endpoint's estimate.
-async fn attempt(
-    pool: &PoolRuntime,
-    head: &UpstreamHead,
-    source: &mut Source,
-    slot: &Slot,
+/// Where an attempt goes: a slot on an endpoint of `pool`, before `deadline`.
+struct Target<'a> {
+    pool: &'a PoolRuntime,
+    slot: &'a Slot,
     deadline: Instant,
+}
+
+/// One attempt, the span `span` of the request's trace: the outcome is recorded for
+/// outlier detection, and the latency of an answer in the endpoint's estimate and
+/// histogram.
+async fn attempt(
+    to: &Target<'_>,
+    head: &UpstreamHead,
+    trace: &TraceContext,
+    span: SpanId,
+    source: &mut Source,
     retry: Option<&RetryPolicy>,
 ) -> Attempt {
+    let Target {
+        pool,
+        slot,
+        deadline,
+    } = *to;
     let endpoint = &pool.endpoints[slot.index];
     let Some(body) = source.next() else {
         // Unreachable: a retry is only chosen while the body can be replayed.
@@ -152,10 +180,11 @@ async fn attempt(
             message: "the request body cannot be sent again".into(),
         });
     };
-    let upstream = match head.request(&endpoint.address, body) {
+    let mut upstream = match head.request(&endpoint.address, body) {
         Ok(r) => r,
         Err(e) => return Attempt::Fatal(e),
     };
+    trace.inject(upstream.headers_mut(), span);
     let started = Instant::now();
     let first_byte = pool
         .spec
@@ -170,10 +199,12 @@ async fn attempt(
                 Outcome::Success
             };
             pool.record_outcome(slot.index, outcome);
+            let latency = started.elapsed();
+            endpoint.latency.observe(latency.as_secs_f64());
             if retry.is_some_and(|r| r.statuses.contains(&status.as_u16())) {
                 return Attempt::Failed(Failure::Status(resp));
             }
-            slot.record_latency(started.elapsed(), pool.now());
+            slot.record_latency(latency, pool.now());
             Attempt::Answered(resp)
         }
         Ok(Err(e)) if e.is_connect() => {
@@ -210,9 +241,9 @@ async fn attempt(
 /// Where attempts get the request body from.
 enum Source {
     /// Sent once, as it streams in.
-    Once(Option<Incoming>),
+    Once(Option<CountedBody>),
     /// Kept (up to a cap) so that a retry can send it again.
-    Replay(ReplayBody<Incoming>),
+    Replay(ReplayBody<CountedBody>),
     /// Read in full before sending (to find `max_tokens`).
     Buffered(Bytes),
 }

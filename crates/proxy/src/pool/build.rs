@@ -56,6 +56,7 @@ pub fn build(
                 client: client(connect, backend.protocol == BackendProtocol::H2c),
                 selections: metrics.endpoint_requests.with_label_values(&labels),
                 in_flight: metrics.endpoint_in_flight.with_label_values(&labels),
+                latency: metrics.endpoint_latency.with_label_values(&labels),
                 healthy_gauge: metrics.endpoint_healthy.with_label_values(&labels),
                 health: health(&ep.address),
             });

@@ -46,6 +46,8 @@ pub struct EndpointRt {
     pub selections: prometheus::IntCounter,
     /// Its in-flight gauge.
     pub in_flight: prometheus::IntGauge,
+    /// Time from sending an attempt to its response headers.
+    pub latency: prometheus::Histogram,
     /// Its health gauge.
     pub healthy_gauge: prometheus::IntGauge,
     /// Health check state.

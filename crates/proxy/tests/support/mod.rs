@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_api::table::{Algorithm, BackendTarget, Endpoint, Millis, Pool, Route};
 use sluice_api::{Objects, RouteTable};
+use sluice_proxy::access_log::{AccessLog, AccessLogConfig};
 use sluice_proxy::admin::Admin;
 use sluice_proxy::body::BoxError;
 use sluice_proxy::server::{self, ServerConfig};
@@ -88,6 +89,35 @@ impl Proxy {
             metrics,
         };
         (proxy, served)
+    }
+
+    /// Starts a proxy writing its access log per `config`, applies `table`, and
+    /// returns the lines it writes, each parsed as JSON (or as text: the `line` key).
+    pub async fn with_access_log(table: RouteTable, config: AccessLogConfig) -> (Self, LogLines) {
+        let metrics = Metrics::new();
+        let store = Arc::new(TableStore::new(metrics.clone()));
+        store.apply(table).expect("table applies");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let log =
+            AccessLog::start(&config, &metrics, Box::new(LineSink(tx, Vec::new()))).expect("log");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let forwarder = Forwarder::new(store.clone(), metrics.clone()).with_access_log(log);
+        tokio::spawn(server::serve(
+            listener,
+            ServerConfig::default(),
+            move |req, peer| {
+                let f = forwarder.clone();
+                async move { f.handle(req, peer).await }
+            },
+            std::future::pending::<()>(),
+        ));
+        let proxy = Self {
+            addr,
+            store,
+            metrics,
+        };
+        (proxy, LogLines(rx))
     }
 
     /// Starts a proxy and applies `table`.
@@ -267,6 +297,30 @@ pub async fn holding_agent(
         }
     })
     .await
+}
+
+/// An agent whose answer to its first request streams, as `content_type`, the chunks
+/// the test sends on the returned sender; dropping the sender ends the body. A second
+/// request gets an empty body.
+pub async fn streaming_agent(content_type: &'static str) -> (Agent, mpsc::Sender<Bytes>) {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let agent = Agent::start(move |_req| {
+        let rx = rx.lock().expect("lock").take();
+        async move {
+            let frames = futures_util::stream::unfold(rx, |rx| async move {
+                let mut rx = rx?;
+                let chunk = rx.recv().await?;
+                Some((Ok::<_, BoxError>(Frame::data(chunk)), Some(rx)))
+            });
+            Response::builder()
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(StreamBody::new(frames).boxed())
+                .expect("response")
+        }
+    })
+    .await;
+    (agent, tx)
 }
 
 /// An address nothing listens on: bound, then released.
@@ -525,4 +579,43 @@ pub async fn open_stream(proxy: &Proxy, path: &str) -> Incoming {
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     resp.into_body()
+}
+
+/// The access log lines a proxy writes, as they come.
+pub struct LogLines(mpsc::UnboundedReceiver<String>);
+
+impl LogLines {
+    /// The next line, parsed as JSON.
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let line = self.next_text().await;
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+
+    /// The next line as written.
+    pub async fn next_text(&mut self) -> String {
+        within("an access log line", self.0.recv())
+            .await
+            .expect("the log writer is running")
+    }
+}
+
+/// Hands what the access log writes to the test, a whole line at a time. The writer
+/// runs on a thread of its own, so lines arrive through a channel.
+struct LineSink(mpsc::UnboundedSender<String>, Vec<u8>);
+
+impl std::io::Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(buf);
+        while let Some(end) = self.1.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.1.drain(..=end).collect();
+            let _ = self
+                .0
+                .send(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,0 +1,188 @@
+//! Log: every response, the proxy's own refusals included, is counted once under the
+//! pool that served it; its body is watched to its end, when the duration to the end
+//! of the body, the time to its first byte and its size are recorded and the access
+//! log line is written.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use tokio::time::Instant;
+
+use super::Forwarder;
+use super::context::{RequestCtx, Serving};
+use crate::access_log::{AccessLog, Completion, LimitRecord, Record};
+use crate::body::{BodyEnd, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
+use crate::error::ProxyError;
+use crate::metrics::{NO_POOL, code_class};
+use crate::pool::PoolRuntime;
+
+impl Forwarder {
+    /// The proxy's refusal becomes its response; the response is counted, and its
+    /// body watched to its end for the duration, size and access log line.
+    pub(super) fn log(
+        &self,
+        ctx: RequestCtx,
+        serving: Option<Serving>,
+        result: Result<Response<ProxyBody>, ProxyError>,
+    ) -> Response<ProxyBody> {
+        let mut refusal = None;
+        let resp = result.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, trace_id = %ctx.trace.trace_id, "request answered by the proxy");
+            self.metrics.errors.with_label_values(&[e.reason()]).inc();
+            refusal = Some(RefusalLog::of(&e));
+            e.into_response(&ctx.trace.trace_id)
+        });
+        let status = resp.status();
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        let pool = serving.as_ref().map(|s| s.pool().clone());
+        match &pool {
+            Some(p) => p.metrics.observe(status, elapsed),
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&[NO_POOL, code_class(status)])
+                    .inc();
+                self.metrics
+                    .duration
+                    .with_label_values(&[NO_POOL])
+                    .observe(elapsed);
+            }
+        }
+        let record = self
+            .access_log
+            .is_on()
+            .then(|| record(&ctx, pool.as_deref(), status.as_u16(), refusal));
+        let watch = LogWatch {
+            start: ctx.start,
+            first_byte: None,
+            bytes: 0,
+            pool,
+            record,
+            log: self.access_log.clone(),
+            bytes_in: ctx.bytes_in,
+        };
+        resp.map(|body| WatchedBody::new(body, None, None, watch).boxed())
+    }
+}
+
+/// What the log keeps of a refusal.
+struct RefusalLog {
+    reason: &'static str,
+    limit: Option<LimitRecord>,
+}
+
+impl RefusalLog {
+    fn of(e: &ProxyError) -> Self {
+        let limit = match e {
+            ProxyError::RateLimited { policy, tier, .. } => Some(LimitRecord {
+                policy: policy.clone(),
+                tier: tier.clone(),
+                remaining: Some(0),
+            }),
+            _ => None,
+        };
+        Self {
+            reason: e.reason(),
+            limit,
+        }
+    }
+}
+
+/// The access log record of a request whose response head is ready; the body's end
+/// completes it.
+fn record(
+    ctx: &RequestCtx,
+    pool: Option<&PoolRuntime>,
+    status: u16,
+    refusal: Option<RefusalLog>,
+) -> Record {
+    let (method, host, path) = match &ctx.line {
+        Some(l) => (l.method.clone(), l.host.clone(), l.path.clone()),
+        None => (String::new(), None, String::new()),
+    };
+    let endpoint = pool
+        .zip(ctx.upstream.endpoint)
+        .and_then(|(p, i)| p.endpoints.get(i).map(|e| e.address.clone()));
+    let (reason, ratelimit) = match refusal {
+        Some(r) => (Some(r.reason), r.limit),
+        None => (None, None),
+    };
+    Record {
+        time: ctx.arrived,
+        trace_id: ctx.trace.trace_id,
+        client: ctx.client_ip,
+        method,
+        host,
+        path,
+        pool: pool.map(|p| p.key().to_owned()),
+        endpoint,
+        consumer: ctx.caller.as_ref().map(|c| c.consumer.clone()),
+        tier: ctx.caller.as_ref().map(|c| c.tier.clone()),
+        auth: ctx.auth,
+        ratelimit,
+        queue_ms: ctx.queue_wait,
+        retries: ctx.upstream.retries,
+        fallback_from: ctx.fallback_from.clone(),
+        upstream_status: ctx.upstream.status,
+        status,
+        reason,
+        bytes_in: 0,
+        bytes_out: 0,
+        ttfb_ms: None,
+        duration_ms: Duration::ZERO,
+        completion: Completion::Complete,
+        tokens_reserved: None,
+        tokens_used: None,
+    }
+}
+
+/// Watches a response body to its end: its first byte, its size, how it ended.
+struct LogWatch {
+    start: Instant,
+    first_byte: Option<Duration>,
+    bytes: u64,
+    pool: Option<Arc<PoolRuntime>>,
+    record: Option<Record>,
+    log: AccessLog,
+    bytes_in: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BodyWatch for LogWatch {
+    fn on_data(&mut self, data: &Bytes) {
+        if self.first_byte.is_none() && !data.is_empty() {
+            self.first_byte = Some(self.start.elapsed());
+        }
+        self.bytes += data.len() as u64;
+    }
+
+    fn on_end(&mut self, end: BodyEnd) {
+        let duration = self.start.elapsed();
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        if let Some(pool) = &self.pool {
+            let m = &pool.metrics;
+            m.request_bytes.inc_by(bytes_in);
+            m.response_duration.observe(duration.as_secs_f64());
+            if let Some(t) = self.first_byte {
+                m.first_byte.observe(t.as_secs_f64());
+            }
+            m.response_bytes.inc_by(self.bytes);
+        }
+        if let Some(mut record) = self.record.take() {
+            record.duration_ms = duration;
+            record.ttfb_ms = self.first_byte;
+            record.bytes_out = self.bytes;
+            record.bytes_in = bytes_in;
+            record.completion = match end {
+                BodyEnd::Complete => Completion::Complete,
+                BodyEnd::Failed => Completion::UpstreamFailed,
+                BodyEnd::TimedOut(TimeoutKind::Total | TimeoutKind::Idle) => Completion::TimedOut,
+                BodyEnd::Dropped => Completion::ClientGone,
+            };
+            self.log.log(record);
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! W3C trace context: every request belongs to a trace. The caller's `traceparent`
+//! is continued (its trace id kept, the proxy's span a child of the caller's) or, when
+//! absent or malformed, a trace is started. Each attempt to an agent is a child span
+//! of the request's, and the agent receives a `traceparent` naming the attempt, with
+//! the caller's `tracestate` passed on unchanged.
+//!
+//! The trace id appears in the access log and in the JSON body of every response the
+//! proxy answers itself, so that a client's error report leads to the request's log
+//! line and spans.
+//!
+//! Format (W3C Trace Context, level 1): `00-<32 hex trace id>-<16 hex parent id>-<2 hex
+//! flags>`. A version other than `00` is read for its first four fields as the
+//! specification asks; an all-zero trace or parent id, upper-case hex or a wrong
+//! length make the header invalid, and a new trace starts.
+
+use std::fmt;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::clock::Entropy;
+
+/// The `traceparent` header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The `tracestate` header.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// A 16-byte trace id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+/// The trace context of one request.
+#[derive(Clone, Debug)]
+pub struct TraceContext {
+    /// The trace the request belongs to.
+    pub trace_id: TraceId,
+    /// The caller's span, when the caller sent a valid `traceparent`.
+    pub parent: Option<SpanId>,
+    /// The proxy's span for this request.
+    pub span: SpanId,
+    /// The trace flags (bit 0: sampled); the caller's, or sampled for a new trace.
+    pub flags: u8,
+    /// The caller's `tracestate`, passed on unchanged.
+    pub state: Option<HeaderValue>,
+}
+
+impl TraceContext {
+    /// Continues the trace in `headers`, or starts one, with a new span for the proxy.
+    pub fn from_headers(headers: &HeaderMap, entropy: &Entropy) -> Self {
+        let span = SpanId::random(entropy);
+        let parsed = headers
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent);
+        match parsed {
+            Some((trace_id, parent, flags)) => Self {
+                trace_id,
+                parent: Some(parent),
+                span,
+                flags,
+                // A tracestate without a valid traceparent means nothing.
+                state: headers.get(TRACESTATE).cloned(),
+            },
+            None => Self {
+                trace_id: TraceId::random(entropy),
+                parent: None,
+                span,
+                flags: 0x01,
+                state: None,
+            },
+        }
+    }
+
+    /// The `traceparent` an agent receives for the attempt whose span is `attempt`.
+    pub fn traceparent_for(&self, attempt: SpanId) -> HeaderValue {
+        let value = format!("00-{}-{}-{:02x}", self.trace_id, attempt, self.flags);
+        // Hex digits and dashes only: always a valid header value.
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Replaces the trace headers of a request going to an agent: `traceparent` for
+    /// the `attempt` span and the caller's `tracestate`, if any.
+    pub fn inject(&self, headers: &mut HeaderMap, attempt: SpanId) {
+        headers.insert(TRACEPARENT, self.traceparent_for(attempt));
+        match &self.state {
+            Some(state) => {
+                headers.insert(TRACESTATE, state.clone());
+            }
+            None => {
+                headers.remove(TRACESTATE);
+            }
+        }
+    }
+}
+
+impl TraceId {
+    /// A random, non-zero trace id.
+    pub fn random(entropy: &Entropy) -> Self {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&entropy.next_u64().to_be_bytes());
+        id[8..].copy_from_slice(&(entropy.next_u64() | 1).to_be_bytes());
+        Self(id)
+    }
+}
+
+impl SpanId {
+    /// A random, non-zero span id.
+    pub fn random(entropy: &Entropy) -> Self {
+        Self((entropy.next_u64() | 1).to_be_bytes())
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+/// The trace id, parent id and flags of a `traceparent` value, if valid.
+fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, u8)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || version == "ff" || !lower_hex(version) {
+        return None;
+    }
+    // Version 00 has exactly four fields; later versions may add more.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let trace: [u8; 16] = decode(trace)?;
+    let parent: [u8; 8] = decode(parent)?;
+    let flags: [u8; 1] = decode(flags)?;
+    if trace == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((TraceId(trace), SpanId(parent), flags[0]))
+}
+
+fn lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn decode<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    if hex.len() != 2 * N || !lower_hex(hex) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16);
+        *o = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, v.parse().expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_continued_with_a_new_span() {
+        let e = Entropy::seeded(1);
+        let cx = TraceContext::from_headers(
+            &headers(&[("traceparent", VALID), ("tracestate", "vendor=x")]),
+            &e,
+        );
+        assert_eq!(cx.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            cx.parent.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(cx.flags, 1);
+        let attempt = SpanId::random(&e);
+        let sent = cx.traceparent_for(attempt);
+        assert_eq!(
+            sent.to_str().expect("ascii"),
+            format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{attempt}-01")
+        );
+        let mut out = HeaderMap::new();
+        cx.inject(&mut out, attempt);
+        assert_eq!(out[TRACESTATE], "vendor=x");
+    }
+
+    #[test]
+    fn a_malformed_traceparent_starts_a_new_trace() {
+        let e = Entropy::seeded(2);
+        for bad in [
+            "",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let cx = TraceContext::from_headers(
+                &headers(&[("traceparent", bad), ("tracestate", "vendor=x")]),
+                &e,
+            );
+            assert!(cx.parent.is_none(), "{bad:?}");
+            assert!(cx.state.is_none(), "{bad:?}");
+            assert_ne!(cx.trace_id.0, [0; 16]);
+        }
+        // A later version is read for its known fields.
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future";
+        let cx = TraceContext::from_headers(&headers(&[("traceparent", later)]), &e);
+        assert!(cx.parent.is_some());
+    }
+}
