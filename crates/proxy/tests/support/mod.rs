@@ -97,7 +97,7 @@ impl Proxy {
         let metrics = Metrics::new();
         let store = Arc::new(TableStore::new(metrics.clone()));
         store.apply(table).expect("table applies");
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         let log =
             AccessLog::start(&config, &metrics, Box::new(LineSink(tx, Vec::new()))).expect("log");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -117,7 +117,7 @@ impl Proxy {
             store,
             metrics,
         };
-        (proxy, LogLines(rx))
+        (proxy, LogLines(Arc::new(std::sync::Mutex::new(rx))))
     }
 
     /// Starts a proxy and applies `table`.
@@ -582,7 +582,7 @@ pub async fn open_stream(proxy: &Proxy, path: &str) -> Incoming {
 }
 
 /// The access log lines a proxy writes, as they come.
-pub struct LogLines(mpsc::UnboundedReceiver<String>);
+pub struct LogLines(Arc<std::sync::Mutex<std::sync::mpsc::Receiver<String>>>);
 
 impl LogLines {
     /// The next line, parsed as JSON.
@@ -591,17 +591,20 @@ impl LogLines {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
     }
 
-    /// The next line as written.
+    /// The next line as written. The writer is a thread of its own, outside the
+    /// runtime, so the wait is a blocking one with a real-time hang guard: a paused
+    /// clock does not jump ahead while a blocking task runs.
     pub async fn next_text(&mut self) -> String {
-        within("an access log line", self.0.recv())
+        let rx = self.0.clone();
+        tokio::task::spawn_blocking(move || rx.lock().expect("lock").recv_timeout(HANG))
             .await
-            .expect("the log writer is running")
+            .expect("task")
+            .unwrap_or_else(|e| panic!("an access log line: {e} after {HANG:?}"))
     }
 }
 
-/// Hands what the access log writes to the test, a whole line at a time. The writer
-/// runs on a thread of its own, so lines arrive through a channel.
-struct LineSink(mpsc::UnboundedSender<String>, Vec<u8>);
+/// Hands what the access log writes to the test, a whole line at a time.
+struct LineSink(std::sync::mpsc::Sender<String>, Vec<u8>);
 
 impl std::io::Write for LineSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
