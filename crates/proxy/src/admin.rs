@@ -1,8 +1,9 @@
 //! The admin listener: `/healthz`, `/readyz` (a table is loaded), `/metrics`
-//! (Prometheus text) and `/routes` (the table in force, with its version, as JSON).
+//! (Prometheus text), `/routes` (the table in force, with its version, as JSON) and
+//! `/limits/top` (per rate policy, the callers refused most, as JSON).
 //!
 //! It binds to localhost by default. Exposed beyond it, it requires a bearer token for
-//! `/metrics` and `/routes`; `/healthz` and `/readyz` stay open for probes.
+//! everything but `/healthz` and `/readyz`, which stay open for probes.
 
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ impl Admin {
             );
         }
         let path = req.uri().path();
-        if matches!(path, "/metrics" | "/routes") && !self.authorized(req) {
+        if matches!(path, "/metrics" | "/routes" | "/limits/top") && !self.authorized(req) {
             let mut resp = reply(
                 StatusCode::UNAUTHORIZED,
                 "text/plain",
@@ -93,11 +94,21 @@ impl Admin {
                     "not ready: no route table yet\n".into(),
                 ),
             },
-            "/metrics" => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
+            "/metrics" => {
+                self.store.refresh_gauges();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.metrics.render(),
+                )
+            }
+            "/limits/top" => {
+                let body = serde_json::json!({
+                    "window_seconds": crate::top::DEFAULT_WINDOW.as_secs(),
+                    "policies": self.store.top().reading(),
+                });
+                reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
+            }
             "/routes" => match self.store.load() {
                 Some(rt) => match serde_json::to_string_pretty(&rt.table) {
                     Ok(json) => reply(StatusCode::OK, "application/json", json + "\n"),
@@ -116,7 +127,7 @@ impl Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /healthz, /readyz, /metrics or /routes\n".into(),
+                "not found: try /healthz, /readyz, /metrics, /routes or /limits/top\n".into(),
             ),
         }
     }

@@ -33,6 +33,7 @@ pub mod subscriber;
 pub mod table_cache;
 #[cfg(test)]
 mod test_tables;
+pub mod top;
 pub mod trace;
 pub mod upgrade;
 

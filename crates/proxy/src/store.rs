@@ -34,6 +34,20 @@ use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
 use crate::pool::{self, HEALTH_START, PoolEnv, PoolRuntime};
+use crate::top::{self, TopLimited};
+
+/// Registers a shared [`TopLimited`] with a registry.
+struct TopCollector(Arc<TopLimited>);
+
+impl prometheus::core::Collector for TopCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
+}
 
 /// The pooled HTTP client used to reach agents.
 pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
@@ -57,6 +71,8 @@ pub struct Runtime {
     pub auth: Authenticator,
     /// The table's rate limits.
     pub limits: TableLimits,
+    /// When the table was put in force, on the store's clock.
+    pub applied: u64,
 }
 
 impl Runtime {
@@ -104,6 +120,7 @@ pub struct TableStore {
     jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
     limits: Arc<LimitsContext>,
     env: PoolEnv,
+    top: Arc<TopLimited>,
     metrics: Metrics,
 }
 
@@ -140,6 +157,7 @@ pub struct StoreBuilder {
     max_keys: NonZeroUsize,
     clock: Option<SharedClock>,
     entropy: Option<Entropy>,
+    top: usize,
 }
 
 impl StoreBuilder {
@@ -169,9 +187,32 @@ impl StoreBuilder {
         self
     }
 
+    /// How many of the callers limited most each policy exports by name.
+    pub fn top_consumers(mut self, n: usize) -> Self {
+        self.top = n;
+        self
+    }
+
     /// An empty store: not ready until the first table is applied.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the metric definitions are fixed and valid.
+    #[allow(clippy::expect_used)]
     pub fn build(self) -> TableStore {
         let clock = self.clock.unwrap_or_else(TokioClock::shared);
+        let top = Arc::new(
+            TopLimited::new(clock.clone(), top::DEFAULT_WINDOW, self.top)
+                .expect("a fixed metric definition"),
+        );
+        if let Err(e) = self
+            .metrics
+            .registry()
+            .register(Box::new(TopCollector(top.clone())))
+        {
+            // A second store on the same metrics: the first one's readings stand.
+            tracing::warn!(error = %e, "sluice_ratelimit_top_consumers not exported");
+        }
         let limits = LimitsContext::new(
             self.redis,
             self.max_keys,
@@ -189,6 +230,7 @@ impl StoreBuilder {
                 clock,
                 entropy: Arc::new(self.entropy.unwrap_or_default()),
             },
+            top,
             metrics: self.metrics,
         }
     }
@@ -209,6 +251,7 @@ impl TableStore {
             max_keys: NonZeroUsize::new(DEFAULT_MAX_KEYS).unwrap_or(NonZeroUsize::MIN),
             clock: None,
             entropy: None,
+            top: top::DEFAULT_TOP,
         }
     }
 
@@ -220,6 +263,31 @@ impl TableStore {
     /// The random source of the store's pools (and of trace and span ids).
     pub fn entropy(&self) -> &Entropy {
         &self.env.entropy
+    }
+
+    /// The callers limited most.
+    pub fn top(&self) -> &TopLimited {
+        &self.top
+    }
+
+    /// Sets the gauges read at scrape time: the age of the table in force and each
+    /// pool's utilisation.
+    pub fn refresh_gauges(&self) {
+        let Some(rt) = self.load() else { return };
+        let age = self.env.clock.now_nanos().saturating_sub(rt.applied);
+        self.metrics.table_age.set(age as f64 / 1e9);
+        for pool in &rt.pools {
+            match pool.utilisation() {
+                Some(u) => self
+                    .metrics
+                    .utilisation
+                    .with_label_values(&[pool.key()])
+                    .set(u),
+                None => {
+                    let _ = self.metrics.utilisation.remove_label_values(&[pool.key()]);
+                }
+            }
+        }
     }
 
     /// The runtime in force, if any.
@@ -344,6 +412,7 @@ impl TableStore {
             .map(|r| by_key.get(r.pool.as_str()).copied().unwrap_or(usize::MAX))
             .collect();
         Ok(Runtime {
+            applied: self.env.clock.now_nanos(),
             auth,
             limits,
             table,

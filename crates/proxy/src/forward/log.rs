@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Response;
+use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
@@ -17,8 +17,10 @@ use super::context::{RequestCtx, Serving};
 use crate::access_log::{AccessLog, Completion, LimitRecord, Record};
 use crate::body::{BodyEnd, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
 use crate::error::ProxyError;
+use crate::limits::WARNING_HEADER;
 use crate::metrics::{NO_POOL, code_class};
 use crate::pool::PoolRuntime;
+use crate::top::Event;
 
 impl Forwarder {
     /// The proxy's refusal becomes its response; the response is counted, and its
@@ -36,6 +38,7 @@ impl Forwarder {
             refusal = Some(RefusalLog::of(&e));
             e.into_response(&ctx.trace.trace_id)
         });
+        self.note_limited(&ctx, refusal.as_ref(), resp.headers());
         let status = resp.status();
         let elapsed = ctx.start.elapsed().as_secs_f64();
         let pool = serving.as_ref().map(|s| s.pool().clone());
@@ -67,6 +70,40 @@ impl Forwarder {
         };
         resp.map(|body| WatchedBody::new(body, None, None, watch).boxed())
     }
+}
+
+impl Forwarder {
+    /// Counts a caller refused by a rate limit, or admitted past a soft limit, among
+    /// the callers limited most.
+    fn note_limited(&self, ctx: &RequestCtx, refusal: Option<&RefusalLog>, headers: &HeaderMap) {
+        let limited = refusal.and_then(|r| r.limit.as_ref());
+        let warned = headers
+            .get(WARNING_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(warned_policy);
+        if limited.is_none() && warned.is_none() {
+            return;
+        }
+        let caller = match &ctx.caller {
+            Some(c) => c.consumer.clone(),
+            None => format!("anonymous ({})", ctx.client_ip),
+        };
+        let top = self.store.top();
+        if let Some(l) = limited {
+            top.record(&l.policy, &caller, Event::Refused, Some(0));
+        }
+        if let Some(policy) = warned {
+            top.record(policy, &caller, Event::Warned, None);
+        }
+    }
+}
+
+/// The policy of a soft-limit warning header, `"POLICY/TIER";q=…;reached=…` (a policy
+/// key is `namespace/name`).
+fn warned_policy(value: &str) -> Option<&str> {
+    let quoted = value.split(';').next()?.trim();
+    let name = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    name.rsplit_once('/').map(|(policy, _tier)| policy)
 }
 
 /// What the log keeps of a refusal.

@@ -158,6 +158,20 @@ impl PoolRuntime {
         })
     }
 
+    /// Requests in flight over the capacity of the live endpoints (the sum of their
+    /// `maxConcurrency`); `None` when an endpoint has no limit, or none is live.
+    pub fn utilisation(&self) -> Option<f64> {
+        let now = self.now();
+        let mut capacity = 0u64;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !self.alive(i, now, None, &[]) {
+                continue;
+            }
+            capacity += u64::from(e.max_concurrency?.get());
+        }
+        (capacity > 0).then(|| self.metrics.in_flight.get() as f64 / capacity as f64)
+    }
+
     /// Whether some endpoint could take a request if it had room.
     pub fn any_alive(&self, capability: Option<&str>) -> bool {
         let now = self.now();

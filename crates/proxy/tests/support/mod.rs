@@ -71,6 +71,26 @@ impl Proxy {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let metrics = Metrics::new();
         let store = Arc::new(TableStore::new(metrics.clone()));
+        Self::serve(store, metrics, shutdown).await
+    }
+
+    /// Starts a proxy over a store built with `builder`'s settings, and applies
+    /// `table`.
+    pub async fn with_store(
+        builder: impl FnOnce(sluice_proxy::store::StoreBuilder) -> sluice_proxy::store::StoreBuilder,
+        table: RouteTable,
+    ) -> Self {
+        let metrics = Metrics::new();
+        let store = Arc::new(builder(TableStore::builder(metrics.clone())).build());
+        store.apply(table).expect("table applies");
+        Self::serve(store, metrics, std::future::pending()).await.0
+    }
+
+    async fn serve(
+        store: Arc<TableStore>,
+        metrics: Metrics,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let forwarder = Forwarder::new(store.clone(), metrics.clone());
