@@ -16,6 +16,7 @@ pub mod conditions;
 pub mod diagnostics;
 pub mod duration;
 pub mod manifest;
+pub mod push;
 pub mod rate_policy;
 pub mod schema;
 pub mod table;
