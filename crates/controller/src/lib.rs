@@ -3,7 +3,9 @@
 //! Objects come from a [`source`] (a folder of manifests, `--from-dir`) or from the
 //! Kubernetes API ([`watch`]), are compiled by [`sluice_api::compile()`], and each new
 //! table is handed to the [`publisher::Publisher`], which stamps its version. The
-//! [`push`] server streams every published table to the subscribed proxies. On
+//! [`push`] server streams every published table to the subscribed proxies (the
+//! protocol is [`sluice_api::push`]), and [`proxies`] keeps which table each of them
+//! acknowledged. On
 //! Kubernetes, [`status`] turns each compile into status conditions, [`status_writer`]
 //! applies them and [`events`] reports condition flips; with several replicas, only the
 //! holder of the [`lease`] writes.
@@ -17,6 +19,7 @@ pub mod events;
 pub mod from_dir;
 pub mod lease;
 pub mod peers;
+pub mod proxies;
 pub mod publisher;
 pub mod push;
 pub mod rollout;

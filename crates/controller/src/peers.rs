@@ -21,9 +21,8 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use sluice_api::push::PROXIES_PATH;
 use tokio::sync::watch;
-
-use crate::push::PROXIES_PATH;
 
 /// Proxy name → the revision it acknowledged last (`None`: none yet).
 pub type ProxyRevisions = BTreeMap<String, Option<String>>;

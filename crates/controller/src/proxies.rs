@@ -2,8 +2,8 @@
 //! acknowledgements.
 //!
 //! A proxy names itself when it subscribes (`GET /v1/routes/watch?proxy=ID`) and, after
-//! applying each table it receives, acknowledges it (`POST /v1/routes/ack` with
-//! `{"proxy": ID, "version": N, "revision": "..."}`). The registry keeps one entry per
+//! applying each table it receives, acknowledges it (`POST /v1/routes/ack` with an
+//! [`Ack`]; the protocol is [`sluice_api::push`]). The registry keeps one entry per
 //! open, named subscription: the entry is created by [`ProxyRegistry::register`] and
 //! removed when the returned [`Registration`] is dropped (the subscription ended), so
 //! it holds at most as many entries as there are open subscriptions, and never more
@@ -30,7 +30,8 @@ use std::time::Duration;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use sluice_api::push::{Ack, ProxyId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -38,40 +39,16 @@ use crate::publisher::Publisher;
 
 /// How many named subscriptions a registry tracks by default.
 pub const DEFAULT_CAPACITY: usize = 10_000;
-/// The longest proxy name accepted (a DNS name's length).
-pub const MAX_ID_LEN: usize = 253;
 
 /// Buckets of the push latency histogram, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The body of `POST /v1/routes/ack`: the proxy applied (or already ran) this table.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ack {
-    /// The name the proxy subscribed under.
-    pub proxy: String,
-    /// The table's version, as received on the stream.
-    pub version: u64,
-    /// The table's revision (content digest).
-    pub revision: String,
-}
-
-/// Whether `id` is an acceptable proxy name: 1 to [`MAX_ID_LEN`] characters among
-/// ASCII letters, digits and `.`, `_`, `-`, `:`, `@` (safe in a query string without
-/// escaping, and in logs).
-pub fn valid_proxy_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
-}
-
 /// Why a subscription is not tracked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
-    /// The name is not a valid proxy name (see [`valid_proxy_id`]).
+    /// The name is not a valid proxy name (see [`ProxyId`]).
     #[error("invalid proxy name")]
     InvalidId,
     /// The registry tracks as many proxies as its capacity allows.
@@ -170,7 +147,7 @@ struct AckedTable {
 struct Inner {
     publisher: Publisher,
     capacity: usize,
-    proxies: Mutex<HashMap<String, Entry>>,
+    proxies: Mutex<HashMap<ProxyId, Entry>>,
     next_token: AtomicU64,
     latency: Histogram,
     states: IntGaugeVec,
@@ -178,7 +155,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProxyId, Entry>> {
         self.proxies.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -263,17 +240,15 @@ impl ProxyRegistry {
     ///
     /// An invalid name, or a new name when the registry is full.
     pub fn register(&self, id: &str, peer: SocketAddr) -> Result<Registration, RegisterError> {
-        if !valid_proxy_id(id) {
-            return Err(RegisterError::InvalidId);
-        }
+        let id: ProxyId = id.parse().map_err(|_| RegisterError::InvalidId)?;
         let token = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
         {
             let mut proxies = self.inner.lock();
-            if !proxies.contains_key(id) && proxies.len() >= self.inner.capacity {
+            if !proxies.contains_key(&id) && proxies.len() >= self.inner.capacity {
                 return Err(RegisterError::Full(self.inner.capacity));
             }
             proxies.insert(
-                id.to_owned(),
+                id.clone(),
                 Entry {
                     token,
                     peer,
@@ -285,7 +260,7 @@ impl ProxyRegistry {
         self.inner.changed();
         Ok(Registration {
             inner: self.inner.clone(),
-            id: id.to_owned(),
+            id,
             token,
         })
     }
@@ -322,7 +297,7 @@ impl ProxyRegistry {
             let mut proxies = self.inner.lock();
             let entry = proxies
                 .get_mut(&ack.proxy)
-                .ok_or_else(|| AckError::UnknownProxy(ack.proxy.clone()))?;
+                .ok_or_else(|| AckError::UnknownProxy(ack.proxy.to_string()))?;
             if entry
                 .acked
                 .as_ref()
@@ -361,7 +336,7 @@ impl ProxyRegistry {
             .lock()
             .iter()
             .map(|(id, e)| ProxyState {
-                id: id.clone(),
+                id: id.to_string(),
                 peer: e.peer.to_string(),
                 version: e.acked.as_ref().map(|a| a.version),
                 revision: e.acked.as_ref().map(|a| a.revision.clone()),
@@ -407,7 +382,7 @@ impl ProxyRegistry {
         self.inner
             .lock()
             .iter()
-            .map(|(id, e)| (id.clone(), e.acked.as_ref().map(|a| a.revision.clone())))
+            .map(|(id, e)| (id.to_string(), e.acked.as_ref().map(|a| a.revision.clone())))
             .collect()
     }
 
@@ -460,14 +435,14 @@ fn is_current(entry: &Entry, revision: Option<&str>) -> bool {
 #[derive(Debug)]
 pub struct Registration {
     inner: Arc<Inner>,
-    id: String,
+    id: ProxyId,
     token: u64,
 }
 
 impl Registration {
     /// The proxy's name.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.as_str()
     }
 }
 
@@ -509,21 +484,5 @@ impl Collector for StatesCollector {
         set("current", summary.current);
         set("stale", summary.stale);
         self.inner.states.collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proxy_names() {
-        for ok in ["proxy-7f9c-1", "a", "node.local:42", "p_1@zone-a"] {
-            assert!(valid_proxy_id(ok), "{ok}");
-        }
-        let long = "x".repeat(MAX_ID_LEN + 1);
-        for bad in ["", "a b", "a/b", "a%20b", "a&b=c", "é", long.as_str()] {
-            assert!(!valid_proxy_id(bad), "{bad}");
-        }
     }
 }

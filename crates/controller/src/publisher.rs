@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use bytes::Bytes;
-use sluice_api::{RouteTable, TableError};
+use sluice_api::{RouteTable, TableError, push};
 use tokio::sync::watch;
 
 /// A table as published: the table and its wire form, serialised once for all
@@ -18,7 +18,7 @@ use tokio::sync::watch;
 pub struct Published {
     /// The table with its version stamped.
     pub table: RouteTable,
-    /// One line of newline-delimited JSON: the table and a trailing `\n`.
+    /// The table as a line of the stream ([`push::encode_line`]).
     pub line: Bytes,
     /// When the table was published: the start of its push latency.
     pub published_at: Instant,
@@ -61,11 +61,9 @@ impl Publisher {
                 None => 1,
             };
             table.version = next_version;
-            let mut line = serde_json::to_vec(&table).unwrap_or_default();
-            line.push(b'\n');
             *current = Some(Arc::new(Published {
+                line: push::encode_line(&table),
                 table: std::mem::take(&mut table),
-                line: Bytes::from(line),
                 published_at: Instant::now(),
             }));
             published = Some(next_version);

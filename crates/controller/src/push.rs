@@ -5,17 +5,23 @@
 //! object per line. An empty line is sent every heartbeat interval so that a proxy can
 //! tell a quiet controller from a dead connection.
 //!
-//! The proxy acknowledges each table it applied with `POST /v1/routes/ack` and the JSON
-//! body `{"proxy": ID, "version": N, "revision": "..."}` (`204` when recorded, `404`
-//! when no subscription of that name is open here, `409` for a version or revision not
-//! published, `400` for a malformed body). The [`ProxyRegistry`] keeps what each named
-//! subscription acknowledged; a subscription without `proxy=` is served but not
+//! The proxy acknowledges each table it applied with `POST /v1/routes/ack` and an
+//! [`Ack`] as the JSON body (`204` when recorded, `404` when no subscription of that
+//! name is open here, `409` for a version or revision not published, `400` for a
+//! malformed body). The paths, names, acknowledgement and line framing are defined
+//! once, for both sides, in [`sluice_api::push`]. The [`ProxyRegistry`] keeps what each
+//! named subscription acknowledged; a subscription without `proxy=` is served but not
 //! tracked. The proxy sends its acknowledgements over the HTTP/2 connection of its
 //! subscription, so that behind a Service they reach the replica that streams to it.
 //!
 //! Also served: `GET /v1/routes` (the current table), `GET /v1/proxies` (the tracked
 //! proxies and their versions, JSON), `/healthz`, `/readyz` (a table has been
 //! published) and `/metrics`.
+//!
+//! Connections are accepted by [`sluice_listener::serve`], with the limits of
+//! [`PushConfig::listener`]: a subscription is a response that never ends, which
+//! neither the header-read timeout (only while a request head is awaited) nor the
+//! HTTP/2 keep-alive (only a peer that stops answering pings) cuts.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,36 +34,26 @@ use futures_util::stream;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use sluice_api::push::{
+    ACK_PATH, Ack, HEARTBEAT, PROXIES_PATH, PROXY_ID_RULE, ROUTES_PATH, WATCH_PATH, proxy_param,
+};
+use sluice_listener::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::proxies::{AckError, Acked, ProxyRegistry, RegisterError, Registration};
 use crate::publisher::{Published, Publisher};
-
-#[path = "proxies.rs"]
-pub mod proxies;
-
-pub use proxies::{Ack, ProxyRegistry, ProxyState, ProxySummary};
-use proxies::{AckError, Acked, RegisterError, Registration};
-
-/// The path proxies subscribe on.
-pub const WATCH_PATH: &str = "/v1/routes/watch";
-/// The path proxies acknowledge tables on.
-pub const ACK_PATH: &str = "/v1/routes/ack";
-/// The path that lists the tracked proxies.
-pub const PROXIES_PATH: &str = "/v1/proxies";
 
 /// The largest acknowledgement body read.
 const MAX_ACK_BYTES: usize = 4096;
 /// Longest wait for an acknowledgement's body.
 const ACK_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long shutdown waits for open connections before closing them.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for open connections before closing them, by default.
+/// Subscriptions never end on their own: shutdown always waits this long while a
+/// proxy is subscribed.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -66,12 +62,19 @@ type Body = BoxBody<Bytes, Infallible>;
 pub struct PushConfig {
     /// Interval between heartbeat lines on an idle stream.
     pub heartbeat: Duration,
+    /// What one connection may cost, and how long shutdown drains
+    /// ([`DEFAULT_DRAIN`] by default; the other limits are the listener's defaults).
+    pub listener: ServerConfig,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_secs(10),
+            listener: ServerConfig {
+                drain_timeout: DEFAULT_DRAIN,
+                ..ServerConfig::default()
+            },
         }
     }
 }
@@ -176,50 +179,17 @@ pub async fn serve_with(
     config: PushConfig,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let limits = config.listener.clone();
     let state = Arc::new(State {
         proxies,
         metrics,
         config,
     });
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "push server: accept failed");
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Tables, heartbeats and acknowledgements are small writes: no Nagle delay.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, %peer, "push server: TCP_NODELAY not set");
-        }
+    let handler = move |req, peer| {
         let state = state.clone();
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(req, peer, &state).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "push server: connection ended");
-            }
-        });
-    }
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::info!("push server: closing subscriptions still open after {DRAIN:?}");
-    }
+        async move { handle(req, peer, &state).await }
+    };
+    sluice_listener::serve(listener, limits, handler, shutdown).await;
 }
 
 struct State {
@@ -265,7 +235,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     }
     match req.uri().path() {
         WATCH_PATH => {
-            let registration = match query_param(req.uri().query(), "proxy") {
+            let registration = match proxy_param(req.uri().query()) {
                 None => {
                     tracing::info!(%peer, "proxy subscribed without a name; not tracked");
                     None
@@ -276,10 +246,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
                         Some(r)
                     }
                     Err(RegisterError::InvalidId) => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            "proxy: 1 to 253 of A-Z a-z 0-9 . _ - : @\n",
-                        );
+                        return text(StatusCode::BAD_REQUEST, format!("proxy: {PROXY_ID_RULE}\n"));
                     }
                     Err(e @ RegisterError::Full(_)) => {
                         tracing::warn!(%peer, proxy = id, error = %e, "proxy subscribed; served but not tracked");
@@ -294,7 +261,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
                 state.config.heartbeat,
             )
         }
-        "/v1/routes" => match current {
+        ROUTES_PATH => match current {
             Some(p) => Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(p.line.clone()).boxed())
@@ -368,15 +335,6 @@ async fn ack(req: Request<Incoming>, proxies: &ProxyRegistry) -> Response<Body> 
     }
 }
 
-/// The value of `name` in a query string (no percent-decoding: proxy names need none).
-fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 fn no_content() -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::new()).boxed());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -395,8 +353,8 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -452,13 +410,13 @@ fn watch_response(
                 // The publisher lives as long as the server; an error means shutdown.
                 changed.ok()?;
                 let current = sub.rx.borrow_and_update().clone();
-                let line = current.map_or_else(|| Bytes::from_static(b"\n"), |p| {
+                let line = current.map_or_else(|| Bytes::from_static(HEARTBEAT), |p| {
                     sub.metrics.pushes.inc();
                     p.line.clone()
                 });
                 Some((Ok(Frame::data(line)), sub))
             }
-            _ = sub.heartbeat.tick() => Some((Ok(Frame::data(Bytes::from_static(b"\n"))), sub)),
+            _ = sub.heartbeat.tick() => Some((Ok(Frame::data(Bytes::from_static(HEARTBEAT))), sub)),
         }
     });
     Response::builder()

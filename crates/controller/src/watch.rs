@@ -59,8 +59,8 @@ use tokio::time::Instant;
 
 use crate::lease::Leadership;
 use crate::peers::{self, ProxyRevisions};
+use crate::proxies::ProxyRegistry;
 use crate::publisher::Publisher;
-use crate::push::proxies::ProxyRegistry;
 use crate::rollout::Rollout;
 use crate::status::{same_apart_from_transition_time, status_for_policy, status_for_pool};
 use crate::status_writer::StatusBatch;

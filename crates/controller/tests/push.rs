@@ -13,11 +13,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_api::RouteTable;
+use sluice_api::push::{self as protocol, Ack};
 use sluice_api::testing::one_pool_table as table;
 use sluice_controller::Publisher;
 use sluice_controller::peers::{self, PeerConfig, ProxyRevisions};
-use sluice_controller::push::proxies::{AckError, Acked, RegisterError};
-use sluice_controller::push::{self, Ack, ProxyRegistry, PushConfig, PushMetrics};
+use sluice_controller::proxies::{AckError, Acked, ProxyRegistry, RegisterError};
+use sluice_controller::push::{self, PushConfig, PushMetrics};
 
 async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
@@ -48,6 +49,7 @@ async fn subscribers_get_the_current_table_then_each_new_one() {
         metrics,
         PushConfig {
             heartbeat: Duration::from_secs(3600),
+            ..PushConfig::default()
         },
         async {
             let _ = stop_rx.await;
@@ -61,7 +63,11 @@ async fn subscribers_get_the_current_table_then_each_new_one() {
     assert_eq!(get(&client, &format!("{base}/readyz")).await.0, 200);
 
     let resp = client
-        .get(format!("{base}{}", push::WATCH_PATH).parse().expect("url"))
+        .get(
+            format!("{base}{}", protocol::WATCH_PATH)
+                .parse()
+                .expect("url"),
+        )
         .await
         .expect("subscribe");
     assert_eq!(resp.status(), 200);
@@ -162,7 +168,7 @@ impl Stream {
 }
 
 async fn subscribe(client: &PostClient, base: &str, query: &str) -> (u16, Stream) {
-    let req = http::Request::get(format!("{base}{}{query}", push::WATCH_PATH))
+    let req = http::Request::get(format!("{base}{}{query}", protocol::WATCH_PATH))
         .body(Full::new(Bytes::new()))
         .expect("request");
     let resp = client.request(req).await.expect("subscribe");
@@ -182,7 +188,7 @@ fn ack_json(proxy: &str, table: &RouteTable) -> String {
 }
 
 async fn proxies(client: &PostClient, base: &str) -> serde_json::Value {
-    let req = http::Request::get(format!("{base}{}", push::PROXIES_PATH))
+    let req = http::Request::get(format!("{base}{}", protocol::PROXIES_PATH))
         .body(Full::new(Bytes::new()))
         .expect("request");
     let resp = client.request(req).await.expect("request");
@@ -222,13 +228,14 @@ async fn named_proxies_acknowledge_and_the_controller_knows_their_versions() {
         PushConfig {
             // Short, so that the server notices a subscriber that left.
             heartbeat: Duration::from_millis(20),
+            ..PushConfig::default()
         },
         async {
             let _ = stop_rx.await;
         },
     ));
     let client: PostClient = Client::builder(TokioExecutor::new()).build_http();
-    let ack_url = format!("{base}{}", push::ACK_PATH);
+    let ack_url = format!("{base}{}", protocol::ACK_PATH);
 
     publisher.publish(table("/a")).expect("valid");
     let (status, mut p1) = subscribe(&client, &base, "?proxy=p1").await;
@@ -385,7 +392,7 @@ async fn a_proxy_speaking_http2_subscribes_and_acknowledges() {
     let (status, mut stream) = subscribe(&client, &base, "?proxy=h2-proxy").await;
     assert_eq!(status, 200);
     let v1 = stream.next_table().await;
-    let ack_url = format!("{base}{}", push::ACK_PATH);
+    let ack_url = format!("{base}{}", protocol::ACK_PATH);
     assert_eq!(
         post(&client, &ack_url, &ack_json("h2-proxy", &v1)).await.0,
         204
@@ -416,7 +423,7 @@ async fn push_latency_runs_from_publication_or_subscription_to_acknowledgement()
     let late = registry.register("late", peer).expect("registered");
     tokio::time::advance(Duration::from_millis(10)).await;
     let ack = |proxy: &str| Ack {
-        proxy: proxy.into(),
+        proxy: proxy.parse().expect("a proxy name"),
         version: v1.version,
         revision: v1.revision.clone(),
     };
@@ -489,7 +496,7 @@ async fn a_replica_learns_the_proxies_of_its_peers_and_forgets_a_silent_one() {
     let _fresh = proxies.register("remote-2", from).expect("register");
     proxies
         .ack(&Ack {
-            proxy: "remote-1".into(),
+            proxy: "remote-1".parse().expect("a proxy name"),
             version: current.table.version,
             revision: current.table.revision.clone(),
         })
@@ -505,6 +512,7 @@ async fn a_replica_learns_the_proxies_of_its_peers_and_forgets_a_silent_one() {
         PushMetrics::new(&prometheus::Registry::new()).expect("metrics"),
         PushConfig {
             heartbeat: Duration::from_secs(3600),
+            ..PushConfig::default()
         },
         async {
             let _ = stop_rx.await;

@@ -12,10 +12,11 @@ use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, hash_api_key};
+use sluice_api::push::Ack;
 use sluice_api::{AgentPool, AgentPoolStatus, Objects, RatePolicy, RouteTable, manifest};
 use sluice_controller::Publisher;
 use sluice_controller::peers::ProxyRevisions;
-use sluice_controller::push::proxies::{Ack, ProxyRegistry};
+use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::status::{
     CONDITION_ACCEPTED, CONDITION_READY, CONDITION_RESOLVED_REFS, REASON_INVALID,
 };
@@ -534,7 +535,7 @@ async fn pool_status_counts_the_proxies_that_run_the_pool_as_it_is_now() {
         let table = h.table();
         registry
             .ack(&Ack {
-                proxy: proxy.into(),
+                proxy: proxy.parse().expect("a proxy name"),
                 version: table.version,
                 revision: table.revision,
             })

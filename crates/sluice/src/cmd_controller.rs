@@ -10,8 +10,9 @@ use sluice_controller::events::EventPublisher;
 use sluice_controller::from_dir::{DirWatcher, Poll};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
 use sluice_controller::peers::{self, PeerConfig};
+use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::publisher::Publisher;
-use sluice_controller::push::{self, ProxyRegistry, PushConfig, PushMetrics};
+use sluice_controller::push::{self, PushConfig, PushMetrics};
 use sluice_controller::status_writer::{self, StatusBatch, StatusWriter};
 use sluice_controller::watch::{self, SliceLabel, Watch, WatchMetrics};
 
@@ -202,6 +203,7 @@ pub async fn run(args: Args) -> Result<()> {
         metrics,
         PushConfig {
             heartbeat: args.heartbeat,
+            ..PushConfig::default()
         },
         crate::shutdown_signal(),
     )
