@@ -17,7 +17,7 @@ use sluice_api::{RouteTable, TableError};
 use tokio::sync::watch;
 
 /// The largest cache file read, the same bound as a table line on the stream.
-pub const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_CACHE_BYTES: u64 = sluice_api::push::MAX_LINE as u64;
 
 /// Why a cache file was not used.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use sluice_api::push::PROXY_ID_RULE;
 use sluice_controller::from_dir::DirWatcher;
 use sluice_controller::publisher::Publisher;
 use sluice_proxy::access_log::{self, AccessLog, AccessLogConfig};
@@ -153,10 +154,10 @@ pub async fn run(args: Args) -> Result<()> {
         (None, Some(controller)) => {
             let mut config = SubscriberConfig::new(controller.clone());
             if let Some(id) = &args.proxy_id {
-                if !subscriber::valid_proxy_id(id) {
-                    bail!("--proxy-id {id:?}: use 1 to 253 of A-Z a-z 0-9 . _ - : @");
-                }
-                config.proxy_id.clone_from(id);
+                let Ok(id) = id.parse() else {
+                    bail!("--proxy-id {id:?}: use {PROXY_ID_RULE}");
+                };
+                config.proxy_id = id;
             }
             config.table_cache = args.table_cache.clone().map(TableCache::new);
             tracing::info!(controller = %controller, proxy = %config.proxy_id, table_cache = ?args.table_cache, "subscribing to the controller");

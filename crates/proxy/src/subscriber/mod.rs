@@ -1,0 +1,221 @@
+//! Subscribing to the controller: a long-lived HTTP stream of newline-delimited tables.
+//!
+//! The proxy subscribes under its name (`GET /v1/routes/watch?proxy=ID`) and, after
+//! applying each table (or finding it already in force), acknowledges it with
+//! `POST /v1/routes/ack` and an [`Ack`](sluice_api::push::Ack): the protocol of
+//! [`sluice_api::push`], which the controller speaks too. It speaks HTTP/2 with prior
+//! knowledge, so the acknowledgements share the subscription's connection and reach
+//! the controller replica that streams to it. Acknowledgements go out from a task of
+//! their own (`ack`), the latest only when several are due, so a slow answer never
+//! holds up the stream (`stream`).
+//!
+//! The proxy keeps the last table it applied while the controller is away, reconnects
+//! with jittered exponential backoff ([`Backoff`], full jitter: each delay is drawn
+//! between zero and the ceiling, the first reconnect after a healthy stream included,
+//! so proxies that lost the controller together do not return together), and treats a
+//! stream silent for longer than `idle_timeout` (the controller sends a heartbeat line
+//! well within it) as dead.
+//!
+//! With a [`TableCache`], each applied table is also saved to a file. At start, a valid
+//! cached table is put in force when the controller is unreachable (the first attempt
+//! fails) or has sent no table within `cache_grace`; the controller's first table
+//! replaces it.
+
+mod ack;
+mod backoff;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{StatusCode, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_api::RouteTable;
+use sluice_api::push::ProxyId;
+
+pub use self::backoff::{Backoff, full_jitter};
+use crate::store::TableStore;
+use crate::table_cache::TableCache;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Settings of the subscription.
+#[derive(Clone, Debug)]
+pub struct SubscriberConfig {
+    /// The controller's base URL, for example `http://sluice-controller:9090`.
+    pub controller: Uri,
+    /// The name this proxy subscribes and acknowledges under; unique among the
+    /// proxies of a controller.
+    pub proxy_id: ProxyId,
+    /// Ceiling of the first reconnect delay; doubles with each failed attempt up to
+    /// `max_backoff`.
+    pub min_backoff: Duration,
+    /// Ceiling of the longest reconnect delay.
+    pub max_backoff: Duration,
+    /// A stream that sends nothing, not even a heartbeat, for this long is reconnected.
+    pub idle_timeout: Duration,
+    /// Deadline to connect and receive the response headers.
+    pub connect_timeout: Duration,
+    /// Deadline of one acknowledgement.
+    pub ack_timeout: Duration,
+    /// Where the last applied table is saved, and read from at start.
+    pub table_cache: Option<TableCache>,
+    /// How long a reachable controller may take to send its first table before the
+    /// cached one is put in force.
+    pub cache_grace: Duration,
+}
+
+impl SubscriberConfig {
+    /// Defaults for a controller at `controller`, named by [`default_proxy_id`], with no
+    /// table cache.
+    pub fn new(controller: Uri) -> Self {
+        Self {
+            controller,
+            proxy_id: default_proxy_id(),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(5),
+            table_cache: None,
+            cache_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// `HOSTNAME-PID` ([`ProxyId::from_host`]): the host name (the pod's name on
+/// Kubernetes) from `$HOSTNAME` or the kernel.
+pub fn default_proxy_id() -> ProxyId {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    ProxyId::from_host(host.trim(), std::process::id())
+}
+
+/// Why one subscription attempt ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The controller URL cannot be joined with the watch path. Not retryable.
+    #[error("bad controller URL: {0}")]
+    Url(String),
+    /// Connecting or the request failed. Retryable.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// The controller answered with another status than 200. Retryable.
+    #[error("controller answered {0}")]
+    Status(StatusCode),
+    /// No byte arrived within the idle timeout. Retryable.
+    #[error("stream idle for {0:?}")]
+    Idle(Duration),
+    /// The stream broke. Retryable.
+    #[error("stream failed: {0}")]
+    Stream(String),
+    /// The controller closed the stream. Retryable.
+    #[error("controller closed the stream")]
+    Closed,
+}
+
+/// Subscribes forever, applying each table to `store`.
+pub async fn run(config: SubscriberConfig, store: Arc<TableStore>) {
+    run_with_rng(config, store, fastrand::Rng::new()).await;
+}
+
+/// [`run`] with the random source of the reconnect jitter given.
+pub async fn run_with_rng(
+    config: SubscriberConfig,
+    store: Arc<TableStore>,
+    mut rng: fastrand::Rng,
+) {
+    // Small frames (acknowledgements, heartbeats) must not wait for Nagle.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    let writer = config.table_cache.clone().map(TableCache::spawn_writer);
+    let mut cached = match &config.table_cache {
+        Some(cache) => load_cache(cache).await,
+        None => None,
+    };
+    let grace = tokio::time::sleep(config.cache_grace);
+    tokio::pin!(grace);
+    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    loop {
+        let mut applied_any = false;
+        let err = {
+            let attempt =
+                stream::subscribe_once(&client, &config, &store, writer.as_ref(), &mut applied_any);
+            tokio::pin!(attempt);
+            loop {
+                tokio::select! {
+                    err = &mut attempt => break err,
+                    () = &mut grace, if cached.is_some() => {
+                        apply_cached(&mut cached, &store, "the controller sent no table in time");
+                    }
+                }
+            }
+        };
+        if cached.is_some() {
+            apply_cached(&mut cached, &store, "the controller is unreachable");
+        }
+        if matches!(err, SubscribeError::Url(_)) {
+            tracing::error!(error = %err, "cannot subscribe to the controller");
+            return;
+        }
+        if applied_any {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay(rng.f64());
+        let serving = store.load().map(|rt| rt.table.version);
+        tracing::warn!(error = %err, retry_in = ?delay, serving_version = ?serving, "controller stream ended; keeping the last table");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Reads the cache file off the runtime's threads; a bad file is logged and ignored.
+async fn load_cache(cache: &TableCache) -> Option<RouteTable> {
+    let path = cache.path().display().to_string();
+    let cache = cache.clone();
+    match tokio::task::spawn_blocking(move || cache.load()).await {
+        Ok(Ok(Some(table))) => {
+            tracing::info!(path, version = table.version, revision = %table.revision, "cached route table found");
+            Some(table)
+        }
+        Ok(Ok(None)) => {
+            tracing::info!(path, "no cached route table yet");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cached route table ignored");
+            None
+        }
+        Err(e) => {
+            tracing::error!(path, error = %e, "reading the cached route table failed");
+            None
+        }
+    }
+}
+
+/// Puts the cached table in force unless the controller's is already there.
+fn apply_cached(cached: &mut Option<RouteTable>, store: &TableStore, why: &str) {
+    let Some(table) = cached.take() else {
+        return;
+    };
+    if store.load().is_some() {
+        return;
+    }
+    let (version, revision) = (table.version, table.revision.clone());
+    match store.apply(table) {
+        Ok(_) => tracing::warn!(version, %revision, "{why}: serving the cached route table"),
+        Err(e) => tracing::error!(error = %e, "cached route table refused"),
+    }
+}
