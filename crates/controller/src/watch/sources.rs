@@ -1,0 +1,269 @@
+//! Where watch events come from: kube's watchers in production, one stream per watcher
+//! and kind ([`Sources`]), with the label selectors that keep the API server from
+//! sending what the controller does not need ([`SliceLabel`], [`slice_selector`]).
+//!
+//! The first layer of the watch loop, as kube-runtime's `watcher` is: it yields
+//! events, and knows nothing of caches or compiles.
+
+use std::fmt::Debug;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::{Expression, Selector};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as kube_watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL};
+use sluice_api::{AgentPool, RatePolicy};
+
+use super::WatchMetrics;
+
+/// A stream of watch events of one kind, from one watcher.
+pub type EventStream<K> = BoxStream<'static, Event<K>>;
+
+/// The API calls the watchers make, as RBAC rules `(group, resource, verbs)`: in every
+/// watched namespace. kube's watcher lists, then watches; it never gets one object.
+/// Secrets are watched with the label selector `sluice.dev/consumer`, but RBAC cannot
+/// restrict by label: the controller may read every Secret of the namespaces it watches.
+pub const RBAC: &[(&str, &str, &[&str])] = &[
+    ("sluice.dev", "agentpools", &["list", "watch"]),
+    ("sluice.dev", "ratepolicies", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("", "secrets", &["list", "watch"]),
+];
+
+/// The event streams the controller consumes: one per watcher, so that each watcher's
+/// re-list (`Init` … `InitDone`) replaces exactly the objects it listed.
+#[derive(Default)]
+pub struct Sources {
+    /// AgentPool watchers.
+    pub pools: Vec<EventStream<AgentPool>>,
+    /// RatePolicy watchers.
+    pub policies: Vec<EventStream<RatePolicy>>,
+    /// EndpointSlice watchers.
+    pub slices: Vec<EventStream<EndpointSlice>>,
+    /// Consumer Secret watchers.
+    pub secrets: Vec<EventStream<Secret>>,
+}
+
+impl Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("pools", &self.pools.len())
+            .field("policies", &self.policies.len())
+            .field("slices", &self.slices.len())
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+/// One event, tagged with its kind and the watcher it came from.
+// Each event is moved once from its stream into a cache; boxing would add an
+// allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Input {
+    Pool(usize, Event<AgentPool>),
+    Policy(usize, Event<RatePolicy>),
+    Slice(usize, Event<EndpointSlice>),
+    Secret(usize, Event<Secret>),
+}
+
+impl Input {
+    /// Whether this is the start of a (re-)list.
+    pub(super) fn is_list_start(&self) -> bool {
+        matches!(
+            self,
+            Self::Pool(_, Event::Init)
+                | Self::Policy(_, Event::Init)
+                | Self::Slice(_, Event::Init)
+                | Self::Secret(_, Event::Init)
+        )
+    }
+}
+
+impl Sources {
+    /// How many watchers of each kind: pools, policies, slices, secrets.
+    pub(super) fn shards(&self) -> [usize; 4] {
+        [
+            self.pools.len(),
+            self.policies.len(),
+            self.slices.len(),
+            self.secrets.len(),
+        ]
+    }
+
+    /// Every watcher's events in one stream, each tagged with its kind and watcher.
+    pub(super) fn merge(self) -> BoxStream<'static, Input> {
+        let mut all: Vec<BoxStream<'static, Input>> = Vec::new();
+        for (i, s) in self.pools.into_iter().enumerate() {
+            all.push(s.map(move |e| Input::Pool(i, e)).boxed());
+        }
+        for (i, s) in self.policies.into_iter().enumerate() {
+            all.push(s.map(move |e| Input::Policy(i, e)).boxed());
+        }
+        for (i, s) in self.slices.into_iter().enumerate() {
+            all.push(s.map(move |e| Input::Slice(i, e)).boxed());
+        }
+        for (i, s) in self.secrets.into_iter().enumerate() {
+            all.push(s.map(move |e| Input::Secret(i, e)).boxed());
+        }
+        stream::select_all(all).boxed()
+    }
+}
+
+/// A label an EndpointSlice must carry to be watched, besides
+/// `kubernetes.io/service-name`: `key` (present) or `key=value`. Kubernetes copies a
+/// Service's labels to its EndpointSlices, so labelling the agents' Services (say
+/// `sluice.dev/agent=true`) keeps the controller from caching every slice of the
+/// cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceLabel {
+    key: String,
+    value: Option<String>,
+}
+
+/// Why a `--endpointslice-label` was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "{0:?} is not a label requirement: expected KEY or KEY=VALUE with a Kubernetes label key and value"
+)]
+pub struct SliceLabelError(String);
+
+impl std::str::FromStr for SliceLabel {
+    type Err = SliceLabelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, value) = match s.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (s, None),
+        };
+        if !valid_label_key(key) || !value.is_none_or(valid_label_value) {
+            return Err(SliceLabelError(s.to_owned()));
+        }
+        Ok(Self {
+            key: key.to_owned(),
+            value: value.map(str::to_owned),
+        })
+    }
+}
+
+/// A label name or value: at most 63 characters, alphanumeric at both ends, `-`, `_`,
+/// `.` between.
+fn valid_label_value(v: &str) -> bool {
+    let edge = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    v.len() <= 63
+        && edge(v.chars().next())
+        && edge(v.chars().last())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a non-empty name.
+fn valid_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let subdomain = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    };
+    !name.is_empty() && valid_label_value(name) && prefix.is_none_or(subdomain)
+}
+
+/// The label selector of the EndpointSlice watchers: `kubernetes.io/service-name` and
+/// every one of `extra`.
+pub fn slice_selector(extra: &[SliceLabel]) -> Selector {
+    std::iter::once(Expression::Exists(SERVICE_NAME_LABEL.to_owned()))
+        .chain(extra.iter().map(|l| match &l.value {
+            Some(v) => Expression::Equal(l.key.clone(), v.clone()),
+            None => Expression::Exists(l.key.clone()),
+        }))
+        .collect()
+}
+
+/// Builds the production [`Sources`]: kube watchers (with kube's default backoff) over
+/// every namespace when `namespaces` is empty, else one per kind and namespace; the
+/// EndpointSlice watchers select [`slice_selector`]`(slice_labels)`.
+/// Watch errors are logged and counted; the watcher retries on its own.
+pub fn kube_sources(
+    client: &Client,
+    namespaces: &[String],
+    slice_labels: &[SliceLabel],
+    metrics: &WatchMetrics,
+) -> Sources {
+    let all = watcher::Config::default();
+    Sources {
+        pools: streams(client, namespaces, &all, metrics, "AgentPool"),
+        policies: streams(client, namespaces, &all, metrics, "RatePolicy"),
+        slices: streams(
+            client,
+            namespaces,
+            &watcher::Config::default().labels_from(&slice_selector(slice_labels)),
+            metrics,
+            "EndpointSlice",
+        ),
+        secrets: streams(
+            client,
+            namespaces,
+            &watcher::Config::default().labels(CONSUMER_LABEL),
+            metrics,
+            "Secret",
+        ),
+    }
+}
+
+fn streams<K>(
+    client: &Client,
+    namespaces: &[String],
+    config: &watcher::Config,
+    metrics: &WatchMetrics,
+    kind: &'static str,
+) -> Vec<EventStream<K>>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
+{
+    let apis: Vec<Api<K>> = if namespaces.is_empty() {
+        vec![Api::all(client.clone())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced(client.clone(), ns))
+            .collect()
+    };
+    apis.into_iter()
+        .map(|api| {
+            let errors = metrics.watch_errors.with_label_values(&[kind]);
+            kube_watcher(api, config.clone())
+                .default_backoff()
+                .filter_map(move |result| {
+                    let event = match result {
+                        Ok(event) => Some(event),
+                        Err(e) => {
+                            errors.inc();
+                            tracing::warn!(kind, error = %e, "watch failed; retrying");
+                            None
+                        }
+                    };
+                    std::future::ready(event)
+                })
+                .boxed()
+        })
+        .collect()
+}
