@@ -12,7 +12,7 @@ use sluice_controller::Publisher;
 use sluice_controller::peers::{self, PeerConfig, ProxyRevisions};
 use sluice_controller::proxies::{AckError, Acked, ProxyRegistry, RegisterError};
 use sluice_controller::push::PushConfig;
-use support::{PushServer, ack};
+use support::push::{PushServer, ack};
 
 #[tokio::test(start_paused = true)]
 async fn push_latency_runs_from_publication_or_subscription_to_acknowledgement() {

@@ -18,7 +18,7 @@ use sluice_api::testing::one_pool_table as table;
 use sluice_controller::Publisher;
 use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::push::PushConfig;
-use support::{HttpClient, PushServer, answer, get, subscribe};
+use support::push::{HttpClient, PushServer, answer, get, subscribe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn ack_json(proxy: &str, table: &RouteTable) -> String {
