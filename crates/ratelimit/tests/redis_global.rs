@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sluice_ratelimit::global::GlobalStatsSnapshot;
 use sluice_ratelimit::{
-    DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalKey, GlobalLimiter,
+    Clock, DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalKey, GlobalLimiter,
     ManualClock, MonotonicClock, Quota, RedisBackend, RedisConfig,
 };
 
@@ -82,6 +82,33 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// A limiter of `quota` on this server, as one proxy has it: a connection of its
+    /// own whose calls are cut at `deadline`, and its own clock.
+    fn limiter<C: Clock>(
+        &self,
+        deadline: Duration,
+        quota: Quota,
+        config: GlobalConfig,
+        clock: C,
+    ) -> GlobalLimiter<C> {
+        GlobalLimiter::new(backend(&self.url(), deadline), quota, config, clock)
+    }
+
+    /// One limiter per clock: proxies sharing `quota` through this server.
+    fn proxies(
+        &self,
+        clocks: &[Arc<ManualClock>],
+        quota: Quota,
+        config: GlobalConfig,
+    ) -> Vec<Arc<GlobalLimiter<Arc<ManualClock>>>> {
+        clocks
+            .iter()
+            .map(|clock| {
+                Arc::new(self.limiter(Duration::from_secs(2), quota, config, Arc::clone(clock)))
+            })
+            .collect()
+    }
+
     fn stop(mut self) -> u16 {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -112,9 +139,12 @@ fn backend(url: &str, deadline: Duration) -> Arc<RedisBackend> {
     )
 }
 
-fn total(snapshots: &[GlobalStatsSnapshot]) -> GlobalStatsSnapshot {
+/// The Redis statistics of `limiters`, summed.
+fn total<'a, C: Clock + 'a>(
+    limiters: impl IntoIterator<Item = &'a Arc<GlobalLimiter<C>>>,
+) -> GlobalStatsSnapshot {
     let mut sum = GlobalStatsSnapshot::default();
-    for s in snapshots {
+    for s in limiters.into_iter().map(|l| l.backend().stats().snapshot()) {
         sum.redis_ops += s.redis_ops;
         sum.redis_errors += s.redis_errors;
         sum.redis_timeouts += s.redis_timeouts;
@@ -136,17 +166,7 @@ async fn three_proxies_admit_at_most_the_budget_under_a_burst() {
     let quota = Quota::per_period(nz(100), Duration::from_secs(3_600)).unwrap();
     let config = GlobalConfig::new(FailureMode::Closed);
     let clocks = [0, 3_600, 7_200].map(|hours| Arc::new(ManualClock::new(hours * 1_000_000_000)));
-    let proxies: Vec<_> = clocks
-        .iter()
-        .map(|clock| {
-            Arc::new(GlobalLimiter::new(
-                backend(&server.url(), Duration::from_secs(2)),
-                quota,
-                config,
-                Arc::clone(clock),
-            ))
-        })
-        .collect();
+    let proxies = server.proxies(&clocks, quota, config);
     let key = GlobalKey::new("burst-test", &[b"consumer-1"]);
     let admitted = Arc::new(AtomicU32::new(0));
     let mut tasks = Vec::new();
@@ -168,12 +188,7 @@ async fn three_proxies_admit_at_most_the_budget_under_a_burst() {
     for task in tasks {
         task.await.unwrap();
     }
-    let stats = total(
-        &proxies
-            .iter()
-            .map(|p| p.backend().stats().snapshot())
-            .collect::<Vec<_>>(),
-    );
+    let stats = total(&proxies);
     let admitted = admitted.load(Ordering::Relaxed);
     let bound = 100 + 3 * config.max_lease.get();
     println!(
@@ -212,17 +227,7 @@ async fn leases_cut_redis_calls_for_steady_traffic() {
         .with_burst(nz(10_000));
     let config = GlobalConfig::new(FailureMode::Closed);
     let clocks: Vec<_> = (0..3).map(|_| Arc::new(ManualClock::new(0))).collect();
-    let proxies: Vec<_> = clocks
-        .iter()
-        .map(|clock| {
-            Arc::new(GlobalLimiter::new(
-                backend(&server.url(), Duration::from_secs(2)),
-                quota,
-                config,
-                Arc::clone(clock),
-            ))
-        })
-        .collect();
+    let proxies = server.proxies(&clocks, quota, config);
     let keys: Vec<_> = (0..4_u8)
         .map(|i| GlobalKey::new("steady", &[&[i]]))
         .collect();
@@ -246,12 +251,7 @@ async fn leases_cut_redis_calls_for_steady_traffic() {
         }
         let _ = round;
     }
-    let stats = total(
-        &proxies
-            .iter()
-            .map(|p| p.backend().stats().snapshot())
-            .collect::<Vec<_>>(),
-    );
+    let stats = total(&proxies);
     println!(
         "steady: {requests} requests (3 proxies x 4 keys), admitted {admitted}, Redis ops {} \
          ({:.3} per request), lease hits {}",
@@ -278,18 +278,8 @@ async fn expired_leases_give_tokens_back() {
     let config = GlobalConfig::new(FailureMode::Closed);
     let clock_a = Arc::new(ManualClock::new(0));
     let clock_b = Arc::new(ManualClock::new(0));
-    let a = GlobalLimiter::new(
-        backend(&server.url(), Duration::from_secs(2)),
-        quota,
-        config,
-        Arc::clone(&clock_a),
-    );
-    let b = GlobalLimiter::new(
-        backend(&server.url(), Duration::from_secs(2)),
-        quota,
-        config,
-        Arc::clone(&clock_b),
-    );
+    let a = server.limiter(Duration::from_secs(2), quota, config, Arc::clone(&clock_a));
+    let b = server.limiter(Duration::from_secs(2), quota, config, Arc::clone(&clock_b));
     let key = GlobalKey::new("give-back", &[b"k"]);
     // A spends 90 (its leases grow to 10 tokens), then goes quiet holding some.
     let mut admitted = 0;
@@ -332,15 +322,14 @@ async fn redis_down_follows_the_failure_mode_and_reconnects() {
     let deadline = Duration::from_millis(50);
     let quota = Quota::per_period(nz(5), Duration::from_secs(60)).unwrap();
     let clock = Arc::new(ManualClock::new(0));
-    let open_backend = backend(&server.url(), deadline);
-    let open = GlobalLimiter::new(
-        Arc::clone(&open_backend),
+    let open = server.limiter(
+        deadline,
         quota,
         GlobalConfig::new(FailureMode::Open),
         Arc::clone(&clock),
     );
-    let closed = GlobalLimiter::new(
-        backend(&server.url(), deadline),
+    let closed = server.limiter(
+        deadline,
         quota,
         GlobalConfig::new(FailureMode::Closed),
         Arc::clone(&clock),
@@ -395,7 +384,7 @@ async fn redis_down_follows_the_failure_mode_and_reconnects() {
                 .is_allowed(),
         );
     }
-    let stats = open_backend.stats().snapshot();
+    let stats = open.backend().stats().snapshot();
     println!(
         "Redis down: slowest check {slowest:?} (deadline {deadline:?}); open: {fallback_admitted}/20 \
          admitted by the fallback, {same_admitted}/10 on one key; {} errors, {} timeouts, {} skipped",
@@ -460,8 +449,8 @@ async fn a_stalled_redis_is_cut_off_at_the_deadline() {
     };
     let deadline = Duration::from_millis(50);
     let quota = Quota::per_period(nz(5), Duration::from_secs(60)).unwrap();
-    let limiter = GlobalLimiter::new(
-        backend(&server.url(), deadline),
+    let limiter = server.limiter(
+        deadline,
         quota,
         GlobalConfig::new(FailureMode::Closed),
         ManualClock::new(0),
@@ -512,12 +501,7 @@ async fn sustained_overload_stays_within_the_lease_bound() {
     let run = Duration::from_millis(1_500);
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        let limiter = GlobalLimiter::new(
-            backend(&server.url(), Duration::from_secs(1)),
-            quota,
-            config,
-            MonotonicClock::new(),
-        );
+        let limiter = server.limiter(Duration::from_secs(1), quota, config, MonotonicClock::new());
         let key = key.clone();
         tasks.push(tokio::spawn(async move {
             let (mut admitted, mut requests) = (0_u64, 0_u64);
