@@ -134,12 +134,31 @@ fn config(url: Uri, cache: &TableCache) -> SubscriberConfig {
     }
 }
 
+/// Runs the subscriber with `config` on a store of its own.
+fn start(config: SubscriberConfig) -> (Arc<TableStore>, tokio::task::JoinHandle<()>) {
+    let store = Arc::new(TableStore::new(Metrics::new()));
+    (store.clone(), tokio::spawn(run(config, store)))
+}
+
+/// Waits until `cache` holds `table`.
+async fn until_cached(cache: &TableCache, table: &RouteTable) {
+    until("the cache to hold the table", || {
+        (cache.load().ok().flatten().as_ref() == Some(table)).then_some(())
+    })
+    .await;
+}
+
+/// Ends the subscriber and removes the cache's folder.
+fn finish(task: tokio::task::JoinHandle<()>, cache: &TableCache) {
+    task.abort();
+    let _ = std::fs::remove_dir_all(cache.path().parent().expect("dir"));
+}
+
 #[tokio::test]
 async fn subscribes_by_name_acknowledges_and_caches_each_table() {
     let mut fake = fake_controller().await;
     let cache = temp_cache("ack");
-    let store = Arc::new(TableStore::new(Metrics::new()));
-    let task = tokio::spawn(run(config(fake.url.clone(), &cache), store.clone()));
+    let (store, task) = start(config(fake.url.clone(), &cache));
 
     let (version, query) = recv(&mut fake.subscriptions, "the subscription").await;
     assert_eq!(version, Version::HTTP_2, "prior-knowledge HTTP/2");
@@ -163,12 +182,8 @@ async fn subscribes_by_name_acknowledges_and_caches_each_table() {
         (&ack["version"], &ack["revision"]),
         (&2.into(), &v2.revision.clone().into())
     );
-    until("the cache to hold version 2", || {
-        (cache.load().ok().flatten().as_ref() == Some(&v2)).then_some(())
-    })
-    .await;
-    task.abort();
-    let _ = std::fs::remove_dir_all(cache.path().parent().expect("dir"));
+    until_cached(&cache, &v2).await;
+    finish(task, &cache);
 }
 
 #[tokio::test]
@@ -181,14 +196,12 @@ async fn serves_the_cached_table_when_the_controller_is_unreachable() {
     let cache = temp_cache("unreachable");
     let cached = table("/cached", 7);
     cache.save_table(&cached).expect("saved");
-    let store = Arc::new(TableStore::new(Metrics::new()));
     let mut cfg = config(format!("http://{addr}").parse().expect("url"), &cache);
     cfg.cache_grace = Duration::from_secs(3600);
-    let task = tokio::spawn(run(cfg, store.clone()));
+    let (store, task) = start(cfg);
     let rt = until("the cached table", || store.load()).await;
     assert_eq!(rt.table, cached);
-    task.abort();
-    let _ = std::fs::remove_dir_all(cache.path().parent().expect("dir"));
+    finish(task, &cache);
 }
 
 #[tokio::test]
@@ -197,10 +210,9 @@ async fn a_silent_controller_gets_the_cache_served_after_the_grace_then_replaces
     let cache = temp_cache("grace");
     let cached = table("/cached", 7);
     cache.save_table(&cached).expect("saved");
-    let store = Arc::new(TableStore::new(Metrics::new()));
     let mut cfg = config(fake.url.clone(), &cache);
     cfg.cache_grace = Duration::from_millis(50);
-    let task = tokio::spawn(run(cfg, store.clone()));
+    let (store, task) = start(cfg);
     recv(&mut fake.subscriptions, "the subscription").await;
     let rt = until("the cached table", || store.load()).await;
     assert_eq!(rt.table, cached);
@@ -212,12 +224,8 @@ async fn a_silent_controller_gets_the_cache_served_after_the_grace_then_replaces
     })
     .await;
     recv(&mut fake.acks, "the acknowledgement").await;
-    until("the cache to hold the live table", || {
-        (cache.load().ok().flatten().as_ref() == Some(&live)).then_some(())
-    })
-    .await;
-    task.abort();
-    let _ = std::fs::remove_dir_all(cache.path().parent().expect("dir"));
+    until_cached(&cache, &live).await;
+    finish(task, &cache);
 }
 
 #[tokio::test]
@@ -225,19 +233,14 @@ async fn a_corrupt_cache_is_ignored_and_overwritten() {
     let mut fake = fake_controller().await;
     let cache = temp_cache("corrupt");
     std::fs::write(cache.path(), b"{ not a table").expect("write");
-    let store = Arc::new(TableStore::new(Metrics::new()));
     let mut cfg = config(fake.url.clone(), &cache);
     cfg.cache_grace = Duration::ZERO;
-    let task = tokio::spawn(run(cfg, store.clone()));
+    let (store, task) = start(cfg);
     recv(&mut fake.subscriptions, "the subscription").await;
     assert!(store.load().is_none(), "nothing served from a corrupt file");
     let live = table("/live", 1);
     fake.lines.send(line(&live)).expect("send");
     recv(&mut fake.acks, "the acknowledgement").await;
-    until("the cache to be rewritten", || {
-        (cache.load().ok().flatten().as_ref() == Some(&live)).then_some(())
-    })
-    .await;
-    task.abort();
-    let _ = std::fs::remove_dir_all(cache.path().parent().expect("dir"));
+    until_cached(&cache, &live).await;
+    finish(task, &cache);
 }
