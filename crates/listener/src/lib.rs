@@ -3,8 +3,9 @@
 //!
 //! [`serve`] owns everything between `accept()` and a request handed to the handler:
 //! HTTP/1.1 and HTTP/2 (prior knowledge, h2c) on one listener through hyper-util's auto
-//! builder, what one connection may cost ([`ServerConfig`]: a header-read timeout,
-//! header and stream limits, HTTP/2 keep-alive), a pause after a failed `accept()`
+//! builder, what one connection may cost ([`ServerConfig`]: a header-read timeout that
+//! also bounds the wait for a connection's first bytes, header and stream limits,
+//! HTTP/2 keep-alive), a pause after a failed `accept()`
 //! (out of file descriptors, say) instead of a spin, and graceful shutdown: stop
 //! accepting, let open connections finish for a while, then close them.
 //!
@@ -14,6 +15,8 @@
 //! Long-lived responses (the controller's table stream) are not cut by any of this:
 //! the header-read timeout applies only while a request head is awaited, and the
 //! HTTP/2 keep-alive disconnects only a peer that stops answering pings.
+
+mod detection;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -36,8 +39,9 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Listener settings: what one client connection may cost in memory and time.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// A client must send each request's headers within this time; an idle
-    /// keep-alive connection is closed after it too.
+    /// A client must send each request's headers within this time (the first request
+    /// of a connection: its first bytes, then its headers, each within this time); an
+    /// idle keep-alive connection is closed after it too.
     pub header_read_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
@@ -134,6 +138,8 @@ pub async fn serve<H, F, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "TCP_NODELAY not set");
         }
+        // The header-read timeout covers the wait for the first bytes too.
+        let io = detection::Detection::new(stream, config.header_read_timeout);
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
@@ -141,7 +147,7 @@ pub async fn serve<H, F, B>(
         });
         let conn = graceful.watch(
             builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned(),
         );
         connections.spawn(async move {

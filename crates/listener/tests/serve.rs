@@ -1,5 +1,6 @@
 //! The accept loop over real sockets: HTTP/1.1 and HTTP/2 on one listener, the
-//! header-read timeout, and graceful shutdown with its drain deadline.
+//! header-read timeout (from the first byte of a connection on), and graceful
+//! shutdown with its drain deadline.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,34 +67,40 @@ async fn http1_and_http2_share_one_listener() {
     server.task.await.expect("stops");
 }
 
-/// Reads until the server closes the connection; what it sent.
-async fn read_until_closed(conn: &mut TcpStream) -> String {
+/// Connects, sends `first`, and reads until the server closes the connection: how
+/// long that took, and what the server sent.
+async fn cut_after(addr: SocketAddr, first: &[u8]) -> (Duration, String) {
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    conn.write_all(first).await.expect("write");
     let mut got = Vec::new();
     // A reset is a close too.
     let _ = conn.read_to_end(&mut got).await;
-    String::from_utf8_lossy(&got).into_owned()
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&got).into_owned(),
+    )
 }
 
+/// Half a request head, nothing at all, half of the HTTP/2 preface: each connection
+/// is closed once the header-read timeout has passed, not before.
 #[tokio::test(start_paused = true)]
-async fn a_request_head_not_sent_in_time_closes_the_connection() {
+async fn a_request_not_sent_in_time_closes_the_connection() {
     let timeout = Duration::from_secs(30);
     let server = start(ServerConfig {
         header_read_timeout: timeout,
         ..ServerConfig::default()
     })
     .await;
-    let mut conn = TcpStream::connect(server.addr).await.expect("connect");
-    let started = tokio::time::Instant::now();
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .expect("write");
-    let answer = read_until_closed(&mut conn).await;
-    assert!(
-        started.elapsed() >= timeout,
-        "closed after {:?}",
-        started.elapsed()
-    );
-    assert!(!answer.contains("200 OK"), "{answer}");
+    for first in [
+        &b"GET / HTTP/1.1\r\nhost: x\r\n"[..],
+        b"",
+        b"PRI * HTTP/2.0\r\n",
+    ] {
+        let (after, answer) = cut_after(server.addr, first).await;
+        assert!(after >= timeout, "{first:?}: closed after {after:?}");
+        assert!(!answer.contains("200 OK"), "{first:?}: {answer}");
+    }
     let _ = server.stop.send(());
     server.task.await.expect("stops");
 }
