@@ -1,10 +1,11 @@
-//! The small subcommands, run as a user would: `sluice hash-key`, `sluice compile`,
-//! and flags refused before anything starts.
+//! The binary as a user meets it: `sluice hash-key`, `sluice compile`, `--version`,
+//! flags refused before anything starts, user errors as one line (no backtrace), and a
+//! closed stdout ending quietly.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use sluice_e2e::{bin, temp_dir};
 
 fn sluice(args: &[&str], stdin: &str) -> Result<Output> {
@@ -80,6 +81,84 @@ fn a_zero_interval_is_refused_before_anything_starts() -> Result<()> {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         let stderr = String::from_utf8(out.stderr)?;
         assert!(stderr.contains("longer than zero"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn version_names_the_release_and_the_commit() -> Result<()> {
+    let out = sluice(&["--version"], "")?;
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout)?;
+    let version = env!("CARGO_PKG_VERSION");
+    let commit = line
+        .trim()
+        .strip_prefix(&format!("sluice {version} ("))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .with_context(|| format!("`sluice {version} (COMMIT)` expected, got {line:?}"))?;
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_user_error_is_one_line_even_with_rust_backtrace() -> Result<()> {
+    let cases: [(&[&str], &str, &str); 3] = [
+        (
+            &["proxy", "--config", "/nonexistent", "--admin", "0.0.0.0:0"],
+            "",
+            "error: --admin 0.0.0.0:0 is not a loopback address",
+        ),
+        (&["hash-key"], "", "error: no key on standard input"),
+        (&["compile", "-f", "/nonexistent/pools.yaml"], "", "error: "),
+    ];
+    for (args, stdin, expected) in cases {
+        let mut child = Command::new(bin("sluice"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LIB_BACKTRACE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(expected), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("backtrace"), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly() -> Result<()> {
+    for args in [
+        &["controller", "--print-rbac"][..],
+        &["crds"],
+        &["compile", "-f", "../deploy/examples/standalone"],
+    ] {
+        let mut child = Command::new(bin("sluice"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // `| head -0`: the reader is gone before anything is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8(out.stderr)?;
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// Prints the table (stdout) and warnings (stderr); returns the exit status: 0 when the
 /// manifests compile without errors, 1 otherwise.
-pub fn run(path: &Path) -> i32 {
+pub fn run(path: &Path) -> u8 {
     let snapshot = match sluice_controller::source::read(path) {
         Ok(s) => s,
         Err(e) => {

@@ -99,11 +99,8 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
 /// replica watches and serves proxies and the holder of the Lease writes status.
 pub async fn run(args: Args) -> Result<()> {
     if args.print_rbac {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&sluice_controller::rbac_json())?
-        );
-        return Ok(());
+        let rbac = serde_json::to_string_pretty(&sluice_controller::rbac_json())?;
+        return crate::print_stdout(&format!("{rbac}\n"));
     }
     let publisher = Publisher::new();
     let registry = prometheus::Registry::new();

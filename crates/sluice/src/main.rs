@@ -8,14 +8,25 @@ mod cmd_compile;
 mod cmd_controller;
 mod cmd_proxy;
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// The release and the commit it was built from, as `sluice --version` prints them:
+/// `0.1.0 (1a2b3c4)`. The commit comes from `build.rs`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SLUICE_GIT_COMMIT"),
+    ")"
+);
+
 /// Sluice, a Kubernetes-native gateway for AI agents.
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about)]
+#[command(name = "sluice", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,15 +55,49 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Compile { path } => std::process::exit(cmd_compile::run(&path)),
+    let result = match cli.command {
+        Command::Compile { path } => return ExitCode::from(cmd_compile::run(&path)),
         Command::Crds { out } => crds(&out),
         Command::HashKey => hash_key(),
-        Command::Proxy(args) => runtime()?.block_on(cmd_proxy::run(*args)),
-        Command::Controller(args) => runtime()?.block_on(cmd_controller::run(*args)),
+        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(cmd_proxy::run(*args))),
+        Command::Controller(args) => {
+            runtime().and_then(|rt| rt.block_on(cmd_controller::run(*args)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`sluice crds | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, with the causes: no backtrace, even with RUST_BACKTRACE set (a
+            // user error is not a bug).
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Writes `text` to standard output.
+///
+/// # Errors
+///
+/// When stdout cannot be written; a closed pipe is reported as such, and `main` ends
+/// quietly on it.
+pub fn print_stdout(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -76,8 +121,7 @@ fn crds(out: &[PathBuf]) -> Result<()> {
     let crds = sluice_api::crds();
     if out.is_empty() {
         let all: Vec<String> = crds.into_iter().map(|(_, yaml)| yaml).collect();
-        print!("{}", all.join("---\n"));
-        return Ok(());
+        return print_stdout(&all.join("---\n"));
     }
     for dir in out {
         std::fs::create_dir_all(dir)?;
@@ -102,8 +146,7 @@ fn hash_key() -> Result<()> {
     if key.contains(char::is_whitespace) {
         anyhow::bail!("the key contains whitespace; give one key without spaces or newlines");
     }
-    println!("{}", sluice_api::compile::hash_api_key(key));
-    Ok(())
+    print_stdout(&format!("{}\n", sluice_api::compile::hash_api_key(key)))
 }
 
 /// Completes on Ctrl-C or SIGTERM.
