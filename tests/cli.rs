@@ -1,12 +1,13 @@
 //! The binary as a user meets it: `sluice hash-key`, `sluice compile`, `--version`,
-//! flags refused before anything starts, user errors as one line (no backtrace), and a
-//! closed stdout ending quietly.
+//! flags refused before anything starts, user errors as one line (no backtrace), a
+//! closed stdout ending quietly, and a bad manifest counted where it can be alerted on.
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_e2e::{bin, temp_dir};
+use sluice_e2e::{Process, bin, eventually, get, temp_dir};
 
 fn sluice(args: &[&str], stdin: &str) -> Result<Output> {
     let mut child = Command::new(bin("sluice"))
@@ -160,5 +161,72 @@ fn a_closed_stdout_ends_quietly() -> Result<()> {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    Ok(())
+}
+
+/// `sluice_route_table_updates_total{result}` from the proxy's admin listener.
+fn table_updates(admin: std::net::SocketAddr, result: &str) -> Result<u64> {
+    let metrics = get(admin, "/metrics")?.body;
+    let series = format!("sluice_route_table_updates_total{{result=\"{result}\"}} ");
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(Ok(0), str::parse)?)
+}
+
+#[test]
+fn a_manifest_that_does_not_parse_or_compile_counts_as_rejected_in_file_mode() -> Result<()> {
+    let dir = temp_dir("cli-rejected");
+    let pool = |address: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {{name: echo}}\n\
+             spec:\n  matches: [{{pathPrefix: /echo/}}]\n  backends: [{{endpoints: [\"{address}\"]}}]\n"
+        )
+    };
+    std::fs::write(dir.join("pool.yaml"), pool("127.0.0.1:1"))?;
+    let dir_arg = dir.to_string_lossy().to_string();
+    let mut proxy = Process::start(
+        "proxy",
+        "sluice",
+        &[
+            "proxy",
+            "--config",
+            &dir_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "50ms",
+        ],
+    )?;
+    let admin = proxy.logged_addr("proxy started", "admin")?;
+    let wait = Duration::from_secs(20);
+    let counts = || -> Result<(u64, u64)> {
+        Ok((
+            table_updates(admin, "applied")?,
+            table_updates(admin, "rejected")?,
+        ))
+    };
+    eventually(wait, "the first table", || {
+        Ok((counts()? == (1, 0)).then_some(()))
+    })?;
+
+    // Not YAML: never compiled, so the store never sees it; it still counts.
+    std::fs::write(dir.join("pool.yaml"), "kind: [")?;
+    eventually(wait, "a rejection of the unparsable file", || {
+        Ok((counts()? == (1, 1)).then_some(()))
+    })?;
+    // YAML whose pool does not compile.
+    std::fs::write(dir.join("pool.yaml"), pool("not-an-address"))?;
+    eventually(wait, "a rejection of the invalid pool", || {
+        Ok((counts()? == (1, 2)).then_some(()))
+    })?;
+    // Fixed: applied again, and the rejections stay counted.
+    std::fs::write(dir.join("pool.yaml"), pool("127.0.0.1:2"))?;
+    eventually(wait, "the fixed table", || {
+        Ok((counts()? == (2, 2)).then_some(()))
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -121,7 +121,9 @@ pub async fn run(args: Args) -> Result<()> {
         tracing::info!(%listen, from_dir = %dir.display(), "controller started");
         let watcher = DirWatcher::new(dir);
         let pubr = publisher.clone();
-        tokio::spawn(watcher.run(args.poll_interval, move |poll| on_poll(&pubr, poll, false)));
+        tokio::spawn(watcher.run(args.poll_interval, move |poll| {
+            on_poll(&pubr, poll, false);
+        }));
     } else {
         let identity = match &args.identity {
             Some(id) => id.clone(),
@@ -223,14 +225,27 @@ fn default_identity() -> String {
         .unwrap_or_else(|| format!("sluice-controller-{}", std::process::id()))
 }
 
+/// What [`on_poll`] made of a poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// The table was published, or the manifests changed without changing it.
+    Published,
+    /// Nothing to do.
+    Unchanged,
+    /// The manifests could not be read, had errors (with `strict`), or compiled into
+    /// a table that failed validation: the last table stays in force.
+    Rejected,
+}
+
 /// Logs what a poll found and publishes the table. With `strict`, a table whose
 /// compile reported errors is not published (the last good one stays); otherwise the
 /// objects that compiled are published without the invalid ones.
-pub fn on_poll(publisher: &Publisher, poll: Poll, strict: bool) {
+pub fn on_poll(publisher: &Publisher, poll: Poll, strict: bool) -> PollOutcome {
     match poll {
-        Poll::Unchanged => {}
+        Poll::Unchanged => PollOutcome::Unchanged,
         Poll::Failed(e) => {
-            tracing::error!(error = %e, "cannot read manifests; keeping the last table")
+            tracing::error!(error = %e, "cannot read manifests; keeping the last table");
+            PollOutcome::Rejected
         }
         Poll::Compiled(table, diags) => {
             for d in diags.iter() {
@@ -241,16 +256,21 @@ pub fn on_poll(publisher: &Publisher, poll: Poll, strict: bool) {
             }
             if strict && diags.has_errors() {
                 tracing::error!("manifests have errors; keeping the last table");
-                return;
+                return PollOutcome::Rejected;
             }
             let (pools, routes) = (table.pools.len(), table.routes.len());
             match publisher.publish(table) {
                 Ok(Some(version)) => {
-                    tracing::info!(version, pools, routes, "route table published")
+                    tracing::info!(version, pools, routes, "route table published");
+                    PollOutcome::Published
                 }
-                Ok(None) => tracing::debug!("manifests changed but the table did not"),
+                Ok(None) => {
+                    tracing::debug!("manifests changed but the table did not");
+                    PollOutcome::Published
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "compiled table is invalid; keeping the last table")
+                    tracing::error!(error = %e, "compiled table is invalid; keeping the last table");
+                    PollOutcome::Rejected
                 }
             }
         }

@@ -21,7 +21,7 @@ use sluice_proxy::table_cache::TableCache;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
 use sluice_ratelimit::{RedisBackend, RedisConfig};
 
-use crate::cmd_controller::{on_poll, parse_duration, parse_interval};
+use crate::cmd_controller::{PollOutcome, on_poll, parse_duration, parse_interval};
 
 /// Arguments of `sluice proxy`.
 #[derive(clap::Args, Debug)]
@@ -136,8 +136,14 @@ pub async fn run(args: Args) -> Result<()> {
             let publisher = Publisher::new();
             let mut updates = publisher.subscribe();
             let watcher = DirWatcher::new(path);
+            let rejections = metrics.table_updates.with_label_values(&["rejected"]);
             tokio::spawn(watcher.run(args.poll_interval, move |poll| {
-                on_poll(&publisher, poll, true)
+                // A manifest that does not parse or compile never reaches the store,
+                // which counts the tables it refuses itself: count it here, so that a
+                // bad edit can be alerted on.
+                if on_poll(&publisher, poll, true) == PollOutcome::Rejected {
+                    rejections.inc();
+                }
             }));
             let store = store.clone();
             tokio::spawn(async move {
