@@ -230,3 +230,41 @@ fn a_manifest_that_does_not_parse_or_compile_counts_as_rejected_in_file_mode() -
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn after_sigterm_the_proxy_accepts_through_the_shutdown_delay_then_exits() -> Result<()> {
+    let dir = temp_dir("cli-shutdown");
+    std::fs::write(
+        dir.join("pool.yaml"),
+        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {name: echo}\n\
+         spec:\n  matches: [{pathPrefix: /echo/}]\n  backends: [{endpoints: [\"127.0.0.1:1\"]}]\n",
+    )?;
+    let dir_arg = dir.to_string_lossy().to_string();
+    let mut proxy = Process::start(
+        "proxy",
+        "sluice",
+        &[
+            "proxy",
+            "--config",
+            &dir_arg,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--shutdown-delay",
+            "3s",
+            "--drain-timeout",
+            "1s",
+        ],
+    )?;
+    let traffic = proxy.logged_addr("proxy started", "listen")?;
+    proxy.wait_for_log("route table published", Duration::from_secs(20))?;
+    proxy.signal("TERM")?;
+    proxy.wait_for_log("still accepting connections", Duration::from_secs(5))?;
+    // Within the delay a new request is still taken (and answered by the proxy: the
+    // pool's endpoint does not listen).
+    assert_eq!(get(traffic, "/echo/x")?.status, 502);
+    proxy.wait_for_exit(Duration::from_secs(20))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -136,6 +136,35 @@ impl Process {
             .with_context(|| format!("{value:?} in {line:?}"))
     }
 
+    /// Sends the process signal `name` (`TERM`, `INT`...) with `kill`.
+    ///
+    /// # Errors
+    ///
+    /// When `kill` cannot be run or fails.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed: {status}");
+        Ok(())
+    }
+
+    /// Waits for the process to exit by itself.
+    ///
+    /// # Errors
+    ///
+    /// When it is still running after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let name = self.name.clone();
+        let child = &mut self.child;
+        eventually(
+            timeout,
+            &format!("{name} to exit"),
+            || Ok(child.try_wait()?),
+        )
+    }
+
     /// Stops the process with SIGKILL and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

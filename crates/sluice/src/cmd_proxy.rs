@@ -52,6 +52,15 @@ pub struct Args {
     /// A client must send its request headers within this time.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     header_read_timeout: Duration,
+    /// After SIGTERM, keep accepting connections this long before draining, while
+    /// load balancers and kube-proxy stop sending new ones (a pod leaves its Service's
+    /// endpoints only after it is told to stop).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    shutdown_delay: Duration,
+    /// After the shutdown delay, how long requests in flight (streams included) get to
+    /// finish before their connections are closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
     /// Bearer token required for /metrics and /routes; needed when --admin is not a
     /// loopback address.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
@@ -182,6 +191,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let config = ServerConfig {
         header_read_timeout: args.header_read_timeout,
+        drain_timeout: args.drain_timeout,
         ..ServerConfig::default()
     };
     let mut admin = Admin::new(store.clone(), metrics.clone());
@@ -219,7 +229,15 @@ pub async fn run(args: Args) -> Result<()> {
         let forwarder = forwarder.clone();
         async move { forwarder.handle(req, peer).await }
     };
-    server::serve(traffic, config, handler, crate::shutdown_signal()).await;
+    let delay = args.shutdown_delay;
+    let shutdown = async move {
+        crate::shutdown_signal().await;
+        if !delay.is_zero() {
+            tracing::info!(?delay, "still accepting connections before draining");
+            tokio::time::sleep(delay).await;
+        }
+    };
+    server::serve(traffic, config, handler, shutdown).await;
     admin_task.abort();
     Ok(())
 }
