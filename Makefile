@@ -8,10 +8,16 @@ PYTHON     := $(VENV)/bin/python
 
 .PHONY: demo test build fmt-check clippy unit validate crds venv e2e bench clean
 
-## demo: build, start three demo agents and the proxy on 127.0.0.1:8080 (Ctrl-C stops)
+# The demo's ports on 127.0.0.1: make demo PORT=8081 ADMIN_PORT=9902 AGENT_PORTS=9011,9012,9013
+PORT        ?= 8080
+ADMIN_PORT  ?= 9901
+AGENT_PORTS ?= 9001,9002,9003
+
+## demo: build, start three demo agents and the proxy on 127.0.0.1:$(PORT) (Ctrl-C stops)
 demo:
 	$(CARGO) build -p sluice -p sluice-demo-agent
-	SLUICE_BIN_DIR=$(BIN_DIR) bash deploy/examples/standalone/demo.sh
+	SLUICE_BIN_DIR=$(BIN_DIR) PORT=$(PORT) ADMIN_PORT=$(ADMIN_PORT) AGENT_PORTS=$(AGENT_PORTS) \
+	  bash deploy/examples/standalone/demo.sh
 
 ## test: everything CI runs
 test: fmt-check clippy build unit validate

@@ -1,45 +1,114 @@
 //! The README's first command works: `deploy/examples/standalone/demo.sh` (what `make
-//! demo` runs) starts three agents and the proxy on 127.0.0.1:8080; the echo pool
-//! answers from the agents in turn and a streamed chat completion arrives chunk by chunk.
+//! demo` runs) starts three agents and the proxy; the echo pool answers from the agents
+//! in turn and a streamed chat completion arrives chunk by chunk.
 //!
-//! It uses the demo's fixed ports (8080, 9901, 9001-9003), so it fails if a demo is
-//! already running on this machine.
+//! The demo runs on ports the test picked free (`PORT`, `ADMIN_PORT`, `AGENT_PORTS`),
+//! never on the defaults: a demo the user left running keeps its ports and gets no
+//! traffic from here. A port that is taken stops the demo with a message, before
+//! anything starts.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sluice_e2e::{bin, eventually, get, get_with};
 
-struct Demo(std::process::Child);
+/// The demo script, killed (with everything it started) when dropped.
+struct Demo {
+    child: Child,
+    /// Lines of its standard output, as they come.
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Demo {
+    /// Starts the demo with `ports`: traffic, admin, then the three agents. Its
+    /// standard error is the test's, or a pipe with `capture_stderr`.
+    fn start(ports: [u16; 5], capture_stderr: bool) -> Result<Self> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let bin_dir = bin("sluice").parent().context("bin dir")?.to_path_buf();
+        let mut child = Command::new("bash")
+            .arg(root.join("deploy/examples/standalone/demo.sh"))
+            .env("SLUICE_BIN_DIR", &bin_dir)
+            .env("PORT", ports[0].to_string())
+            .env("ADMIN_PORT", ports[1].to_string())
+            .env(
+                "AGENT_PORTS",
+                format!("{},{},{}", ports[2], ports[3], ports[4]),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
+            .spawn()?;
+        let (tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().context("stdout")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("[demo] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Self { child, stdout })
+    }
+
+    /// Waits for the banner line that starts with `needle`.
+    fn wait_for_banner(&mut self, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line.starts_with(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let status = self.child.try_wait()?;
+        bail!("no {needle:?} from the demo (exited: {status:?})")
+    }
+}
 
 impl Drop for Demo {
     fn drop(&mut self) {
         // The script's trap stops the agents and the proxy on SIGTERM.
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(self.0.id().to_string())
+            .arg(self.child.id().to_string())
             .status();
-        let _ = self.0.wait();
+        let _ = self.child.wait();
     }
+}
+
+/// Five ports that were free a moment ago (bound together, then released).
+fn free_ports() -> Result<[u16; 5]> {
+    let listeners = (0..5)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0; 5];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 #[test]
 fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let bin_dir = bin("sluice").parent().context("bin dir")?.to_path_buf();
-    let _demo = Demo(
-        Command::new("bash")
-            .arg(root.join("deploy/examples/standalone/demo.sh"))
-            .env("SLUICE_BIN_DIR", &bin_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()?,
+    let ports = free_ports()?;
+    let mut demo = Demo::start(ports, false)?;
+    let banner = demo.wait_for_banner("Sluice is up on")?;
+    assert!(
+        banner.starts_with(&format!(
+            "Sluice is up on 127.0.0.1:{} (admin on 127.0.0.1:{})",
+            ports[0], ports[1]
+        )),
+        "{banner}"
     );
-    let proxy = "127.0.0.1:8080".parse()?;
-    let admin = "127.0.0.1:9901".parse()?;
+    let proxy: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse()?;
     eventually(Duration::from_secs(30), "the demo to be ready", || {
         Ok(get(admin, "/readyz")
             .ok()
@@ -148,5 +217,40 @@ fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
     );
     let usage = &events[events.len() - 2].1;
     assert!(usage.contains("\"usage\":{"), "{usage}");
+    Ok(())
+}
+
+#[test]
+fn a_taken_port_stops_the_demo_with_a_message() -> Result<()> {
+    let ports = free_ports()?;
+    // Another server holds the traffic port, as a second `make demo` would find it.
+    let holder = TcpListener::bind(("127.0.0.1", ports[0]))?;
+    let mut demo = Demo::start(ports, true)?;
+    let status = demo.child.wait()?;
+    let mut stderr = String::new();
+    demo.child
+        .stderr
+        .take()
+        .context("stderr")?
+        .read_to_string(&mut stderr)?;
+    let stdout: Vec<String> = demo.stdout.try_iter().collect();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{} for PORT (proxy traffic)", ports[0])),
+        "{stderr}"
+    );
+    assert!(stderr.contains("make demo PORT="), "{stderr}");
+    assert!(
+        !stdout.iter().any(|l| l.contains("Sluice is up")),
+        "{stdout:?}"
+    );
+    // Nothing was started: the other ports are still free.
+    for port in &ports[1..] {
+        assert!(
+            TcpStream::connect(("127.0.0.1", *port)).is_err(),
+            "port {port} is in use"
+        );
+    }
+    drop(holder);
     Ok(())
 }
