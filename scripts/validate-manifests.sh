@@ -529,6 +529,18 @@ def check_chart_object(what, doc):
             error(cw, "no resource requests")
         if "readinessProbe" not in c or "livenessProbe" not in c:
             error(cw, "no readiness or liveness probe")
+        args = c.get("args") or []
+        if not c.get("command") and args[:1] in (["proxy"], ["controller"]):
+            # Probes on the admin endpoints: liveness /healthz, readiness /readyz (a table).
+            port = "admin" if args[0] == "proxy" else "push"
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                get = (c.get(probe) or {}).get("httpGet") or {}
+                if get.get("path") != path or get.get("port") != port:
+                    error(cw, f"{probe} must GET {path} on port {port}, not {get}")
+    seen = Counter((t.get("topologyKey"), t.get("whenUnsatisfiable")) for t in spec.get("topologySpreadConstraints") or [])
+    for (key, when), n in seen.items():
+        if n > 1:
+            error(what, f"{n} topologySpreadConstraints on {key} with {when}: the API server refuses duplicates")
 
 
 def api_controller(spec):
@@ -690,6 +702,17 @@ def check_references(where, docs):
                     error(where, f"{describe(w)}: --controller {url} names no Service port of the release")
     for sm in by_kind.get("ServiceMonitor", {}).values():
         check_service_monitor(where, sm, by_kind)
+    for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
+        ref = hpa["spec"]["scaleTargetRef"]
+        target = by_kind.get(ref.get("kind"), {}).get(ref.get("name"))
+        if target is None:
+            error(where, f"HPA {hpa['metadata']['name']} scales {ref}, which the release does not render")
+        elif "replicas" in target["spec"]:
+            error(where, f"{describe(target)} sets replicas although HPA {hpa['metadata']['name']} scales it: every upgrade would reset them")
+    for pdb in by_kind.get("PodDisruptionBudget", {}).values():
+        selector = pdb["spec"].get("selector", {}).get("matchLabels") or {}
+        if not any(all((pod_spec(w)["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items()) for w in workloads):
+            error(where, f"PodDisruptionBudget {pdb['metadata']['name']} selects no pods of the release")
     dupes = [k for k, n in Counter((d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs).items() if n > 1]
     for kind, ns, name in dupes:
         error(where, f"{kind} {ns}/{name} is rendered more than once")
@@ -1019,6 +1042,18 @@ reject "serviceMonitor relabeling in snake_case" --set serviceMonitor.enabled=tr
 reject "serviceMonitor bad interval" --set serviceMonitor.enabled=true --set serviceMonitor.interval=often
 reject "adapter bad rate window" --set adapter.enabled=true --set-json 'adapter.rateWindow="2 minutes"'
 reject "adapter namespace not a namespace name" --set adapter.enabled=true --set adapter.namespace=Monitoring
+reject "one proxy with the PodDisruptionBudget (no drain could evict it)" --set proxy.replicas=1
+reject "one proxy with the PodDisruptionBudget, no schema (template check)" --set proxy.replicas=1 --without-schema
+reject "PodDisruptionBudget maxUnavailable 0" --set proxy.podDisruptionBudget.maxUnavailable=0
+reject "autoscaling minReplicas 1 with the PodDisruptionBudget" --set proxy.autoscaling.enabled=true --set proxy.autoscaling.minReplicas=1
+reject "autoscaling maxReplicas under minReplicas" --set proxy.autoscaling.enabled=true --set proxy.autoscaling.maxReplicas=1
+reject "autoscaling without a target" --set proxy.autoscaling.enabled=true \
+  --set proxy.autoscaling.targetCPUUtilizationPercentage=0 --set proxy.autoscaling.targetInFlightPerPod=0
+reject "terminationGracePeriodSeconds shorter than the drain" --set proxy.terminationGracePeriodSeconds=30
+reject "topologySpread whenUnsatisfiable unknown" --set proxy.topologySpread.whenUnsatisfiable=Never
+reject "redis.url and redis.existingSecret" --set redis.url=redis://r:6379 --set redis.existingSecret=mine
+reject "redis.url not a redis URL" --set redis.url=r:6379
+reject "priorityClass.value above the user range" --set priorityClass.value=2000000000
 
 step "generated CRDs in sync"
 for f in crds/*.yaml; do

@@ -259,27 +259,83 @@ The volume of route manifests.
 {{- end }}
 
 {{/*
-Scheduling fields of a component. Call with the component's values.
+Scheduling fields of a component. Call with (dict "root" $ "values" <the component's
+values> "component" "proxy"): node selection, the topology spread of its
+topologySpread and topologySpreadConstraints values (a constraint of the latter on
+the same topologyKey replaces the default one), and its priority class (its own,
+else the chart's when priorityClass.create, for the proxy and the controller).
 */}}
 {{- define "sluice.scheduling" -}}
-{{- with .nodeSelector }}
+{{- $v := .values }}
+{{- with $v.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .tolerations }}
+{{- with $v.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .affinity }}
+{{- with $v.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .topologySpreadConstraints }}
+{{- $spread := $v.topologySpread | default dict }}
+{{- if or $spread.enabled $v.topologySpreadConstraints }}
 topologySpreadConstraints:
+  {{- if $spread.enabled }}
+  {{- $own := list }}
+  {{- range $v.topologySpreadConstraints }}{{ $own = append $own .topologyKey }}{{ end }}
+  {{- range $key := list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+  {{- if not (has $key $own) }}
+  - topologyKey: {{ $key }}
+    maxSkew: {{ $spread.maxSkew | default 1 }}
+    whenUnsatisfiable: {{ $spread.whenUnsatisfiable | default "ScheduleAnyway" }}
+    labelSelector:
+      matchLabels:
+        {{- include "sluice.selectorLabels" (dict "root" $.root "component" $.component) | nindent 8 }}
+  {{- end }}
+  {{- end }}
+  {{- end }}
+  {{- with $v.topologySpreadConstraints }}
   {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
-{{- with .priorityClassName }}
-priorityClassName: {{ . }}
+{{- if $v.priorityClassName }}
+priorityClassName: {{ $v.priorityClassName }}
+{{- else if and .root.Values.priorityClass.create (has .component (list "proxy" "controller")) }}
+priorityClassName: {{ include "sluice.priorityClassName" .root }}
+{{- end }}
+{{- end }}
+
+{{/*
+The PriorityClass the chart creates: cluster-scoped, so it carries the release namespace.
+*/}}
+{{- define "sluice.priorityClassName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "sluice.fullname" .) | trunc 253 }}
+{{- end }}
+
+{{/*
+The proxy's termination grace period: proxy.terminationGracePeriodSeconds, or the
+shutdown delay plus the drain timeout plus 10 seconds.
+*/}}
+{{- define "sluice.proxyGracePeriod" -}}
+{{- $p := .Values.proxy }}
+{{- if kindIs "invalid" $p.terminationGracePeriodSeconds }}
+{{- add (int $p.shutdownDelaySeconds) (int $p.drainTimeoutSeconds) 10 }}
+{{- else }}
+{{- int $p.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the Redis URL: redis.existingSecret, or the one the chart creates
+from redis.url; empty without Redis.
+*/}}
+{{- define "sluice.redisSecretName" -}}
+{{- if .Values.redis.existingSecret }}
+{{- .Values.redis.existingSecret }}
+{{- else if .Values.redis.url }}
+{{- printf "%s-redis" (include "sluice.fullname" .) }}
 {{- end }}
 {{- end }}
 
@@ -426,6 +482,31 @@ Checks that hold even when the values schema is skipped (--skip-schema-validatio
 {{- end }}
 {{- if and .Values.admin.token (lt (len (toString .Values.admin.token)) 16) }}
 {{- fail "admin.token must be at least 16 characters long" }}
+{{- end }}
+{{- if and .Values.redis.url .Values.redis.existingSecret }}
+{{- fail "set either redis.url or redis.existingSecret, not both" }}
+{{- end }}
+{{- $p := .Values.proxy }}
+{{- $grace := int (include "sluice.proxyGracePeriod" .) }}
+{{- if lt $grace (add (int $p.shutdownDelaySeconds) (int $p.drainTimeoutSeconds)) }}
+{{- fail (printf "proxy.terminationGracePeriodSeconds (%d) must cover proxy.shutdownDelaySeconds + proxy.drainTimeoutSeconds (%d), or the kubelet kills streams still draining" $grace (add (int $p.shutdownDelaySeconds) (int $p.drainTimeoutSeconds))) }}
+{{- end }}
+{{- if and $p.autoscaling.enabled (lt (int $p.autoscaling.maxReplicas) (int $p.autoscaling.minReplicas)) }}
+{{- fail "proxy.autoscaling.maxReplicas must be at least proxy.autoscaling.minReplicas" }}
+{{- end }}
+{{- if and $p.autoscaling.enabled (not (or $p.autoscaling.targetCPUUtilizationPercentage $p.autoscaling.targetInFlightPerPod)) }}
+{{- fail "proxy.autoscaling needs a target: targetCPUUtilizationPercentage or targetInFlightPerPod" }}
+{{- end }}
+{{- $pdb := $p.podDisruptionBudget }}
+{{- $replicas := ternary $p.autoscaling.minReplicas $p.replicas (and $p.autoscaling.enabled true) | int }}
+{{- if and $pdb.enabled (gt $replicas 0) }}
+{{- if not (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- if or (eq (toString $pdb.maxUnavailable) "0") (eq (toString $pdb.maxUnavailable) "0%") }}
+{{- fail "proxy.podDisruptionBudget.maxUnavailable 0 lets no node drain evict a proxy: allow 1 or more" }}
+{{- end }}
+{{- else if or (and (kindIs "string" $pdb.minAvailable) (eq $pdb.minAvailable "100%")) (and (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) $replicas)) }}
+{{- fail (printf "proxy.podDisruptionBudget.minAvailable %v with %d proxy replica(s) lets no node drain evict a proxy: run more replicas (proxy.replicas, or proxy.autoscaling.minReplicas), lower minAvailable, or set proxy.podDisruptionBudget.enabled=false" $pdb.minAvailable $replicas) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.service.exposeAdmin) }}
 {{- fail "serviceMonitor.enabled needs service.exposeAdmin: the ServiceMonitor scrapes the Service's admin port" }}
