@@ -34,7 +34,8 @@
 #    `sluice compile` (semantic checks beyond the CRD schemas), and the flags and
 #    SLUICE_* variables given to sluice containers must be ones the binary knows;
 # 3. checks that invalid values (mode=bogus, a short admin.token and others) make
-#    rendering FAIL;
+#    rendering FAIL; and that every value of values.yaml is declared and described in
+#    values.schema.json and listed in the chart's README (scripts/values_reference.py);
 # 4. checks that crds/ and charts/sluice/crds/ hold the same generated files, and that
 #    deploy/kubernetes/sluice.yaml is the chart rendered with its defaults, except the
 #    admin token: it names the Secret sluice-admin, which the user creates, since a
@@ -120,6 +121,9 @@ for s in "${scenarios[@]}"; do
   echo "ok   render $label: $(grep -c '^kind:' "$out") objects"
   rendered+=("$out")
 done
+
+step "values: schema and README"
+"$PYTHON" scripts/values_reference.py || fail "values.yaml, values.schema.json and the chart's README disagree (see ERROR lines above)"
 
 step "plain manifests"
 GENERATED=deploy/kubernetes/sluice.yaml
