@@ -34,8 +34,11 @@
 #    `sluice compile` (semantic checks beyond the CRD schemas), and the flags and
 #    SLUICE_* variables given to sluice containers must be ones the binary knows;
 # 3. checks that invalid values (mode=bogus, a short admin.token and others) make
-#    rendering FAIL; and that every value of values.yaml is declared and described in
+#    rendering FAIL; that every value of values.yaml is declared and described in
 #    values.schema.json and listed in the chart's README (scripts/values_reference.py);
+#    and that the kubectl and helm commands of the READMEs, of NOTES.txt (each render)
+#    and of scripts/e2e-cluster.sh name files, charts and objects that exist, in
+#    namespaces kubectl accepts (scripts/check_commands.py);
 # 4. checks that crds/ and charts/sluice/crds/ hold the same generated files, and that
 #    deploy/kubernetes/sluice.yaml is the chart rendered with its defaults, except the
 #    admin token: it names the Secret sluice-admin, which the user creates, since a
@@ -124,6 +127,14 @@ done
 
 step "values: schema and README"
 "$PYTHON" scripts/values_reference.py || fail "values.yaml, values.schema.json and the chart's README disagree (see ERROR lines above)"
+
+step "cluster commands of the READMEs, NOTES.txt and scripts/e2e-cluster.sh (dry check)"
+notes_args=()
+for s in "${scenarios[@]}"; do
+  label=${s%%|*}
+  notes_args+=(--notes "$tmp/notes-$label.txt" "$tmp/rendered-$label.yaml" sluice)
+done
+"$PYTHON" scripts/check_commands.py "${notes_args[@]}" || fail "a documented command would fail (see ERROR lines above)"
 
 step "plain manifests"
 GENERATED=deploy/kubernetes/sluice.yaml
