@@ -6,7 +6,13 @@ BIN_DIR    := $(TARGET_DIR)/debug
 VENV       ?= .venv
 PYTHON     := $(VENV)/bin/python
 
-.PHONY: demo test build fmt-check clippy unit validate crds venv e2e bench clean
+# One version for the binaries, the chart and the image: the workspace's, in Cargo.toml.
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+IMAGE      ?= ghcr.io/sluice-dev/sluice
+CONTAINER  ?= docker
+COMMIT     := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+.PHONY: demo test build fmt-check clippy unit validate crds venv e2e bench image clean
 
 # The demo's ports on 127.0.0.1: make demo PORT=8081 ADMIN_PORT=9902 AGENT_PORTS=9011,9012,9013
 PORT        ?= 8080
@@ -52,6 +58,12 @@ crds:
 e2e:
 	$(CARGO) build -p sluice
 	SLUICE_BIN=$(BIN_DIR)/sluice bash scripts/e2e-cluster.sh
+
+## image: build the image $(IMAGE):$(VERSION) that the chart runs (CONTAINER=podman for Podman)
+image:
+	$(CONTAINER) build --build-arg SLUICE_VERSION=$(VERSION) --build-arg SLUICE_GIT_COMMIT=$(COMMIT) \
+	  -t $(IMAGE):$(VERSION) .
+	@echo "built $(IMAGE):$(VERSION); load it into kind with: kind load docker-image $(IMAGE):$(VERSION)"
 
 ## bench: criterion benchmarks
 bench:
