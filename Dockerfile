@@ -11,6 +11,7 @@ ARG SLUICE_GIT_COMMIT=unknown
 WORKDIR /src
 COPY . .
 RUN SLUICE_GIT_COMMIT="$SLUICE_GIT_COMMIT" cargo build --release --locked -p sluice -p sluice-demo-agent \
+      --features sluice/otlp \
  && cp target/release/sluice target/release/sluice-demo-agent /usr/local/bin/
 
 FROM debian:bookworm-slim

@@ -36,9 +36,11 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p sluice-proxy -p sluice --all-targets --features sluice/otlp -- -D warnings
 
 unit: build
 	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test -p sluice-proxy --features otlp --lib --test otlp
 
 ## validate: lint and render the Helm chart, validate CRDs and rendered objects offline
 validate: venv build

@@ -24,6 +24,8 @@ pub mod hygiene;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod pool;
 pub mod replay;
 pub mod router;

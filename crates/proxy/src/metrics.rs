@@ -92,6 +92,11 @@ pub struct Metrics {
     /// `sluice_access_log_dropped_total`: access log lines dropped because the writer
     /// was behind.
     pub access_log_dropped: IntCounter,
+    /// `sluice_trace_spans_dropped_total`: request spans dropped because the exporter
+    /// was behind.
+    pub spans_dropped: IntCounter,
+    /// `sluice_trace_exports_total{result}`: span batches exported (`ok`, `error`).
+    pub span_exports: IntCounterVec,
 }
 
 impl Metrics {
@@ -286,6 +291,18 @@ impl Metrics {
                     "sluice_access_log_dropped_total",
                     "Access log lines dropped because the writer was behind",
                 )?,
+            )?,
+            spans_dropped: reg(
+                &registry,
+                IntCounter::new(
+                    "sluice_trace_spans_dropped_total",
+                    "Request spans dropped because the exporter was behind",
+                )?,
+            )?,
+            span_exports: counter(
+                "sluice_trace_exports_total",
+                "Span batches exported, by result",
+                &["result"],
             )?,
             registry,
         })

@@ -8,14 +8,21 @@
 //! proxy answers itself, so that a client's error report leads to the request's log
 //! line and spans.
 //!
+//! With an exporter configured (`--otlp-endpoint`, in a build with the `otlp`
+//! feature), each finished request becomes a [`RequestSpan`] put on a bounded
+//! [`SpanQueue`]; the exporter drains it off the request path. Without one, no span
+//! is assembled at all.
+//!
 //! Format (W3C Trace Context, level 1): `00-<32 hex trace id>-<16 hex parent id>-<2 hex
 //! flags>`. A version other than `00` is read for its first four fields as the
 //! specification asks; an all-zero trace or parent id, upper-case hex or a wrong
 //! length make the header invalid, and a new trace starts.
 
 use std::fmt;
+use std::time::SystemTime;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::sync::mpsc;
 
 use crate::clock::Entropy;
 
@@ -141,6 +148,68 @@ impl fmt::Display for SpanId {
 impl fmt::Debug for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SpanId({self})")
+    }
+}
+
+/// One attempt to an agent: a client span, child of the request's.
+#[derive(Debug, Clone)]
+pub struct AttemptSpan {
+    /// The span.
+    pub span: SpanId,
+    /// The endpoint tried.
+    pub endpoint: String,
+    /// When the attempt was sent.
+    pub start: SystemTime,
+    /// When its response headers (or its failure) came.
+    pub end: SystemTime,
+    /// The agent's status, when it answered.
+    pub status: Option<u16>,
+    /// Why it failed, when it did (a proxy reason code).
+    pub error: Option<&'static str>,
+}
+
+/// A finished request: the proxy's server span and its attempts.
+#[derive(Debug, Clone)]
+pub struct RequestSpan {
+    /// The request's trace context (its span is the proxy's server span).
+    pub trace: TraceContext,
+    /// The span name: the method and the pool (or the path when no pool served).
+    pub name: String,
+    /// When the request arrived.
+    pub start: SystemTime,
+    /// When its response body ended.
+    pub end: SystemTime,
+    /// Attributes: HTTP method, path, status, pool, consumer, reason.
+    pub attributes: Vec<(&'static str, String)>,
+    /// The status the client received.
+    pub status: u16,
+    /// The attempts to agents, in order.
+    pub attempts: Vec<AttemptSpan>,
+}
+
+/// Where finished requests go to be exported: a bounded queue that never blocks the
+/// request path (a full queue drops the span and counts it).
+#[derive(Debug, Clone)]
+pub struct SpanQueue {
+    tx: mpsc::Sender<RequestSpan>,
+    dropped: prometheus::IntCounter,
+}
+
+impl SpanQueue {
+    /// A queue of `capacity` spans; the exporter reads the receiver.
+    pub fn new(
+        capacity: usize,
+        dropped: prometheus::IntCounter,
+    ) -> (Self, mpsc::Receiver<RequestSpan>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { tx, dropped }, rx)
+    }
+
+    /// Queues `span` for export, or drops and counts it when the queue is full.
+    pub fn send(&self, span: RequestSpan) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.inc();
+        }
     }
 }
 

@@ -93,6 +93,15 @@ pub struct Args {
     /// Log paths with their query strings (off by default: queries may hold tokens).
     #[arg(long, env = "SLUICE_ACCESS_LOG_QUERY")]
     access_log_query: bool,
+    /// Export a span per request (and one per attempt) over OTLP/HTTP to this
+    /// collector, e.g. http://otel-collector:4318 (/v1/traces is added to a bare
+    /// URL). Needs a build with the `otlp` feature, as the released image is.
+    #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// How many of the callers limited most each rate policy exports by name in
+    /// sluice_ratelimit_top_consumers (the rest are summed as "other").
+    #[arg(long, default_value_t = 10, env = "SLUICE_TOP_CONSUMERS")]
+    top_consumers: usize,
 }
 
 /// A share from 0 to 1.
@@ -137,6 +146,7 @@ pub async fn run(args: Args) -> Result<()> {
             .redis(redis)
             .max_keys(max_keys)
             .clock(clock)
+            .top_consumers(args.top_consumers)
             .build(),
     );
 
@@ -223,8 +233,11 @@ pub async fn run(args: Args) -> Result<()> {
         &metrics,
     )
     .context("starting the access log writer")?;
-    let forwarder =
-        Forwarder::with_config(store, metrics, forward_config).with_access_log(access_log);
+    let mut forwarder =
+        Forwarder::with_config(store, metrics.clone(), forward_config).with_access_log(access_log);
+    if let Some(endpoint) = &args.otlp_endpoint {
+        forwarder = forwarder.with_spans(otlp_spans(endpoint, &metrics)?);
+    }
     let handler = move |req, peer| {
         let forwarder = forwarder.clone();
         async move { forwarder.handle(req, peer).await }
@@ -240,4 +253,20 @@ pub async fn run(args: Args) -> Result<()> {
     server::serve(traffic, config, handler, shutdown).await;
     admin_task.abort();
     Ok(())
+}
+
+/// The queue of an OTLP exporter to `endpoint`.
+#[cfg(feature = "otlp")]
+fn otlp_spans(endpoint: &str, metrics: &Metrics) -> Result<sluice_proxy::trace::SpanQueue> {
+    let queue = sluice_proxy::otlp::start(endpoint, metrics)?;
+    tracing::info!(endpoint, "exporting request spans over OTLP");
+    Ok(queue)
+}
+
+/// A build without OTLP refuses the flag rather than ignore it.
+#[cfg(not(feature = "otlp"))]
+fn otlp_spans(_endpoint: &str, _metrics: &Metrics) -> Result<sluice_proxy::trace::SpanQueue> {
+    bail!(
+        "--otlp-endpoint: this build has no OTLP export; build with `cargo build --release -p sluice --features otlp` (the released image has it)"
+    )
 }

@@ -13,7 +13,7 @@ use crate::identity::Caller;
 use crate::limits::{RateOutcome, Subject};
 use crate::pool::{PickRequest, PoolRuntime};
 use crate::store::Runtime;
-use crate::trace::TraceContext;
+use crate::trace::{AttemptSpan, TraceContext};
 
 /// One request's state, filled in phase by phase.
 #[derive(Debug)]
@@ -59,12 +59,14 @@ pub(super) struct RequestLine {
     pub path: String,
 }
 
-/// What the send phase did, for the access log.
+/// What the send phase did, for the access log and the spans.
 #[derive(Debug, Default)]
 pub(super) struct UpstreamLog {
     pub endpoint: Option<usize>,
     pub status: Option<u16>,
     pub retries: u32,
+    /// Each attempt as a span, when spans are exported.
+    pub attempts: Option<Vec<AttemptSpan>>,
 }
 
 impl RequestCtx {

@@ -21,13 +21,14 @@ use crate::limits::WARNING_HEADER;
 use crate::metrics::{NO_POOL, code_class};
 use crate::pool::PoolRuntime;
 use crate::top::Event;
+use crate::trace::{RequestSpan, SpanQueue};
 
 impl Forwarder {
     /// The proxy's refusal becomes its response; the response is counted, and its
     /// body watched to its end for the duration, size and access log line.
     pub(super) fn log(
         &self,
-        ctx: RequestCtx,
+        mut ctx: RequestCtx,
         serving: Option<Serving>,
         result: Result<Response<ProxyBody>, ProxyError>,
     ) -> Response<ProxyBody> {
@@ -55,6 +56,11 @@ impl Forwarder {
                     .observe(elapsed);
             }
         }
+        let attempts = ctx.upstream.attempts.take().unwrap_or_default();
+        let span = self.spans.as_ref().map(|queue| {
+            let span = span(&ctx, pool.as_deref(), status.as_u16(), refusal.as_ref());
+            (queue.clone(), RequestSpan { attempts, ..span })
+        });
         let record = self
             .access_log
             .is_on()
@@ -65,6 +71,7 @@ impl Forwarder {
             bytes: 0,
             pool,
             record,
+            span,
             log: self.access_log.clone(),
             bytes_in: ctx.bytes_in,
         };
@@ -177,6 +184,43 @@ fn record(
     }
 }
 
+/// The span of a request whose response head is ready; the body's end completes it.
+fn span(
+    ctx: &RequestCtx,
+    pool: Option<&PoolRuntime>,
+    status: u16,
+    refusal: Option<&RefusalLog>,
+) -> RequestSpan {
+    let (method, path) = ctx
+        .line
+        .as_ref()
+        .map_or(("", ""), |l| (l.method.as_str(), l.path.as_str()));
+    let mut attributes = vec![
+        ("http.request.method", method.to_owned()),
+        ("url.path", path.to_owned()),
+        ("client.address", ctx.client_ip.to_string()),
+    ];
+    if let Some(p) = pool {
+        attributes.push(("sluice.pool", p.key().to_owned()));
+    }
+    if let Some(c) = &ctx.caller {
+        attributes.push(("sluice.consumer", c.consumer.clone()));
+        attributes.push(("sluice.tier", c.tier.clone()));
+    }
+    if let Some(r) = refusal {
+        attributes.push(("sluice.reason", r.reason.to_owned()));
+    }
+    RequestSpan {
+        trace: ctx.trace.clone(),
+        name: format!("{method} {}", pool.map_or(path, PoolRuntime::key)),
+        start: ctx.arrived,
+        end: ctx.arrived,
+        attributes,
+        status,
+        attempts: Vec::new(),
+    }
+}
+
 /// Watches a response body to its end: its first byte, its size, how it ended.
 struct LogWatch {
     start: Instant,
@@ -184,6 +228,7 @@ struct LogWatch {
     bytes: u64,
     pool: Option<Arc<PoolRuntime>>,
     record: Option<Record>,
+    span: Option<(SpanQueue, RequestSpan)>,
     log: AccessLog,
     bytes_in: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -220,6 +265,10 @@ impl BodyWatch for LogWatch {
                 BodyEnd::Dropped => Completion::ClientGone,
             };
             self.log.log(record);
+        }
+        if let Some((queue, mut span)) = self.span.take() {
+            span.end = span.start + duration;
+            queue.send(span);
         }
     }
 }

@@ -51,7 +51,7 @@ use crate::limits;
 use crate::metrics::Metrics;
 use crate::router;
 use crate::store::{Runtime, TableStore};
-use crate::trace::TraceContext;
+use crate::trace::{SpanQueue, TraceContext};
 use crate::upgrade;
 
 /// The header a request names a capability in, unless configured otherwise.
@@ -85,6 +85,7 @@ pub struct Forwarder {
     metrics: Metrics,
     config: Arc<ForwardConfig>,
     access_log: AccessLog,
+    spans: Option<SpanQueue>,
 }
 
 /// What goes to the agent: the cleaned head, the body, the client's side of an
@@ -117,7 +118,15 @@ impl Forwarder {
             metrics,
             config: Arc::new(config),
             access_log: AccessLog::off(),
+            spans: None,
         }
+    }
+
+    /// The same forwarder, putting a span of each finished request on `queue` for an
+    /// exporter.
+    pub fn with_spans(mut self, queue: SpanQueue) -> Self {
+        self.spans = Some(queue);
+        self
     }
 
     /// The same forwarder, writing an access log line per request to `log`.
@@ -143,7 +152,7 @@ impl Forwarder {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let runtime = self.store.load().ok_or(ProxyError::NotReady)?;
-        if self.access_log.is_on() {
+        if self.access_log.is_on() || self.spans.is_some() {
             ctx.line = Some(self.request_line(&req));
         }
         let (index, routed) = self.route(ctx, &runtime, req)?;
@@ -176,7 +185,10 @@ impl Forwarder {
             rate: std::mem::take(&mut ctx.rate),
         };
         let pick = ctx.pick(serving.pool(), &parts.headers);
-        let mut upstream = UpstreamLog::default();
+        let mut upstream = UpstreamLog {
+            attempts: self.spans.as_ref().map(|_| Vec::new()),
+            ..UpstreamLog::default()
+        };
         let result = self
             .send(ctx, serving, &pick, slot, outbound, &mut upstream)
             .await;

@@ -3,6 +3,8 @@
 //! never replaying a body that was partly sent and not kept. A timeout is never
 //! retried: the agent may be working on the request.
 
+use std::time::SystemTime;
+
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{BodyExt, Full};
@@ -19,7 +21,7 @@ use crate::error::ProxyError;
 use crate::hygiene::upstream::UpstreamHead;
 use crate::pool::{PickRequest, PoolRuntime, Slot};
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
-use crate::trace::{SpanId, TraceContext};
+use crate::trace::{AttemptSpan, SpanId, TraceContext};
 
 /// Why an attempt did not give the answer: a response with a retried status, or an
 /// error that another endpoint may not have.
@@ -72,9 +74,28 @@ impl Forwarder {
                 slot: &slot,
                 deadline: serving.deadline(),
             };
+            let sent = log.attempts.as_ref().map(|_| SystemTime::now());
             let outcome = attempt(&to, &head, &ctx.trace, span, &mut source, retry).await;
             if let Attempt::Answered(resp) | Attempt::Failed(Failure::Status(resp)) = &outcome {
                 log.status = Some(resp.status().as_u16());
+            }
+            if let (Some(spans), Some(start)) = (log.attempts.as_mut(), sent) {
+                let (status, error) = match &outcome {
+                    Attempt::Answered(r) | Attempt::Failed(Failure::Status(r)) => {
+                        (Some(r.status().as_u16()), None)
+                    }
+                    Attempt::Failed(Failure::Error(e)) | Attempt::Fatal(e) => {
+                        (None, Some(e.reason()))
+                    }
+                };
+                spans.push(AttemptSpan {
+                    span,
+                    endpoint: pool.endpoints[slot.index].address.clone(),
+                    start,
+                    end: SystemTime::now(),
+                    status,
+                    error,
+                });
             }
             let failure = match outcome {
                 Attempt::Answered(resp) => {
