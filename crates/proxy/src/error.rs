@@ -39,6 +39,22 @@ pub enum ProxyError {
     /// bad percent escape). Not retryable.
     #[error("bad request path: {0}")]
     BadPath(#[from] crate::hygiene::path::PathError),
+    /// The request's host is ambiguous or malformed (two `Host` lines, a `Host` that
+    /// disagrees with the target, an invalid or missing one). Not retryable.
+    #[error("bad request: {0}")]
+    BadHost(#[from] crate::hygiene::host::HostError),
+    /// A method the gateway does not proxy (`CONNECT`). Not retryable.
+    #[error("method {method} is not allowed")]
+    MethodNotAllowed {
+        /// The method.
+        method: String,
+    },
+    /// A request body in a transfer coding other than `chunked`. Not retryable.
+    #[error("transfer coding {coding:?} is not implemented; send the body unencoded or chunked")]
+    UnsupportedTransferCoding {
+        /// The coding.
+        coding: String,
+    },
     /// Authentication or access refused the request (401, 403, or 503 when a JWKS is
     /// unavailable). Retryable only in the last case.
     #[error("{0}")]
@@ -129,7 +145,11 @@ impl ProxyError {
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } | ProxyError::NoCapability { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) | ProxyError::BadHost(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(e) => e.status(),
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::LimitsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -150,6 +170,9 @@ impl ProxyError {
             ProxyError::QueueTimeout { .. } => "queue_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::BadPath(e) => e.reason(),
+            ProxyError::BadHost(e) => e.reason(),
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
+            ProxyError::UnsupportedTransferCoding { .. } => "unsupported_transfer_coding",
             ProxyError::Auth(e) => e.reason(),
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::LimitsUnavailable { .. } => "rate_limit_unavailable",
@@ -174,6 +197,9 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => false,
             ProxyError::NoRoute { .. }
             | ProxyError::BadPath(_)
+            | ProxyError::BadHost(_)
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::UnsupportedTransferCoding { .. }
             | ProxyError::NoCapability { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::Timeout { .. }

@@ -7,9 +7,16 @@ use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-/// Whether `headers` ask for a protocol upgrade (`Connection: upgrade` plus `Upgrade`).
+/// Whether `headers` ask for a protocol upgrade the gateway passes through
+/// (`Connection: upgrade` plus `Upgrade`). An upgrade to `h2c` is about the client's own
+/// connection to the gateway, not the agent's: it is never passed on (its headers go
+/// as hop-by-hop).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+    let h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    });
+    !h2c && headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
             .iter()

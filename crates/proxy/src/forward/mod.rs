@@ -36,6 +36,7 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -47,6 +48,7 @@ use crate::error::ProxyError;
 use crate::hygiene::client_ip::TrustedProxies;
 use crate::hygiene::path::{PathOptions, normalise_path_and_query};
 use crate::hygiene::upstream::UpstreamHead;
+use crate::hygiene::{host, message};
 use crate::limits;
 use crate::metrics::Metrics;
 use crate::router;
@@ -103,6 +105,8 @@ struct Routed {
     body: Incoming,
     /// The `Upgrade` value and the client connection's upgrade, for an upgrade request.
     upgrade: Option<(HeaderValue, OnUpgrade)>,
+    /// The authority routing used, which the agent receives as `Host`.
+    authority: Option<Authority>,
 }
 
 impl Forwarder {
@@ -161,6 +165,7 @@ impl Forwarder {
             parts,
             body,
             upgrade,
+            authority,
         } = routed;
         self.admit(ctx, serving, &parts.headers).await?;
         let body = CountedBody::new(body, ctx.bytes_in.clone());
@@ -171,6 +176,7 @@ impl Forwarder {
         let (protocol, on_upgrade) = upgrade.unzip();
         let head = UpstreamHead::new(
             &parts,
+            authority.as_ref(),
             ctx.peer,
             self.config
                 .trusted_proxies
@@ -204,6 +210,8 @@ impl Forwarder {
         runtime: &Runtime,
         mut req: Request<Incoming>,
     ) -> Result<(usize, Routed), ProxyError> {
+        message::check(req.method(), req.headers())?;
+        let authority = host::request_authority(req.uri(), req.version(), req.headers())?;
         // Routing, authentication, limits and the agent all see the one normalised path.
         normalise_uri(&mut req, &self.config.path)?;
         if let Some(line) = &mut ctx.line {
@@ -227,6 +235,7 @@ impl Forwarder {
                 parts,
                 body,
                 upgrade,
+                authority,
             },
         ))
     }

@@ -9,6 +9,10 @@
 //! 2. [`strip_sluice_headers`]: every `x-sluice-*` header the client sent (header names
 //!    are case-insensitive and `http` stores them lower-case, so `X-Sluice-Tier` is
 //!    caught too): an agent must never see a client-chosen `x-sluice-tier: premium`.
+//!    With them go look-alikes spelled with underscores (`x_sluice_tier`,
+//!    `x_forwarded_for`, `x_api_key`...): CGI-style frameworks read `_` and `-` as the
+//!    same character, so such a header would pass for the one the gateway controls
+//!    (nginx drops headers with underscores by default for the same reason).
 //! 3. [`set_identity`]: `x-sluice-consumer` and `x-sluice-tier` from the authenticated
 //!    consumer; for an anonymous request they stay absent.
 //!
@@ -88,11 +92,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every `x-sluice-*` header, whatever its case on the wire.
+/// Names the gateway sets, reads or strips; a header spelled like one of them with
+/// underscores for dashes never reaches an agent.
+static GUARDED: [&str; 13] = [
+    "authorization",
+    "x-api-key",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "traceparent",
+    "tracestate",
+];
+
+/// Removes every `x-sluice-*` header, whatever its case on the wire, and every header
+/// that spells a guarded name (an `x-sluice-*` one, a credential, a forwarding or
+/// framing header) with underscores.
 pub fn strip_sluice_headers(headers: &mut HeaderMap) {
     let owned: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(SLUICE_PREFIX))
+        .filter(|k| {
+            let name = k.as_str();
+            if name.starts_with(SLUICE_PREFIX) {
+                return true;
+            }
+            if !name.contains('_') {
+                return false;
+            }
+            let dashed = name.replace('_', "-");
+            dashed.starts_with(SLUICE_PREFIX) || GUARDED.contains(&dashed.as_str())
+        })
         .cloned()
         .collect();
     for name in owned {

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::Authority;
 use http::{Method, Request, Uri};
 
 use super::client_ip::X_FORWARDED_FOR;
@@ -31,20 +32,25 @@ pub struct UpstreamHead {
 
 impl UpstreamHead {
     /// Cleans the client's request head for agents (see the [module docs](self)).
+    /// `authority` is the one routing used (see [`super::host`]), sent as `Host`;
     /// `peer_trusted` says whether the TCP peer is a trusted proxy; `upgrade` is the
     /// `Upgrade` value of an upgrade request, kept aside before hop-by-hop headers
     /// went.
     pub fn new(
         parts: &Parts,
+        authority: Option<&Authority>,
         peer: SocketAddr,
         peer_trusted: bool,
         caller: Option<&Caller>,
         upgrade: Option<HeaderValue>,
     ) -> Self {
         let mut headers = parts.headers.clone();
-        // HTTP/2 requests carry the host in the authority: keep it for the agent.
-        if !headers.contains_key(header::HOST)
-            && let Some(authority) = parts.uri.authority()
+        // A chunked body stays chunked: without the header the client would send a
+        // GET's body as no body at all (Transfer-Encoding itself is hop-by-hop).
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        // The agent is told the host routing used: the target's authority (HTTP/2,
+        // absolute-form) or the one Host line, as the client wrote it.
+        if let Some(authority) = authority
             && let Ok(v) = HeaderValue::from_str(authority.as_str())
         {
             headers.insert(header::HOST, v);
@@ -74,6 +80,12 @@ impl UpstreamHead {
         );
         if let Some(protocol) = upgrade {
             upgrade::restore_upgrade_headers(&mut headers, protocol);
+        }
+        if chunked {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
         }
         Self {
             method: parts.method.clone(),

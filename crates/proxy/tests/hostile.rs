@@ -1,0 +1,286 @@
+//! Hostile requests over raw sockets: ambiguous hosts cannot route by one host and
+//! reach the agent with another, look-alike identity headers spelled with
+//! underscores never reach an agent, and what a reverse proxy must not forward
+//! (`CONNECT`, transfer codings other than chunked, an `h2c` upgrade) gets a clear
+//! answer instead.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use support::{Agent, Proxy, compile_yaml, full, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type Seen = Arc<Mutex<Vec<HeaderMap>>>;
+
+/// An agent answering its name and keeping the headers of every request.
+async fn recording(name: &'static str) -> (Agent, Seen) {
+    let seen: Seen = Arc::default();
+    let keep = seen.clone();
+    let agent = Agent::start(move |req: Request<Incoming>| {
+        keep.lock().expect("lock").push(req.headers().clone());
+        async move { Response::new(full(name)) }
+    })
+    .await;
+    (agent, seen)
+}
+
+/// A public catch-all pool and a pool for `secure.example` that needs a key.
+async fn setup() -> (Proxy, Seen, Seen) {
+    let (public, seen_public) = recording("public").await;
+    let (secure, seen_secure) = recording("secure").await;
+    let yaml = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+         metadata: {{name: secure, namespace: demo}}\n\
+         spec:\n  matches: [{{host: secure.example, pathPrefix: /}}]\n\
+         \x20 backends: [{{endpoints: [\"{}\"]}}]\n  access: {{tiers: [premium]}}\n---\n\
+         apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+         metadata: {{name: public, namespace: demo}}\n\
+         spec:\n  matches: [{{pathPrefix: /}}]\n\
+         \x20 backends: [{{endpoints: [\"{}\"]}}]\n",
+        secure.address(),
+        public.address()
+    );
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    (proxy, seen_public, seen_secure)
+}
+
+/// Writes `request` (the whole head, CRLF line ends added) on a new connection and
+/// reads the answer: its status and text.
+async fn raw(addr: SocketAddr, lines: &[&str], body: &str) -> (u16, String) {
+    let mut request = lines.join("\r\n");
+    request.push_str("\r\n\r\n");
+    request.push_str(body);
+    let mut bytes = Vec::new();
+    within(lines[0], async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        stream.read_to_end(&mut bytes).await.expect("read");
+    })
+    .await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a status line in {text:?}"));
+    (status, text)
+}
+
+#[tokio::test]
+async fn a_request_cannot_route_by_one_host_and_reach_the_agent_with_another() {
+    let (proxy, seen_public, seen_secure) = setup().await;
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "GET http://other.example/x HTTP/1.1",
+                "Host: secure.example",
+            ],
+            "host_mismatch",
+        ),
+        (
+            &[
+                "GET /x HTTP/1.1",
+                "Host: other.example",
+                "Host: secure.example",
+            ],
+            "multiple_host",
+        ),
+        (
+            &["GET /x HTTP/1.1", "Host: secure.example/x"],
+            "invalid_host",
+        ),
+        (
+            &["GET /x HTTP/1.1", "Host: user@secure.example"],
+            "invalid_host",
+        ),
+        (&["GET /x HTTP/1.1"], "missing_host"),
+    ];
+    for (head, code) in cases {
+        let mut lines = head.to_vec();
+        lines.push("Connection: close");
+        let (status, text) = raw(proxy.addr, &lines, "").await;
+        assert_eq!(status, 400, "{head:?}: {text}");
+        assert!(
+            text.contains(&format!("\"code\":\"{code}\"")),
+            "{head:?}: {text}"
+        );
+    }
+    assert_eq!(seen_public.lock().expect("lock").len(), 0);
+    assert_eq!(seen_secure.lock().expect("lock").len(), 0);
+
+    // An absolute-form target routes by its own authority, which the agent receives.
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "GET http://Public.Example:8080/x HTTP/1.1",
+            "Host: public.example:8080",
+            "Connection: close",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let seen = seen_public.lock().expect("lock").pop().expect("a request");
+    assert_eq!(
+        seen["host"], "Public.Example:8080",
+        "the target's, as written"
+    );
+    // The protected pool still answers 401 to the host it serves.
+    let (status, _) = raw(
+        proxy.addr,
+        &[
+            "GET /x HTTP/1.1",
+            "Host: secure.example",
+            "Connection: close",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn an_http2_authority_that_disagrees_with_host_is_refused() {
+    let (proxy, seen_public, _) = setup().await;
+    let c = support::h2_client();
+    let req = Request::get(format!("http://{}/x", proxy.addr))
+        .header("host", "secure.example")
+        .body(support::empty())
+        .expect("request");
+    let reply = support::send(&c, req).await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.error_code(), "host_mismatch");
+
+    let req = Request::get(format!("http://{}/x", proxy.addr))
+        .body(support::empty())
+        .expect("request");
+    assert_eq!(support::send(&c, req).await.status, 200);
+    let seen = seen_public.lock().expect("lock").pop().expect("a request");
+    assert_eq!(
+        seen["host"],
+        proxy.addr.to_string(),
+        "the :authority, as Host"
+    );
+}
+
+#[tokio::test]
+async fn identity_look_alikes_spelled_with_underscores_never_reach_an_agent() {
+    let (proxy, seen_public, _) = setup().await;
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "GET /x HTTP/1.1",
+            "Host: public.example",
+            "x_sluice_tier: premium",
+            "X_Sluice_Consumer: alice",
+            "x_forwarded_for: 10.9.9.9",
+            "x_api_key: stolen",
+            "x_request_id: kept",
+            "Connection: close",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let seen = seen_public.lock().expect("lock").pop().expect("a request");
+    for name in [
+        "x_sluice_tier",
+        "x_sluice_consumer",
+        "x_forwarded_for",
+        "x_api_key",
+    ] {
+        assert!(
+            !seen.contains_key(name),
+            "{name} reached the agent: {seen:?}"
+        );
+    }
+    assert_eq!(seen["x_request_id"], "kept", "other underscores pass");
+}
+
+#[tokio::test]
+async fn what_a_reverse_proxy_must_not_forward_gets_a_clear_answer() {
+    let (proxy, seen_public, _) = setup().await;
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "CONNECT public.example:443 HTTP/1.1",
+            "Host: public.example:443",
+            "Connection: close",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 405, "{text}");
+    assert!(text.contains("method_not_allowed"), "{text}");
+
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "POST /x HTTP/1.1",
+            "Host: public.example",
+            "Transfer-Encoding: gzip, chunked",
+            "Connection: close",
+        ],
+        "5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 501, "{text}");
+    assert!(text.contains("unsupported_transfer_coding"), "{text}");
+    assert_eq!(seen_public.lock().expect("lock").len(), 0);
+
+    // An h2c upgrade is about the client's own connection: the request goes on
+    // without it.
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "GET /x HTTP/1.1",
+            "Host: public.example",
+            "Connection: Upgrade, HTTP2-Settings, close",
+            "Upgrade: h2c",
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let seen = seen_public.lock().expect("lock").pop().expect("a request");
+    assert!(!seen.contains_key("upgrade"), "{seen:?}");
+    assert!(!seen.contains_key("http2-settings"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_get_with_a_chunked_body_reaches_the_agent_whole() {
+    let (tx, mut bodies) = tokio::sync::mpsc::unbounded_channel();
+    let agent = Agent::start(move |req: Request<Incoming>| {
+        let tx = tx.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.expect("body").to_bytes();
+            tx.send(body).expect("test listening");
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let proxy = Proxy::with_table(support::PoolYaml::new("get").agents(&[&agent]).table()).await;
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "GET /search HTTP/1.1",
+            "Host: public.example",
+            "Transfer-Encoding: chunked",
+            "Connection: close",
+        ],
+        "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let body = within("the agent reads the body", bodies.recv())
+        .await
+        .expect("agent running");
+    assert_eq!(&body[..], b"hello world");
+}
