@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,18 +32,39 @@ pub enum RequestBody {
     Buffered(Bytes),
 }
 
-/// The client's request body, counting the bytes read from it into a counter the
-/// access log and metrics read once the request is over.
+/// What the proxy saw of a client's request body: how many bytes came, and whether it
+/// broke (a malformed chunk, a connection closed mid-body). The access log and
+/// metrics read it once the request is over; the send phase reads it to tell a
+/// client's broken body from an agent's failure.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    bytes: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl BodyStats {
+    /// The bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the client's body failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The client's request body, counted into its [`BodyStats`].
 #[derive(Debug)]
 pub struct CountedBody {
     inner: hyper::body::Incoming,
-    count: Arc<AtomicU64>,
+    stats: Arc<BodyStats>,
 }
 
 impl CountedBody {
-    /// Counts what is read from `inner` into `count`.
-    pub fn new(inner: hyper::body::Incoming, count: Arc<AtomicU64>) -> Self {
-        Self { inner, count }
+    /// Counts what is read from `inner` into `stats`.
+    pub fn new(inner: hyper::body::Incoming, stats: Arc<BodyStats>) -> Self {
+        Self { inner, stats }
     }
 }
 
@@ -57,10 +78,16 @@ impl Body for CountedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.stats
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.stats.failed.store(true, Ordering::Relaxed),
+            _ => {}
         }
         polled
     }

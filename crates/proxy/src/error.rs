@@ -80,6 +80,14 @@ pub enum ProxyError {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// The client's request body broke while it was sent on (a malformed chunk, the
+    /// client gone mid-body): the client's fault, never counted against the agent.
+    /// Not retryable.
+    #[error("the request body could not be read: {message}")]
+    ClientBody {
+        /// What failed.
+        message: String,
+    },
     /// The request body is larger than the proxy reads to find `max_tokens`. Not
     /// retryable.
     #[error("request body larger than {limit} bytes")]
@@ -145,9 +153,10 @@ impl ProxyError {
             | ProxyError::QueueFull { .. }
             | ProxyError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute { .. } | ProxyError::NoCapability { .. } => StatusCode::NOT_FOUND,
-            ProxyError::BadRequest(_) | ProxyError::BadPath(_) | ProxyError::BadHost(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadRequest(_)
+            | ProxyError::BadPath(_)
+            | ProxyError::BadHost(_)
+            | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(e) => e.status(),
@@ -177,6 +186,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::LimitsUnavailable { .. } => "rate_limit_unavailable",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::ClientBody { .. } => "client_body_error",
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
@@ -194,7 +204,7 @@ impl ProxyError {
             | ProxyError::QueueTimeout { .. } => true,
             ProxyError::Auth(e) => matches!(e, crate::auth::AuthError::KeysUnavailable),
             ProxyError::RateLimited { .. } | ProxyError::LimitsUnavailable { .. } => true,
-            ProxyError::BodyTooLarge { .. } => false,
+            ProxyError::BodyTooLarge { .. } | ProxyError::ClientBody { .. } => false,
             ProxyError::NoRoute { .. }
             | ProxyError::BadPath(_)
             | ProxyError::BadHost(_)

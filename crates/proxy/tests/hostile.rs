@@ -284,3 +284,54 @@ async fn a_get_with_a_chunked_body_reaches_the_agent_whole() {
         .expect("agent running");
     assert_eq!(&body[..], b"hello world");
 }
+
+#[tokio::test]
+async fn a_clients_broken_body_is_400_and_never_counts_against_the_agent() {
+    let agent = Agent::start(|req: Request<Incoming>| async move {
+        use http_body_util::BodyExt;
+        let _ = req.into_body().collect().await;
+        Response::new(full("read"))
+    })
+    .await;
+    let table = support::PoolYaml::new("upload")
+        .agents(&[&agent])
+        .spec(
+            "outlierDetection: {consecutiveFailures: 1, baseEjectionTime: 1m, \
+             maxEjectionTime: 2m, maxEjectionPercent: 100}",
+        )
+        .table();
+    let proxy = Proxy::with_table(table).await;
+    for _ in 0..3 {
+        let (status, text) = raw(
+            proxy.addr,
+            &[
+                "POST /upload HTTP/1.1",
+                "Host: public.example",
+                "Transfer-Encoding: chunked",
+                "Connection: close",
+            ],
+            "5\r\nhello\r\nzz-not-a-size\r\n",
+        )
+        .await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("client_body_error"), "{text}");
+    }
+    assert_eq!(
+        proxy.metric(
+            "sluice_outlier_ejections_total{pool=\"demo/upload\",reason=\"consecutive_failures\",result=\"ejected\"}"
+        ),
+        None,
+        "the agent was not ejected"
+    );
+    let (status, text) = raw(
+        proxy.addr,
+        &[
+            "GET /upload HTTP/1.1",
+            "Host: public.example",
+            "Connection: close",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+}

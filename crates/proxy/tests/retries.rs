@@ -466,3 +466,44 @@ async fn the_retry_budget_refills_as_its_window_passes() {
     assert_eq!(retries(&proxy, "sent"), 20.0);
     assert_eq!(retries(&proxy, "budget_exhausted"), 3.0);
 }
+
+#[tokio::test]
+async fn a_post_that_reached_an_agent_is_not_sent_again_when_the_connection_breaks() {
+    // Reads the request head and body, then closes the connection without a byte of
+    // answer: the agent may have acted on it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let resetting = listener.local_addr().expect("address").to_string();
+    let (resets_tx, mut resets) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            resets_tx.send(()).expect("test is listening");
+        }
+    });
+    let live = Agent::named("live").await;
+    let yaml = manifest(&[resetting, live.address()], "{attempts: 2}", "{}");
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let c = client();
+
+    let mut broken = 0;
+    for _ in 0..4 {
+        let reply = send(&c, post(&proxy, full("charge the card"))).await;
+        if reply.status == StatusCode::BAD_GATEWAY {
+            assert_eq!(reply.error_code(), "upstream_error");
+            broken += 1;
+        } else {
+            assert_eq!(reply.text(), "live");
+        }
+    }
+    let mut reached = 0;
+    while resets.try_recv().is_ok() {
+        reached += 1;
+    }
+    assert!(reached >= 1, "round robin reached the breaking agent");
+    assert_eq!(
+        broken, reached,
+        "every POST that reached it failed, none was resent"
+    );
+    assert_eq!(retries(&proxy, "sent"), 0.0);
+}

@@ -3,12 +3,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use tokio::time::Instant;
 
+use crate::body::BodyStats;
 use crate::identity::Caller;
 use crate::limits::{RateOutcome, Subject};
 use crate::pool::{PickRequest, PoolRuntime};
@@ -28,8 +28,8 @@ pub(super) struct RequestCtx {
     pub line: Option<RequestLine>,
     /// `ok`, `anonymous` or the reason authentication refused, once admitted or not.
     pub auth: Option<&'static str>,
-    /// Request body bytes read from the client so far.
-    pub bytes_in: Arc<AtomicU64>,
+    /// What came of the client's request body.
+    pub body: Arc<BodyStats>,
     /// Time spent waiting for an endpoint.
     pub queue_wait: Duration,
     /// The pool the request was routed to, when it fell back from it.
@@ -78,7 +78,7 @@ impl RequestCtx {
             trace,
             line: None,
             auth: None,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            body: Arc::default(),
             queue_wait: Duration::ZERO,
             fallback_from: None,
             upstream: UpstreamLog::default(),

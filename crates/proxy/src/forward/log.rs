@@ -4,7 +4,6 @@
 //! log line is written.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use super::Forwarder;
 use super::context::{RequestCtx, Serving};
 use crate::access_log::{AccessLog, Completion, LimitRecord, Record};
-use crate::body::{BodyEnd, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
+use crate::body::{BodyEnd, BodyStats, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
 use crate::error::ProxyError;
 use crate::limits::WARNING_HEADER;
 use crate::metrics::{NO_POOL, code_class};
@@ -73,7 +72,7 @@ impl Forwarder {
             record,
             span,
             log: self.access_log.clone(),
-            bytes_in: ctx.bytes_in,
+            body_in: ctx.body,
         };
         resp.map(|body| WatchedBody::new(body, None, None, watch).boxed())
     }
@@ -230,7 +229,7 @@ struct LogWatch {
     record: Option<Record>,
     span: Option<(SpanQueue, RequestSpan)>,
     log: AccessLog,
-    bytes_in: Arc<std::sync::atomic::AtomicU64>,
+    body_in: Arc<BodyStats>,
 }
 
 impl BodyWatch for LogWatch {
@@ -243,7 +242,7 @@ impl BodyWatch for LogWatch {
 
     fn on_end(&mut self, end: BodyEnd) {
         let duration = self.start.elapsed();
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = self.body_in.bytes();
         if let Some(pool) = &self.pool {
             let m = &pool.metrics;
             m.request_bytes.inc_by(bytes_in);

@@ -168,7 +168,7 @@ impl Forwarder {
             authority,
         } = routed;
         self.admit(ctx, serving, &parts.headers).await?;
-        let body = CountedBody::new(body, ctx.bytes_in.clone());
+        let body = CountedBody::new(body, ctx.body.clone());
         let body = self
             .limit(ctx, serving, &parts.headers, RequestBody::Streaming(body))
             .await?;

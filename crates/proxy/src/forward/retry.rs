@@ -1,7 +1,13 @@
 //! Send: the request to the reserved endpoint and, when the pool retries and the
 //! failure allows it, to another endpoint not tried yet, within the retry budget and
-//! never replaying a body that was partly sent and not kept. A timeout is never
-//! retried: the agent may be working on the request.
+//! never replaying a body that was partly sent and not kept.
+//!
+//! What may be retried: a connection that could not be made (nothing was sent); a
+//! response with a status the pool retries (the agent answered, and said try again);
+//! a connection that broke after the request went out only for an idempotent method
+//! (RFC 9110 section 9.2.2): a POST that reached an agent is never sent twice. A
+//! timeout is never retried: the agent may be working on the request. A client whose
+//! own body broke gets 400, and the endpoint is not blamed for it.
 
 use std::time::SystemTime;
 
@@ -16,7 +22,7 @@ use tokio::time::Instant;
 use super::context::{RequestCtx, Serving, UpstreamLog};
 use super::respond::respond;
 use super::{Forwarder, Outbound};
-use crate::body::{CountedBody, ProxyBody, RequestBody};
+use crate::body::{BodyStats, CountedBody, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::upstream::UpstreamHead;
 use crate::pool::{PickRequest, PoolRuntime, Slot};
@@ -75,7 +81,8 @@ impl Forwarder {
                 deadline: serving.deadline(),
             };
             let sent = log.attempts.as_ref().map(|_| SystemTime::now());
-            let outcome = attempt(&to, &head, &ctx.trace, span, &mut source, retry).await;
+            let outcome =
+                attempt(&to, &head, &ctx.trace, span, &mut source, retry, &ctx.body).await;
             if let Attempt::Answered(resp) | Attempt::Failed(Failure::Status(resp)) = &outcome {
                 log.status = Some(resp.status().as_u16());
             }
@@ -187,6 +194,7 @@ async fn attempt(
     span: SpanId,
     source: &mut Source,
     retry: Option<&RetryPolicy>,
+    client_body: &BodyStats,
 ) -> Attempt {
     let Target {
         pool,
@@ -236,13 +244,23 @@ async fn attempt(
             }))
         }
         Ok(Err(e)) => {
-            pool.record_outcome(slot.index, Outcome::Failure5xx);
             let message =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
-            Attempt::Failed(Failure::Error(ProxyError::Upstream {
+            if client_body.failed() {
+                // The client's body broke: not the agent's failure, and not retried.
+                return Attempt::Fatal(ProxyError::ClientBody { message });
+            }
+            pool.record_outcome(slot.index, Outcome::Failure5xx);
+            let error = ProxyError::Upstream {
                 endpoint: endpoint.address.clone(),
                 message,
-            }))
+            };
+            if head.idempotent() {
+                Attempt::Failed(Failure::Error(error))
+            } else {
+                // The request went out: the agent may have acted on it.
+                Attempt::Fatal(error)
+            }
         }
         Err(_) => {
             pool.record_outcome(slot.index, Outcome::Failure5xx);

@@ -97,6 +97,20 @@ impl UpstreamHead {
         }
     }
 
+    /// Whether the method is idempotent (RFC 9110 section 9.2.2): sending it again
+    /// after a connection broke cannot do twice what the client asked once.
+    pub fn idempotent(&self) -> bool {
+        matches!(
+            self.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        )
+    }
+
     /// The request for the agent at `endpoint` (`host:port`), carrying `body`.
     ///
     /// # Errors
