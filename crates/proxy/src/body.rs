@@ -4,8 +4,6 @@
 //! reservation or count a cut stream).
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +13,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use tokio::time::{Instant, Sleep};
 
+pub use crate::client_body::{BodyStats, CountedBody, MinRate};
 use crate::error::ProxyError;
 
 /// The error type of bodies the proxy serves.
@@ -30,75 +29,6 @@ pub enum RequestBody {
     Streaming(CountedBody),
     /// Read in full.
     Buffered(Bytes),
-}
-
-/// What the proxy saw of a client's request body: how many bytes came, and whether it
-/// broke (a malformed chunk, a connection closed mid-body). The access log and
-/// metrics read it once the request is over; the send phase reads it to tell a
-/// client's broken body from an agent's failure.
-#[derive(Debug, Default)]
-pub struct BodyStats {
-    bytes: AtomicU64,
-    failed: AtomicBool,
-}
-
-impl BodyStats {
-    /// The bytes read so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Whether the client's body failed.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
-    }
-}
-
-/// The client's request body, counted into its [`BodyStats`].
-#[derive(Debug)]
-pub struct CountedBody {
-    inner: hyper::body::Incoming,
-    stats: Arc<BodyStats>,
-}
-
-impl CountedBody {
-    /// Counts what is read from `inner` into `stats`.
-    pub fn new(inner: hyper::body::Incoming, stats: Arc<BodyStats>) -> Self {
-        Self { inner, stats }
-    }
-}
-
-impl Body for CountedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.stats
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.stats.failed.store(true, Ordering::Relaxed),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 impl RequestBody {
@@ -118,6 +48,8 @@ impl RequestBody {
                 .map_err(|e| {
                     if e.is::<http_body_util::LengthLimitError>() {
                         ProxyError::BodyTooLarge { limit }
+                    } else if e.is::<crate::client_body::TooSlow>() {
+                        ProxyError::ClientBodyTooSlow
                     } else {
                         ProxyError::BadRequest(format!("reading the request body: {e}"))
                     }

@@ -88,6 +88,10 @@ pub enum ProxyError {
         /// What failed.
         message: String,
     },
+    /// The client's request body arrived slower than the minimum data rate and was
+    /// cut (408), freeing the agent's slot. Not retryable as it was sent.
+    #[error("the request body arrived too slowly")]
+    ClientBodyTooSlow,
     /// The request body is larger than the proxy reads to find `max_tokens`. Not
     /// retryable.
     #[error("request body larger than {limit} bytes")]
@@ -157,6 +161,7 @@ impl ProxyError {
             | ProxyError::BadPath(_)
             | ProxyError::BadHost(_)
             | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnsupportedTransferCoding { .. } => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Auth(e) => e.status(),
@@ -187,6 +192,7 @@ impl ProxyError {
             ProxyError::LimitsUnavailable { .. } => "rate_limit_unavailable",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::ClientBody { .. } => "client_body_error",
+            ProxyError::ClientBodyTooSlow => "client_body_timeout",
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
@@ -204,7 +210,9 @@ impl ProxyError {
             | ProxyError::QueueTimeout { .. } => true,
             ProxyError::Auth(e) => matches!(e, crate::auth::AuthError::KeysUnavailable),
             ProxyError::RateLimited { .. } | ProxyError::LimitsUnavailable { .. } => true,
-            ProxyError::BodyTooLarge { .. } | ProxyError::ClientBody { .. } => false,
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::ClientBody { .. }
+            | ProxyError::ClientBodyTooSlow => false,
             ProxyError::NoRoute { .. }
             | ProxyError::BadPath(_)
             | ProxyError::BadHost(_)

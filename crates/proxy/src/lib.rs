@@ -17,6 +17,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod client_body;
 pub mod clock;
 pub mod error;
 pub mod forward;

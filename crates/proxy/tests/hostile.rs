@@ -335,3 +335,103 @@ async fn a_clients_broken_body_is_400_and_never_counts_against_the_agent() {
     .await;
     assert_eq!(status, 200, "{text}");
 }
+
+/// Sends a POST announcing `length` bytes, then `chunk` every `every`, `count` times,
+/// and reads the answer.
+async fn trickle(
+    addr: SocketAddr,
+    length: usize,
+    chunk: &'static [u8],
+    every: std::time::Duration,
+    count: usize,
+) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: public.example\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    for _ in 0..count {
+        tokio::time::sleep(every).await;
+        if stream.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trickling_upload_is_cut_and_frees_its_agent_slot() {
+    let agent = Agent::start(|req: Request<Incoming>| async move {
+        use http_body_util::BodyExt;
+        match req.into_body().collect().await {
+            Ok(body) => Response::new(full(format!("read {}", body.to_bytes().len()))),
+            Err(_) => Response::new(full("cut")),
+        }
+    })
+    .await;
+    let table = support::PoolYaml::new("upload")
+        .agents(&[&agent])
+        .backend("maxConcurrency: 1")
+        .spec("queue: {maxDepth: 4, timeout: 5m}")
+        .table();
+    let proxy = Proxy::with_table(table).await;
+
+    // One byte a second: below 240 a second once the 5 s grace has passed.
+    let slow = tokio::spawn(trickle(
+        proxy.addr,
+        100_000,
+        b"x",
+        std::time::Duration::from_secs(1),
+        60,
+    ));
+    support::settle().await;
+    assert_eq!(agent.requests(), 1, "the slow upload holds the only slot");
+    // A request behind it waits in the queue, then gets the slot once the slow
+    // upload is cut.
+    let waiting = tokio::spawn(trickle(
+        proxy.addr,
+        1000,
+        &[b'y'; 1000],
+        std::time::Duration::from_millis(10),
+        1,
+    ));
+    let cut = slow.await.expect("task");
+    assert!(cut.starts_with("HTTP/1.1 408"), "{cut}");
+    assert!(cut.contains("client_body_timeout"), "{cut}");
+    let served = waiting.await.expect("task");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert!(served.ends_with("read 1000"), "{served}");
+    assert_eq!(
+        proxy.metric("sluice_proxy_errors_total{reason=\"client_body_timeout\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_that_keeps_the_rate_streams_as_long_as_it_likes() {
+    let agent = Agent::start(|req: Request<Incoming>| async move {
+        use http_body_util::BodyExt;
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .expect("whole body")
+            .to_bytes();
+        Response::new(full(format!("read {}", body.len())))
+    })
+    .await;
+    let proxy = Proxy::with_table(support::PoolYaml::new("upload").agents(&[&agent]).table()).await;
+    // 512 bytes a second for two minutes.
+    let answer = trickle(
+        proxy.addr,
+        512 * 120,
+        &[b'z'; 512],
+        std::time::Duration::from_secs(1),
+        120,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(&format!("read {}", 512 * 120)), "{answer}");
+}

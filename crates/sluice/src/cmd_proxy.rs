@@ -12,6 +12,7 @@ use sluice_controller::from_dir::DirWatcher;
 use sluice_controller::publisher::Publisher;
 use sluice_proxy::access_log::{self, AccessLog, AccessLogConfig};
 use sluice_proxy::admin::Admin;
+use sluice_proxy::body::MinRate;
 use sluice_proxy::clock::TokioClock;
 use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
 use sluice_proxy::hygiene::client_ip::TrustedProxies;
@@ -98,6 +99,14 @@ pub struct Args {
     /// URL). Needs a build with the `otlp` feature, as the released image is.
     #[arg(long, env = "SLUICE_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// The least rate, in bytes a second, a request body must arrive at once the proxy
+    /// reads it (after --client-body-grace); a slower upload is cut with 408 and frees
+    /// its agent's slot. 0 turns the minimum off.
+    #[arg(long, default_value_t = 240, env = "SLUICE_CLIENT_BODY_MIN_RATE")]
+    client_body_min_rate: u32,
+    /// How long a request body may send nothing when the proxy starts reading it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    client_body_grace: Duration,
     /// How many of the callers limited most each rate policy exports by name in
     /// sluice_ratelimit_top_consumers (the rest are summed as "other").
     #[arg(long, default_value_t = 10, env = "SLUICE_TOP_CONSUMERS")]
@@ -125,6 +134,10 @@ pub async fn run(args: Args) -> Result<()> {
     let forward_config = ForwardConfig {
         capability_header: args.capability_header.clone(),
         trusted_proxies,
+        client_body_rate: (args.client_body_min_rate > 0).then_some(MinRate {
+            bytes_per_second: args.client_body_min_rate,
+            grace: args.client_body_grace,
+        }),
         ..ForwardConfig::default()
     };
     // One clock for everything the proxy times: limits, Redis leases, endpoint load.

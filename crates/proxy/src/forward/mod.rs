@@ -43,7 +43,7 @@ use hyper::upgrade::OnUpgrade;
 
 use self::context::{RequestCtx, RequestLine, Serving, UpstreamLog};
 use crate::access_log::AccessLog;
-use crate::body::{CountedBody, ProxyBody, RequestBody};
+use crate::body::{CountedBody, MinRate, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::client_ip::TrustedProxies;
 use crate::hygiene::path::{PathOptions, normalise_path_and_query};
@@ -68,6 +68,9 @@ pub struct ForwardConfig {
     pub trusted_proxies: TrustedProxies,
     /// Path normalisation options.
     pub path: PathOptions,
+    /// The least rate a request body must arrive at once it is read (`None`: no
+    /// minimum).
+    pub client_body_rate: Option<MinRate>,
 }
 
 impl Default for ForwardConfig {
@@ -76,6 +79,7 @@ impl Default for ForwardConfig {
             capability_header: HeaderName::from_static(DEFAULT_CAPABILITY_HEADER),
             trusted_proxies: TrustedProxies::none(),
             path: PathOptions::default(),
+            client_body_rate: Some(MinRate::default()),
         }
     }
 }
@@ -168,7 +172,7 @@ impl Forwarder {
             authority,
         } = routed;
         self.admit(ctx, serving, &parts.headers).await?;
-        let body = CountedBody::new(body, ctx.body.clone());
+        let body = CountedBody::new(body, ctx.body.clone(), self.config.client_body_rate);
         let body = self
             .limit(ctx, serving, &parts.headers, RequestBody::Streaming(body))
             .await?;

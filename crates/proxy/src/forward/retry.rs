@@ -246,6 +246,9 @@ async fn attempt(
         Ok(Err(e)) => {
             let message =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+            if client_body.too_slow() {
+                return Attempt::Fatal(ProxyError::ClientBodyTooSlow);
+            }
             if client_body.failed() {
                 // The client's body broke: not the agent's failure, and not retried.
                 return Attempt::Fatal(ProxyError::ClientBody { message });
