@@ -46,10 +46,12 @@ pub trait Algorithm: sealed::Sealed + Send + Sync + 'static {
     #[doc(hidden)]
     fn is_idle(state: u128, quota: &Self::Quota, now: u64) -> bool;
 
-    /// The wait reported when a [`KeyedStore`](crate::KeyedStore) is full and
-    /// refuses a new key: the time one unit of `quota` takes to come back.
+    /// What forgetting `state` at `now` would give back to its key, in the
+    /// algorithm's own units (comparable only within one quota): zero when the
+    /// state is idle. A full [`KeyedStore`](crate::KeyedStore) evicts the key of
+    /// least debt among a new key's candidates.
     #[doc(hidden)]
-    fn overflow_wait(quota: &Self::Quota) -> Duration;
+    fn debt(state: u128, quota: &Self::Quota, now: u64) -> u128;
 }
 
 pub(crate) mod sealed {

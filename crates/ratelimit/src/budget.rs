@@ -257,7 +257,7 @@ impl KeyedStore<TokenBudget> {
         });
         Ok(match applied {
             Applied::Done(reserve) => reserve,
-            // Untracked or refused by the overflow policy: nothing to settle.
+            // Untracked: nothing to settle.
             Applied::Absent | Applied::Full => match self.charge(key, tokens.get(), now).0 {
                 Step::Admit { decision, .. } => Reserve::Granted {
                     reservation: Reservation {
@@ -395,8 +395,13 @@ impl Algorithm for TokenBudget {
         low_u64(state).saturating_add(nanos_of(quota.settle_within)) <= now
     }
 
-    fn overflow_wait(quota: &BudgetQuota) -> Duration {
-        quota.quota.emission_interval()
+    fn debt(state: u128, quota: &BudgetQuota, now: u64) -> u128 {
+        // Until the budget is full again and no settlement can still arrive.
+        u128::from(
+            low_u64(state)
+                .saturating_add(nanos_of(quota.settle_within))
+                .saturating_sub(now),
+        )
     }
 }
 

@@ -177,8 +177,9 @@ impl Algorithm for Gcra {
         low_u64(state) <= now
     }
 
-    fn overflow_wait(quota: &Quota) -> Duration {
-        quota.emission_interval()
+    fn debt(state: u128, _quota: &Quota, now: u64) -> u128 {
+        // Nanoseconds until the full burst is back.
+        u128::from(low_u64(state).saturating_sub(now))
     }
 }
 

@@ -25,8 +25,9 @@
 //!   weighted, for users who think "per minute"; 96 bits of state in one 128-bit
 //!   atomic.
 //! * [`KeyedStore`]: per-key state for one quota, lock-free for present keys,
-//!   bounded (`max_keys`, about 20 bytes per key, allocated once) with idle
-//!   eviction and an explicit [`Overflow`] policy. Keys are [`KeyHash`]es from a
+//!   bounded (`max_keys`, about 20 bytes per key, allocated once); when full, a
+//!   new key takes the place of the key of least debt, never refused for want of
+//!   room. Keys are [`KeyHash`]es from a
 //!   [`KeyHasher`].
 //! * [`check_all`]: admission against several [`Limit`]s at once (a consumer key
 //!   and a pool ceiling, a burst and a per-minute limit): admitted only if all
@@ -130,4 +131,4 @@ pub use key::{KeyHash, KeyHasher};
 pub use quota::{MAX_BURST_WINDOW, MAX_PERIOD, Quota, QuotaError};
 pub use sliding_window::{SlidingWindow, WindowQuota, WindowQuotaError};
 pub use soft::{SoftLimit, SoftLimitError};
-pub use store::{KeyedStore, Overflow, StoreConfig, StoreStats};
+pub use store::{KeyedStore, StoreConfig, StoreStats};

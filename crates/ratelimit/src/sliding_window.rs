@@ -327,8 +327,18 @@ impl Algorithm for SlidingWindow {
         (prev == 0 && cur == 0) || now / quota.window_nanos >= index.saturating_add(2)
     }
 
-    fn overflow_wait(quota: &WindowQuota) -> Duration {
-        Duration::from_nanos((quota.window_nanos / u64::from(quota.limit.get())).max(1))
+    fn debt(state: u128, quota: &WindowQuota, now: u64) -> u128 {
+        // The weighted count a charge would see now, times the window length.
+        let (index, prev, cur) = unpack(state);
+        let window = quota.window_nanos;
+        let remaining = u128::from(window - now % window);
+        match (now / window).checked_sub(index) {
+            // A state ahead of the clock (another proxy's clock) weighs fully.
+            None => (prev + cur) * u128::from(window),
+            Some(0) => prev * remaining + cur * u128::from(window),
+            Some(1) => cur * remaining,
+            _ => 0,
+        }
     }
 }
 

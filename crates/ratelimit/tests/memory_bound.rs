@@ -45,10 +45,10 @@ fn rotating_keys(total: u64) {
     let stats = store.stats();
     println!(
         "{total} distinct keys through a {BOUND}-key store: peak {peak} tracked, {} evicted, \
-         {} refused, {admitted} admitted; store {} bytes ({:.1} per key of the bound); \
+         {} evicted while active, {admitted} admitted; store {} bytes ({:.1} per key of the bound); \
          RSS grew {grown} bytes",
         stats.evicted,
-        stats.overflow_denied,
+        stats.evicted_active,
         store.memory_bytes(),
         store.memory_bytes() as f64 / BOUND as f64,
     );

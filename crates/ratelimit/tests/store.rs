@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sluice_ratelimit::{
-    Decision, Gcra, KeyHash, KeyHasher, KeyedStore, Overflow, Quota, SlidingWindow, StoreConfig,
-    WindowQuota,
+    Gcra, KeyHash, KeyHasher, KeyedStore, Quota, SlidingWindow, StoreConfig, WindowQuota,
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -84,60 +83,98 @@ fn concurrent_first_requests_for_one_key_admit_exactly_the_burst() {
     }
 }
 
+fn spread(key: u64) -> KeyHash {
+    KeyHash(key.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
 #[test]
-fn idle_keys_are_evicted_to_make_room_and_active_ones_never() {
+fn a_full_store_of_active_keys_still_takes_every_new_key() {
     let quota = ten_per_second();
     let store = KeyedStore::<Gcra>::new(quota, config(64));
     assert_eq!(store.max_keys(), 64);
     assert_eq!(store.capacity(), 80);
     // Fill it with active keys (each charged once: idle again after 100 ms).
-    let mut admitted = 0;
     for key in 0..64 {
-        if store.check(KeyHash(key << 40 | key), 0).is_allowed()
-            && store.contains(KeyHash(key << 40 | key))
-        {
-            admitted += 1;
-        }
+        assert!(store.check(spread(key), 0).is_allowed());
+        assert!(store.contains(spread(key)));
     }
-    assert_eq!(
-        admitted, 64,
-        "two-choice placement with spare slots fits them all"
-    );
-    assert!(store.len() <= 64);
-    // A new key now finds only active keys: refused with a short wait.
-    let tracked = store.len();
-    let mut refused = 0;
+    assert_eq!(store.len(), 64);
+    // Every new key is admitted and tracked, in place of an active key: none
+    // refused, none untracked, the bound kept.
     for key in 1_000..1_100_u64 {
-        let decision = store.check(KeyHash(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)), 0);
-        if let Decision::Denied { retry_after, .. } = decision {
-            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
-            refused += 1;
-        }
+        assert!(store.check(spread(key), 0).is_allowed());
+        assert!(store.contains(spread(key)), "key {key} tracked");
     }
-    assert!(refused > 0);
-    assert_eq!(store.stats().overflow_denied, refused);
-    assert!(store.len() >= tracked, "no active key was evicted");
-    // Once the first keys are idle, new keys replace them (a new key can only
-    // replace an idle key of its own two sets, so not quite all of them fit).
-    let later = 200_000_000;
-    let mut replaced = 0;
-    for key in 2_000..2_064_u64 {
-        if store
-            .check(KeyHash(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)), later)
-            .is_allowed()
-        {
-            replaced += 1;
-        }
+    let stats = store.stats();
+    assert_eq!(store.len(), 64);
+    assert_eq!(stats.evicted_active, 100);
+    assert_eq!((stats.evicted, stats.untracked), (0, 0));
+    assert_eq!(stats.inserted, 164);
+}
+
+#[test]
+fn a_full_store_forgets_the_key_of_least_debt_first() {
+    // One caller has spent its whole burst; a flood of one-request keys fills the
+    // store around it. The flood evicts itself (and idle keys) first: the
+    // caller's debt stays and it is still refused.
+    let quota = ten_per_second();
+    let store = KeyedStore::<Gcra>::new(quota, config(64));
+    let heavy = spread(7);
+    for _ in 0..10 {
+        assert!(store.check(heavy, 0).is_allowed());
+    }
+    assert!(!store.check(heavy, 0).is_allowed());
+    for key in 10_000..20_000_u64 {
+        assert!(store.check(spread(key), 0).is_allowed());
     }
     assert!(
-        replaced >= 48,
-        "only {replaced} new keys replaced idle ones"
+        store.contains(heavy),
+        "the key that spent its burst was kept"
     );
-    assert_eq!(store.stats().evicted, replaced);
+    assert!(!store.check(heavy, 0).is_allowed(), "and is still refused");
+    assert_eq!(store.stats().untracked, 0);
+}
+
+#[test]
+fn idle_keys_go_before_active_ones_and_a_sweep_empties_the_store() {
+    let quota = ten_per_second();
+    let store = KeyedStore::<Gcra>::new(quota, config(64));
+    for key in 0..64 {
+        assert!(store.check(spread(key), 0).is_allowed());
+    }
+    // At 0.2 s the first keys are idle (their TATs were 0.1 s): new keys replace
+    // them without forgetting any debt, unless a new key's two sets hold only
+    // keys of this second batch (then it takes the place of one of those).
+    let later = 200_000_000;
+    for key in 2_000..2_064_u64 {
+        assert!(store.check(spread(key), later).is_allowed());
+    }
+    let stats = store.stats();
+    assert_eq!(stats.evicted + stats.evicted_active, 64);
+    assert!(
+        stats.evicted >= 48,
+        "only {} idle keys replaced",
+        stats.evicted
+    );
     assert_eq!(store.len(), 64);
     // Long after, everything is idle and a sweep empties the store.
     assert_eq!(store.sweep(later + SEC), 64);
     assert!(store.is_empty());
+}
+
+#[test]
+fn a_full_sliding_window_store_keeps_its_busiest_key() {
+    let quota = WindowQuota::new(nz(100), Duration::from_secs(60)).unwrap();
+    let store = KeyedStore::<SlidingWindow>::new(quota, config(64));
+    let busy = spread(3);
+    for _ in 0..50 {
+        assert!(store.check(busy, 0).is_allowed());
+    }
+    for key in 10_000..12_000_u64 {
+        assert!(store.check(spread(key), SEC).is_allowed());
+    }
+    assert!(store.contains(busy));
+    assert_eq!(store.check(busy, SEC).remaining(), 49);
 }
 
 #[test]
@@ -159,40 +196,26 @@ fn sweep_removes_idle_keys_only() {
 }
 
 #[test]
-fn overflow_can_admit_untracked() {
-    let quota = Quota::per_period(nz(1), Duration::from_secs(3_600)).unwrap();
-    let store = KeyedStore::<Gcra>::new(quota, config(8).with_overflow(Overflow::AdmitUntracked));
-    for key in 0..1_000_u64 {
-        assert!(
-            store
-                .check(KeyHash(key.wrapping_mul(0x9e37_79b9_7f4a_7c15)), 0)
-                .is_allowed()
-        );
-    }
-    assert!(store.len() <= 8);
-    let stats = store.stats();
-    assert_eq!(stats.inserted as usize, store.len());
-    assert_eq!(stats.overflow_admitted as usize, 1_000 - store.len());
-}
-
-#[test]
 fn a_store_takes_almost_all_of_max_keys_active_keys() {
     // Two-choice placement with spare slots: offer exactly `max_keys` distinct
-    // active keys and count how many find a slot.
+    // active keys and count how many find an empty slot (the others take the
+    // place of an earlier key).
     let quota = Quota::per_period(nz(1), Duration::from_secs(3_600)).unwrap();
     let store = KeyedStore::<Gcra>::new(quota, config(100_000));
     let hasher = KeyHasher::new();
-    let mut first_refusal = None;
+    let mut first_eviction = None;
     for i in 0..100_000_u64 {
         let key = hasher.hash(&[&i.to_le_bytes()]);
-        if !store.check(key, 0).is_allowed() && first_refusal.is_none() {
-            first_refusal = Some(i);
+        assert!(store.check(key, 0).is_allowed());
+        if store.stats().evicted_active > 0 && first_eviction.is_none() {
+            first_eviction = Some(i);
         }
     }
     let tracked = store.len();
-    println!("{tracked} of 100000 active keys tracked, first refusal at key {first_refusal:?}");
+    println!("{tracked} of 100000 active keys tracked, first eviction at key {first_eviction:?}");
     assert!(tracked >= 99_000, "only {tracked} tracked");
-    assert_eq!(store.stats().overflow_denied as usize, 100_000 - tracked);
+    assert_eq!(store.stats().evicted_active as usize, 100_000 - tracked);
+    assert_eq!(store.stats().untracked, 0);
 }
 
 #[test]

@@ -19,8 +19,8 @@
 //! A key may live in one of two sets chosen by its hash ("two-choice hashing",
 //! which spreads keys evenly enough that a set rarely fills before the store
 //! does: with the quarter of spare slots, offering `max_keys` distinct active
-//! keys to an empty store, 99.97% of them find a slot, the first refusal coming
-//! after 87–95% of them).
+//! keys to an empty store, 99.97% of them find an empty slot, the first that
+//! must take an active key's place coming after 87–95% of them).
 //! Looking up a key that is present reads at most 16 slots and takes no
 //! lock. Only a key that is absent takes the locks of its two sets (one byte
 //! each, in index order) to insert itself, so two threads can never insert the
@@ -29,15 +29,20 @@
 //! # When the store is full
 //!
 //! A new key takes an empty slot while fewer than `max_keys` keys are tracked;
-//! otherwise it evicts an idle key from its sets (one whose limiter is fully
-//! replenished, so forgetting it changes no decision). Only when both sets hold
-//! only active keys is the new key refused a slot, and then the store's
-//! [`Overflow`] policy decides: [`Overflow::Deny`] refuses the request (the proxy
-//! answers 429, with the time one unit of the quota takes to come back as
-//! `Retry-After`), [`Overflow::AdmitUntracked`] admits it without tracking (the
-//! pool-wide limits still apply). Both are counted in [`StoreStats`]. An attacker
-//! rotating through millions of keys therefore costs a fixed amount of memory and
-//! can only crowd out other *new* keys while every slot they could use is busy.
+//! otherwise it takes the slot of the key of least debt among the 16 of its two
+//! sets ([`Algorithm::debt`]: what forgetting the key would give back to it). An
+//! idle key (one whose limiter is fully replenished) has none, so forgetting it
+//! changes no decision. When every candidate is active, the one closest to
+//! replenished goes: for GCRA the least recently admitted relative to its rate, so
+//! a caller that has spent its burst keeps its place over one that made a single
+//! request. A new key is therefore never refused because the store is full: an
+//! attacker rotating through millions of keys costs a fixed amount of memory and
+//! at worst makes the store forget some active keys early (each then starts from
+//! a full burst again; counted in [`StoreStats::evicted_active`], the signal to
+//! raise `max_keys`). Pool-wide limits are what bound a caller who rotates keys.
+//! Only in the vanishingly rare case that both of a new key's sets are empty while
+//! `max_keys` keys are tracked elsewhere is its request admitted untracked
+//! ([`StoreStats::untracked`]).
 //!
 //! [`KeyedStore::sweep`] evicts every idle key; calling it from time to time is
 //! optional (eviction happens on demand anyway) but keeps `len()` meaningful.
@@ -58,7 +63,7 @@ use crate::key::KeyHash;
 
 mod config;
 
-pub use self::config::{Overflow, StoreConfig, StoreStats};
+pub use self::config::{StoreConfig, StoreStats};
 
 /// Slots per set.
 pub const WAYS: usize = 8;
@@ -78,11 +83,10 @@ pub struct KeyedStore<A: Algorithm> {
     locks: Box<[AtomicBool]>,
     len: AtomicUsize,
     max_keys: usize,
-    overflow: Overflow,
     inserted: AtomicU64,
     evicted: AtomicU64,
-    overflow_denied: AtomicU64,
-    overflow_admitted: AtomicU64,
+    evicted_active: AtomicU64,
+    untracked: AtomicU64,
 }
 
 impl<A: Algorithm> fmt::Debug for KeyedStore<A> {
@@ -109,8 +113,8 @@ pub(crate) enum Applied<R> {
     Done(R),
     /// The key is absent and was not to be inserted.
     Absent,
-    /// The key is absent and could not be inserted: its sets hold only active
-    /// keys, or `max_keys` are tracked and none of its sets' keys is idle.
+    /// The key is absent and could not be inserted: `max_keys` keys are
+    /// tracked and both of its sets are empty.
     Full,
 }
 
@@ -176,11 +180,10 @@ impl<A: Algorithm> KeyedStore<A> {
             locks: (0..set_count).map(|_| AtomicBool::new(false)).collect(),
             len: AtomicUsize::new(0),
             max_keys,
-            overflow: config.overflow,
             inserted: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
-            overflow_denied: AtomicU64::new(0),
-            overflow_admitted: AtomicU64::new(0),
+            evicted_active: AtomicU64::new(0),
+            untracked: AtomicU64::new(0),
         }
     }
 
@@ -267,8 +270,8 @@ impl<A: Algorithm> KeyedStore<A> {
             keys: self.len(),
             inserted: self.inserted.load(StdOrdering::Relaxed),
             evicted: self.evicted.load(StdOrdering::Relaxed),
-            overflow_denied: self.overflow_denied.load(StdOrdering::Relaxed),
-            overflow_admitted: self.overflow_admitted.load(StdOrdering::Relaxed),
+            evicted_active: self.evicted_active.load(StdOrdering::Relaxed),
+            untracked: self.untracked.load(StdOrdering::Relaxed),
         }
     }
 
@@ -299,8 +302,8 @@ impl<A: Algorithm> KeyedStore<A> {
         evicted
     }
 
-    /// Charges `n` (already validated) for `key`, inserting it if needed, and
-    /// applies the overflow policy when it cannot be tracked. The second value is
+    /// Charges `n` (already validated) for `key`, inserting it if needed (a key
+    /// that cannot be tracked is admitted untracked). The second value is
     /// what [`undo_charge`](Self::undo_charge) needs.
     pub(crate) fn charge(&self, key: KeyHash, n: u32, now: u64) -> (Step, KeyedUndo) {
         let applied = self.update(key, now, true, |state| {
@@ -318,7 +321,7 @@ impl<A: Algorithm> KeyedStore<A> {
                 };
                 (step, KeyedUndo { key, undo })
             }
-            Applied::Absent | Applied::Full => (self.overflowed(n), KeyedUndo { key, undo: None }),
+            Applied::Absent | Applied::Full => (self.untracked(n), KeyedUndo { key, undo: None }),
         }
     }
 
@@ -346,29 +349,16 @@ impl<A: Algorithm> KeyedStore<A> {
         });
     }
 
-    fn overflowed(&self, n: u32) -> Step {
+    fn untracked(&self, n: u32) -> Step {
+        self.untracked.fetch_add(1, StdOrdering::Relaxed);
         let info = A::info(&self.quota);
-        match self.overflow {
-            Overflow::Deny => {
-                self.overflow_denied.fetch_add(1, StdOrdering::Relaxed);
-                let wait =
-                    A::overflow_wait(&self.quota).clamp(Duration::from_nanos(1), info.window);
-                Step::Deny(Decision::Denied {
-                    retry_after: wait,
-                    reset_after: wait,
-                })
-            }
-            Overflow::AdmitUntracked => {
-                self.overflow_admitted.fetch_add(1, StdOrdering::Relaxed);
-                Step::Admit {
-                    state: 0,
-                    decision: Decision::Allowed {
-                        remaining: info.limit.saturating_sub(n),
-                        reset_after: Duration::ZERO,
-                    },
-                    undo: Undo::default(),
-                }
-            }
+        Step::Admit {
+            state: 0,
+            decision: Decision::Allowed {
+                remaining: info.limit.saturating_sub(n),
+                reset_after: Duration::ZERO,
+            },
+            undo: Undo::default(),
         }
     }
 
@@ -463,12 +453,17 @@ impl<A: Algorithm> KeyedStore<A> {
             {
                 self.inserted.fetch_add(1, StdOrdering::Relaxed);
                 if old != 0 {
-                    self.evicted.fetch_add(1, StdOrdering::Relaxed);
+                    if A::is_idle(old & STATE_MASK, &self.quota, now) {
+                        &self.evicted
+                    } else {
+                        &self.evicted_active
+                    }
+                    .fetch_add(1, StdOrdering::Relaxed);
                 }
                 return Applied::Done(result);
             }
-            // An idle key was charged just before we could evict it: its slot is
-            // no longer idle, so look for another.
+            // The key to evict was charged just before we could evict it: look
+            // again (its debt has changed).
             if old == 0 {
                 self.len.fetch_sub(1, StdOrdering::Relaxed);
             }
@@ -485,7 +480,8 @@ impl<A: Algorithm> KeyedStore<A> {
     }
 
     /// A slot for a new key in sets `a` or `b`: an empty one while fewer than
-    /// `max_keys` keys are tracked, else an idle one. Called under both locks.
+    /// `max_keys` keys are tracked, else the one of the key of least debt.
+    /// Called under both locks.
     fn vacancy(&self, a: usize, b: usize, now: u64) -> Option<(usize, usize, u128)> {
         let sets = if a == b { [a, a] } else { [a, b] };
         if self.len() < self.max_keys {
@@ -509,15 +505,16 @@ impl<A: Algorithm> KeyedStore<A> {
                 return Some((set, way, 0));
             }
         }
-        for &set in &sets {
-            for (way, slot) in self.sets[set].slots.iter().enumerate() {
-                let value = slot.load(Ordering::Acquire);
-                if value != 0 && A::is_idle(value & STATE_MASK, &self.quota, now) {
-                    return Some((set, way, value));
-                }
-            }
-        }
-        None
+        sets.iter()
+            .flat_map(|&set| {
+                self.sets[set]
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(move |(way, slot)| (set, way, slot.load(Ordering::Acquire)))
+            })
+            .filter(|&(_, _, value)| value != 0)
+            .min_by_key(|&(_, _, value)| A::debt(value & STATE_MASK, &self.quota, now))
     }
 
     fn find(&self, a: usize, b: usize, tag: u32) -> Option<(usize, usize, u128)> {
