@@ -2,10 +2,16 @@
 //! labels from bounded sets (pool and endpoint come from the route table, reasons and
 //! status classes are fixed lists).
 
+use std::cell::RefCell;
+
+use prometheus::core::{Collector, Desc};
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::clock::TokioClock;
+use crate::top::{self, TopLimited};
 
 /// The label value used for requests that matched no pool.
 pub const NO_POOL: &str = "";
@@ -108,17 +114,42 @@ impl Metrics {
     /// fresh, so registration cannot fail.
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
-        Self::register(Registry::new()).expect("fixed metric definitions register")
+        Self::register(Registry::new(), &RefCell::default())
+            .expect("fixed metric definitions register")
     }
 
-    fn register(registry: Registry) -> prometheus::Result<Self> {
-        fn reg<C: prometheus::core::Collector + Clone + 'static>(
-            registry: &Registry,
+    /// Every metric a proxy can export, whether or not it has a series yet, sorted by
+    /// name: those of [`Metrics`], recorded as each is registered, then those registered
+    /// beside them: the callers limited most ([`TopLimited`]) and, with `--redis-url`,
+    /// the Redis backend's. `sluice metrics` prints them, so that dashboards, alerts and
+    /// autoscaling rules can be checked against what exists.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the definitions are fixed and the registry is fresh.
+    pub fn metric_descs() -> prometheus::Result<Vec<Desc>> {
+        let descs = RefCell::default();
+        Self::register(Registry::new(), &descs)?;
+        let mut descs = descs.into_inner();
+        let top = TopLimited::new(TokioClock::shared(), top::DEFAULT_WINDOW, 0)?;
+        descs.extend(top.desc().into_iter().cloned());
+        let (redis_ops, redis_latency) = RedisCollector::metrics()?;
+        descs.extend(redis_ops.desc().into_iter().cloned());
+        descs.push(redis_latency);
+        descs.sort_by(|a, b| a.fq_name.cmp(&b.fq_name));
+        Ok(descs)
+    }
+
+    fn register(registry: Registry, descs: &RefCell<Vec<Desc>>) -> prometheus::Result<Self> {
+        fn reg<C: Collector + Clone + 'static>(
+            registry: &Recording<'_>,
             c: C,
         ) -> prometheus::Result<C> {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         }
+        // Every registration below goes through `reg`, which records what it registers.
+        let registry = Recording { registry, descs };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
@@ -304,7 +335,7 @@ impl Metrics {
                 "Span batches exported, by result",
                 &["result"],
             )?,
-            registry,
+            registry: registry.registry,
         })
     }
 
@@ -355,6 +386,22 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A registry that also keeps the description of each metric registered in it: how
+/// [`Metrics::metric_descs`] knows the metrics that have no series yet.
+struct Recording<'a> {
+    registry: Registry,
+    descs: &'a RefCell<Vec<Desc>>,
+}
+
+impl Recording<'_> {
+    fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+        let descs: Vec<Desc> = c.desc().into_iter().cloned().collect();
+        self.registry.register(c)?;
+        self.descs.borrow_mut().extend(descs);
+        Ok(())
     }
 }
 
@@ -434,22 +481,31 @@ struct RedisCollector {
 
 impl RedisCollector {
     fn new(backend: std::sync::Arc<sluice_ratelimit::RedisBackend>) -> prometheus::Result<Self> {
+        let (ops, latency_desc) = Self::metrics()?;
         Ok(Self {
             backend,
-            ops: IntCounterVec::new(
+            ops,
+            latency_desc,
+        })
+    }
+
+    /// The operations counter and the description of the latency histogram.
+    fn metrics() -> prometheus::Result<(IntCounterVec, Desc)> {
+        Ok((
+            IntCounterVec::new(
                 Opts::new(
                     "sluice_redis_operations_total",
                     "Redis calls and local lease decisions for global limits",
                 ),
                 &["result"],
             )?,
-            latency_desc: prometheus::core::Desc::new(
+            Desc::new(
                 "sluice_redis_call_duration_seconds".into(),
                 "Latency of completed Redis calls".into(),
                 Vec::new(),
                 std::collections::HashMap::new(),
             )?,
-        })
+        ))
     }
 }
 
@@ -479,8 +535,8 @@ impl prometheus::core::Collector for RedisCollector {
         // The histogram of completed calls, rebuilt from the backend's cumulative
         // buckets (microseconds).
         let mut family = prometheus::proto::MetricFamily::default();
-        family.set_name("sluice_redis_call_duration_seconds".into());
-        family.set_help("Latency of completed Redis calls".into());
+        family.set_name(self.latency_desc.fq_name.clone());
+        family.set_help(self.latency_desc.help.clone());
         family.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
         let mut histogram = prometheus::proto::Histogram::default();
         let total = s.latency_buckets.last().copied().unwrap_or(0);
@@ -502,5 +558,45 @@ impl prometheus::core::Collector for RedisCollector {
         family.mut_metric().push(metric);
         families.push(family);
         families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_descs_cover_every_family_a_proxy_gathers() {
+        let descs = Metrics::metric_descs().expect("fixed definitions");
+        let names: Vec<&str> = descs.iter().map(|d| d.fq_name.as_str()).collect();
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(names, unique, "sorted, each once");
+        for name in [
+            "sluice_requests_total",
+            "sluice_ratelimit_top_consumers",
+            "sluice_redis_operations_total",
+            "sluice_redis_call_duration_seconds",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        let requests = descs.iter().find(|d| d.fq_name == "sluice_requests_total");
+        assert_eq!(
+            requests.map(|d| d.variable_labels.clone()),
+            Some(vec!["pool".to_owned(), "code".to_owned()])
+        );
+
+        // Every family with a series is described.
+        let metrics = Metrics::new();
+        PoolMetrics::new(&metrics, "ns/pool").observe(http::StatusCode::OK, 0.1);
+        metrics.count_auth("ok");
+        metrics.count_rate("ns/policy", "premium", "allowed");
+        for family in metrics.registry().gather() {
+            assert!(
+                names.contains(&family.name()),
+                "{} is exported but not in metric_descs",
+                family.name()
+            );
+        }
     }
 }
