@@ -296,14 +296,23 @@ impl LeaderElector {
     ///
     /// When a metric of the same name is already registered.
     pub fn with_metrics(mut self, registry: &Registry) -> prometheus::Result<Self> {
-        let gauge = IntGauge::new(
-            "sluice_controller_leader",
-            "1 while this controller replica holds the Lease (writes status and events)",
-        )?;
+        let gauge = leader_gauge()?;
         registry.register(Box::new(gauge.clone()))?;
         gauge.set(i64::from(*self.leader.borrow()));
         self.gauge = Some(gauge);
         Ok(self)
+    }
+
+    /// The metric [`LeaderElector::with_metrics`] registers (for `sluice metrics`).
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the definition is fixed.
+    pub fn metric_descs() -> prometheus::Result<Vec<prometheus::core::Desc>> {
+        Ok(prometheus::core::Collector::desc(&leader_gauge()?)
+            .into_iter()
+            .cloned()
+            .collect())
     }
 
     /// Uses `clock` instead of the system clock.
@@ -567,4 +576,12 @@ fn expiry(spec: &LeaseSpec, fallback: Duration) -> Option<Timestamp> {
         |s| SignedDuration::from_secs(i64::from(s)),
     );
     Some(renewed.saturating_add(duration).unwrap_or(Timestamp::MAX))
+}
+
+/// The gauge `sluice_controller_leader`.
+fn leader_gauge() -> prometheus::Result<IntGauge> {
+    IntGauge::new(
+        "sluice_controller_leader",
+        "1 while this controller replica holds the Lease (writes status and events)",
+    )
 }

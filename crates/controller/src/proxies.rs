@@ -227,6 +227,17 @@ impl ProxyRegistry {
         }))
     }
 
+    /// The metrics [`ProxyRegistry::register_metrics`] registers (for `sluice metrics`).
+    pub fn metric_descs() -> Vec<Desc> {
+        let registry = Self::new(Publisher::new());
+        let inner = &registry.inner;
+        [inner.latency.desc(), inner.states.desc()]
+            .concat()
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
     /// The publisher whose tables the proxies acknowledge.
     pub fn publisher(&self) -> &Publisher {
         &self.inner.publisher

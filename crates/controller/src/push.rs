@@ -150,6 +150,25 @@ impl PushMetrics {
             table_endpoints,
         })
     }
+
+    /// The metrics [`PushMetrics::new`] registers (for `sluice metrics`).
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the definitions are fixed and the registry is fresh.
+    pub fn metric_descs() -> prometheus::Result<Vec<prometheus::core::Desc>> {
+        let m = Self::new(&Registry::new())?;
+        let collectors: [&dyn prometheus::core::Collector; 7] = [
+            &m.connected,
+            &m.subscriptions,
+            &m.pushes,
+            &m.version,
+            &m.table_bytes,
+            &m.table_pools,
+            &m.table_endpoints,
+        ];
+        Ok(collectors.iter().flat_map(|c| c.desc()).cloned().collect())
+    }
 }
 
 /// Serves the push API on `listener` until `shutdown` completes, with a

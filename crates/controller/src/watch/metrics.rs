@@ -1,6 +1,7 @@
 //! The watch loop's metrics: compiles and their duration, watch events, errors and
 //! full lists, by kind.
 
+use prometheus::core::{Collector, Desc};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
 
 /// Metrics of the watch loop.
@@ -66,5 +67,22 @@ impl WatchMetrics {
             watch_errors,
             lists,
         })
+    }
+
+    /// The metrics [`WatchMetrics::new`] registers, series or not (for `sluice metrics`).
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the definitions are fixed and the registry is fresh.
+    pub fn metric_descs() -> prometheus::Result<Vec<Desc>> {
+        let m = Self::new(&Registry::new())?;
+        let collectors: [&dyn Collector; 5] = [
+            &m.compiles,
+            &m.compile_seconds,
+            &m.events,
+            &m.watch_errors,
+            &m.lists,
+        ];
+        Ok(collectors.iter().flat_map(|c| c.desc()).cloned().collect())
     }
 }
