@@ -26,10 +26,12 @@
 #    kubernetes-validate has no schema, are checked structurally instead. The
 #    prometheus-adapter rules (the chart's adapter ConfigMap, and the values file
 #    deploy/examples/hpa/prometheus-adapter-values.yaml, which must hold the same rules)
-#    are checked against the adapter's config format, the proxy's metric names
-#    (crates/proxy/src/metrics.rs) and the labels the ServiceMonitor's relabelings
-#    make; HPAs (deploy/examples/hpa/) are validated with kubernetes-validate, and their
-#    metrics must be ones the rules serve, with valid label selectors. With
+#    are checked against the adapter's config format and the labels the ServiceMonitor's
+#    relabelings make; HPAs (deploy/examples/hpa/) are validated with kubernetes-validate,
+#    and their metrics must be ones the rules serve, with valid label selectors. With
+#    SLUICE_BIN, every metric that the adapter rules name (scripts/promql_names.py reads
+#    the PromQL), after `_bucket`, `_sum` and `_count`, must be one that
+#    `sluice metrics` lists (what the binaries register), with the labels it has. With
 #    SLUICE_BIN=path/to/sluice, the routes of every render are also compiled with
 #    `sluice compile` (semantic checks beyond the CRD schemas), and the flags and
 #    SLUICE_* variables given to sluice containers must be ones the binary knows;
@@ -312,8 +314,37 @@ ADAPTER_CONFIG = {"type": "object", "additionalProperties": False, "properties":
 ADAPTER_TEMPLATE_FIELDS = {"Series", "LabelMatchers", "LabelValuesByName", "GroupBy", "GroupBySlice"}
 # Target labels that a ServiceMonitor scrape gives every series.
 OPERATOR_TARGET_LABELS = {"namespace", "pod", "service", "container", "endpoint", "job", "instance"}
-# The proxy's metric names, from its contract.
-PROXY_METRICS = set(re.findall(r'"(sluice_[a-z0-9_]+)"', open("crates/proxy/src/metrics.rs").read()))
+sys.path.insert(0, "scripts")
+import promql_names  # noqa: E402
+
+promql_names.self_test()
+# The metrics the binaries can export, with their labels: `sluice metrics` lists what the
+# proxy and the controller register. Every metric the adapter rules name must be one
+# of them (None: no SLUICE_BIN, not checked).
+EXPORTED = None
+if os.environ.get("SLUICE_BIN"):
+    out = subprocess.run([os.environ["SLUICE_BIN"], "metrics"], capture_output=True, text=True)
+    if out.returncode != 0:
+        error("sluice metrics", out.stderr.strip() or f"exit code {out.returncode}")
+    else:
+        listed = json.loads(out.stdout)
+        EXPORTED = {m["name"]: set(m["labels"]) for part in ("proxy", "controller") for m in listed[part]}
+        EXPORTED_COUNTS = {part: len(listed[part]) for part in ("proxy", "controller")}
+metric_refs = {}  # what names metrics -> the metrics it names
+
+
+def check_promql(where, expr, source, series=None):
+    """Checks that `expr` names metrics the binaries export, with labels they have (or that
+    the scrape adds), and counts them under `source` for the summary; returns what it
+    names, or None."""
+    if EXPORTED is None:
+        return None
+    problems, used, found = promql_names.check(expr, EXPORTED, OPERATOR_TARGET_LABELS | {"pool_namespace", "pool_name"},
+                                               series)
+    for p in problems:
+        error(where, p)
+    metric_refs.setdefault(source, set()).update(used)
+    return found
 
 
 def openapi_to_jsonschema(node):
@@ -474,8 +505,8 @@ def check_adapter_config(where, config):
                 error(rw, f"seriesQuery {rule['seriesQuery']!r} is not metric{{label!=\"\",...}}")
                 continue
             metric, matchers = m.groups()
-            if metric not in PROXY_METRICS:
-                error(rw, f"{metric} is not a metric of the proxy (crates/proxy/src/metrics.rs)")
+            check_promql(f"{rw} seriesQuery", rule["seriesQuery"], "the adapter rules")
+            check_promql(f"{rw} metricsQuery", query, "the adapter rules", series=metric)
             if not re.search(rule["name"]["matches"], metric):
                 error(rw, f"name.matches {rule['name']['matches']!r} does not match the series {metric}")
             labels = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*!=\s*\"\"", matchers))
@@ -927,6 +958,14 @@ if errors == before:
           f"{len(external_names)} external ({', '.join(sorted(external_names))}); "
           f"{len(adapter_values_files)} values file(s) agree; {len(relabeled)} ServiceMonitor(s) make "
           f"{', '.join(sorted(needed)) or 'no extra labels'}; {len(hpas)} HPA(s) use served metrics")
+
+if EXPORTED is None:
+    print("skip set SLUICE_BIN to check the metrics the adapter rules name against `sluice metrics`")
+else:
+    named = set().union(*metric_refs.values()) if metric_refs else set()
+    print(f"ok   every metric named by {', '.join(f'{k} ({len(v)})' for k, v in sorted(metric_refs.items()))} "
+          f"is one the binaries export, with the labels used ({len(named)} of {EXPORTED_COUNTS['proxy']} proxy and "
+          f"{EXPORTED_COUNTS['controller']} controller metrics; `sluice metrics`)")
 
 sys.exit(1 if errors else 0)
 PY

@@ -1,11 +1,12 @@
 //! `sluice`: the one binary of the Sluice gateway.
 //!
 //! Thin wiring of the library crates into subcommands: `proxy` (the data plane),
-//! `controller` (the control plane), `compile` (check manifests offline) and `crds`
-//! (print the CustomResourceDefinitions).
+//! `controller` (the control plane), `compile` (check manifests offline), `crds`
+//! (print the CustomResourceDefinitions) and `metrics` (list the metrics).
 
 mod cmd_compile;
 mod cmd_controller;
+mod cmd_metrics;
 mod cmd_proxy;
 
 use std::io::Write;
@@ -53,6 +54,9 @@ enum Command {
         #[arg(long = "out")]
         out: Vec<PathBuf>,
     },
+    /// Print every metric the proxy and the controller can export (name, labels, help)
+    /// as JSON.
+    Metrics,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Compile { path } => return ExitCode::from(cmd_compile::run(&path)),
         Command::Crds { out } => crds(&out),
         Command::HashKey => hash_key(),
+        Command::Metrics => cmd_metrics::run(),
         Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(cmd_proxy::run(*args))),
         Command::Controller(args) => {
             runtime().and_then(|rt| rt.block_on(cmd_controller::run(*args)))
