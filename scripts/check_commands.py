@@ -4,7 +4,7 @@
     .venv/bin/python scripts/check_commands.py [--notes NOTES.txt RENDERED.yaml NAMESPACE]...
 
 Reads the `kubectl` and `helm` commands of the shell blocks of README.md,
-charts/sluice/README.md and deploy/examples/*/README.md, of scripts/e2e-cluster.sh, and of
+charts/sluice/README.md, deploy/examples/*/README.md and docs/*.md, of scripts/e2e-cluster.sh, and of
 each rendered NOTES.txt given (with the objects of the same render and its namespace),
 and checks what can be checked without a cluster, as kubectl and helm would:
 
@@ -35,7 +35,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "charts/sluice/README.md", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("deploy/examples/*/README.md"))]
+DOCS = ["README.md", "charts/sluice/README.md", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("deploy/examples/*/README.md")),
+        *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("docs/*.md"))]
 SCRIPTS = ["scripts/e2e-cluster.sh"]
 # The values of shell variables the commands use.
 SHELL_VARS = {"ns": "sluice-e2e-1", "$": "1"}

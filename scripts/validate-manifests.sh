@@ -28,10 +28,12 @@
 #    deploy/examples/hpa/prometheus-adapter-values.yaml, which must hold the same rules)
 #    are checked against the adapter's config format and the labels the ServiceMonitor's
 #    relabelings make; HPAs (deploy/examples/hpa/) are validated with kubernetes-validate,
-#    and their metrics must be ones the rules serve, with valid label selectors. With
-#    SLUICE_BIN, every metric that the adapter rules name (scripts/promql_names.py reads
-#    the PromQL), after `_bucket`, `_sum` and `_count`, must be one that
-#    `sluice metrics` lists (what the binaries register), with the labels it has. With
+#    and their metrics must be ones the rules serve, with valid label selectors. The
+#    Grafana dashboard's ConfigMap is checked too (its JSON: panels, variables, layout).
+#    With SLUICE_BIN, every metric that the dashboard and the adapter rules name
+#    (scripts/promql_names.py reads the PromQL), after `_bucket`, `_sum` and `_count`,
+#    must be one that `sluice metrics` lists (what the binaries register), with the
+#    labels it has. With
 #    SLUICE_BIN=path/to/sluice, the routes of every render are also compiled with
 #    `sluice compile` (semantic checks beyond the CRD schemas), and the flags and
 #    SLUICE_* variables given to sluice containers must be ones the binary knows;
@@ -88,7 +90,7 @@ scenarios=(
   "default|"
   "controller|--set mode=controller --name edge"
   "long-name|--set mode=controller --name a-release-name-that-is-fifty-three-characters-long-x"
-  "controller-monitoring|--set mode=controller --set serviceMonitor.enabled=true --set admin.existingSecret=ops-sluice-admin --set admin.existingSecretKey=bearer --name edge"
+  "controller-monitoring|--set mode=controller --set serviceMonitor.enabled=true --set admin.existingSecret=ops-sluice-admin --set admin.existingSecretKey=bearer --set monitoring.dashboard.enabled=true --name edge"
 )
 for f in "$CHART"/ci/*-values.yaml; do
   [ -e "$f" ] || continue
@@ -319,8 +321,8 @@ import promql_names  # noqa: E402
 
 promql_names.self_test()
 # The metrics the binaries can export, with their labels: `sluice metrics` lists what the
-# proxy and the controller register. Every metric the adapter rules name must be one
-# of them (None: no SLUICE_BIN, not checked).
+# proxy and the controller register. Every metric the dashboard and the adapter rules
+# name must be one of them (None: no SLUICE_BIN, not checked).
 EXPORTED = None
 if os.environ.get("SLUICE_BIN"):
     out = subprocess.run([os.environ["SLUICE_BIN"], "metrics"], capture_output=True, text=True)
@@ -439,6 +441,13 @@ def validate_object(where, doc):
                 continue
             for i, d in enumerate(inner):
                 validate_object(f"{what} data.{key}[{i}]", d)
+    # The Grafana dashboard's ConfigMap holds its JSON.
+    if doc["kind"] == "ConfigMap" and (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "dashboard":
+        for key, text in (doc.get("data") or {}).items():
+            if not key.endswith(".json"):
+                error(f"{what} data.{key}", "the Grafana sidecar loads only keys ending in .json")
+                continue
+            check_dashboard(f"{what} data.{key}", text)
     # The prometheus-adapter rules ConfigMap holds the adapter's config.yaml.
     if doc["kind"] == "ConfigMap" and (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "adapter-rules":
         try:
@@ -464,6 +473,87 @@ def seconds(duration):
 
 
 hpas = []  # (where, HPA) of every HPA seen
+dashboards = []  # (where, uid, panels, queries) of every dashboard checked
+
+
+PANEL_TYPES = {"row", "timeseries", "stat", "table", "gauge", "bargauge", "heatmap", "text", "piechart"}
+GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms", "__dashboard"}
+
+
+def check_dashboard(where, text):
+    """A Grafana dashboard (classic JSON model) for provisioning: parses, has a uid, a data
+    source variable that its panels use, distinct panel ids, panels that fit the 24-column
+    grid without overlapping, variables that exist, and queries over exported metrics."""
+    try:
+        dash = json.loads(text)
+    except ValueError as e:
+        error(where, f"not JSON: {e}")
+        return
+    for key, kind in (("uid", str), ("title", str), ("panels", list), ("schemaVersion", int), ("templating", dict)):
+        if not isinstance(dash.get(key), kind):
+            error(where, f"{key} missing or not a {kind.__name__}")
+            return
+    if not re.match(r"^[a-zA-Z0-9_-]{1,40}$", dash["uid"]):
+        error(where, f"uid {dash['uid']!r}: at most 40 letters, digits, - and _")
+    if "__inputs" in dash:
+        error(where, "__inputs: an exported dashboard's inputs are not filled in by provisioning; use a datasource variable")
+    variables = {v.get("name"): v for v in dash["templating"].get("list") or []}
+    ds = variables.get("datasource") or {}
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        error(where, "no variable `datasource` of type datasource for prometheus")
+    queries = 0
+    for name, v in variables.items():
+        if v.get("type") != "query":
+            continue
+        query = v.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        m = re.match(r"^label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\)$", query or "")
+        if not m:
+            error(where, f"variable {name}: query {query!r} is not label_values(selector, label)")
+            continue
+        found = check_promql(f"{where} variable {name}", m.group(1), "the dashboard")
+        if found and EXPORTED is not None:
+            have = set().union(*(EXPORTED.get(s.metric, set()) for s in found.selectors)) | OPERATOR_TARGET_LABELS
+            if m.group(2) not in have:
+                error(where, f"variable {name}: {m.group(2)} is no label of {sorted(found.metrics)}")
+        queries += 1
+    ids, boxes = set(), []
+    panels = list(dash["panels"])
+    for p in list(panels):
+        panels += p.get("panels") or []  # collapsed rows hold their panels
+    for p in panels:
+        pw = f"{where} panel {p.get('id')} {p.get('title')!r}"
+        if p.get("id") in ids or not isinstance(p.get("id"), int):
+            error(pw, "panel ids must be distinct integers")
+        ids.add(p.get("id"))
+        if p.get("type") not in PANEL_TYPES:
+            error(pw, f"unknown panel type {p.get('type')!r}")
+        pos = p.get("gridPos") or {}
+        if not all(isinstance(pos.get(k), int) and pos[k] >= 0 for k in "hwxy") or pos["x"] + pos["w"] > 24 or not pos["w"]:
+            error(pw, f"gridPos {pos} does not fit the 24-column grid")
+            continue
+        for other, ob in boxes:
+            if pos["x"] < ob["x"] + ob["w"] and ob["x"] < pos["x"] + pos["w"] and pos["y"] < ob["y"] + ob["h"] and ob["y"] < pos["y"] + pos["h"]:
+                error(pw, f"overlaps panel {other}")
+        boxes.append((p.get("id"), pos))
+        if p.get("type") in ("row", "text"):
+            continue
+        if p.get("datasource") != {"type": "prometheus", "uid": "${datasource}"}:
+            error(pw, "datasource must be {type: prometheus, uid: ${datasource}}")
+        targets = p.get("targets") or []
+        if not targets:
+            error(pw, "no query")
+        if len({t.get("refId") for t in targets}) != len(targets):
+            error(pw, "refIds must be distinct")
+        for t in targets:
+            tw = f"{pw} {t.get('refId')}"
+            expr = t.get("expr") or ""
+            for var in re.findall(r"\$\{?(\w+)", expr):
+                if var not in variables and var not in GRAFANA_BUILTINS:
+                    error(tw, f"uses ${var}, which is no variable of the dashboard")
+            check_promql(tw, expr, "the dashboard")
+            queries += 1
+    dashboards.append((where, dash["uid"], len(panels), queries))
 
 
 def check_adapter_config(where, config):
@@ -904,6 +994,10 @@ elif rbac_compared:
 else:
     error("controller RBAC", "no render has a controller watching the API with RBAC: nothing was compared")
 
+if not dashboards:
+    error("dashboard", "no render has the Grafana dashboard (monitoring.dashboard.enabled): nothing was checked")
+for where, uid, n, q in dashboards:
+    print(f"ok   {where}: dashboard {uid}, {n} panels, {q} queries")
 for kind, n in sorted(structural_checked.items()):
     print(f"ok   {n} {kind} object(s) checked structurally, against the fields of its CRD that the chart uses (kubernetes-validate has no {kind} schema)")
 
@@ -960,10 +1054,11 @@ if errors == before:
           f"{', '.join(sorted(needed)) or 'no extra labels'}; {len(hpas)} HPA(s) use served metrics")
 
 if EXPORTED is None:
-    print("skip set SLUICE_BIN to check the metrics the adapter rules name against `sluice metrics`")
+    print("skip set SLUICE_BIN to check the metrics the dashboard and the adapter rules name against `sluice metrics`")
 else:
     named = set().union(*metric_refs.values()) if metric_refs else set()
-    print(f"ok   every metric named by {', '.join(f'{k} ({len(v)})' for k, v in sorted(metric_refs.items()))} "
+    sources = [f"{k} ({len(v)})" for k, v in sorted(metric_refs.items())]
+    print(f"ok   every metric named by {' and '.join([', '.join(sources[:-1]), sources[-1]] if len(sources) > 1 else sources)} "
           f"is one the binaries export, with the labels used ({len(named)} of {EXPORTED_COUNTS['proxy']} proxy and "
           f"{EXPORTED_COUNTS['controller']} controller metrics; `sluice metrics`)")
 
@@ -1096,6 +1191,7 @@ reject "serviceMonitor relabeling in snake_case" --set serviceMonitor.enabled=tr
 reject "serviceMonitor bad interval" --set serviceMonitor.enabled=true --set serviceMonitor.interval=often
 reject "adapter bad rate window" --set adapter.enabled=true --set-json 'adapter.rateWindow="2 minutes"'
 reject "adapter namespace not a namespace name" --set adapter.enabled=true --set adapter.namespace=Monitoring
+reject "dashboard namespace not a namespace name" --set monitoring.dashboard.enabled=true --set monitoring.dashboard.namespace=Grafana
 reject "one proxy with the PodDisruptionBudget (no drain could evict it)" --set proxy.replicas=1
 reject "one proxy with the PodDisruptionBudget, no schema (template check)" --set proxy.replicas=1 --without-schema
 reject "PodDisruptionBudget maxUnavailable 0" --set proxy.podDisruptionBudget.maxUnavailable=0
