@@ -4,8 +4,8 @@
     .venv/bin/python scripts/promql_names.py --self-test
     .venv/bin/python scripts/promql_names.py 'sum by (pool) (rate(sluice_requests_total[5m]))'
 
-scripts/validate-manifests.sh checks with it that the Grafana dashboard and the
-prometheus-adapter rules name only metrics and labels that the binaries export
+scripts/validate-manifests.sh checks with it that the Grafana dashboard, the alert rules
+and the prometheus-adapter rules name only metrics and labels that the binaries export
 (`sluice metrics`). It reads expressions as Prometheus, Grafana and prometheus-adapter
 write them: Grafana's variables (`$pool`, `${datasource}`, `$__rate_interval`) and the
 adapter's templates (`<<.Series>>`, `<<.LabelMatchers>>`, `<<.GroupBy>>`) are allowed.

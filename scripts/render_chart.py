@@ -13,6 +13,7 @@ Values are merged like helm's: chart defaults, then each -f file, then each --se
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -85,7 +86,16 @@ def render(args: argparse.Namespace) -> int:
                 shutil.copytree(args.chart, chart_path)
                 os.remove(os.path.join(chart_path, "values.schema.json"))
             with helm.Chart.load(chart_path) as chart:
-                manifests = chart.render(values, name=args.name, namespace=args.namespace, is_install=True)
+                if args.api_versions:
+                    # Like `helm template --api-versions`, which Chart.render lacks: the
+                    # SDK's render call takes them (helm-python-sdk is pinned).
+                    from helm_python import _native
+                    opts = {"name": args.name, "namespace": args.namespace, "is_install": True,
+                            "api_versions": args.api_versions}
+                    manifests = json.loads(_native.call_string(
+                        "helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
+                else:
+                    manifests = chart.render(values, name=args.name, namespace=args.namespace, is_install=True)
     except (helm.HelmValuesError, helm.HelmRenderError) as e:
         if args.expect_failure:
             print(f"failed as expected: {str(e).strip()}")
@@ -134,6 +144,9 @@ def main() -> int:
     r.add_argument("-o", "--output", help="write the manifests here instead of stdout")
     r.add_argument("--notes", help="write the rendered NOTES.txt here")
     r.add_argument("--header", help="comment lines to put at the top of the output")
+    r.add_argument("--api-versions", action="append", default=[], metavar="GROUP/VERSION[/KIND]",
+                   help="an API the cluster serves, for .Capabilities.APIVersions (repeatable), "
+                        "e.g. monitoring.coreos.com/v1/PrometheusRule")
     r.add_argument("--without-schema", action="store_true",
                    help="render without values.schema.json (test the templates' own checks)")
     r.add_argument("--expect-failure", action="store_true",

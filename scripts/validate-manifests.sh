@@ -29,11 +29,13 @@
 #    are checked against the adapter's config format and the labels the ServiceMonitor's
 #    relabelings make; HPAs (deploy/examples/hpa/) are validated with kubernetes-validate,
 #    and their metrics must be ones the rules serve, with valid label selectors. The
-#    Grafana dashboard's ConfigMap is checked too (its JSON: panels, variables, layout).
-#    With SLUICE_BIN, every metric that the dashboard and the adapter rules name
-#    (scripts/promql_names.py reads the PromQL), after `_bucket`, `_sum` and `_count`,
-#    must be one that `sluice metrics` lists (what the binaries register), with the
-#    labels it has. With
+#    Grafana dashboard's ConfigMap (its JSON: panels, variables, layout) and the
+#    PrometheusRule (monitoring.coreos.com/v1, checked structurally against the fields of
+#    its CRD; each alert with a severity, a summary, a description and a runbook_url to a
+#    section of docs/monitoring.md) are checked too. With SLUICE_BIN, every metric that
+#    the dashboard, the alerts and the adapter rules name (scripts/promql_names.py reads
+#    the PromQL), after `_bucket`, `_sum` and `_count`, must be one that
+#    `sluice metrics` lists (what the binaries register), with the labels it has. With
 #    SLUICE_BIN=path/to/sluice, the routes of every render are also compiled with
 #    `sluice compile` (semantic checks beyond the CRD schemas), and the flags and
 #    SLUICE_* variables given to sluice containers must be ones the binary knows;
@@ -90,8 +92,11 @@ scenarios=(
   "default|"
   "controller|--set mode=controller --name edge"
   "long-name|--set mode=controller --name a-release-name-that-is-fifty-three-characters-long-x"
-  "controller-monitoring|--set mode=controller --set serviceMonitor.enabled=true --set admin.existingSecret=ops-sluice-admin --set admin.existingSecretKey=bearer --set monitoring.dashboard.enabled=true --name edge"
+  "controller-monitoring|--set mode=controller --set serviceMonitor.enabled=true --set admin.existingSecret=ops-sluice-admin --set admin.existingSecretKey=bearer --set monitoring.dashboard.enabled=true --set monitoring.alerts.enabled=true --name edge"
 )
+# The renders see a cluster with the Prometheus Operator's PrometheusRule CRD (the chart
+# refuses to render its alerts without it; `reject` below checks that).
+OPERATOR_APIS=(--api-versions monitoring.coreos.com/v1/PrometheusRule)
 for f in "$CHART"/ci/*-values.yaml; do
   [ -e "$f" ] || continue
   name=$(basename "$f" -values.yaml)
@@ -121,7 +126,7 @@ for s in "${scenarios[@]}"; do
   label=${s%%|*}
   read -r -a args <<<"${s#*|}"
   out="$tmp/rendered-$label.yaml"
-  if ! "$PYTHON" "${RENDER[@]}" render "$CHART" "${args[@]}" -o "$out" --notes "$tmp/notes-$label.txt"; then
+  if ! "$PYTHON" "${RENDER[@]}" render "$CHART" "${args[@]}" "${OPERATOR_APIS[@]}" -o "$out" --notes "$tmp/notes-$label.txt"; then
     fail "rendering $CHART failed with values: $label"
   fi
   [ -s "$tmp/notes-$label.txt" ] || fail "NOTES.txt rendered empty with values: $label"
@@ -292,7 +297,26 @@ SERVICE_MONITOR = {  # monitoring.coreos.com/v1 (Prometheus Operator >= 0.50)
                                                                                     "optional": {"type": "boolean"}}}}},
                     "metricRelabelings": {"type": "array", "items": RELABEL},
                     "relabelings": {"type": "array", "items": RELABEL}}}}}}}}
-STRUCTURAL = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR}
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE = {  # monitoring.coreos.com/v1 (Prometheus Operator >= 0.82)
+    "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": OBJECT_META,
+        "spec": {"type": "object", "additionalProperties": False, "properties": {
+            "groups": {"type": "array", "items": {
+                "type": "object", "additionalProperties": False, "required": ["name"], "properties": {
+                    "name": {"type": "string", "minLength": 1}, "interval": PROM_DURATION,
+                    "labels": STRING_MAP, "limit": {"type": "integer"}, "query_offset": PROM_DURATION,
+                    "partial_response_strategy": {"type": "string", "pattern": "^(?i)(abort|warn)?$"},
+                    "rules": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False, "required": ["expr"], "properties": {
+                            "alert": {"type": "string"}, "record": {"type": "string"},
+                            "expr": {"type": ["string", "integer"]}, "for": PROM_DURATION,
+                            "keep_firing_for": {**PROM_DURATION, "minLength": 1},
+                            "labels": STRING_MAP, "annotations": STRING_MAP}}}}}}}}}}
+STRUCTURAL = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+              ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE}
 
 # prometheus-adapter's configuration (pkg/config/config.go; it is read with
 # yaml.UnmarshalStrict, so an unknown field stops the adapter).
@@ -321,8 +345,8 @@ import promql_names  # noqa: E402
 
 promql_names.self_test()
 # The metrics the binaries can export, with their labels: `sluice metrics` lists what the
-# proxy and the controller register. Every metric the dashboard and the adapter rules
-# name must be one of them (None: no SLUICE_BIN, not checked).
+# proxy and the controller register. Every metric the dashboard, the alerts and the
+# adapter rules name must be one of them (None: no SLUICE_BIN, not checked).
 EXPORTED = None
 if os.environ.get("SLUICE_BIN"):
     out = subprocess.run([os.environ["SLUICE_BIN"], "metrics"], capture_output=True, text=True)
@@ -347,6 +371,16 @@ def check_promql(where, expr, source, series=None):
         error(where, p)
     metric_refs.setdefault(source, set()).update(used)
     return found
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+DOCS_PAGE = "docs/monitoring.md"
+DOC_ANCHORS = {github_anchor(line.lstrip("#")) for line in open(DOCS_PAGE).read().splitlines()
+               if re.match(r"^#{1,6} ", line)} if os.path.exists(DOCS_PAGE) else set()
 
 
 def openapi_to_jsonschema(node):
@@ -418,6 +452,8 @@ def validate_object(where, doc):
         structural_checked[doc["kind"]] += 1
         for e in sorted(jsonschema.Draft7Validator(structural).iter_errors(doc), key=lambda e: list(e.path)):
             error(what, f"{'.'.join(str(p) for p in e.path) or '(root)'}: {e.message}")
+        if doc["kind"] == "PrometheusRule" and errors == before:
+            check_rules(what, doc)
         for i, ep in enumerate(((doc.get("spec") or {}).get("endpoints") or []) if errors == before else []):
             interval, timeout = seconds(ep.get("interval")), seconds(ep.get("scrapeTimeout"))
             if interval is not None and timeout is not None and timeout > interval:
@@ -474,6 +510,44 @@ def seconds(duration):
 
 hpas = []  # (where, HPA) of every HPA seen
 dashboards = []  # (where, uid, panels, queries) of every dashboard checked
+alert_rules = {}  # alert name -> number of rules rendered with it
+
+
+def check_rules(what, doc):
+    """Each alerting rule: a name, a severity, a summary, a description that only uses
+    labels its expression keeps, a runbook_url to a section of docs/monitoring.md, and an
+    expression over metrics the binaries export."""
+    for g, group in enumerate(doc["spec"].get("groups") or []):
+        for r, rule in enumerate(group.get("rules") or []):
+            rw = f"{what} groups[{g}].rules[{r}] {rule.get('alert') or rule.get('record')}"
+            if bool(rule.get("alert")) == bool(rule.get("record")):
+                error(rw, "a rule has exactly one of alert and record")
+                continue
+            found = check_promql(f"{rw} expr", str(rule["expr"]), "the alerts")
+            if rule.get("record"):
+                continue
+            name = rule["alert"]
+            alert_rules[name] = alert_rules.get(name, 0) + 1
+            if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", name):
+                error(rw, f"alert name {name!r} is not a valid metric-style name")
+            if not (rule.get("labels") or {}).get("severity"):
+                error(rw, "no severity label")
+            notes = rule.get("annotations") or {}
+            for key in ("summary", "description", "runbook_url"):
+                if not notes.get(key):
+                    error(rw, f"no {key} annotation")
+            url = notes.get("runbook_url", "")
+            anchor = url.partition("#")[2]
+            if not re.match(r"^https?://\S+#\S+$", url):
+                error(rw, f"runbook_url {url!r} is not a link to a section")
+            elif url.partition("#")[0].endswith(DOCS_PAGE) and anchor not in DOC_ANCHORS:
+                error(rw, f"runbook_url points to #{anchor}, which is no heading of {DOCS_PAGE}")
+            if found is not None:
+                kept = found.grouping | (OPERATOR_TARGET_LABELS if not found.grouping else set())
+                for key, text in notes.items():
+                    for label in re.findall(r"\$labels\.(\w+)", text):
+                        if label not in kept:
+                            error(rw, f"annotation {key} uses $labels.{label}, which the expression does not keep ({sorted(kept)})")
 
 
 PANEL_TYPES = {"row", "timeseries", "stat", "table", "gauge", "bargauge", "heatmap", "text", "piechart"}
@@ -998,6 +1072,11 @@ if not dashboards:
     error("dashboard", "no render has the Grafana dashboard (monitoring.dashboard.enabled): nothing was checked")
 for where, uid, n, q in dashboards:
     print(f"ok   {where}: dashboard {uid}, {n} panels, {q} queries")
+if not alert_rules:
+    error("alerts", "no render has the PrometheusRule (monitoring.alerts.enabled): nothing was checked")
+else:
+    print(f"ok   alerts, each with a severity, a summary, a description and a runbook section in {DOCS_PAGE}: "
+          f"{', '.join(sorted(alert_rules))}")
 for kind, n in sorted(structural_checked.items()):
     print(f"ok   {n} {kind} object(s) checked structurally, against the fields of its CRD that the chart uses (kubernetes-validate has no {kind} schema)")
 
@@ -1054,7 +1133,7 @@ if errors == before:
           f"{', '.join(sorted(needed)) or 'no extra labels'}; {len(hpas)} HPA(s) use served metrics")
 
 if EXPORTED is None:
-    print("skip set SLUICE_BIN to check the metrics the dashboard and the adapter rules name against `sluice metrics`")
+    print("skip set SLUICE_BIN to check the metrics the dashboard, the alerts and the adapter rules name against `sluice metrics`")
 else:
     named = set().union(*metric_refs.values()) if metric_refs else set()
     sources = [f"{k} ({len(v)})" for k, v in sorted(metric_refs.items())]
@@ -1191,6 +1270,14 @@ reject "serviceMonitor relabeling in snake_case" --set serviceMonitor.enabled=tr
 reject "serviceMonitor bad interval" --set serviceMonitor.enabled=true --set serviceMonitor.interval=often
 reject "adapter bad rate window" --set adapter.enabled=true --set-json 'adapter.rateWindow="2 minutes"'
 reject "adapter namespace not a namespace name" --set adapter.enabled=true --set adapter.namespace=Monitoring
+reject "alerts without the PrometheusRule CRD in the cluster" --set monitoring.alerts.enabled=true
+reject "alerts: errorRate.ratio above 1" "${OPERATOR_APIS[@]}" --set monitoring.alerts.enabled=true \
+  --set monitoring.alerts.errorRate.ratio=5
+reject "alerts: a latency target of a pool not named namespace/name" "${OPERATOR_APIS[@]}" --set monitoring.alerts.enabled=true \
+  --set-json 'monitoring.alerts.latency.p99SecondsByPool={"classify":0.5}'
+reject "alerts: seriesSelector with braces" "${OPERATOR_APIS[@]}" --set monitoring.alerts.enabled=true \
+  --set-json 'monitoring.alerts.seriesSelector="{namespace=\"gw\"}"'
+reject "alerts: bad duration" "${OPERATOR_APIS[@]}" --set monitoring.alerts.enabled=true --set monitoring.alerts.latency.for=long
 reject "dashboard namespace not a namespace name" --set monitoring.dashboard.enabled=true --set monitoring.dashboard.namespace=Grafana
 reject "one proxy with the PodDisruptionBudget (no drain could evict it)" --set proxy.replicas=1
 reject "one proxy with the PodDisruptionBudget, no schema (template check)" --set proxy.replicas=1 --without-schema
