@@ -49,6 +49,7 @@ fn the_chart_the_image_and_the_changelog_carry_the_workspace_version() -> Result
     for path in [
         "deploy/kubernetes/sluice.yaml",
         "deploy/examples/kubernetes/summarizer.yaml",
+        "deploy/examples/hpa/classifier.yaml",
     ] {
         let text = read(path)?;
         for line in text

@@ -453,6 +453,28 @@ externalRules:
       matches: "^sluice_requests_total$"
       as: sluice_requests_per_second
     metricsQuery: 'sum by (pool_namespace, pool_name) (rate(<<.Series>>{<<.LabelMatchers>>}[{{ $window }}]))'
+  # The 95th percentile of the time to response headers (queueing included), from the
+  # histogram summed over the proxy replicas; 0 while the pool has no traffic (instead of
+  # NaN, which the HPA cannot use).
+  - seriesQuery: 'sluice_request_duration_seconds_bucket{pool_namespace!="",pool_name!=""}'
+    resources:
+      overrides:
+        pool_namespace: {resource: namespace}
+    name:
+      matches: "^sluice_request_duration_seconds_bucket$"
+      as: sluice_request_duration_p95_seconds
+    metricsQuery: 'histogram_quantile(0.95, sum by (pool_namespace, pool_name, le) (rate(<<.Series>>{<<.LabelMatchers>>}[{{ $window }}]))) >= 0 or 0 * sum by (pool_namespace, pool_name) (rate(<<.Series>>{<<.LabelMatchers>>,le="+Inf"}[{{ $window }}]))'
+  # Requests in flight over the maxConcurrency of the live endpoints: each proxy replica
+  # enforces maxConcurrency for its own requests, so the average over the replicas is the
+  # share of the agents' capacity in use (pools whose endpoints all set maxConcurrency).
+  - seriesQuery: 'sluice_pool_utilisation{pool_namespace!="",pool_name!=""}'
+    resources:
+      overrides:
+        pool_namespace: {resource: namespace}
+    name:
+      matches: "^sluice_pool_utilisation$"
+      as: sluice_pool_utilisation
+    metricsQuery: 'avg by (pool_namespace, pool_name) (<<.Series>>{<<.LabelMatchers>>})'
 {{- end }}
 
 {{/*
