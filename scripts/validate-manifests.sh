@@ -32,7 +32,8 @@
 #    Grafana dashboard's ConfigMap (its JSON: panels, variables, layout) and the
 #    PrometheusRule (monitoring.coreos.com/v1, checked structurally against the fields of
 #    its CRD; each alert with a severity, a summary, a description and a runbook_url to a
-#    section of docs/monitoring.md) are checked too. With SLUICE_BIN, every metric that
+#    section of docs/monitoring.md; no series it reads dropped by the ServiceMonitor's
+#    metricRelabelings) are checked too. With SLUICE_BIN, every metric that
 #    the dashboard, the alerts and the adapter rules name (scripts/promql_names.py reads
 #    the PromQL), after `_bucket`, `_sum` and `_count`, must be one that
 #    `sluice metrics` lists (what the binaries register), with the labels it has. With
@@ -912,6 +913,7 @@ def check_references(where, docs):
                     error(where, f"{describe(w)}: --controller {url} names no Service port of the release")
     for sm in by_kind.get("ServiceMonitor", {}).values():
         check_service_monitor(where, sm, by_kind)
+        check_dropped(where, sm, by_kind)
     for hpa in by_kind.get("HorizontalPodAutoscaler", {}).values():
         ref = hpa["spec"]["scaleTargetRef"]
         target = by_kind.get(ref.get("kind"), {}).get(ref.get("name"))
@@ -1028,6 +1030,24 @@ def check_service_monitor(where, sm, by_kind):
 
 
 relabeled = {}  # labels the ServiceMonitor's metricRelabelings make, by render
+
+
+def check_dropped(where, sm, by_kind):
+    """The ServiceMonitor's metricRelabelings must not drop a series that the release's
+    alerts read: an alert on a dropped series is silent, or fires for the wrong reason."""
+    drops = [re.compile(r.get("regex", "(.*)")) for ep in sm["spec"]["endpoints"] for r in ep.get("metricRelabelings") or []
+             if r.get("sourceLabels") == ["__name__"] and r.get("action", "replace").lower() == "drop"]
+    for rule_doc in by_kind.get("PrometheusRule", {}).values():
+        for group in rule_doc["spec"].get("groups") or []:
+            for rule in group.get("rules") or []:
+                try:
+                    series = promql_names.names(str(rule["expr"])).metrics
+                except promql_names.PromQLError:
+                    continue  # reported by check_rules
+                for name in sorted(series):
+                    if any(d.fullmatch(name) for d in drops):
+                        error(where, f"ServiceMonitor {sm['metadata']['name']} drops {name}, which alert "
+                                     f"{rule.get('alert')} reads: keep it (serviceMonitor.metricRelabelings)")
 
 
 def load(path):
