@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -30,15 +31,19 @@ pub(crate) struct Detection<S> {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes of the preface seen so far.
     matched: usize,
+    /// Counts the connections cut by the deadline.
+    timed_out: IntCounter,
 }
 
 impl<S> Detection<S> {
-    /// `inner`, whose protocol must be known within `timeout`.
-    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
+    /// `inner`, whose protocol must be known within `timeout`; a cut is counted in
+    /// `timed_out`.
+    pub(crate) fn new(inner: S, timeout: Duration, timed_out: IntCounter) -> Self {
         Self {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             matched: 0,
+            timed_out,
         }
     }
 
@@ -72,10 +77,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Detection<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match this.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
-                Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no request within the header-read timeout",
-                ))),
+                Some(Poll::Ready(())) => {
+                    this.deadline = None;
+                    this.timed_out.inc();
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request within the header-read timeout",
+                    )))
+                }
                 _ => Poll::Pending,
             },
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -121,23 +130,28 @@ mod tests {
         d.deadline.is_some()
     }
 
+    fn detection() -> Detection<()> {
+        let counter = IntCounter::new("t", "t").expect("a counter");
+        Detection::new((), Duration::from_secs(1), counter)
+    }
+
     #[tokio::test]
     async fn the_deadline_holds_while_the_bytes_can_still_be_the_preface() {
-        let mut d = Detection::new((), Duration::from_secs(1));
+        let mut d = detection();
         d.saw(b"PRI * ");
         assert!(armed(&d), "a part of the preface");
         d.saw(b"HTTP/2.0\r\n\r\nSM\r\n\r\n");
         assert!(!armed(&d), "the whole preface: HTTP/2");
 
-        let mut d = Detection::new((), Duration::from_secs(1));
+        let mut d = detection();
         d.saw(b"G");
         assert!(!armed(&d), "not the preface: HTTP/1.1");
 
-        let mut d = Detection::new((), Duration::from_secs(1));
+        let mut d = detection();
         d.saw(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nmore");
         assert!(!armed(&d), "the preface and more at once");
 
-        let mut d = Detection::new((), Duration::from_secs(1));
+        let mut d = detection();
         d.saw(b"PRI");
         d.saw(b"");
         assert!(!armed(&d), "the peer closed");

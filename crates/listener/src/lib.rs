@@ -2,49 +2,86 @@
 //! and the controller's push server.
 //!
 //! [`serve`] owns everything between `accept()` and a request handed to the handler:
-//! HTTP/1.1 and HTTP/2 (prior knowledge, h2c) on one listener through hyper-util's auto
-//! builder, what one connection may cost ([`ServerConfig`]: a header-read timeout that
-//! also bounds the wait for a connection's first bytes, header and stream limits,
-//! HTTP/2 keep-alive), a pause after a failed `accept()`
-//! (out of file descriptors, say) instead of a spin, and graceful shutdown: stop
-//! accepting, let open connections finish for a while, then close them.
 //!
-//! It knows nothing of what is served. TLS termination and a cap on open connections
-//! belong here too when they come, so that every listener gets them at once.
+//! * TLS termination when [`ServerConfig::tls`] is set ([`tls`]: certificates chosen by
+//!   SNI and reloaded when their files change, ALPN `h2` and `http/1.1`, TLS 1.2 and
+//!   1.3), the handshake bounded by [`ServerConfig::tls_handshake_timeout`];
+//! * HTTP/1.1 and HTTP/2 (over TLS by ALPN, in clear by prior knowledge) on one
+//!   listener through hyper-util's auto builder;
+//! * what one connection may cost: a header-read timeout that also bounds the wait for
+//!   a connection's first bytes, an idle timeout (no request in flight) for HTTP/1.1
+//!   keep-alive and HTTP/2 alike, header and stream limits, HTTP/2 keep-alive pings;
+//! * how many connections are open: a cap per listener and, optionally, per client
+//!   address; a connection over a cap is closed at once and counted;
+//! * a pause after a failed `accept()` (out of file descriptors, say) instead of a
+//!   spin, logged once per run of failures and counted;
+//! * graceful shutdown: stop accepting, let open connections finish for a while, then
+//!   close them.
 //!
-//! Long-lived responses (the controller's table stream) are not cut by any of this:
-//! the header-read timeout applies only while a request head is awaited, and the
-//! HTTP/2 keep-alive disconnects only a peer that stops answering pings.
+//! What happens is counted in [`ListenerMetrics`]. It knows nothing of what is served.
+//!
+//! Long-lived responses (the controller's table stream, a streamed completion) are not
+//! cut by any of this: a response counts as in flight until its body ends, the
+//! header-read timeout applies only while a request head is awaited, and the HTTP/2
+//! keep-alive disconnects only a peer that stops answering pings.
 
+mod activity;
+mod connection;
 mod detection;
+mod limits;
+mod metrics;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod tls;
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use crate::connection::Shared;
+use crate::limits::{Limits, Refused};
+pub use crate::metrics::{ConnectionMetrics, ListenerMetrics};
+pub use crate::tls::{CertificateFiles, TlsConfig, TlsError};
 
 /// The pause after a failed `accept()` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Listener settings: what one client connection may cost in memory and time.
+/// The default cap on a listener's open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Listener settings: what one client connection may cost in memory and time, and how
+/// many may be open.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// A client must send each request's headers within this time (the first request
     /// of a connection: its first bytes, then its headers, each within this time); an
-    /// idle keep-alive connection is closed after it too.
+    /// idle HTTP/1.1 keep-alive connection is closed after it too.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2 with a
+    /// GOAWAY).
+    pub idle_timeout: Duration,
     /// How long shutdown waits for in-flight requests before closing connections.
     pub drain_timeout: Duration,
+    /// Most connections open at once; beyond it a new connection is closed at once.
+    /// `None`: no cap.
+    pub max_connections: Option<NonZeroUsize>,
+    /// Most connections open at once from one client address (an IPv4 address, an
+    /// IPv6 /64). `None`: no cap. Behind a load balancer that does not preserve client
+    /// addresses, every client shares one.
+    pub max_connections_per_client: Option<NonZeroUsize>,
     /// Most headers in an HTTP/1.1 request.
     pub max_headers: usize,
     /// Largest HTTP/1.1 read buffer (bounds the request head), and largest HTTP/2
@@ -55,17 +92,29 @@ pub struct ServerConfig {
     /// HTTP/2 keep-alive ping interval; a peer that does not answer within the same
     /// time is disconnected.
     pub h2_keep_alive: Duration,
+    /// Terminate TLS with these certificates; `None`: cleartext.
+    pub tls: Option<TlsConfig>,
+    /// A TLS client must complete its handshake within this time.
+    pub tls_handshake_timeout: Duration,
+    /// Where connections are counted (by default, nowhere).
+    pub metrics: ConnectionMetrics,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
+            max_connections: NonZeroUsize::new(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_client: None,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 256,
             h2_keep_alive: Duration::from_secs(30),
+            tls: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            metrics: ConnectionMetrics::default(),
         }
     }
 }
@@ -92,12 +141,38 @@ impl ServerConfig {
     }
 }
 
+/// Whether a failed `accept()` says the process or the system ran out of file
+/// descriptors (`EMFILE`, `ENFILE`).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// Whether a failed `accept()` concerns only the connection it would have returned
+/// (its client gave up first): accept the next at once.
+fn connection_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Decrements the open-connections gauge when a connection's task ends, however.
+struct Open(IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` completes, then drains: the
 /// listener is closed, open connections are asked to finish (HTTP/1.1 after the
 /// response in flight, HTTP/2 with a GOAWAY) and get [`ServerConfig::drain_timeout`]
 /// to do so, then those still open are closed.
 ///
 /// `handler` is called with each request and the address of the peer that sent it.
+/// With [`ServerConfig::tls`], the certificate files are read for changes while this
+/// runs.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     config: ServerConfig,
@@ -111,9 +186,27 @@ pub async fn serve<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let local = listener.local_addr().ok();
-    let builder = config.builder();
-    let graceful = GracefulShutdown::new();
+    let limits = Arc::new(Limits::new(
+        config.max_connections,
+        config.max_connections_per_client,
+    ));
+    let metrics = config.metrics.clone();
+    let drain_timeout = config.drain_timeout;
+    let reloader = config
+        .tls
+        .clone()
+        .map(|tls| tokio::spawn(tls::watch(tls, metrics.clone(), local)));
+    let (stop, stopped) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        builder: config.builder(),
+        handler,
+        config,
+        metrics: metrics.clone(),
+        stop: stopped,
+    });
     let mut connections = JoinSet::new();
+    // Failed accepts in a row.
+    let mut failing: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -124,48 +217,71 @@ pub async fn serve<H, F, B>(
         };
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
+            Err(e) if connection_gone(&e) => continue,
             Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, listener = ?local, "accept failed");
+                let descriptors = out_of_descriptors(&e);
+                if descriptors {
+                    metrics.accept_descriptors.inc();
+                } else {
+                    metrics.accept_other.inc();
+                }
+                if failing == 0 {
+                    tracing::warn!(
+                        error = %e, listener = ?local, open = limits.open(), out_of_descriptors = descriptors,
+                        "accept failed; trying again every {ACCEPT_BACKOFF:?} until it succeeds"
+                    );
+                }
+                failing += 1;
                 tokio::select! {
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
                     () = &mut shutdown => break,
                 }
             }
         };
+        if failing > 0 {
+            tracing::info!(listener = ?local, failed = failing, "accepting connections again");
+            failing = 0;
+        }
+        let permit = match limits.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                // Dropping the stream closes the connection.
+                let (counter, cap) = match refused {
+                    Refused::Listener => (&metrics.refused_listener, "max connections"),
+                    Refused::ClientAddress => {
+                        (&metrics.refused_client, "max connections per client")
+                    }
+                };
+                counter.inc();
+                tracing::debug!(%peer, listener = ?local, "connection refused: {cap} reached");
+                continue;
+            }
+        };
+        metrics.accepted.inc();
+        metrics.open.inc();
+        let open = Open(metrics.open.clone());
         // Small writes (stream lines, acknowledgements, short answers) must not wait
         // for Nagle.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "TCP_NODELAY not set");
         }
-        // The header-read timeout covers the wait for the first bytes too.
-        let io = detection::Detection::new(stream, config.header_read_timeout);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req, peer).await) }
-        });
-        let conn = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned(),
-        );
+        let shared = shared.clone();
         connections.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
-            }
+            let _held = (permit, open);
+            connection::run(stream, peer, shared).await;
         });
     }
     // New connections are refused from now on, not left waiting in the backlog.
     drop(listener);
-    if tokio::time::timeout(config.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
+    let _ = stop.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(drain_timeout, drained).await.is_err() {
         tracing::warn!(
             listener = ?local,
-            "closing connections still busy after {:?}",
-            config.drain_timeout
+            "closing connections still busy after {drain_timeout:?}"
         );
     }
     connections.shutdown().await;
