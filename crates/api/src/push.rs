@@ -8,6 +8,12 @@
 //! [`ACK_PATH`] and an [`Ack`] as the JSON body. Controller replicas list the proxies
 //! they track on [`PROXIES_PATH`], and the current table on [`ROUTES_PATH`].
 //!
+//! Every call but the health checks carries `Authorization: Bearer TOKEN`
+//! ([`bearer_token`] reads it): a shared token, or on Kubernetes the caller's projected
+//! ServiceAccount token for the audience [`DEFAULT_TOKEN_AUDIENCE`] (or the one
+//! configured). A call without a valid token is answered `401` and nothing else; a
+//! caller whose identity may not make it, `403`.
+//!
 //! Proxy names are [`ProxyId`]s: 1 to [`MAX_PROXY_ID_LEN`] of `A-Z a-z 0-9 . _ - : @`
 //! ([`PROXY_ID_RULE`]), safe in a query string without escaping and in logs.
 //!
@@ -33,6 +39,19 @@ pub const PROXIES_PATH: &str = "/v1/proxies";
 pub const ROUTES_PATH: &str = "/v1/routes";
 /// The query parameter of [`WATCH_PATH`] that names the subscribing proxy.
 pub const PROXY_PARAM: &str = "proxy";
+
+/// The audience of the ServiceAccount tokens proxies and controller replicas present,
+/// unless configured otherwise: a token minted for another audience (the API server's,
+/// another service's) is refused.
+pub const DEFAULT_TOKEN_AUDIENCE: &str = "sluice.dev/push";
+
+/// The token of an `Authorization` header value `Bearer TOKEN` (the scheme in any
+/// case, RFC 9110), or `None` when there is none or it is empty.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
 
 /// The longest proxy name (a DNS name's length).
 pub const MAX_PROXY_ID_LEN: usize = 253;
@@ -318,6 +337,16 @@ mod tests {
         assert_eq!(proxy_param(Some("a=1&proxy=p2&b")), Some("p2"));
         assert_eq!(proxy_param(Some("proxyx=1")), None);
         assert_eq!(proxy_param(None), None);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer_token("Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token(""), None);
     }
 
     #[test]
