@@ -5,7 +5,7 @@
 //! table is handed to the [`publisher::Publisher`], which stamps its version. The
 //! [`push`] server streams every published table to the subscribed proxies (the
 //! protocol is [`sluice_api::push`]), and [`proxies`] keeps which table each of them
-//! acknowledged. On
+//! acknowledged; [`auth`] decides who may call it. On
 //! Kubernetes, [`status`] turns each compile into status conditions, [`status_writer`]
 //! applies them and [`events`] reports condition flips; with several replicas, only the
 //! holder of the [`lease`] writes.
@@ -15,6 +15,7 @@
 //! --print-rbac` prints [`rbac_json`]), and the chart's ClusterRole and Role are checked
 //! against them.
 
+pub mod auth;
 pub mod events;
 pub mod from_dir;
 pub mod lease;
@@ -45,8 +46,16 @@ pub fn lease_rbac() -> Vec<Rule> {
     lease::RBAC.to_vec()
 }
 
-/// [`cluster_rbac`] and [`lease_rbac`] as Kubernetes `PolicyRule`s, one per resource:
-/// `{"clusterRole": [...], "leaseRole": [...]}`.
+/// The rules of TokenReview authentication ([`auth`]), cluster-scoped (a TokenReview
+/// belongs to no namespace): the chart binds them with a ClusterRoleBinding of their
+/// own even when [`cluster_rbac`] is bound in a few namespaces only.
+pub fn token_review_rbac() -> Vec<Rule> {
+    auth::RBAC.to_vec()
+}
+
+/// [`cluster_rbac`], [`lease_rbac`] and [`token_review_rbac`] as Kubernetes
+/// `PolicyRule`s, one per resource:
+/// `{"clusterRole": [...], "leaseRole": [...], "tokenReviewRole": [...]}`.
 pub fn rbac_json() -> serde_json::Value {
     fn rules(rules: &[Rule]) -> serde_json::Value {
         rules
@@ -63,5 +72,6 @@ pub fn rbac_json() -> serde_json::Value {
     serde_json::json!({
         "clusterRole": rules(&cluster_rbac()),
         "leaseRole": rules(&lease_rbac()),
+        "tokenReviewRole": rules(&token_review_rbac()),
     })
 }

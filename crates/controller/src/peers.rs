@@ -8,21 +8,35 @@
 //! they answer. A replica finds itself among its peers; the caller gives its own
 //! registry precedence (see [`merge`]).
 //!
+//! Each poll presents the token in [`PeerConfig::token`] (read again for every poll: a
+//! projected ServiceAccount token rotates), and with [`PeerConfig::ca`] speaks TLS,
+//! checking each peer's certificate against that CA and for the host name of the
+//! target (the peers are reached by address: their certificate must hold the name of
+//! the headless Service).
+//!
 //! A peer that stops answering keeps its last answer for [`SILENT_POLLS`] polls (a
 //! restart or a slow answer does not make its proxies flap out of the status), then
 //! its proxies are dropped. A failed DNS lookup keeps the last view.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::ServerName;
 use sluice_api::push::PROXIES_PATH;
 use tokio::sync::watch;
+
+use crate::auth::TokenFile;
+
+type PeerClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Proxy name → the revision it acknowledged last (`None`: none yet).
 pub type ProxyRevisions = BTreeMap<String, Option<String>>;
@@ -39,6 +53,70 @@ pub struct PeerConfig {
     pub interval: Duration,
     /// Longest wait for one peer's answer.
     pub timeout: Duration,
+    /// The bearer token to present, read again for each poll.
+    pub token: Option<Arc<TokenFile>>,
+    /// Speak TLS, trusting this CA bundle (PEM).
+    pub ca: Option<PathBuf>,
+}
+
+/// Why the peers cannot be polled at all.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The CA bundle cannot be loaded. Not retryable.
+    #[error("peers' CA: {0}")]
+    Ca(#[from] sluice_listener::TlsError),
+    /// The target's host is not a name a certificate can hold. Not retryable.
+    #[error("{0:?}: the host is not a DNS name a certificate can hold")]
+    Name(String),
+}
+
+impl PeerConfig {
+    /// The client of the polls, and the scheme it speaks.
+    fn client(&self) -> Result<(PeerClient, &'static str), PeerError> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(self.timeout));
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let (connector, scheme) = match &self.ca {
+            Some(ca) => {
+                let host = self
+                    .target
+                    .rsplit_once(':')
+                    .map_or(self.target.as_str(), |(h, _)| h);
+                let name = ServerName::try_from(host.to_owned())
+                    .map_err(|_| PeerError::Name(host.to_owned()))?;
+                let tls = sluice_listener::tls::client_config(ca, &[])?;
+                let connector = builder
+                    .with_tls_config(tls)
+                    .https_only()
+                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                    .enable_http1()
+                    .wrap_connector(http);
+                (connector, "https")
+            }
+            None => {
+                // Never used for TLS: the scheme is http.
+                let roots = rustls::RootCertStore::empty();
+                let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(sluice_listener::TlsError::Config)?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                let connector = builder
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                (connector, "http")
+            }
+        };
+        Ok((
+            Client::builder(TokioExecutor::new()).build(connector),
+            scheme,
+        ))
+    }
 }
 
 /// The proxies of `local` and `peers` by name, `local`'s entry winning, counted by
@@ -61,11 +139,12 @@ struct Answer {
 
 /// Polls the peers every `config.interval` forever, sending the union of their
 /// proxies on `tx` whenever it changes.
-pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeout));
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+///
+/// # Errors
+///
+/// At once, when the TLS settings cannot be used ([`PeerError`]).
+pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) -> Result<(), PeerError> {
+    let (client, scheme) = config.client()?;
     let mut answers: BTreeMap<SocketAddr, Answer> = BTreeMap::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,9 +157,22 @@ pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) {
                 continue;
             }
         };
+        let token = match config.token.as_ref().map(|t| t.read()).transpose() {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, "no token for the peers; keeping the last view");
+                continue;
+            }
+        };
         let polls = addrs.iter().map(|&addr| {
             let client = client.clone();
-            async move { (addr, fetch(&client, addr, config.timeout).await) }
+            let token = token.as_deref();
+            async move {
+                (
+                    addr,
+                    fetch(&client, scheme, addr, token, config.timeout).await,
+                )
+            }
         });
         let results = futures_util::future::join_all(polls).await;
         answers.retain(|addr, _| addrs.contains(addr));
@@ -121,15 +213,19 @@ pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) {
 
 /// One peer's `GET /v1/proxies`, as proxy name → revision.
 async fn fetch(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &PeerClient,
+    scheme: &str,
     addr: SocketAddr,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<ProxyRevisions, String> {
-    let uri: hyper::Uri = format!("http://{addr}{PROXIES_PATH}")
-        .parse()
-        .map_err(|e| format!("{e}"))?;
+    let mut req = http::Request::get(format!("{scheme}://{addr}{PROXIES_PATH}"));
+    if let Some(token) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
     let request = async {
-        let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
         if !resp.status().is_success() {
             return Err(format!("status {}", resp.status()));
         }

@@ -18,6 +18,16 @@
 //! proxies and their versions, JSON), `/healthz`, `/readyz` (a table has been
 //! published) and `/metrics`.
 //!
+//! Every path but the last three needs a bearer token ([`crate::auth`],
+//! [`PushConfig::auth`]): a caller without a valid one is answered `401` (`403` when
+//! its identity may not take that path: only proxies subscribe and acknowledge, only
+//! controller replicas list the proxies) before anything of the table is read. With a
+//! [`PushConfig::subscription_lifetime`], a subscription ends after about that long,
+//! and its proxy subscribes again with its current token: a revoked token stops
+//! receiving tables within a lifetime. `/metrics` stays open (Prometheus scrapes it; it
+//! holds counts, versions and revision digests, nothing of the table's content), as do
+//! the health checks.
+//!
 //! Connections are accepted by [`sluice_listener::serve`], with the limits of
 //! [`PushConfig::listener`]: a subscription is a response that never ends, which
 //! neither the header-read timeout (only while a request head is awaited) nor the
@@ -34,7 +44,7 @@ use futures_util::stream;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use prometheus::{Encoder, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use sluice_api::push::{
     ACK_PATH, Ack, HEARTBEAT, PROXIES_PATH, PROXY_ID_RULE, ROUTES_PATH, WATCH_PATH, proxy_param,
 };
@@ -42,6 +52,7 @@ use sluice_listener::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::{AuthError, PushAuth, Role};
 use crate::proxies::{AckError, Acked, ProxyRegistry, RegisterError, Registration};
 use crate::publisher::{Published, Publisher};
 
@@ -63,13 +74,21 @@ pub struct PushConfig {
     /// Interval between heartbeat lines on an idle stream.
     pub heartbeat: Duration,
     /// What one connection may cost, and how long shutdown drains
-    /// ([`DEFAULT_DRAIN`] by default; the other limits are the listener's defaults).
+    /// ([`DEFAULT_DRAIN`] by default; the other limits are the listener's defaults),
+    /// and TLS.
     pub listener: ServerConfig,
+    /// How callers authenticate ([`PushAuth::Open`] by default).
+    pub auth: PushAuth,
+    /// A subscription ends after between 80% and 100% of this (spread, so that the
+    /// proxies of a restart do not come back together), `None`: never.
+    pub subscription_lifetime: Option<Duration>,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
+            auth: PushAuth::Open,
+            subscription_lifetime: None,
             heartbeat: Duration::from_secs(10),
             listener: ServerConfig {
                 drain_timeout: DEFAULT_DRAIN,
@@ -90,6 +109,7 @@ pub struct PushMetrics {
     table_bytes: IntGauge,
     table_pools: IntGauge,
     table_endpoints: IntGauge,
+    auth_failures: IntCounterVec,
 }
 
 impl PushMetrics {
@@ -139,6 +159,14 @@ impl PushMetrics {
         for m in [&subscriptions, &pushes] {
             registry.register(Box::new(m.clone()))?;
         }
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "sluice_controller_push_auth_failures_total",
+                "Calls to the push API refused before anything was served, by reason (missing, refused, forbidden, unavailable)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
         Ok(Self {
             registry: registry.clone(),
             connected,
@@ -148,6 +176,7 @@ impl PushMetrics {
             table_bytes,
             table_pools,
             table_endpoints,
+            auth_failures,
         })
     }
 
@@ -242,6 +271,9 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
                 .sum(),
         )
     }));
+    if let Some(refused) = authenticate(&req, peer, state).await {
+        return refused;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::POST, ACK_PATH) => return ack(req, &state.proxies).await,
         (&Method::GET, _) => {}
@@ -273,11 +305,16 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
                     }
                 },
             };
+            let lifetime = state
+                .config
+                .subscription_lifetime
+                .map(|l| l.mul_f64(0.8 + 0.2 * fastrand::f64()));
             watch_response(
                 publisher.subscribe(),
                 registration,
                 metrics.clone(),
                 state.config.heartbeat,
+                lifetime,
             )
         }
         ROUTES_PATH => match current {
@@ -312,6 +349,63 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The roles that may take `path`; `None` for the open paths.
+fn roles(path: &str) -> Option<&'static [Role]> {
+    match path {
+        WATCH_PATH | ACK_PATH => Some(&[Role::Proxy]),
+        PROXIES_PATH => Some(&[Role::Peer]),
+        ROUTES_PATH => Some(&[Role::Proxy, Role::Peer]),
+        _ => None,
+    }
+}
+
+/// The answer to a call that is not authenticated or not allowed; `None` to serve it.
+async fn authenticate(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    state: &State,
+) -> Option<Response<Body>> {
+    let path = req.uri().path();
+    let roles = roles(path)?;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let (status, reason, error) = match state.config.auth.check(authorization).await {
+        Ok(caller) if roles.iter().any(|&r| caller.is(r)) => return None,
+        Ok(caller) => (
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            AuthError::Forbidden(caller.name),
+        ),
+        Err(e @ AuthError::Missing) => (StatusCode::UNAUTHORIZED, "missing", e),
+        Err(e @ AuthError::Refused(_)) => (StatusCode::UNAUTHORIZED, "refused", e),
+        Err(e @ AuthError::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden", e),
+        Err(e @ AuthError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    };
+    state
+        .metrics
+        .auth_failures
+        .with_label_values(&[reason])
+        .inc();
+    tracing::warn!(%peer, path, error = %error, "push API call refused");
+    let mut resp = json(status, &serde_json::json!({ "error": error.to_string() }));
+    let headers = resp.headers_mut();
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    Some(resp)
 }
 
 /// `POST /v1/routes/ack`.
@@ -388,6 +482,8 @@ struct Subscription {
     rx: watch::Receiver<Option<Arc<Published>>>,
     metrics: PushMetrics,
     heartbeat: tokio::time::Interval,
+    /// When the subscription ends, if it does.
+    ends: Option<tokio::time::Instant>,
     first: bool,
     _registration: Option<Registration>,
 }
@@ -398,11 +494,20 @@ impl Drop for Subscription {
     }
 }
 
+/// Sleeps until `at`, or forever.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn watch_response(
     rx: watch::Receiver<Option<Arc<Published>>>,
     registration: Option<Registration>,
     metrics: PushMetrics,
     heartbeat: Duration,
+    lifetime: Option<Duration>,
 ) -> Response<Body> {
     metrics.connected.inc();
     metrics.subscriptions.inc();
@@ -412,6 +517,7 @@ fn watch_response(
         rx,
         metrics,
         heartbeat: interval,
+        ends: lifetime.map(|l| tokio::time::Instant::now() + l),
         first: true,
         _registration: registration,
     };
@@ -436,6 +542,8 @@ fn watch_response(
                 Some((Ok(Frame::data(line)), sub))
             }
             _ = sub.heartbeat.tick() => Some((Ok(Frame::data(Bytes::from_static(HEARTBEAT))), sub)),
+            // The proxy subscribes again, with its current token.
+            () = sleep_until_some(sub.ends) => None,
         }
     });
     Response::builder()

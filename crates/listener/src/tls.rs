@@ -353,3 +353,41 @@ pub(crate) async fn watch(
         }
     }
 }
+
+/// The client side of Sluice's own TLS channels (a proxy to its controller, a
+/// controller replica to its peers): the same provider and versions as the server
+/// side, trusting only the CA certificates in the PEM file `ca`, offering `alpn`.
+///
+/// # Errors
+///
+/// When the file cannot be read or holds no valid certificate.
+pub fn client_config(
+    ca: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let bad = |reason: String| TlsError::Certificate {
+        path: ca.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(ca).map_err(|source| TlsError::Read {
+        path: ca.to_owned(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("the file holds none".to_owned()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}

@@ -1,11 +1,13 @@
 //! `sluice controller`.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use sluice_controller::auth::{PushAuth, TokenFile, TokenReviewConfig, TokenReviewer};
 use sluice_controller::events::EventPublisher;
 use sluice_controller::from_dir::{DirWatcher, Poll};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
@@ -15,6 +17,7 @@ use sluice_controller::publisher::Publisher;
 use sluice_controller::push::{self, PushConfig, PushMetrics};
 use sluice_controller::status_writer::{self, StatusBatch, StatusWriter};
 use sluice_controller::watch::{self, SliceLabel, Watch, WatchMetrics};
+use sluice_listener::{CertificateFiles, ListenerMetrics, ServerConfig, TlsConfig};
 
 /// Arguments of `sluice controller`.
 #[derive(clap::Args, Debug)]
@@ -73,10 +76,84 @@ pub struct Args {
     /// the leader's last renewal. Whole seconds, at least 3s.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
-    /// Print the RBAC rules the controller needs (JSON: the ClusterRole's and the
-    /// Lease Role's) and exit.
+    /// A PEM certificate chain for the push listener: proxies and peers then speak TLS
+    /// (with --tls-key). Read again when the file changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "SLUICE_TLS_CERT"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "SLUICE_TLS_KEY"
+    )]
+    tls_key: Option<PathBuf>,
+    /// How often --tls-cert and --tls-key are read for changes.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    tls_reload_interval: Duration,
+    /// A file holding the token every proxy and peer must present (standalone and
+    /// --from-dir deployments); read again when it changes.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "SLUICE_PUSH_TOKEN_FILE",
+        conflicts_with = "push_token_audience"
+    )]
+    push_token_file: Option<PathBuf>,
+    /// Check callers' ServiceAccount tokens with the Kubernetes TokenReview API: they
+    /// must be valid for this audience, and of a --proxy-service-account or a
+    /// --peer-service-account.
+    #[arg(long, value_name = "AUDIENCE", conflicts_with = "from_dir")]
+    push_token_audience: Option<String>,
+    /// With --push-token-audience: a ServiceAccount, NAMESPACE:NAME, whose pods are
+    /// proxies (subscribe, acknowledge). Repeat for several.
+    #[arg(long = "proxy-service-account", value_name = "NAMESPACE:NAME", value_parser = parse_account)]
+    proxy_service_accounts: Vec<String>,
+    /// With --push-token-audience: a ServiceAccount, NAMESPACE:NAME, whose pods are
+    /// controller replicas (list the proxies). Repeat for several.
+    #[arg(long = "peer-service-account", value_name = "NAMESPACE:NAME", value_parser = parse_account)]
+    peer_service_accounts: Vec<String>,
+    /// The token presented to the --peers (default: --push-token-file); a projected
+    /// ServiceAccount token with --push-token-audience. Read for every poll.
+    #[arg(long, value_name = "FILE", env = "SLUICE_PEERS_TOKEN_FILE")]
+    peers_token_file: Option<PathBuf>,
+    /// Poll the --peers over TLS, checking their certificates against this CA bundle
+    /// (PEM) for the host name of --peers.
+    #[arg(long, value_name = "FILE", env = "SLUICE_PEERS_CA")]
+    peers_ca: Option<PathBuf>,
+    /// Serve the push API to anyone who reaches --listen, without a token: anyone can
+    /// then read the route table (consumer key hashes included). Needed for a
+    /// non-loopback --listen without --push-token-file or --push-token-audience.
+    #[arg(long)]
+    no_push_auth: bool,
+    /// With authentication, a subscription ends after 80% to 100% of this and its
+    /// proxy subscribes again with its current token: a revoked token stops receiving
+    /// tables within this long. 0s: never.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    push_subscription_lifetime: Duration,
+    /// Most connections open at once on --listen; beyond it new ones are closed at
+    /// once. 0: no cap.
+    #[arg(long, default_value_t = sluice_listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Print the RBAC rules the controller needs (JSON: the ClusterRole's, the Lease
+    /// Role's and the TokenReview ClusterRole's) and exit.
     #[arg(long)]
     print_rbac: bool,
+}
+
+/// Parses a ServiceAccount `NAMESPACE:NAME`.
+fn parse_account(s: &str) -> Result<String, String> {
+    match s.split_once(':') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains(':') => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!("{s:?}: give NAMESPACE:NAME")),
+    }
 }
 
 /// Parses `500ms`, `2s`, `1m`.
@@ -109,12 +186,53 @@ pub async fn run(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let listen = listener.local_addr()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            TlsConfig::new(
+                vec![CertificateFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }],
+                args.tls_reload_interval,
+            )
+            .context("--tls-cert/--tls-key")?,
+        ),
+        _ => None,
+    };
+    let listener_metrics = ListenerMetrics::new(&registry).context("registering metrics")?;
     // Which proxies run which table: /v1/proxies, sluice_controller_proxies and the
     // AgentPools' status.
     let proxies = ProxyRegistry::new(publisher.clone());
     proxies
         .register_metrics(&registry)
         .context("registering metrics")?;
+
+    let mut auth = match &args.push_token_file {
+        Some(path) => {
+            let file = TokenFile::new(path);
+            file.read().context("--push-token-file")?;
+            PushAuth::SharedToken(Arc::new(file))
+        }
+        None => PushAuth::Open,
+    };
+    if args.push_token_audience.is_none()
+        && (!args.proxy_service_accounts.is_empty() || !args.peer_service_accounts.is_empty())
+    {
+        bail!("--proxy-service-account and --peer-service-account need --push-token-audience");
+    }
+    if auth.is_open() && args.push_token_audience.is_none() {
+        if !listen.ip().is_loopback() && !args.no_push_auth {
+            bail!(
+                "--listen {listen} is not a loopback address: give --push-token-file (or, on Kubernetes, --push-token-audience) so that only proxies read the route table, or --no-push-auth to serve it to anyone"
+            );
+        }
+        tracing::warn!(%listen, "the push API is served without authentication");
+    }
+    let peers_token = args
+        .peers_token_file
+        .clone()
+        .or_else(|| args.push_token_file.clone())
+        .map(|path| Arc::new(TokenFile::new(path)));
 
     let mut election = None;
     if let Some(dir) = &args.from_dir {
@@ -139,6 +257,16 @@ pub async fn run(args: Args) -> Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+        if let Some(audience) = &args.push_token_audience {
+            if args.proxy_service_accounts.is_empty() {
+                bail!("--push-token-audience needs the proxies' --proxy-service-account");
+            }
+            let mut config = TokenReviewConfig::new(audience.clone());
+            config.proxies = args.proxy_service_accounts.clone();
+            config.peers = args.peer_service_accounts.clone();
+            tracing::info!(%audience, proxies = ?config.proxies, peers = ?config.peers, "push API callers checked with TokenReview");
+            auth = PushAuth::TokenReview(Arc::new(TokenReviewer::new(client.clone(), config)));
+        }
         let elector = LeaderElector::new(client.clone(), lease)
             .with_metrics(&registry)
             .context("registering metrics")?;
@@ -177,8 +305,14 @@ pub async fn run(args: Args) -> Result<()> {
                     target: target.clone(),
                     interval: args.peers_interval,
                     timeout: args.peers_interval.min(Duration::from_secs(2)),
+                    token: peers_token.clone(),
+                    ca: args.peers_ca.clone(),
                 };
-                tokio::spawn(peers::run(config, tx));
+                tokio::spawn(async move {
+                    if let Err(e) = peers::run(config, tx).await {
+                        tracing::error!(error = %e, "the peers are not polled");
+                    }
+                });
                 core.with_peer_proxies(rx)
             }
             None => core,
@@ -202,7 +336,15 @@ pub async fn run(args: Args) -> Result<()> {
         metrics,
         PushConfig {
             heartbeat: args.heartbeat,
-            ..PushConfig::default()
+            subscription_lifetime: (!auth.is_open() && !args.push_subscription_lifetime.is_zero())
+                .then_some(args.push_subscription_lifetime),
+            auth,
+            listener: ServerConfig {
+                tls,
+                max_connections: NonZeroUsize::new(args.max_connections),
+                metrics: listener_metrics.listener("push"),
+                ..PushConfig::default().listener
+            },
         },
         crate::shutdown_signal(),
     )

@@ -185,6 +185,19 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Reads until the stream ends: `true` when it ended cleanly, `false` on an error.
+    pub async fn end(&mut self) -> bool {
+        loop {
+            match self.body.frame().await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+}
+
 /// Subscribes through `client` with `query` (`""` or `?proxy=ID`): the status, and
 /// the stream (read it only after a `200`).
 pub async fn subscribe(client: &HttpClient, base: &str, query: &str) -> (u16, Stream) {
