@@ -335,7 +335,12 @@ fn request(
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
+    parse_response(&raw)
+}
+
+/// An HTTP/1.1 response read whole.
+fn parse_response(raw: &[u8]) -> Result<Response> {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
     let mut lines = head.lines();
     let status = lines
@@ -387,4 +392,74 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
+}
+
+/// What [`tls_get`] saw: the handshake's outcome, then the response when asked for.
+#[derive(Debug)]
+pub struct TlsAnswer {
+    /// The certificate the server presented (DER).
+    pub certificate: Vec<u8>,
+    /// The protocol ALPN agreed, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The response to `GET path` over HTTP/1.1, when a path was given.
+    pub response: Option<Response>,
+}
+
+/// Connects to `addr` over TLS asking for `name` (SNI), trusting only the CA in the PEM
+/// file `ca`, offering `alpn`; then, with `path`, sends `GET path` over HTTP/1.1 with
+/// `headers` and reads the response.
+///
+/// # Errors
+///
+/// When the handshake fails (the certificate does not check out) or the exchange does.
+pub fn tls_get(
+    addr: SocketAddr,
+    name: &str,
+    ca: &std::path::Path,
+    alpn: &[&[u8]],
+    path: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<TlsAnswer> {
+    let config = sluice_listener::tls::client_config(ca, alpn)?;
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name)?;
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    let certificate = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .context("no certificate")?;
+    let alpn = tls.conn.alpn_protocol().map(<[u8]>::to_vec);
+    let response = match path {
+        None => None,
+        Some(path) => {
+            let extra: String = headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {v}\r\n"))
+                .collect();
+            write!(
+                tls,
+                "GET {path} HTTP/1.1\r\nHost: {name}\r\n{extra}Connection: close\r\n\r\n"
+            )?;
+            let mut raw = Vec::new();
+            // A server that closes without close_notify ends the read with an error.
+            if let Err(e) = tls.read_to_end(&mut raw)
+                && raw.is_empty()
+            {
+                return Err(e.into());
+            }
+            Some(parse_response(&raw)?)
+        }
+    };
+    Ok(TlsAnswer {
+        certificate,
+        alpn,
+        response,
+    })
 }

@@ -16,7 +16,7 @@ use sluice_proxy::body::MinRate;
 use sluice_proxy::clock::TokioClock;
 use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
 use sluice_proxy::hygiene::client_ip::TrustedProxies;
-use sluice_proxy::server::{self, ServerConfig};
+use sluice_proxy::server::{self, CertificateFiles, ListenerMetrics, ServerConfig, TlsConfig};
 use sluice_proxy::subscriber::{self, SubscriberConfig};
 use sluice_proxy::table_cache::TableCache;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
@@ -41,9 +41,47 @@ pub struct Args {
     /// it at start when the controller is unreachable. A corrupt file is ignored.
     #[arg(long, env = "SLUICE_TABLE_CACHE", requires = "controller")]
     table_cache: Option<PathBuf>,
-    /// Address for agent traffic.
-    #[arg(long, default_value = "0.0.0.0:8080", env = "SLUICE_LISTEN")]
-    listen: SocketAddr,
+    /// The bearer token presented to --controller: a file, read again for every
+    /// subscription and acknowledgement (a projected ServiceAccount token, or the
+    /// controller's --push-token-file).
+    #[arg(long, env = "SLUICE_CONTROLLER_TOKEN_FILE", requires = "controller")]
+    controller_token_file: Option<PathBuf>,
+    /// The CA bundle (PEM) an https:// --controller's certificate is checked against.
+    #[arg(long, env = "SLUICE_CONTROLLER_CA", requires = "controller")]
+    controller_ca: Option<PathBuf>,
+    /// Address for agent traffic in clear (HTTP/1.1 and h2c), or `off`.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "SLUICE_LISTEN", value_parser = parse_listen)]
+    listen: Listen,
+    /// Address for agent traffic over TLS (with --tls-cert).
+    #[arg(long, default_value = "0.0.0.0:8443", env = "SLUICE_TLS_LISTEN")]
+    tls_listen: SocketAddr,
+    /// A PEM certificate chain served on --tls-listen; repeat for several, each with
+    /// its --tls-key in the same order. A client gets the first certificate valid for
+    /// the name it asks for (SNI), else the first.
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_certs: Vec<PathBuf>,
+    /// The PEM private key of the --tls-cert of the same rank.
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_keys: Vec<PathBuf>,
+    /// How often the certificate files are read for changes (a renewed Secret is
+    /// served without a restart).
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    tls_reload_interval: Duration,
+    /// A TLS client must complete its handshake within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    tls_handshake_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_interval)]
+    idle_timeout: Duration,
+    /// Most client connections open at once on each traffic listener; beyond it new
+    /// ones are closed at once. 0: no cap.
+    #[arg(long, default_value_t = sluice_listener::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Most client connections open at once from one address (an IPv4 address, an
+    /// IPv6 /64) on each traffic listener. 0: no cap. Behind a load balancer that hides
+    /// client addresses, every client shares one.
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_client: usize,
     /// Address for /healthz, /readyz, /metrics and /routes.
     #[arg(long, default_value = "127.0.0.1:9901", env = "SLUICE_ADMIN_LISTEN")]
     admin: SocketAddr,
@@ -111,6 +149,25 @@ pub struct Args {
     /// sluice_ratelimit_top_consumers (the rest are summed as "other").
     #[arg(long, default_value_t = 10, env = "SLUICE_TOP_CONSUMERS")]
     top_consumers: usize,
+}
+
+/// A listener address, or none.
+#[derive(Clone, Copy, Debug)]
+pub enum Listen {
+    /// Listen here.
+    On(SocketAddr),
+    /// No such listener.
+    Off,
+}
+
+/// Parses `HOST:PORT` or `off`.
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::On)
+        .map_err(|e| format!("{s:?}: {e} (give ADDRESS:PORT or off)"))
 }
 
 /// A share from 0 to 1.
@@ -198,30 +255,90 @@ pub async fn run(args: Args) -> Result<()> {
                 config.proxy_id = id;
             }
             config.table_cache = args.table_cache.clone().map(TableCache::new);
+            config.token = args.controller_token_file.clone();
+            config.ca = args.controller_ca.clone();
+            if let Err(e) = config.client() {
+                bail!("--controller {controller}: {e}");
+            }
             tracing::info!(controller = %controller, proxy = %config.proxy_id, table_cache = ?args.table_cache, "subscribing to the controller");
             tokio::spawn(subscriber::run(config, store.clone()));
         }
         _ => bail!("give exactly one of --config PATH (standalone) or --controller URL"),
     }
 
-    let traffic = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding traffic listener {}", args.listen))?;
+    let tls = match (args.tls_certs.len(), args.tls_keys.len()) {
+        (0, 0) => None,
+        (certs, keys) if certs != keys => {
+            bail!("{certs} --tls-cert for {keys} --tls-key: give each certificate its key")
+        }
+        _ => {
+            let files = args
+                .tls_certs
+                .iter()
+                .zip(&args.tls_keys)
+                .map(|(cert, key)| CertificateFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+                .collect();
+            Some(TlsConfig::new(files, args.tls_reload_interval).context("--tls-cert/--tls-key")?)
+        }
+    };
+    if matches!(args.listen, Listen::Off) && tls.is_none() {
+        bail!("--listen off with no --tls-cert: the proxy would serve nothing");
+    }
+    let traffic = match args.listen {
+        Listen::Off => None,
+        Listen::On(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding traffic listener {addr}"))?,
+        ),
+    };
+    let traffic_tls = match &tls {
+        None => None,
+        Some(_) => Some(
+            tokio::net::TcpListener::bind(args.tls_listen)
+                .await
+                .with_context(|| format!("binding TLS listener {}", args.tls_listen))?,
+        ),
+    };
     let admin_listener = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding admin listener {}", args.admin))?;
-    tracing::info!(listen = %traffic.local_addr()?, admin = %admin_listener.local_addr()?, "proxy started");
+    let shown = |l: &Option<tokio::net::TcpListener>| {
+        l.as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "off".to_owned(), |a| a.to_string())
+    };
+    tracing::info!(
+        listen = %shown(&traffic), tls_listen = %shown(&traffic_tls),
+        admin = %admin_listener.local_addr()?, "proxy started"
+    );
 
+    let listener_metrics =
+        ListenerMetrics::new(metrics.registry()).context("registering listener metrics")?;
     let config = ServerConfig {
         header_read_timeout: args.header_read_timeout,
+        idle_timeout: args.idle_timeout,
         drain_timeout: args.drain_timeout,
+        max_connections: NonZeroUsize::new(args.max_connections),
+        max_connections_per_client: NonZeroUsize::new(args.max_connections_per_client),
+        tls_handshake_timeout: args.tls_handshake_timeout,
+        metrics: listener_metrics.listener("http"),
         ..ServerConfig::default()
     };
     let mut admin = Admin::new(store.clone(), metrics.clone());
     if let Some(token) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
         admin = admin.with_token(token);
     }
-    let admin_config = config.clone();
+    let admin_config = ServerConfig {
+        // Probes and scrapes: a few connections.
+        max_connections: NonZeroUsize::new(256),
+        max_connections_per_client: None,
+        metrics: listener_metrics.listener("admin"),
+        ..config.clone()
+    };
     let admin_task = tokio::spawn(async move {
         let handler = move |req, _peer| {
             let resp = admin.handle(&req);
@@ -256,14 +373,39 @@ pub async fn run(args: Args) -> Result<()> {
         async move { forwarder.handle(req, peer).await }
     };
     let delay = args.shutdown_delay;
-    let shutdown = async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         crate::shutdown_signal().await;
         if !delay.is_zero() {
             tracing::info!(?delay, "still accepting connections before draining");
             tokio::time::sleep(delay).await;
         }
+        let _ = stop.send(true);
+    });
+    let shutdown = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
     };
-    server::serve(traffic, config, handler, shutdown).await;
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = traffic {
+        servers.spawn(server::serve(
+            listener,
+            config.clone(),
+            handler.clone(),
+            shutdown(),
+        ));
+    }
+    if let (Some(listener), Some(tls)) = (traffic_tls, tls) {
+        let config = ServerConfig {
+            tls: Some(tls),
+            metrics: listener_metrics.listener("https"),
+            ..config
+        };
+        servers.spawn(server::serve(listener, config, handler, shutdown()));
+    }
+    while servers.join_next().await.is_some() {}
     admin_task.abort();
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Acknowledging applied tables to the controller, off the stream's path.
 //!
 //! One task per subscription sends `POST /v1/routes/ack` with an [`Ack`] each time a
-//! table was applied, over the subscription's HTTP/2 connection. When several are due
+//! table was applied, over the subscription's HTTP/2 connection, with the token read
+//! again from its file. When several are due
 //! (a slow answer), only the latest is sent, so a slow controller never holds up the
 //! stream, and the task ends with the subscription ([`Acker`] aborts it when dropped).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,9 +26,14 @@ pub(super) struct Acker {
 impl Acker {
     /// Starts the task: acknowledgements go to `uri` through `client`, each within
     /// `timeout`.
-    pub(super) fn spawn(client: HttpClient, uri: Uri, timeout: Duration) -> Self {
+    pub(super) fn spawn(
+        client: HttpClient,
+        uri: Uri,
+        token: Option<PathBuf>,
+        timeout: Duration,
+    ) -> Self {
         let (pending, rx) = watch::channel(None);
-        let task = tokio::spawn(acknowledge(client, uri, rx, timeout));
+        let task = tokio::spawn(acknowledge(client, uri, token, rx, timeout));
         Self { pending, task }
     }
 
@@ -48,6 +55,7 @@ impl Drop for Acker {
 async fn acknowledge(
     client: HttpClient,
     uri: Uri,
+    token: Option<PathBuf>,
     mut pending: watch::Receiver<Option<Ack>>,
     timeout: Duration,
 ) {
@@ -63,10 +71,18 @@ async fn acknowledge(
                 continue;
             }
         };
-        let req = match Request::post(uri.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-        {
+        let authorization = match super::bearer(token.as_ref()).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(version, error = %e, "acknowledgement not sent");
+                continue;
+            }
+        };
+        let mut req = Request::post(uri.clone()).header(header::CONTENT_TYPE, "application/json");
+        if let Some(value) = &authorization {
+            req = req.header(header::AUTHORIZATION, value);
+        }
+        let req = match req.body(Full::new(Bytes::from(body))) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build an acknowledgement");

@@ -30,9 +30,12 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -43,7 +46,7 @@ pub use self::backoff::{Backoff, full_jitter};
 use crate::store::TableStore;
 use crate::table_cache::TableCache;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Settings of the subscription.
 #[derive(Clone, Debug)]
@@ -69,6 +72,13 @@ pub struct SubscriberConfig {
     /// How long a reachable controller may take to send its first table before the
     /// cached one is put in force.
     pub cache_grace: Duration,
+    /// A file holding the bearer token presented to the controller (a projected
+    /// ServiceAccount token, or the shared push token), read again for every
+    /// subscription and acknowledgement: tokens rotate.
+    pub token: Option<PathBuf>,
+    /// The CA bundle (PEM) the controller's certificate is checked against; required
+    /// for an `https://` controller.
+    pub ca: Option<PathBuf>,
 }
 
 impl SubscriberConfig {
@@ -85,8 +95,68 @@ impl SubscriberConfig {
             ack_timeout: Duration::from_secs(5),
             table_cache: None,
             cache_grace: Duration::from_secs(3),
+            token: None,
+            ca: None,
         }
     }
+
+    /// The HTTP/2 client of the subscription: TLS (ALPN `h2`) trusting [`Self::ca`]
+    /// for an `https://` controller, prior-knowledge HTTP/2 in clear otherwise.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscribeError::Tls`] when the controller is `https://` without a CA bundle, or
+    /// the bundle cannot be loaded.
+    pub fn client(&self) -> Result<HttpClient, SubscribeError> {
+        // Small frames (acknowledgements, heartbeats) must not wait for Nagle.
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = self.controller.scheme_str() == Some("https");
+        let tls = match (&self.ca, https) {
+            (Some(ca), _) => sluice_listener::tls::client_config(ca, &[])
+                .map_err(|e| SubscribeError::Tls(e.to_string()))?,
+            (None, true) => {
+                return Err(SubscribeError::Tls(
+                    "an https:// controller needs a CA bundle to check its certificate against"
+                        .to_owned(),
+                ));
+            }
+            // Never used: the scheme is http.
+            (None, false) => rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SubscribeError::Tls(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = if https {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
+        };
+        let connector = builder.enable_http2().wrap_connector(http);
+        Ok(Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector))
+    }
+}
+
+/// The `Authorization` header value for the token in `path`, read now.
+pub(crate) async fn bearer(path: Option<&PathBuf>) -> Result<Option<String>, SubscribeError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| SubscribeError::Token(format!("{}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(SubscribeError::Token(format!("{}: empty", path.display())));
+    }
+    Ok(Some(format!("Bearer {token}")))
 }
 
 /// `HOSTNAME-PID` ([`ProxyId::from_host`]): the host name (the pod's name on
@@ -122,6 +192,14 @@ pub enum SubscribeError {
     /// The controller closed the stream. Retryable.
     #[error("controller closed the stream")]
     Closed,
+    /// The token file cannot be read, or is empty. Retryable (a projected token is
+    /// written by the kubelet, maybe after the proxy starts).
+    #[error("no token to present: {0}")]
+    Token(String),
+    /// TLS cannot be set up: an `https://` controller without a CA bundle, or a bundle
+    /// that cannot be loaded. Not retryable.
+    #[error("TLS to the controller: {0}")]
+    Tls(String),
 }
 
 /// Subscribes forever, applying each table to `store`.
@@ -135,12 +213,13 @@ pub async fn run_with_rng(
     store: Arc<TableStore>,
     mut rng: fastrand::Rng,
 ) {
-    // Small frames (acknowledgements, heartbeats) must not wait for Nagle.
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector);
+    let client = match config.client() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to the controller");
+            return;
+        }
+    };
     let writer = config.table_cache.clone().map(TableCache::spawn_writer);
     let mut cached = match &config.table_cache {
         Some(cache) => load_cache(cache).await,

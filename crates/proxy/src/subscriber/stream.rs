@@ -30,7 +30,15 @@ pub(super) async fn subscribe_once(
         Ok(u) => u,
         Err(e) => return e,
     };
-    let req = match Request::get(uri).body(Full::new(Bytes::new())) {
+    let authorization = match super::bearer(config.token.as_ref()).await {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let mut req = Request::get(uri);
+    if let Some(value) = &authorization {
+        req = req.header(http::header::AUTHORIZATION, value);
+    }
+    let req = match req.body(Full::new(Bytes::new())) {
         Ok(r) => r,
         Err(e) => return SubscribeError::Url(e.to_string()),
     };
@@ -48,7 +56,12 @@ pub(super) async fn subscribe_once(
         return SubscribeError::Status(resp.status());
     }
     tracing::info!(controller = %config.controller, proxy = %config.proxy_id, "subscribed to the controller");
-    let acker = Acker::spawn(client.clone(), ack_uri, config.ack_timeout);
+    let acker = Acker::spawn(
+        client.clone(),
+        ack_uri,
+        config.token.clone(),
+        config.ack_timeout,
+    );
     let mut body = resp.into_body();
     let mut lines = LineDecoder::default();
     loop {

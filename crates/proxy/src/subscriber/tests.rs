@@ -11,9 +11,6 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use sluice_api::RouteTable;
 use sluice_api::push::{ACK_PATH, encode_line as line};
 use tokio::sync::mpsc;
@@ -26,72 +23,100 @@ fn table(prefix: &str, version: u64) -> RouteTable {
     crate::test_tables::one_pool(prefix, version)
 }
 
-/// A controller stand-in: records subscriptions (HTTP version and query) and
-/// acknowledgements; the first subscription streams what the test sends.
+/// A controller stand-in: records subscriptions (HTTP version, query and
+/// `Authorization`) and acknowledgements (with their `Authorization`); the first
+/// subscription streams what the test sends.
 struct Fake {
     url: Uri,
-    subscriptions: mpsc::UnboundedReceiver<(Version, String)>,
+    subscriptions: mpsc::UnboundedReceiver<(Version, String, Option<String>)>,
     acks: mpsc::UnboundedReceiver<serde_json::Value>,
+    ack_tokens: mpsc::UnboundedReceiver<Option<String>>,
     lines: mpsc::UnboundedSender<Bytes>,
+    /// The listener's metrics (TLS handshakes).
+    registry: prometheus::Registry,
 }
 
 async fn fake_controller() -> Fake {
+    fake_controller_with(None).await
+}
+
+/// A stand-in served by the listener, with `tls` when given, at
+/// `http(s)://localhost:PORT`.
+async fn fake_controller_with(tls: Option<sluice_listener::TlsConfig>) -> Fake {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"))
-        .parse()
-        .expect("url");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!(
+        "{scheme}://localhost:{}",
+        listener.local_addr().expect("addr").port()
+    )
+    .parse()
+    .expect("url");
     let (sub_tx, subscriptions) = mpsc::unbounded_channel();
     let (ack_tx, acks) = mpsc::unbounded_channel();
+    let (ack_token_tx, ack_tokens) = mpsc::unbounded_channel();
     let (lines, line_rx) = mpsc::unbounded_channel::<Bytes>();
     let stream = Arc::new(Mutex::new(Some(line_rx)));
-    tokio::spawn(async move {
-        loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                return;
-            };
-            let (sub_tx, ack_tx, stream) = (sub_tx.clone(), ack_tx.clone(), stream.clone());
-            let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (sub_tx, ack_tx, stream) = (sub_tx.clone(), ack_tx.clone(), stream.clone());
-                async move {
-                    let mut resp = http::Response::new(
-                        Full::new(Bytes::new())
-                            .map_err(|never| match never {})
-                            .boxed(),
-                    );
-                    if req.uri().path() == ACK_PATH {
-                        let body = req.into_body().collect().await.expect("body").to_bytes();
-                        let _ = ack_tx.send(serde_json::from_slice(&body).expect("json"));
-                        *resp.status_mut() = StatusCode::NO_CONTENT;
-                    } else {
-                        let _ = sub_tx.send((
-                            req.version(),
-                            req.uri().query().unwrap_or_default().to_owned(),
-                        ));
-                        let rx = stream.lock().expect("lock").take();
-                        let frames = futures_util::stream::unfold(rx, |rx| async move {
-                            let mut rx = rx?;
-                            let line = rx.recv().await?;
-                            Some((Ok::<_, Infallible>(Frame::data(line)), Some(rx)))
-                        });
-                        *resp.body_mut() = BodyExt::boxed(StreamBody::new(frames));
-                    }
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(conn), service)
-                    .await;
-            });
+    let registry = prometheus::Registry::new();
+    let metrics = sluice_listener::ListenerMetrics::new(&registry).expect("metrics");
+    let handler = move |req: Request<hyper::body::Incoming>, _peer: SocketAddr| {
+        let (sub_tx, ack_tx, ack_token_tx, stream) = (
+            sub_tx.clone(),
+            ack_tx.clone(),
+            ack_token_tx.clone(),
+            stream.clone(),
+        );
+        async move {
+            let mut resp = http::Response::new(
+                Full::new(Bytes::new())
+                    .map_err(|never| match never {})
+                    .boxed(),
+            );
+            let authorization = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            if req.uri().path() == ACK_PATH {
+                let body = req.into_body().collect().await.expect("body").to_bytes();
+                let _ = ack_token_tx.send(authorization);
+                let _ = ack_tx.send(serde_json::from_slice(&body).expect("json"));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            } else {
+                let _ = sub_tx.send((
+                    req.version(),
+                    req.uri().query().unwrap_or_default().to_owned(),
+                    authorization,
+                ));
+                let rx = stream.lock().expect("lock").take();
+                let frames = futures_util::stream::unfold(rx, |rx| async move {
+                    let mut rx = rx?;
+                    let line = rx.recv().await?;
+                    Some((Ok::<_, Infallible>(Frame::data(line)), Some(rx)))
+                });
+                *resp.body_mut() = BodyExt::boxed(StreamBody::new(frames));
+            }
+            resp
         }
-    });
+    };
+    let config = sluice_listener::ServerConfig {
+        tls,
+        metrics: metrics.listener("fake"),
+        ..sluice_listener::ServerConfig::default()
+    };
+    tokio::spawn(sluice_listener::serve(
+        listener,
+        config,
+        handler,
+        std::future::pending::<()>(),
+    ));
     Fake {
         url,
         subscriptions,
         acks,
+        ack_tokens,
         lines,
+        registry,
     }
 }
 
@@ -160,7 +185,8 @@ async fn subscribes_by_name_acknowledges_and_caches_each_table() {
     let cache = temp_cache("ack");
     let (store, task) = start(config(fake.url.clone(), &cache));
 
-    let (version, query) = recv(&mut fake.subscriptions, "the subscription").await;
+    let (version, query, authorization) = recv(&mut fake.subscriptions, "the subscription").await;
+    assert_eq!(authorization, None, "no token configured");
     assert_eq!(version, Version::HTTP_2, "prior-knowledge HTTP/2");
     assert_eq!(query, "proxy=unit-proxy");
     let v1 = table("/a", 1);
@@ -243,4 +269,88 @@ async fn a_corrupt_cache_is_ignored_and_overwritten() {
     recv(&mut fake.acks, "the acknowledgement").await;
     until_cached(&cache, &live).await;
     finish(task, &cache);
+}
+
+/// Writes `token` to `path` at once.
+fn write_token(path: &std::path::Path, token: &str) {
+    sluice_listener::testing::write_atomically(path, token);
+}
+
+#[tokio::test]
+async fn subscribes_over_tls_and_presents_its_current_token() {
+    let cache = temp_cache("tls");
+    let dir = cache.path().parent().expect("dir").to_owned();
+    let ca = sluice_listener::testing::TestCa::new("controller CA");
+    let tls = sluice_listener::TlsConfig::new(
+        vec![ca.leaf(&["localhost"]).write(&dir, "controller")],
+        Duration::from_secs(3600),
+    )
+    .expect("certificate");
+    let mut fake = fake_controller_with(Some(tls)).await;
+    let token = dir.join("token");
+    write_token(&token, "first-token\n");
+    let mut cfg = config(fake.url.clone(), &cache);
+    cfg.ca = Some(ca.write(&dir, "ca.crt"));
+    cfg.token = Some(token.clone());
+    let (store, task) = start(cfg);
+
+    let (version, _, authorization) = recv(&mut fake.subscriptions, "the subscription").await;
+    assert_eq!(version, Version::HTTP_2, "HTTP/2 by ALPN");
+    assert_eq!(authorization.as_deref(), Some("Bearer first-token"));
+    fake.lines.send(line(&table("/a", 1))).expect("send");
+    recv(&mut fake.acks, "the acknowledgement").await;
+    let ack_token = recv(&mut fake.ack_tokens, "the acknowledgement's token").await;
+    assert_eq!(ack_token.as_deref(), Some("Bearer first-token"));
+    assert_eq!(store.load().map(|rt| rt.table.version), Some(1));
+
+    // The kubelet rotates the projected token: the next acknowledgement has the new one.
+    write_token(&token, "second-token");
+    fake.lines.send(line(&table("/b", 2))).expect("send");
+    recv(&mut fake.acks, "the second acknowledgement").await;
+    let ack_token = recv(&mut fake.ack_tokens, "the second acknowledgement's token").await;
+    assert_eq!(ack_token.as_deref(), Some("Bearer second-token"));
+    finish(task, &cache);
+}
+
+/// An expired certificate, or one for another name: the subscriber refuses the
+/// controller (its handshakes fail) and never subscribes.
+#[tokio::test]
+async fn refuses_a_controller_whose_certificate_does_not_check_out() {
+    let ca = sluice_listener::testing::TestCa::new("controller CA");
+    for (name, leaf) in [
+        ("expired", ca.expired_leaf(&["localhost"])),
+        ("wrong-host", ca.leaf(&["controller.example"])),
+    ] {
+        let cache = temp_cache(name);
+        let dir = cache.path().parent().expect("dir").to_owned();
+        let tls = sluice_listener::TlsConfig::new(
+            vec![leaf.write(&dir, "controller")],
+            Duration::from_secs(3600),
+        )
+        .expect("certificate");
+        let mut fake = fake_controller_with(Some(tls)).await;
+        let mut cfg = config(fake.url.clone(), &cache);
+        cfg.ca = Some(ca.write(&dir, "ca.crt"));
+        let (store, task) = start(cfg);
+        let failed = || {
+            fake.registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == "sluice_listener_tls_handshakes_total")
+                .flat_map(|f| f.get_metric().iter())
+                .filter(|m| m.get_label().iter().any(|l| l.value() == "failed"))
+                .map(|m| m.get_counter().get_value())
+                .sum::<f64>()
+        };
+        until("two refused handshakes", || (failed() >= 2.0).then_some(())).await;
+        assert!(fake.subscriptions.try_recv().is_err(), "{name}: subscribed");
+        assert!(store.load().is_none());
+        finish(task, &cache);
+    }
+}
+
+#[test]
+fn an_https_controller_needs_a_ca_bundle() {
+    let cfg = SubscriberConfig::new("https://controller:9090".parse().expect("url"));
+    assert!(matches!(cfg.client(), Err(super::SubscribeError::Tls(_))));
 }
