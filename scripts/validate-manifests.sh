@@ -835,7 +835,13 @@ def check_controller_rbac(where, w, container, by_kind, docs):
             error(where, f"{describe(b)} binds {b.get('roleRef')}, which the release does not render")
             continue
         grants.append((None if b["kind"] == "ClusterRoleBinding" else b["metadata"].get("namespace"), role))
-    cluster_roles = {id(r): r for scope, r in grants if r["kind"] == "ClusterRole"}
+    # The TokenReview role (authentication of the push port's callers) is bound on its
+    # own, cluster-wide: a TokenReview belongs to no namespace.
+    token_review = printed_rbac.get("tokenReviewRole") if printed_rbac else {("authentication.k8s.io", "tokenreviews", "create")}
+    reviews = [(s, r) for s, r in grants if r["kind"] == "ClusterRole" and rule_triples(r.get("rules")) == token_review]
+    if len(reviews) != 1 or reviews[0][0] is not None:
+        error(where, f"{cw}: expected one ClusterRole of exactly {sorted(token_review)} bound cluster-wide to {sa} (push API authentication), found {[(s or '*') for s, _ in reviews]}")
+    cluster_roles = {id(r): r for scope, r in grants if r["kind"] == "ClusterRole" and all(r is not t for _, t in reviews)}
     if len(cluster_roles) != 1:
         error(where, f"{cw}: expected one ClusterRole bound to ServiceAccount {sa}, found {len(cluster_roles)}")
         return
@@ -907,9 +913,12 @@ def check_references(where, docs):
                 check_admin_token(where, cw, args, env, by_kind)
             if "--controller" in args:
                 url = args[args.index("--controller") + 1]
-                m = re.match(r"^http://([^:/]+):(\d+)$", url)
-                svc = by_kind.get("Service", {}).get(m.group(1)) if m else None
-                if not svc or not any(str(p["port"]) == m.group(2) for p in svc["spec"]["ports"]):
+                # http://NAME:PORT, or https://NAME.NAMESPACE.svc:PORT (the name in the
+                # controller's certificate).
+                m = re.match(r"^(?:http://([^:/.]+)|https://([^:/.]+)\.[^:/.]+\.svc):(\d+)$", url)
+                name, port = ((m.group(1) or m.group(2)), m.group(3)) if m else (None, None)
+                svc = by_kind.get("Service", {}).get(name) if name else None
+                if not svc or not any(str(p["port"]) == port for p in svc["spec"]["ports"]):
                     error(where, f"{describe(w)}: --controller {url} names no Service port of the release")
     for sm in by_kind.get("ServiceMonitor", {}).values():
         check_service_monitor(where, sm, by_kind)
@@ -1084,7 +1093,8 @@ if printed_rbac is None:
     print("skip set SLUICE_BIN to compare the controller's ClusterRole and Role with `sluice controller --print-rbac`")
 elif rbac_compared:
     print(f"ok   controller RBAC of {len(rbac_compared)} render(s) is exactly `sluice controller --print-rbac` "
-          f"({len(printed_rbac.get('clusterRole', ()))} cluster-wide, {len(printed_rbac.get('leaseRole', ()))} on the Lease)")
+          f"({len(printed_rbac.get('clusterRole', ()))} cluster-wide, {len(printed_rbac.get('leaseRole', ()))} on the Lease, "
+          f"{len(printed_rbac.get('tokenReviewRole', ()))} for TokenReviews)")
 else:
     error("controller RBAC", "no render has a controller watching the API with RBAC: nothing was compared")
 
@@ -1311,6 +1321,12 @@ reject "topologySpread whenUnsatisfiable unknown" --set proxy.topologySpread.whe
 reject "redis.url and redis.existingSecret" --set redis.url=redis://r:6379 --set redis.existingSecret=mine
 reject "redis.url not a redis URL" --set redis.url=r:6379
 reject "priorityClass.value above the user range" --set priorityClass.value=2000000000
+reject "proxy TLS without Secrets" --set proxy.tls.enabled=true
+reject "proxy TLS without Secrets, no schema (template check)" --set proxy.tls.enabled=true --without-schema
+reject "proxy with neither cleartext nor TLS" --set proxy.tls.plaintext=false
+reject "proxy TLS Secret not a Secret name" --set proxy.tls.enabled=true --set-json 'proxy.tls.secrets=["My_Cert"]'
+reject "push token Secret with source kubernetes" --set mode=controller --set controller.auth.existingSecret=mine
+reject "projected token lifetime under 10 minutes" --set controller.auth.tokenExpirationSeconds=60
 
 step "generated CRDs in sync"
 for f in crds/*.yaml; do

@@ -143,10 +143,73 @@ a StatefulSet's pods carry a controller-revision-hash label of its name plus 11.
 {{- end }}
 
 {{/*
-The URL proxies subscribe to in controller mode.
+The URL proxies subscribe to in controller mode: https by the Service's cluster DNS
+name (the name its certificate must hold) with controller.tls.secretName.
 */}}
 {{- define "sluice.controllerURL" -}}
+{{- if .Values.controller.tls.secretName }}
+{{- printf "https://%s-controller.%s.svc:%d" (include "sluice.fullname" .) .Release.Namespace (int .Values.controller.port) }}
+{{- else }}
 {{- printf "http://%s-controller:%d" (include "sluice.fullname" .) (int .Values.controller.port) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the push token is mounted in the proxies and the controller: a projected
+ServiceAccount token (controller.source=kubernetes) or the shared token's Secret.
+*/}}
+{{- define "sluice.pushTokenPath" -}}
+/var/run/secrets/sluice.dev/push/token
+{{- end }}
+
+{{/*
+The volume of the push token. With the API watched: a projected token of the pod's own
+ServiceAccount for controller.auth.audience; otherwise the shared token's Secret.
+*/}}
+{{- define "sluice.pushTokenVolume" -}}
+- name: push-token
+{{- if include "sluice.watchesApi" . }}
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ .Values.controller.auth.audience | quote }}
+          expirationSeconds: {{ int .Values.controller.auth.tokenExpirationSeconds }}
+          path: token
+{{- else }}
+  secret:
+    secretName: {{ include "sluice.pushTokenSecretName" . }}
+    items:
+      - key: token
+        path: token
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the shared push token (controller.source=files).
+*/}}
+{{- define "sluice.pushTokenSecretName" -}}
+{{- .Values.controller.auth.existingSecret | default (printf "%s-push-token" (include "sluice.fullname" .)) }}
+{{- end }}
+
+{{/*
+The shared push token of the Secret the chart creates: the one already in the Secret
+(lookup), else a random one; computed once per render.
+*/}}
+{{- define "sluice.pushToken" -}}
+{{- if not .Values.controller.auth._rendered }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "sluice.pushTokenSecretName" .) }}
+{{- $token := dig "data" "token" "" ($existing | default dict) | b64dec }}
+{{- $_ := set .Values.controller.auth "_rendered" ($token | default (randAlphaNum 48)) }}
+{{- end }}
+{{- .Values.controller.auth._rendered }}
+{{- end }}
+
+{{/*
+A ServiceAccount as NAMESPACE:NAME, for --proxy-service-account and
+--peer-service-account. Call with (list $ "name").
+*/}}
+{{- define "sluice.accountRef" -}}
+{{- printf "%s:%s" (index . 0).Release.Namespace (index . 1) }}
 {{- end }}
 
 {{/*
@@ -529,6 +592,15 @@ Checks that hold even when the values schema is skipped (--skip-schema-validatio
 {{- else if or (and (kindIs "string" $pdb.minAvailable) (eq $pdb.minAvailable "100%")) (and (not (kindIs "string" $pdb.minAvailable)) (ge (int $pdb.minAvailable) $replicas)) }}
 {{- fail (printf "proxy.podDisruptionBudget.minAvailable %v with %d proxy replica(s) lets no node drain evict a proxy: run more replicas (proxy.replicas, or proxy.autoscaling.minReplicas), lower minAvailable, or set proxy.podDisruptionBudget.enabled=false" $pdb.minAvailable $replicas) }}
 {{- end }}
+{{- end }}
+{{- if and .Values.proxy.tls.enabled (not .Values.proxy.tls.secrets) }}
+{{- fail "proxy.tls.enabled needs proxy.tls.secrets: the kubernetes.io/tls Secrets to serve" }}
+{{- end }}
+{{- if and (not .Values.proxy.tls.plaintext) (not .Values.proxy.tls.enabled) }}
+{{- fail "proxy.tls.plaintext=false with proxy.tls.enabled=false: the proxy would serve nothing" }}
+{{- end }}
+{{- if and (include "sluice.watchesApi" .) .Values.controller.auth.existingSecret }}
+{{- fail "controller.auth.existingSecret is for controller.source=files: with source kubernetes, proxies present projected ServiceAccount tokens" }}
 {{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.service.exposeAdmin) }}
 {{- fail "serviceMonitor.enabled needs service.exposeAdmin: the ServiceMonitor scrapes the Service's admin port" }}
