@@ -150,6 +150,11 @@ impl Process {
         Ok(())
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the process to exit by itself.
     ///
     /// # Errors
