@@ -90,6 +90,13 @@ pub struct Metrics {
     /// `sluice_ratelimit_tokens_total{policy, tier, kind}`: LLM tokens `reserved` at
     /// admission, `refunded` and `charged` (beyond the reservation) at settlement.
     pub rate_tokens: IntCounterVec,
+    /// `sluice_ratelimit_keys`: keys the local rate limits track now.
+    pub ratelimit_keys: IntGauge,
+    /// `sluice_ratelimit_key_events_total{event}`: keys forgotten to make room for
+    /// new ones, `evicted_idle` (nothing lost) or `evicted_active` (they start again
+    /// from a full burst: `--rate-limit-max-keys` is too small, or keys rotate), and
+    /// requests admitted `untracked`.
+    pub key_events: IntCounterVec,
     /// `sluice_llm_tokens_total{pool, tier, kind}`: LLM tokens `reserved` for and
     /// `used` by (as the agent reported) the requests a pool served.
     pub llm_tokens: IntCounterVec,
@@ -306,6 +313,18 @@ impl Metrics {
                 "sluice_ratelimit_tokens_total",
                 "LLM tokens reserved, refunded and charged",
                 &["policy", "tier", "kind"],
+            )?,
+            ratelimit_keys: reg(
+                &registry,
+                IntGauge::new(
+                    "sluice_ratelimit_keys",
+                    "Keys the local rate limits track now",
+                )?,
+            )?,
+            key_events: counter(
+                "sluice_ratelimit_key_events_total",
+                "Rate-limit keys evicted to make room (idle or active) and requests admitted untracked",
+                &["event"],
             )?,
             llm_tokens: counter(
                 "sluice_llm_tokens_total",

@@ -276,6 +276,7 @@ impl TableStore {
         let Some(rt) = self.load() else { return };
         let age = self.env.clock.now_nanos().saturating_sub(rt.applied);
         self.metrics.table_age.set(age as f64 / 1e9);
+        self.limits.export_key_stats();
         for pool in &rt.pools {
             match pool.utilisation() {
                 Some(u) => self

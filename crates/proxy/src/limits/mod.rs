@@ -11,11 +11,13 @@
 //! * this module: building a table's limits ([`LimitsContext::build`]) and the types
 //!   a check speaks in;
 //! * `check`: checking a request against every limit of its pool;
+//! * `keys`: what the key stores hold and forget, for the metrics;
 //! * [`tokens`]: LLM token reservations and their settlement from the reported usage;
 //! * [`request`]: the request path's step: reading `max_tokens` when a budget needs it,
 //!   checking, and turning the verdict into response headers or a refusal.
 
 mod check;
+mod keys;
 pub mod request;
 pub mod tokens;
 
@@ -55,6 +57,7 @@ pub struct LimitsContext {
     redis: Option<Arc<RedisBackend>>,
     max_keys: NonZeroUsize,
     stores: Mutex<HashMap<String, Counter>>,
+    exported: Mutex<keys::Exported>,
     metrics: Metrics,
 }
 
@@ -89,6 +92,7 @@ impl LimitsContext {
             redis,
             max_keys,
             stores: Mutex::new(HashMap::new()),
+            exported: Mutex::default(),
             metrics,
         }
     }
