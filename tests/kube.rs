@@ -203,15 +203,16 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
     assert_eq!(get(traffic, "/agents/broken/x")?.status, 404);
     let lease = api.get(LEASE)?.context("the Lease")?;
     assert_eq!(lease["spec"]["holderIdentity"], "ctl-1", "{lease}");
-    let events = api
-        .get("/apis/events.k8s.io/v1/namespaces/agents/events")?
-        .context("events")?;
-    assert!(
-        events["items"]
+    // Events are posted after the status they announce: wait for chat's.
+    eventually(WAIT, "an Event about chat", || {
+        let events = api
+            .get("/apis/events.k8s.io/v1/namespaces/agents/events")?
+            .context("events")?;
+        Ok(events["items"]
             .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["regarding"]["name"] == "chat")),
-        "{events}"
-    );
+            .is_some_and(|e| e.iter().any(|e| e["regarding"]["name"] == "chat"))
+            .then_some(()))
+    })?;
 
     // Endpoint changes in the API reach the proxy's traffic: a second endpoint comes
     // (in a slice of its own: the agents listen on different ports), then the first

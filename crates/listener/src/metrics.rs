@@ -6,6 +6,7 @@
 //! with the listener's name (`traffic`, `admin`, `push`...: a fixed set chosen by the
 //! binaries). A [`ConnectionMetrics::default`] counts into metrics registered nowhere.
 
+use prometheus::core::{Collector, Desc};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// The listener metric families.
@@ -102,6 +103,29 @@ impl ListenerMetrics {
                 &["listener", "result"],
             )?,
         })
+    }
+
+    /// Every listener metric family, whether or not it has a series yet (`sluice
+    /// metrics` lists them).
+    ///
+    /// # Errors
+    ///
+    /// Never in practice: the definitions are fixed and the registry is fresh.
+    pub fn metric_descs() -> prometheus::Result<Vec<Desc>> {
+        let m = Self::new(&Registry::new())?;
+        let families: [&dyn Collector; 7] = [
+            &m.accepted,
+            &m.refused,
+            &m.open,
+            &m.timed_out,
+            &m.accept_errors,
+            &m.handshakes,
+            &m.reloads,
+        ];
+        Ok(families
+            .iter()
+            .flat_map(|f| f.desc().into_iter().cloned())
+            .collect())
     }
 
     /// The metrics of the listener named `listener`.

@@ -9,13 +9,18 @@ use sluice_controller::lease::LeaderElector;
 use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::push::PushMetrics;
 use sluice_controller::watch::WatchMetrics;
+use sluice_listener::ListenerMetrics;
 use sluice_proxy::Metrics;
 
 /// Prints `{"proxy": [...], "controller": [...]}`, each a list of `{"name", "labels",
 /// "help"}` sorted by name.
 pub fn run() -> Result<()> {
-    let proxy = Metrics::metric_descs()?;
-    let mut controller = PushMetrics::metric_descs()?;
+    // Both binaries serve their listeners' metrics.
+    let listeners = ListenerMetrics::metric_descs()?;
+    let mut proxy = Metrics::metric_descs()?;
+    proxy.extend(listeners.iter().cloned());
+    let mut controller = listeners;
+    controller.extend(PushMetrics::metric_descs()?);
     controller.extend(ProxyRegistry::metric_descs());
     controller.extend(WatchMetrics::metric_descs()?);
     controller.extend(LeaderElector::metric_descs()?);
