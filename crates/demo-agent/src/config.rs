@@ -1,6 +1,7 @@
 //! The agent's configuration and the command line that produces it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -27,6 +28,9 @@ pub struct AgentConfig {
     pub seed: Option<u64>,
     /// Share of requests (0..=1) answered with a simulated 500.
     pub fail_rate: f64,
+    /// A file to which one line is appended per request received (see
+    /// [`crate::request_log`]).
+    pub request_log: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -40,6 +44,7 @@ impl Default for AgentConfig {
             token_interval: Duration::from_millis(20),
             seed: None,
             fail_rate: 0.0,
+            request_log: None,
         }
     }
 }
@@ -113,6 +118,12 @@ pub struct Cli {
     /// Share of requests (0 to 1) answered with a simulated 500.
     #[arg(long, env = "SLUICE_AGENT_FAIL_RATE", default_value_t = 0.0, value_parser = parse_fail_rate)]
     pub fail_rate: f64,
+
+    /// Append a line per request received to this file: its `x-request-id` (or `-`),
+    /// method and path, written before the body is read, so that a test can tell
+    /// which requests reached the agent even after it is killed.
+    #[arg(long, env = "SLUICE_AGENT_REQUEST_LOG")]
+    pub request_log: Option<PathBuf>,
 }
 
 fn parse_fail_rate(input: &str) -> Result<f64, String> {
@@ -149,6 +160,7 @@ impl Cli {
             token_interval: self.token_interval,
             seed: self.seed,
             fail_rate: self.fail_rate,
+            request_log: self.request_log,
         };
         config.validate()?;
         Ok(config)
@@ -172,6 +184,7 @@ mod tests {
         assert_eq!(config.token_interval, Duration::from_millis(20));
         assert_eq!(config.fail_rate, 0.0);
         assert!(config.seed.is_none());
+        assert!(config.request_log.is_none());
     }
 
     #[test]
@@ -195,6 +208,8 @@ mod tests {
             "42",
             "--fail-rate",
             "0.25",
+            "--request-log",
+            "/tmp/requests.log",
         ])
         .unwrap()
         .into_config()
@@ -207,6 +222,10 @@ mod tests {
         assert_eq!(config.token_interval, Duration::from_millis(5));
         assert_eq!(config.seed, Some(42));
         assert_eq!(config.fail_rate, 0.25);
+        assert_eq!(
+            config.request_log.as_deref(),
+            Some(std::path::Path::new("/tmp/requests.log"))
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!
 //! Chat and echo requests wait for a log-normally distributed latency, count
 //! against a capacity limit (503 + `Retry-After` beyond it) and can be made to fail
-//! at a configurable rate. Every response carries `x-demo-agent: NAME`.
+//! at a configurable rate. Every response carries `x-demo-agent: NAME`. With
+//! `--request-log FILE`, every chat and echo request is recorded as it arrives (see
+//! [`request_log`]).
 //!
 //! The binary is a thin wrapper around [`Cli`] and [`Server`]; tests start the
 //! server in-process with [`Server::bind`] and [`Server::run`].
@@ -20,6 +22,7 @@ pub mod config;
 pub mod duration;
 pub mod echo;
 pub mod latency;
+pub mod request_log;
 pub mod respond;
 pub mod server;
 

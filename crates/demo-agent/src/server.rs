@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
 use crate::latency::LatencySampler;
+use crate::request_log::RequestLog;
 use crate::respond::{self, Body};
 use crate::{chat, echo};
 
@@ -45,6 +46,7 @@ pub struct Agent {
     latency: LatencySampler,
     faults: Mutex<fastrand::Rng>,
     completions: AtomicU64,
+    request_log: Option<RequestLog>,
 }
 
 impl Agent {
@@ -66,6 +68,11 @@ impl Agent {
         let faults = config.seed.map_or_else(fastrand::Rng::new, |seed| {
             fastrand::Rng::with_seed(seed ^ 0x9E37_79B9_7F4A_7C15)
         });
+        let request_log = config
+            .request_log
+            .as_deref()
+            .map(RequestLog::open)
+            .transpose()?;
         Ok(Self {
             name_header,
             capabilities_header,
@@ -73,6 +80,7 @@ impl Agent {
             latency: LatencySampler::new(config.latency, config.seed),
             faults: Mutex::new(faults),
             completions: AtomicU64::new(0),
+            request_log,
             config,
         })
     }
@@ -123,6 +131,29 @@ impl Agent {
         Ok(())
     }
 
+    /// Appends `request` to the request log, if there is one.
+    fn log_request<B>(&self, request: &Request<B>) {
+        if let Some(log) = &self.request_log
+            && let Err(err) = log.record(request)
+        {
+            warn!(error = %err, "cannot write the request log");
+        }
+    }
+
+    /// Answers a chat or echo request within the agent's capacity.
+    async fn serve(self: &Arc<Self>, request: Request<Incoming>) -> Response<Body> {
+        match self.slots.clone().try_acquire_owned() {
+            Err(_) => respond::overloaded(self.name(), self.config.capacity),
+            Ok(permit)
+                if request.method() == Method::POST
+                    && request.uri().path() == "/v1/chat/completions" =>
+            {
+                chat::handle(self, request, permit).await
+            }
+            Ok(permit) => echo::handle(self, request, permit).await,
+        }
+    }
+
     /// Answers one request.
     pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
@@ -134,13 +165,10 @@ impl Agent {
                 StatusCode::OK,
                 &json!({ "agent": self.name(), "capabilities": self.capabilities() }),
             ),
-            _ => match self.slots.clone().try_acquire_owned() {
-                Err(_) => respond::overloaded(self.name(), self.config.capacity),
-                Ok(permit) if method == Method::POST && path == "/v1/chat/completions" => {
-                    chat::handle(&self, request, permit).await
-                }
-                Ok(permit) => echo::handle(&self, request, permit).await,
-            },
+            _ => {
+                self.log_request(&request);
+                self.serve(request).await
+            }
         };
         let headers = response.headers_mut();
         headers.insert(AGENT_HEADER, self.name_header.clone());

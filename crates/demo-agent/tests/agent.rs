@@ -50,6 +50,7 @@ fn config(name: &str) -> AgentConfig {
         token_interval: Duration::from_millis(1),
         seed: Some(7),
         fail_rate: 0.0,
+        request_log: None,
     }
 }
 
@@ -440,6 +441,40 @@ async fn bad_requests_get_openai_errors() {
         assert!(body["error"]["message"].as_str().unwrap().len() > 5);
     }
     agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_request_log_records_each_request_as_it_arrives() {
+    let path = std::env::temp_dir().join(format!("demo-agent-requests-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let agent = start(AgentConfig {
+        request_log: Some(path.clone()),
+        ..config("logged")
+    })
+    .await;
+    let client = http1();
+    let post = Request::post(agent.url("/agents/echo/a"))
+        .header("x-request-id", "post-1")
+        .body(full("body"))
+        .unwrap();
+    assert_eq!(
+        read(send(&client, post).await).await.0.status,
+        StatusCode::OK
+    );
+    get(&client, &agent.url("/healthz")).await;
+    get(&client, &agent.url("/other")).await;
+    let chat = chat_request(
+        &agent.url("/v1/chat/completions"),
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    read(send(&client, chat).await).await;
+    agent.shutdown().await;
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        log,
+        "post-1 POST /agents/echo/a\n- GET /other\n- POST /v1/chat/completions\n"
+    );
+    let _ = std::fs::remove_file(&path);
 }
 
 #[tokio::test]
