@@ -12,7 +12,7 @@ IMAGE      ?= ghcr.io/sluice-dev/sluice
 CONTAINER  ?= docker
 COMMIT     := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-.PHONY: demo test build fmt-check clippy unit validate crds venv e2e bench image clean
+.PHONY: demo test build fmt-check clippy unit validate crds venv e2e soak bench image clean
 
 # The demo's ports on 127.0.0.1: make demo PORT=8081 ADMIN_PORT=9902 AGENT_PORTS=9011,9012,9013
 PORT        ?= 8080
@@ -66,6 +66,17 @@ image:
 	$(CONTAINER) build --build-arg SLUICE_VERSION=$(VERSION) --build-arg SLUICE_GIT_COMMIT=$(COMMIT) \
 	  -t $(IMAGE):$(VERSION) .
 	@echo "built $(IMAGE):$(VERSION); load it into kind with: kind load docker-image $(IMAGE):$(VERSION)"
+
+## soak: the fault cases of tests/faults.rs under load for SOAK_SECONDS each (60 by
+## default; `make test` runs them for 12), their counts written to $(SOAK_REPORT)
+SOAK_SECONDS ?= 60
+SOAK_REPORT  ?= $(TARGET_DIR)/fault-report.txt
+soak:
+	$(CARGO) build -p sluice -p sluice-demo-agent
+	rm -f $(SOAK_REPORT)
+	SLUICE_FAULT_SECONDS=$(SOAK_SECONDS) SLUICE_FAULT_REPORT=$(SOAK_REPORT) \
+	  $(CARGO) test -p sluice-e2e --test faults -- --test-threads=1
+	cat $(SOAK_REPORT)
 
 ## bench: criterion benchmarks
 bench:

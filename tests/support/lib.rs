@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod load;
+pub mod redis;
+pub mod sse;
+
 /// The path of a workspace binary built beside this test.
 ///
 /// # Panics
@@ -64,15 +68,25 @@ impl Process {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
-        let mut child = Command::new(bin(bin_name))
+        let mut command = Command::new(bin(bin_name));
+        command
             .args(args)
             .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(name, command).with_context(|| format!("starting {bin_name}"))
+    }
+
+    /// Starts `command` (any program), its stdout discarded.
+    ///
+    /// # Errors
+    ///
+    /// When the process cannot be started.
+    pub fn spawn(name: &str, mut command: Command) -> Result<Self> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {bin_name}"))?;
+            .spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -155,6 +169,29 @@ impl Process {
         self.child.id()
     }
 
+    /// How many file descriptors the process holds open (`/proc/PID/fd`).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read (the process is gone).
+    pub fn open_descriptors(&self) -> Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.id()))?.count())
+    }
+
+    /// The process's resident memory in KiB (`VmRSS` in `/proc/PID/status`).
+    ///
+    /// # Errors
+    ///
+    /// When `/proc` cannot be read or holds no `VmRSS`.
+    pub fn resident_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id()))?;
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line.trim().trim_end_matches("kB").trim().parse()?)
+    }
+
     /// Waits for the process to exit by itself.
     ///
     /// # Errors
@@ -190,22 +227,66 @@ impl Drop for Process {
 ///
 /// When it cannot be started or does not log its address.
 pub fn demo_agent(name: &str) -> Result<(Process, SocketAddr)> {
-    let mut agent = Process::start(
-        name,
-        "sluice-demo-agent",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            name,
-            "--latency-p50",
-            "1ms",
-            "--latency-p99",
-            "1ms",
-        ],
-    )?;
+    demo_agent_with(name, &["--latency-p50", "1ms", "--latency-p99", "1ms"])
+}
+
+/// Starts `sluice-demo-agent` named `name` with the flags `args` (latency, token
+/// interval, request log...) and returns it with the address it listens on.
+///
+/// # Errors
+///
+/// When it cannot be started or does not log its address.
+pub fn demo_agent_with(name: &str, args: &[&str]) -> Result<(Process, SocketAddr)> {
+    let mut all = vec!["--listen", "127.0.0.1:0", "--name", name];
+    all.extend_from_slice(args);
+    let mut agent = Process::start(name, "sluice-demo-agent", &all)?;
     let addr = agent.logged_addr("demo agent listening", "addr")?;
     Ok((agent, addr))
+}
+
+/// Starts `sluice proxy --config DIR` (process `name`) polling `dir` every 100 ms,
+/// with `extra` arguments, listening on ports of its own choosing; returns it with its
+/// traffic and admin addresses.
+///
+/// # Errors
+///
+/// When it cannot be started or does not log its addresses.
+pub fn config_proxy(
+    name: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Result<(Process, SocketAddr, SocketAddr)> {
+    let dir = dir.to_string_lossy();
+    let mut args = vec![
+        "proxy",
+        "--config",
+        &dir,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--poll-interval",
+        "100ms",
+    ];
+    args.extend_from_slice(extra);
+    let mut proxy = Process::start(name, "sluice", &args)?;
+    let traffic = proxy.logged_addr("proxy started", "listen")?;
+    let admin = proxy.logged_addr("proxy started", "admin")?;
+    Ok((proxy, traffic, admin))
+}
+
+/// The sum of the samples of metric `name` whose labels include every one of
+/// `labels` (`key="value"`), in the Prometheus text `metrics`.
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Starts `sluice proxy` (process `name`) subscribed as `proxy_id` to the controller
@@ -344,7 +425,7 @@ fn request(
 }
 
 /// An HTTP/1.1 response read whole.
-fn parse_response(raw: &[u8]) -> Result<Response> {
+pub(crate) fn parse_response(raw: &[u8]) -> Result<Response> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
     let mut lines = head.lines();
@@ -385,6 +466,19 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// A port free on 127.0.0.1 a moment ago, for a server that must come back on the
+/// same address after it was stopped.
+///
+/// # Panics
+///
+/// When no port can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// A fresh, empty temporary folder for one test.
