@@ -227,8 +227,51 @@ fn an_agent_killed_under_load() -> Result<()> {
 /// it was serving, streams included, finish.
 #[test]
 fn an_endpoint_removed_under_load() -> Result<()> {
+    endpoint_leaves_under_load("endpoint-removed", |a, b| {
+        pool("echo", "/", &b.map_or_else(|| vec![a], |b| vec![a, b]), "")
+    })
+}
+
+/// A Service endpoint marked terminating (still serving) in its EndpointSlice under
+/// load: it takes no new request, and those it was serving, streams included, finish.
+#[test]
+fn an_endpoint_marked_terminating_under_load() -> Result<()> {
+    endpoint_leaves_under_load("endpoint-terminating", |a, b| {
+        let slice = |name: &str, addr: SocketAddr, conditions: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}, namespace: faults, labels: {{kubernetes.io/service-name: agents}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: {}}}]\n\
+                 endpoints: [{{addresses: [\"{}\"], conditions: {conditions}}}]\n",
+                addr.port(),
+                addr.ip()
+            )
+        };
+        let b_conditions = if b.is_some() {
+            "{ready: true}"
+        } else {
+            "{ready: false, serving: true, terminating: true}"
+        };
+        [
+            "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {name: echo, namespace: faults}\n\
+             spec:\n  matches: [{pathPrefix: /}]\n  backends: [{service: {name: agents, port: http}}]\n"
+                .to_owned(),
+            slice("agents-a", a, "{ready: true}"),
+            slice("agents-b", b.unwrap_or(a), b_conditions),
+        ]
+        .join("---\n")
+    })
+}
+
+/// Serves `manifests(a, Some(b))` under load with streams on both agents, then
+/// `manifests(a, None)`, where b is gone (or going): every request succeeds, every
+/// stream finishes, and new requests reach a only.
+fn endpoint_leaves_under_load(
+    case: &str,
+    manifests: impl Fn(SocketAddr, Option<SocketAddr>) -> String,
+) -> Result<()> {
     let _serial = serial();
-    let dir = temp_dir("fault-remove");
+    let dir = temp_dir(case);
     let args = [
         "--latency-p50",
         "5ms",
@@ -239,7 +282,7 @@ fn an_endpoint_removed_under_load() -> Result<()> {
     ];
     let (_a, a) = demo_agent_with("agent-a", &args)?;
     let (_b, b) = demo_agent_with("agent-b", &args)?;
-    std::fs::write(dir.join("pool.yaml"), pool("echo", "/", &[a, b], ""))?;
+    std::fs::write(dir.join("pool.yaml"), manifests(a, Some(b)))?;
     let (_proxy, traffic, admin) = config_proxy("proxy", &dir, &["--access-log", "off"])?;
     wait_for_success(traffic, "/agents/echo/ready")?;
 
@@ -272,7 +315,7 @@ fn an_endpoint_removed_under_load() -> Result<()> {
         .count();
     ensure!(on_b >= 1, "no stream reached agent-b");
 
-    std::fs::write(dir.join("pool.yaml"), pool("echo", "/", &[a], ""))?;
+    std::fs::write(dir.join("pool.yaml"), manifests(a, None))?;
     wait_for_version(admin, 2)?;
     let removed_after = opened.elapsed();
     ensure!(
@@ -298,7 +341,7 @@ fn an_endpoint_removed_under_load() -> Result<()> {
         ensure!(resp.header("x-demo-agent") == Some("agent-a"), "{resp:?}");
     }
     report(
-        "endpoint-removed",
+        case,
         &tally,
         &format!(
             "faults=1 streams={opened} streams_on_removed={on_b} streams_finished={finished} after_removal={}",
