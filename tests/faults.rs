@@ -75,6 +75,16 @@ fn pool(name: &str, prefix: &str, endpoints: &[SocketAddr], extra: &str) -> Stri
     )
 }
 
+/// Replaces `dir/name` with `content` atomically (a hidden file renamed over it), as
+/// Kubernetes updates a mounted ConfigMap: the proxy polls the folder and would
+/// otherwise read a file caught half-written for what it is.
+fn write_manifest(dir: &Path, name: &str, content: impl AsRef<[u8]>) -> Result<()> {
+    let staged = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&staged, content)?;
+    std::fs::rename(&staged, dir.join(name))?;
+    Ok(())
+}
+
 /// Waits until `admin` serves table `version` or a later one.
 fn wait_for_version(admin: SocketAddr, version: u64) -> Result<()> {
     eventually(WAIT, &format!("table version {version}"), || {
@@ -152,8 +162,9 @@ fn an_agent_killed_under_load() -> Result<()> {
     }
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("pool.yaml"),
+    write_manifest(
+        &manifests,
+        "pool.yaml",
         pool(
             "echo",
             "/agents/echo/",
@@ -282,7 +293,7 @@ fn endpoint_leaves_under_load(
     ];
     let (_a, a) = demo_agent_with("agent-a", &args)?;
     let (_b, b) = demo_agent_with("agent-b", &args)?;
-    std::fs::write(dir.join("pool.yaml"), manifests(a, Some(b)))?;
+    write_manifest(&dir, "pool.yaml", manifests(a, Some(b)))?;
     let (_proxy, traffic, admin) = config_proxy("proxy", &dir, &["--access-log", "off"])?;
     wait_for_success(traffic, "/agents/echo/ready")?;
 
@@ -315,7 +326,7 @@ fn endpoint_leaves_under_load(
         .count();
     ensure!(on_b >= 1, "no stream reached agent-b");
 
-    std::fs::write(dir.join("pool.yaml"), manifests(a, None))?;
+    write_manifest(&dir, "pool.yaml", manifests(a, None))?;
     wait_for_version(admin, 2)?;
     let removed_after = opened.elapsed();
     ensure!(
@@ -377,7 +388,7 @@ fn the_table_changes_every_second_under_load() -> Result<()> {
         }
         yaml
     };
-    std::fs::write(dir.join("pool.yaml"), table(0))?;
+    write_manifest(&dir, "pool.yaml", table(0))?;
     let (proxy, traffic, admin) = config_proxy("proxy", &dir, &["--access-log", "off"])?;
     wait_for_success(traffic, "/agents/echo/ready")?;
 
@@ -386,7 +397,7 @@ fn the_table_changes_every_second_under_load() -> Result<()> {
     let mut samples = Vec::new();
     for i in 1..=changes {
         std::thread::sleep(Duration::from_secs(1));
-        std::fs::write(dir.join("pool.yaml"), table(i))?;
+        write_manifest(&dir, "pool.yaml", table(i))?;
         samples.push((proxy.open_descriptors()?, proxy.resident_kib()?));
     }
     wait_for_version(admin, u64::try_from(changes)? + 1)?;
@@ -467,8 +478,9 @@ fn the_controller_stopped_and_restarted_under_load() -> Result<()> {
     let (_b, b) = demo_agent_with("agent-b", &args)?;
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("pool.yaml"),
+    write_manifest(
+        &manifests,
+        "pool.yaml",
         pool("echo", "/agents/echo/", &[a], ""),
     )?;
     let (mut ctl, ctl_addr) = controller(&manifests, &format!("127.0.0.1:{}", free_port()))?;
@@ -515,8 +527,9 @@ fn the_controller_stopped_and_restarted_under_load() -> Result<()> {
     std::thread::sleep(run_for() / 4);
 
     // The controller returns on its address with an edited table: both converge.
-    std::fs::write(
-        manifests.join("pool.yaml"),
+    write_manifest(
+        &manifests,
+        "pool.yaml",
         pool("echo", "/agents/echo/", &[b], ""),
     )?;
     let (_ctl, _) = controller(&manifests, &ctl_addr.to_string())?;
@@ -615,7 +628,7 @@ fn redis_stopped_and_paused_under_load() -> Result<()> {
     let redis = Redis::start(port)?;
     let (_agent, agent) =
         demo_agent_with("agent", &["--latency-p50", "2ms", "--latency-p99", "10ms"])?;
-    std::fs::write(dir.join("manifests.yaml"), redis_manifests(agent))?;
+    write_manifest(&dir, "manifests.yaml", redis_manifests(agent))?;
     let url = redis.url();
     let (_proxy, traffic, admin) = config_proxy(
         "proxy",
@@ -726,7 +739,7 @@ fn a_proxy_stopped_with_requests_in_flight() -> Result<()> {
             "100ms",
         ],
     )?;
-    std::fs::write(dir.join("pool.yaml"), pool("echo", "/", &[agent], ""))?;
+    write_manifest(&dir, "pool.yaml", pool("echo", "/", &[agent], ""))?;
     let (mut proxy, traffic, _admin) = config_proxy(
         "proxy",
         &dir,
@@ -741,15 +754,12 @@ fn a_proxy_stopped_with_requests_in_flight() -> Result<()> {
     )?;
     wait_for_success(traffic, "/agents/echo/ready")?;
     // A new connection for every request, as clients arriving after the signal have.
-    let load = Load::start(
-        traffic,
-        Shape {
-            workers: 4,
-            keep_alive: false,
-            ..Shape::default()
-        },
-        |_| Req::get("get", "/agents/echo/x"),
-    );
+    let shape = Shape {
+        workers: 4,
+        keep_alive: false,
+        ..Shape::default()
+    };
+    let load = Load::start(traffic, shape, |_| Req::get("get", "/agents/echo/x"));
     load.wait_for(200, WAIT)?;
     std::thread::sleep(run_for() / 2);
     // Streams of 50 tokens (5 s) in flight when the signal comes.
@@ -782,9 +792,10 @@ fn a_proxy_stopped_with_requests_in_flight() -> Result<()> {
         "proxy-sigterm",
         &tally,
         &format!(
-            "faults=1 streams_in_flight=4 streams_finished={finished} refused_after_ms={} exited_after_ms={} exit={status}",
+            "faults=1 streams_in_flight=4 streams_finished={finished} refused_after_ms={} exited_after_ms={} exit={status} reset_at_close={}",
             refused_after.as_millis(),
-            exited_after.as_millis()
+            exited_after.as_millis(),
+            tally.count(None, |o| o == Outcome::Broken)
         ),
     );
     ensure!(status.success(), "exit status {status}");
@@ -792,8 +803,16 @@ fn a_proxy_stopped_with_requests_in_flight() -> Result<()> {
         refused_after >= Duration::from_secs(1),
         "refused before the shutdown delay"
     );
+    // A connection the kernel completed in the instant the listener closed is reset
+    // (Linux resets what waits in the accept queue of a closed socket), and one
+    // accepted in that instant is closed before its request is read: at most one per
+    // client worker. Everything else is served or refused.
+    let broken = tally.count(None, |o| o == Outcome::Broken);
     ensure!(
-        tally.count(None, |o| !o.is_success() && o != Outcome::Refused) == 0,
+        broken <= shape.workers as u64
+            && tally.count(None, |o| {
+                !o.is_success() && o != Outcome::Refused && o != Outcome::Broken
+            }) == 0,
         "a request neither served nor cleanly refused: {tally}"
     );
     ensure!(
