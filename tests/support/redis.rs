@@ -11,6 +11,16 @@ use anyhow::{Context, Result};
 
 use crate::{Process, eventually};
 
+/// Whether the Redis tests are to be skipped: `SLUICE_SKIP_REDIS=1` and no
+/// `redis-server` to run (as for the other Redis tests).
+pub fn skipped() -> bool {
+    std::env::var("SLUICE_SKIP_REDIS").as_deref() == Ok("1")
+        && Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+}
+
 /// A `redis-server` without persistence on 127.0.0.1:`port`, killed when dropped.
 pub struct Redis {
     /// Its port.
@@ -24,7 +34,8 @@ impl Redis {
     /// # Errors
     ///
     /// When `redis-server` cannot be started (install it: `apt-get install
-    /// redis-server`) or does not answer within 10 s.
+    /// redis-server`, or set `SLUICE_SKIP_REDIS=1` for [`skipped`]) or does not answer
+    /// within 10 s.
     pub fn start(port: u16) -> Result<Self> {
         let mut command = Command::new("redis-server");
         command
