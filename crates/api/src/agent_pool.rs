@@ -128,10 +128,17 @@ pub struct HeaderMatch {
 /// One backend of a pool: either a Service or a list of static endpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.service) != (has(self.endpoints) && size(self.endpoints) > 0)",
-    "message": "set either service or endpoints, not both",
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.service) ? 1 : 0) + (has(self.endpoints) && size(self.endpoints) > 0 ? 1 : 0) + (has(self.url) ? 1 : 0) == 1",
+        "message": "set exactly one of service, endpoints or url",
+    },
+    {
+        "rule": "!has(self.tls) || !has(self.url) || self.url.startsWith('https://')",
+        "message": "tls is only used with an https url",
+        "fieldPath": ".tls",
+    },
+]))]
 pub struct Backend {
     /// A Service in the pool's namespace, resolved through its EndpointSlices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +147,21 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1024), inner(length(min = 1, max = 259)))]
     pub endpoints: Vec<String>,
+    /// An agent or provider outside the cluster, as `https://host[:port]` (or
+    /// `http://`), without a path: the request's path is sent as it is. Every request
+    /// carries the URL's host as its `Host`; the name is resolved again once its DNS
+    /// answer is older than the proxy's `--upstream-dns-ttl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: Option<String>,
+    /// HTTPS to this backend's endpoints. An `https` url uses TLS with the defaults
+    /// (the system's roots, the URL's host as the name) without this block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+    /// A credential sent with every request to this backend, in place of the
+    /// caller's own (`Authorization` and `x-api-key` from the client are removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<UpstreamAuth>,
     /// Relative share of traffic this backend receives with the `Weighted` algorithm.
     #[serde(default = "default_weight")]
     #[schemars(range(min = 1, max = 1_000_000))]
@@ -158,13 +180,83 @@ pub struct Backend {
     pub protocol: BackendProtocol,
 }
 
+/// How Sluice verifies a backend's TLS certificates and identifies itself to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.insecureSkipVerify) || !self.insecureSkipVerify || !has(self.caSecretRef)",
+    "message": "insecureSkipVerify verifies nothing: it cannot be combined with caSecretRef",
+    "fieldPath": ".insecureSkipVerify",
+}]))]
+pub struct BackendTls {
+    /// The name sent in SNI, which the agent's certificate must hold. Default: the
+    /// url's host, or each endpoint's host (an IP address for a Service's pods, so
+    /// set this when their certificate names the Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub sni: Option<String>,
+    /// A Secret labelled `sluice.dev/upstream` holding the CA certificates (PEM) that
+    /// sign the agents' certificates, under `key` (default `ca.crt`). Default: the
+    /// system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A Secret labelled `sluice.dev/upstream` holding the client certificate Sluice
+    /// presents (`tls.crt`, a PEM chain, and `tls.key`, as in a `kubernetes.io/tls`
+    /// Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<SecretRef>,
+    /// Accept any certificate: the connection is encrypted but the agent is not
+    /// authenticated. Never implied; a pool that sets it is reported with a warning
+    /// and each proxy logs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+/// A credential injected into requests to a backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamAuth {
+    /// A Secret labelled `sluice.dev/upstream` holding the credential under `key`
+    /// (default `api-key`).
+    pub secret_ref: SecretKeyRef,
+    /// The header it is sent in. Default `Authorization`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// Text put before the credential, for example `"Bearer "`. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub prefix: Option<String>,
+}
+
+/// A Secret in the pool's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One key of a Secret in the pool's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in its `data`; each field that takes a Secret says its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
 /// The protocol Sluice speaks to a backend's endpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum BackendProtocol {
-    /// HTTP/1.1.
+    /// HTTP/1.1; over TLS, HTTP/2 when the agent offers it by ALPN, else HTTP/1.1.
     #[default]
     Http1,
-    /// HTTP/2 without TLS, with prior knowledge (gRPC agents).
+    /// HTTP/2 without TLS, with prior knowledge (gRPC agents). Not with TLS, where
+    /// ALPN chooses HTTP/2.
     H2c,
 }
 

@@ -167,13 +167,14 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
             ("v1", "Secret") => {
                 let mut secret: Secret =
                     serde_yaml::from_value(value).map_err(|e| err(format!("Secret: {e}")))?;
-                // Only consumer Secrets are kept; others never reach the compile step.
-                let consumer = secret
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(crate::compile::CONSUMER_LABEL));
-                if consumer {
+                // Only consumer and upstream Secrets are kept; others never reach the
+                // compile step.
+                let labels = secret.metadata.labels.as_ref();
+                let read = labels.is_some_and(|l| {
+                    l.contains_key(crate::compile::CONSUMER_LABEL)
+                        || l.contains_key(crate::compile::UPSTREAM_LABEL)
+                });
+                if read {
                     secret
                         .metadata
                         .namespace

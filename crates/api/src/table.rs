@@ -16,6 +16,7 @@ mod policy;
 mod pool;
 pub mod rules;
 pub mod units;
+pub mod upstream;
 
 pub use policy::{
     Consumer, FailureMode, Policy, RateAlgorithm, RateKeyType, RequestLimit, Scope, TierLimits,
@@ -27,6 +28,7 @@ pub use pool::{
 };
 pub use rules::RuleError;
 pub use units::{KeyHash, Millis, Percent, Threshold};
+pub use upstream::{ClientCertificate, Sensitive, UpstreamAuth, UpstreamTls};
 
 /// A compiled, versioned routing table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -163,6 +165,25 @@ impl RouteTable {
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The table with every secret (client keys, injected credentials) replaced by
+    /// `<redacted>`, for display: its revision no longer matches its content.
+    pub fn redacted(&self) -> Self {
+        let mut table = self.clone();
+        for backend in table.pools.iter_mut().flat_map(|p| p.backends.iter_mut()) {
+            if let Some(cert) = backend
+                .tls
+                .as_mut()
+                .and_then(|t| t.client_certificate.as_mut())
+            {
+                cert.key_pem.redact();
+            }
+            if let Some(auth) = backend.auth.as_mut() {
+                auth.value.redact();
+            }
+        }
+        table
+    }
+
     /// Looks a pool up by key.
     pub fn pool(&self, key: &str) -> Option<&Pool> {
         self.pools
@@ -290,6 +311,34 @@ fn validate_pool(pool: &Pool) -> Result<(), TableError> {
             || format!("pool {key} outlier.maxEjectionMs"),
             rules::ejection_times(o.base_ejection, o.max_ejection),
         )?;
+    }
+    for (i, b) in pool.backends.iter().enumerate() {
+        if let Some(auth) = &b.auth
+            && auth.header_value().is_err()
+        {
+            return Err(inconsistent(
+                format!("pool {key} backends[{i}].auth"),
+                "the credential is not a valid header value",
+            ));
+        }
+        if let Some(host) = &b.host
+            && (host.parse::<http::uri::Authority>().is_err() || host.contains('@'))
+        {
+            return Err(inconsistent(
+                format!("pool {key} backends[{i}].host"),
+                format!("{host:?} is not a host with an optional port"),
+            ));
+        }
+        if let Some(tls) = &b.tls {
+            if b.protocol == BackendProtocol::H2c {
+                return Err(inconsistent(
+                    format!("pool {key} backends[{i}].protocol"),
+                    "H2c is cleartext: over TLS ALPN chooses the protocol",
+                ));
+            }
+            upstream::client_config(tls, rustls::RootCertStore::empty)
+                .map_err(|e| inconsistent(format!("pool {key} backends[{i}].tls"), e))?;
+        }
     }
     if let Some(q) = &pool.queue {
         for tier in q.tier_priorities.keys() {

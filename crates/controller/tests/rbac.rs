@@ -380,7 +380,7 @@ fn the_printed_rules_are_the_declared_ones() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_watchers_ask_only_for_labelled_slices_and_consumer_secrets() {
+async fn the_watchers_ask_only_for_labelled_slices_and_consumer_and_upstream_secrets() {
     let server = ApiServer::new();
     let client = server.client();
     let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
@@ -404,6 +404,7 @@ async fn the_watchers_ask_only_for_labelled_slices_and_consumer_secrets() {
                 "kubernetes.io/service-name,sluice.dev/agent=true,team".to_owned()
             ),
             ("secrets".to_owned(), "sluice.dev/consumer".to_owned()),
+            ("secrets".to_owned(), "sluice.dev/upstream".to_owned()),
         ])
     );
 }

@@ -110,7 +110,7 @@ impl Admin {
                 reply(StatusCode::OK, "application/json", format!("{body:#}\n"))
             }
             "/routes" => match self.store.load() {
-                Some(rt) => match serde_json::to_string_pretty(&rt.table) {
+                Some(rt) => match serde_json::to_string_pretty(&rt.table.redacted()) {
                     Ok(json) => reply(StatusCode::OK, "application/json", json + "\n"),
                     Err(e) => reply(
                         StatusCode::INTERNAL_SERVER_ERROR,

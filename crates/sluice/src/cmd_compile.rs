@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Prints the table (stdout) and warnings (stderr); returns the exit status: 0 when the
+/// Prints the table (stdout, its secrets redacted) and warnings (stderr); returns the exit status: 0 when the
 /// manifests compile without errors, 1 otherwise.
 pub fn run(path: &Path) -> u8 {
     let snapshot = match sluice_controller::source::read(path) {
@@ -19,7 +19,7 @@ pub fn run(path: &Path) -> u8 {
         return 1;
     }
     let mut stdout = std::io::stdout().lock();
-    let written = serde_json::to_writer_pretty(&mut stdout, &table)
+    let written = serde_json::to_writer_pretty(&mut stdout, &table.redacted())
         .map_err(std::io::Error::from)
         .and_then(|()| writeln!(stdout));
     match written {

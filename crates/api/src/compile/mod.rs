@@ -12,6 +12,7 @@ mod gate;
 mod policy;
 mod pool;
 mod slices;
+mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +25,7 @@ use crate::{AgentPool, RatePolicy};
 
 pub use consumer::{CONSUMER_LABEL, hash_api_key};
 pub use slices::SERVICE_NAME_LABEL;
+pub use upstream::{UPSTREAM_LABEL, is_upstream_secret};
 
 /// Connect timeout when a pool does not set one.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -39,7 +41,8 @@ pub struct Objects {
     pub policies: Vec<RatePolicy>,
     /// EndpointSlices of the Services pools refer to (others are ignored).
     pub slices: Vec<EndpointSlice>,
-    /// Secrets labelled `sluice.dev/consumer` (others are ignored).
+    /// Secrets labelled `sluice.dev/consumer` or `sluice.dev/upstream` (others are
+    /// ignored). One Secret with both labels is listed once.
     pub secrets: Vec<Secret>,
 }
 
@@ -48,7 +51,10 @@ pub struct Objects {
 /// Deterministic: the same objects in any order give the same table and diagnostics.
 pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
     let mut diags = Vec::new();
-    let slices = slices::SliceIndex::new(&objects.slices);
+    let refs = pool::Refs {
+        slices: slices::SliceIndex::new(&objects.slices),
+        secrets: upstream::SecretIndex::new(&objects.secrets),
+    };
 
     let mut sorted: Vec<(String, &AgentPool)> =
         objects.pools.iter().map(|p| (pool_key(p), p)).collect();
@@ -75,7 +81,7 @@ pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
                     ),
                 );
             }
-        } else if let Some((compiled, routes)) = pool::compile_pool(pool, key, &slices, &mut cx) {
+        } else if let Some((compiled, routes)) = pool::compile_pool(pool, key, &refs, &mut cx) {
             pools.push(Compiled {
                 pool: compiled,
                 routes,

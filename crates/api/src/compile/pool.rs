@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::slices::{SliceIndex, resolve_service};
+use super::upstream::{self, SecretIndex};
 use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, millis};
 use crate::AgentPool;
 use crate::agent_pool::{self, Algorithm, Backend, LoadBalancing, RouteMatch};
@@ -14,11 +15,17 @@ use crate::table::{
     Outlier, Percent, Pool, Queue, RetryPolicy, Route, is_host_port, rules,
 };
 
+/// What a pool's backends refer to: Services' EndpointSlices and Secrets.
+pub(super) struct Refs<'a> {
+    pub(super) slices: SliceIndex<'a>,
+    pub(super) secrets: SecretIndex<'a>,
+}
+
 /// Compiles `pool`, or returns `None` (with errors in `cx`) when it is invalid.
 pub(super) fn compile_pool(
     pool: &AgentPool,
     key: &str,
-    slices: &SliceIndex<'_>,
+    refs: &Refs<'_>,
     cx: &mut Cx,
 ) -> Option<(Pool, Vec<(Route, usize)>)> {
     if pool.metadata.name.as_deref().unwrap_or_default().is_empty() {
@@ -46,7 +53,7 @@ pub(super) fn compile_pool(
     }
     let mut backends = Vec::new();
     for (i, b) in spec.backends.iter().enumerate() {
-        if let Some(backend) = compile_backend(b, i, namespace, slices, cx) {
+        if let Some(backend) = compile_backend(b, i, namespace, refs, cx) {
             backends.push(backend);
         }
     }
@@ -528,9 +535,10 @@ fn compile_backend(
     b: &Backend,
     i: usize,
     namespace: &str,
-    slices: &SliceIndex<'_>,
+    refs: &Refs<'_>,
     cx: &mut Cx,
 ) -> Option<BackendTarget> {
+    let Refs { slices, secrets } = refs;
     let field = format!("spec.backends[{i}]");
     let weight = at_least_one(
         Some(b.weight),
@@ -552,15 +560,70 @@ fn compile_backend(
         "capability",
         cx,
     );
+    let url = b
+        .url
+        .as_ref()
+        .and_then(|u| upstream::compile_url(u, &format!("{field}.url"), cx));
+    let https = url.as_ref().is_some_and(|u| u.https);
+    let tls = match (&b.tls, &b.url) {
+        (Some(_), Some(_)) if !https => {
+            if url.is_some() {
+                cx.error(&format!("{field}.tls"), "is only used with an https url");
+            }
+            None
+        }
+        (Some(tls), _) => upstream::compile_tls(
+            tls,
+            b.protocol,
+            namespace,
+            secrets,
+            &format!("{field}.tls"),
+            cx,
+        ),
+        (None, _) if https => upstream::compile_tls(
+            &agent_pool::BackendTls::default(),
+            b.protocol,
+            namespace,
+            secrets,
+            &format!("{field}.tls"),
+            cx,
+        ),
+        (None, _) => None,
+    };
+    let auth = b
+        .auth
+        .as_ref()
+        .and_then(|a| upstream::compile_auth(a, namespace, secrets, &format!("{field}.auth"), cx));
+    let target = |name: String, endpoints: Vec<Endpoint>, host: Option<String>| BackendTarget {
+        name,
+        weight,
+        capabilities: capabilities.clone(),
+        max_concurrency,
+        protocol: b.protocol,
+        endpoints,
+        host,
+        tls: tls.clone(),
+        auth: auth.clone(),
+    };
+    let kinds = usize::from(b.service.is_some())
+        + usize::from(!b.endpoints.is_empty())
+        + usize::from(b.url.is_some());
+    if kinds != 1 {
+        cx.error(&field, "set exactly one of service, endpoints or url");
+        return None;
+    }
+    if let Some(url) = url {
+        return Some(target(
+            format!("url/{}", url.host),
+            vec![url.endpoint],
+            Some(url.host),
+        ));
+    }
+    if b.url.is_some() {
+        return None;
+    }
     match (&b.service, b.endpoints.is_empty()) {
-        (Some(_), false) => {
-            cx.error(&field, "set either service or endpoints, not both");
-            None
-        }
-        (None, true) => {
-            cx.error(&field, "set service or endpoints");
-            None
-        }
+        (Some(_), false) | (None, true) => None,
         (None, false) => {
             let mut endpoints = Vec::new();
             for (j, address) in b.endpoints.iter().enumerate() {
@@ -582,26 +645,12 @@ fn compile_backend(
                     "lists the same endpoint more than once; duplicates are dropped",
                 );
             }
-            Some(BackendTarget {
-                name: format!("static[{i}]"),
-                weight,
-                capabilities: capabilities.clone(),
-                max_concurrency,
-                protocol: b.protocol,
-                endpoints,
-            })
+            Some(target(format!("static[{i}]"), endpoints, None))
         }
         (Some(service), true) => {
             let endpoints =
                 resolve_service(service, namespace, slices, &format!("{field}.service"), cx)?;
-            Some(BackendTarget {
-                name: format!("service/{}", service.name),
-                weight,
-                capabilities: capabilities.clone(),
-                max_concurrency,
-                protocol: b.protocol,
-                endpoints,
-            })
+            Some(target(format!("service/{}", service.name), endpoints, None))
         }
     }
 }

@@ -10,6 +10,7 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 use super::units::{Millis, Percent, header_name, millis};
+use super::upstream::{UpstreamAuth, UpstreamTls};
 pub use crate::agent_pool::{Algorithm, BackendProtocol};
 
 /// A compiled AgentPool.
@@ -170,6 +171,15 @@ pub struct BackendTarget {
     pub protocol: BackendProtocol,
     /// Endpoints (ready, or terminating ones still draining), sorted, no duplicates.
     pub endpoints: Vec<Endpoint>,
+    /// The `Host` every request carries (a backend by URL); `None`: the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTPS to the endpoints; `None`: cleartext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+    /// A credential set on every request in place of the caller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<UpstreamAuth>,
 }
 
 impl Default for BackendTarget {
@@ -182,6 +192,9 @@ impl Default for BackendTarget {
             max_concurrency: None,
             protocol: BackendProtocol::default(),
             endpoints: Vec::new(),
+            host: None,
+            tls: None,
+            auth: None,
         }
     }
 }

@@ -47,7 +47,7 @@ mod metrics;
 mod pacer;
 mod sources;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -57,7 +57,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, pool_key};
+use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, is_upstream_secret, pool_key};
 use sluice_api::{AgentPool, Diagnostics, Objects, RatePolicy, RouteTable, Severity, compile};
 use tokio::sync::watch as channel;
 use tokio::time::Instant;
@@ -304,10 +304,11 @@ impl Watch {
                 })
             }
             Input::Secret(shard, event) => self.secrets.apply(shard, event, |s| {
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(CONSUMER_LABEL))
+                is_upstream_secret(s)
+                    || s.metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key(CONSUMER_LABEL))
             }),
         }
     }
@@ -324,7 +325,15 @@ impl Watch {
                 .filter(|s| slice_service(s).is_some_and(|k| self.referenced.contains(&k)))
                 .cloned()
                 .collect(),
-            secrets: self.secrets.iter().cloned().collect(),
+            // A Secret with both labels is listed by two watchers: once is enough.
+            secrets: self
+                .secrets
+                .iter()
+                .map(|s| (cache::key(s), s))
+                .collect::<BTreeMap<_, _>>()
+                .into_values()
+                .cloned()
+                .collect(),
         }
     }
 

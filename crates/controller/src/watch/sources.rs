@@ -16,7 +16,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as kube_watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL};
+use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, UPSTREAM_LABEL};
 use sluice_api::{AgentPool, RatePolicy};
 
 use super::WatchMetrics;
@@ -45,7 +45,7 @@ pub struct Sources {
     pub policies: Vec<EventStream<RatePolicy>>,
     /// EndpointSlice watchers.
     pub slices: Vec<EventStream<EndpointSlice>>,
-    /// Consumer Secret watchers.
+    /// Secret watchers: consumer Secrets, then the Secrets backends may name.
     pub secrets: Vec<EventStream<Secret>>,
 }
 
@@ -214,13 +214,18 @@ pub fn kube_sources(
             metrics,
             "EndpointSlice",
         ),
-        secrets: streams(
-            client,
-            namespaces,
-            &watcher::Config::default().labels(CONSUMER_LABEL),
-            metrics,
-            "Secret",
-        ),
+        secrets: [CONSUMER_LABEL, UPSTREAM_LABEL]
+            .into_iter()
+            .flat_map(|label| {
+                streams(
+                    client,
+                    namespaces,
+                    &watcher::Config::default().labels(label),
+                    metrics,
+                    "Secret",
+                )
+            })
+            .collect(),
     }
 }
 
