@@ -128,6 +128,16 @@ pub enum ProxyError {
         /// The endpoint address.
         endpoint: String,
     },
+    /// The TLS handshake with the endpoint failed: its certificate was refused (expired,
+    /// for another name, from another CA) or no protocol was in common. Retried on
+    /// another endpoint (nothing was sent); not retryable by the client.
+    #[error("TLS with {endpoint} failed: {reason}")]
+    UpstreamTls {
+        /// The endpoint address.
+        endpoint: String,
+        /// What the TLS library said.
+        reason: String,
+    },
     /// The endpoint did not answer within the request timeout. Not retryable by the
     /// proxy: the agent may have acted on the request.
     #[error("{endpoint} did not answer within {timeout_ms} ms")]
@@ -168,7 +178,9 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::LimitsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -194,6 +206,7 @@ impl ProxyError {
             ProxyError::ClientBody { .. } => "client_body_error",
             ProxyError::ClientBodyTooSlow => "client_body_timeout",
             ProxyError::Connect { .. } => "upstream_connect",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Upstream { .. } => "upstream_error",
         }
@@ -221,6 +234,7 @@ impl ProxyError {
             | ProxyError::NoCapability { .. }
             | ProxyError::BadRequest(_)
             | ProxyError::Timeout { .. }
+            | ProxyError::UpstreamTls { .. }
             | ProxyError::Upstream { .. } => false,
         }
     }

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod body;
 pub mod client_body;
 pub mod clock;
+pub mod dns;
 pub mod error;
 pub mod forward;
 pub mod hygiene;

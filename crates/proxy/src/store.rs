@@ -13,14 +13,18 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sluice_api::table::Jwt;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
+use sluice_api::table::upstream::{self, UpstreamTls};
+use sluice_api::table::{BackendProtocol, BackendTarget, Jwt};
 use sluice_api::{RouteTable, TableError};
 use sluice_balance::HealthState;
 use sluice_ratelimit::RedisBackend;
@@ -30,6 +34,7 @@ use crate::auth::jwks::{JwksSource, KeySet, RemoteConfig, RemoteJwks};
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
 use crate::clock::{Entropy, SharedClock, TokioClock};
+use crate::dns::{DEFAULT_DNS_TTL, DnsCache, Resolve, SystemResolver};
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
@@ -49,8 +54,18 @@ impl prometheus::core::Collector for TopCollector {
     }
 }
 
-/// The pooled HTTP client used to reach agents.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+/// The pooled HTTP client used to reach agents: cleartext or TLS, names resolved
+/// through the store's [`DnsCache`].
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector<DnsCache>>, ProxyBody>;
+
+/// What tells one upstream client from another: a connection made for one must not
+/// serve another.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    connect_timeout: Duration,
+    h2c: bool,
+    tls: Option<UpstreamTls>,
+}
 
 /// How long an idle upstream connection is kept for reuse.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -115,7 +130,8 @@ impl Runtime {
 #[derive(Debug)]
 pub struct TableStore {
     current: ArcSwapOption<Runtime>,
-    clients: Mutex<HashMap<(Duration, bool), UpstreamClient>>,
+    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    dns: DnsCache,
     health: Mutex<HashMap<(String, String), Arc<HealthState>>>,
     jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
     limits: Arc<LimitsContext>,
@@ -137,6 +153,16 @@ pub enum ApplyError {
     /// The consumers cannot be identified safely. Not retryable.
     #[error("consumers: {0}")]
     Consumers(#[from] ApiKeyError),
+    /// A backend's TLS settings cannot be used. Not retryable.
+    #[error("pool {pool} backend {backend}: {message}")]
+    Upstream {
+        /// The pool.
+        pool: String,
+        /// The backend's name.
+        backend: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// What [`TableStore::apply`] did with a table.
@@ -158,6 +184,8 @@ pub struct StoreBuilder {
     clock: Option<SharedClock>,
     entropy: Option<Entropy>,
     top: usize,
+    resolver: Arc<dyn Resolve>,
+    dns_ttl: Duration,
 }
 
 impl StoreBuilder {
@@ -184,6 +212,19 @@ impl StoreBuilder {
     /// The random source of endpoint picks (default: seeded from the system).
     pub fn entropy(mut self, entropy: Entropy) -> Self {
         self.entropy = Some(entropy);
+        self
+    }
+
+    /// The resolver of endpoint names (default: the system's).
+    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// How long a DNS answer for an endpoint name is used (default
+    /// [`DEFAULT_DNS_TTL`]).
+    pub fn dns_ttl(mut self, ttl: Duration) -> Self {
+        self.dns_ttl = ttl;
         self
     }
 
@@ -223,6 +264,7 @@ impl StoreBuilder {
             limits: Arc::new(limits),
             current: ArcSwapOption::empty(),
             clients: Mutex::new(HashMap::new()),
+            dns: DnsCache::new(self.resolver, self.dns_ttl, clock.clone()),
             health: Mutex::new(HashMap::new()),
             jwks: Mutex::new(HashMap::new()),
             env: PoolEnv {
@@ -252,6 +294,8 @@ impl TableStore {
             clock: None,
             entropy: None,
             top: top::DEFAULT_TOP,
+            resolver: Arc::new(SystemResolver),
+            dns_ttl: DEFAULT_DNS_TTL,
         }
     }
 
@@ -378,17 +422,35 @@ impl TableStore {
         let auth = Authenticator::new(&table.consumers)?;
         let pool_keys: Vec<String> = table.pools.iter().map(|p| p.key.clone()).collect();
         let limits = self.limits.build(&table.policies, &pool_keys)?;
-        let client = |connect: Duration, h2c: bool| self.client(connect, h2c);
-        let pools: Vec<Arc<PoolRuntime>> = table
+        let clients = table
             .pools
             .iter()
             .map(|p| {
+                p.backends
+                    .iter()
+                    .map(|b| {
+                        self.client(p.connect_timeout.get(), b).map_err(|message| {
+                            ApplyError::Upstream {
+                                pool: p.key.clone(),
+                                backend: b.name.clone(),
+                                message,
+                            }
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pools: Vec<Arc<PoolRuntime>> = table
+            .pools
+            .iter()
+            .zip(&clients)
+            .map(|(p, clients)| {
                 let before = previous.and_then(|r| r.pool(&p.key));
                 if let Some(same) = before.filter(|b| b.spec == *p) {
                     return same.clone();
                 }
                 let health = |address: &str| self.health_state(&p.key, address);
-                let mut pool = pool::build(p, before.map(Arc::as_ref), &client, &health, &self.env);
+                let mut pool = pool::build(p, before.map(Arc::as_ref), clients, &health, &self.env);
                 pool.jwt = p.jwt.as_ref().and_then(|j| self.jwt_auth(&p.key, j));
                 let pool = Arc::new(pool);
                 pool::start_health_checks(&pool);
@@ -480,28 +542,83 @@ impl TableStore {
             .clone()
     }
 
-    /// One pooled client per connect timeout and protocol, kept across tables so that
-    /// a new table does not drop the idle connections of the old one.
-    fn client(&self, connect_timeout: Duration, h2c: bool) -> UpstreamClient {
+    /// One pooled client per connect timeout, protocol and TLS settings, kept across
+    /// tables so that a new table does not drop the idle connections of the old one.
+    fn client(
+        &self,
+        connect_timeout: Duration,
+        backend: &BackendTarget,
+    ) -> Result<UpstreamClient, String> {
+        let key = ClientKey {
+            connect_timeout,
+            h2c: backend.protocol == BackendProtocol::H2c,
+            tls: backend.tls.clone(),
+        };
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        clients
-            .entry((connect_timeout, h2c))
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_nodelay(true);
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .pool_idle_timeout(IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new());
-                if h2c {
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut connector = HttpConnector::new_with_resolver(self.dns.clone());
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        let https = match &key.tls {
+            // HTTP/2 when the agent offers it by ALPN, else HTTP/1.1.
+            Some(tls) => {
+                let config = upstream::client_config(tls, system_roots)?;
+                let builder = HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only();
+                let builder = match tls.server_name.as_deref().map(ServerName::try_from) {
+                    Some(Ok(name)) => builder
+                        .with_server_name_resolver(FixedServerNameResolver::new(name.to_owned())),
+                    Some(Err(_)) => return Err("the TLS server name is not valid".into()),
+                    None => builder,
+                };
+                builder.enable_all_versions().wrap_connector(connector)
+            }
+            None => {
+                if key.h2c {
                     builder.http2_only(true);
                 }
-                builder.build(connector)
-            })
-            .clone()
+                // Cleartext only: the TLS configuration is never used.
+                let config =
+                    upstream::client_config(&UpstreamTls::default(), RootCertStore::empty)?;
+                HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_or_http()
+                    .enable_all_versions()
+                    .wrap_connector(connector)
+            }
+        };
+        let client = builder.build(https);
+        clients.insert(key, client.clone());
+        Ok(client)
     }
+}
+
+/// The system's trust roots, loaded once; what cannot be loaded is logged.
+fn system_roots() -> RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let loaded = rustls_native_certs::load_native_certs();
+            for error in &loaded.errors {
+                tracing::warn!(%error, "a system root certificate could not be loaded");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(loaded.certs);
+            if ignored > 0 || added == 0 {
+                tracing::warn!(added, ignored, "system root certificates");
+            }
+            roots
+        })
+        .clone()
 }
 
 #[cfg(test)]

@@ -149,6 +149,10 @@ pub struct Args {
     /// sluice_ratelimit_top_consumers (the rest are summed as "other").
     #[arg(long, default_value_t = 10, env = "SLUICE_TOP_CONSUMERS")]
     top_consumers: usize,
+    /// How long a DNS answer for a backend's name (a `url`, or a static endpoint given
+    /// by name) is used before new connections resolve it again.
+    #[arg(long, default_value = "30s", value_parser = parse_interval, env = "SLUICE_UPSTREAM_DNS_TTL")]
+    upstream_dns_ttl: Duration,
 }
 
 /// A listener address, or none.
@@ -217,6 +221,7 @@ pub async fn run(args: Args) -> Result<()> {
             .max_keys(max_keys)
             .clock(clock)
             .top_consumers(args.top_consumers)
+            .dns_ttl(args.upstream_dns_ttl)
             .build(),
     );
 

@@ -105,9 +105,6 @@ impl UpstreamAuth {
     }
 }
 
-/// The ALPN protocols a proxy offers an agent over TLS: HTTP/2 first.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
 /// The rustls client configuration of `tls`, with `system_roots` when it names no CA
 /// and the ring provider; ALPN is left to the caller.
 ///

@@ -209,7 +209,7 @@ async fn attempt(
             message: "the request body cannot be sent again".into(),
         });
     };
-    let mut upstream = match head.request(&endpoint.address, body) {
+    let mut upstream = match head.request(&endpoint.address, &endpoint.upstream, body) {
         Ok(r) => r,
         Err(e) => return Attempt::Fatal(e),
     };
@@ -219,7 +219,7 @@ async fn attempt(
         .spec
         .first_byte_timeout
         .map_or(deadline, |t| deadline.min(started + t.get()));
-    match tokio::time::timeout_at(first_byte, endpoint.client.request(upstream)).await {
+    match tokio::time::timeout_at(first_byte, endpoint.upstream.client.request(upstream)).await {
         Ok(Ok(resp)) => {
             let status = resp.status();
             let outcome = if status.is_server_error() {
@@ -239,9 +239,17 @@ async fn attempt(
         Ok(Err(e)) if e.is_connect() => {
             tracing::debug!(error = ?e, endpoint = %endpoint.address, "connect failed");
             pool.record_outcome(slot.index, Outcome::ConnectFailure);
-            Attempt::Failed(Failure::Error(ProxyError::Connect {
-                endpoint: endpoint.address.clone(),
-            }))
+            // Nothing was sent: another endpoint may have a certificate that passes.
+            let error = match tls_failure(&e) {
+                Some(reason) => ProxyError::UpstreamTls {
+                    endpoint: endpoint.address.clone(),
+                    reason,
+                },
+                None => ProxyError::Connect {
+                    endpoint: endpoint.address.clone(),
+                },
+            };
+            Attempt::Failed(Failure::Error(error))
         }
         Ok(Err(e)) => {
             let message =
@@ -278,6 +286,26 @@ async fn attempt(
             })
         }
     }
+}
+
+/// What rustls said, when a connection failed in its TLS handshake (a certificate
+/// expired, for another name or from an unknown CA; no protocol in common).
+fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // `io::Error::source` skips the error it wraps: look inside.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
 }
 
 /// Where attempts get the request body from.

@@ -20,6 +20,7 @@ use super::headers::{Identity, prepare_upstream, strip_credentials, strip_sluice
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::identity::Caller;
+use crate::pool::Upstream;
 use crate::upgrade;
 
 /// The cleaned head of a request, ready to be sent to any endpoint.
@@ -111,7 +112,13 @@ impl UpstreamHead {
         )
     }
 
-    /// The request for the agent at `endpoint` (`host:port`), carrying `body`.
+    /// The request for the agent at `endpoint` (`host:port`) of a backend reached as
+    /// `upstream` says, carrying `body`.
+    ///
+    /// A backend by URL gets its own `Host` and no `x-sluice-*` identity headers (they
+    /// mean nothing outside the cluster); a backend with a credential gets it in place
+    /// of the caller's `Authorization` and `x-api-key`, whether or not the gateway
+    /// identified the caller.
     ///
     /// # Errors
     ///
@@ -119,15 +126,26 @@ impl UpstreamHead {
     pub fn request(
         &self,
         endpoint: &str,
+        upstream: &Upstream,
         body: ProxyBody,
     ) -> Result<Request<ProxyBody>, ProxyError> {
-        let uri: Uri = format!("http://{endpoint}{}", self.path)
-            .parse()
+        let uri: Uri = upstream
+            .uri(endpoint, &self.path)
             .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = self.headers.clone();
+        let mut headers = self.headers.clone();
+        if let Some(host) = &upstream.host {
+            headers.insert(header::HOST, host.clone());
+            strip_sluice_headers(&mut headers);
+        }
+        if let Some((name, value)) = &upstream.auth {
+            strip_credentials(&mut headers);
+            headers.remove(name);
+            headers.insert(name.clone(), value.clone());
+        }
+        *req.headers_mut() = headers;
         Ok(req)
     }
 }

@@ -1,34 +1,32 @@
 //! Building a pool's runtime from its compiled form, carrying over the state of the
 //! pool it replaces.
 
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use sluice_api::table::{Algorithm, BackendProtocol, Pool};
+use sluice_api::table::{Algorithm, Pool};
 use sluice_balance::{
     ConsistentHash, HashConfig, HealthConfig, HealthState, LeastRequest, LoadConfig, LoadFactor,
     OutlierConfig, OutlierDetector, PeakEwma, PoolLoad, RetryBudget, RetryBudgetConfig, RoundRobin,
     Selector, WaitQueue, Weighted,
 };
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 
-use super::{EndpointRt, PoolEnv, PoolRuntime};
+use super::{EndpointRt, PoolEnv, PoolRuntime, Upstream};
 use crate::metrics::PoolMetrics;
 use crate::store::UpstreamClient;
 
 /// Builds a pool runtime; `previous` is the pool of the same key in the runtime being
-/// replaced, whose state carries over.
+/// replaced, whose state carries over; `clients` holds the client of each backend, in
+/// order.
 pub fn build(
     spec: &Pool,
     previous: Option<&PoolRuntime>,
-    client: &dyn Fn(Duration, bool) -> UpstreamClient,
+    clients: &[UpstreamClient],
     health: &dyn Fn(&str) -> Arc<HealthState>,
     env: &PoolEnv,
 ) -> PoolRuntime {
     let metrics = &env.metrics;
     let now = env.clock.now_nanos();
     let key = spec.key.as_str();
-    let connect = spec.connect_timeout.get();
     let mut endpoints = Vec::new();
     let mut weights = Vec::new();
     let sizes: Vec<usize> = spec.backends.iter().map(|b| b.endpoints.len()).collect();
@@ -36,7 +34,15 @@ pub fn build(
         .iter()
         .filter(|&&n| n > 0)
         .fold(1u64, |acc, &n| lcm(acc, n as u64).min(10_000));
-    for backend in &spec.backends {
+    for (backend, client) in spec.backends.iter().zip(clients) {
+        if backend.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+            tracing::warn!(
+                pool = key,
+                backend = %backend.name,
+                "insecureSkipVerify: the backend's TLS certificates are not verified"
+            );
+        }
+        let upstream = Arc::new(Upstream::new(backend, client.clone()));
         let mut capabilities: Vec<String> = spec
             .capabilities
             .iter()
@@ -53,7 +59,7 @@ pub fn build(
                 terminating: ep.terminating,
                 max_concurrency: backend.max_concurrency,
                 capabilities: capabilities.clone(),
-                client: client(connect, backend.protocol == BackendProtocol::H2c),
+                upstream: upstream.clone(),
                 selections: metrics.endpoint_requests.with_label_values(&labels),
                 in_flight: metrics.endpoint_in_flight.with_label_values(&labels),
                 latency: metrics.endpoint_latency.with_label_values(&labels),

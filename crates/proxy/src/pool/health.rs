@@ -30,17 +30,28 @@ pub fn start_health_checks(pool: &Arc<PoolRuntime>) {
                 .enumerate()
                 .filter(|(_, e)| !e.terminating)
                 .map(|(i, e)| {
-                    let uri = format!("http://{}{}", e.address, check.path);
-                    let client = e.client.clone();
+                    let upstream = e.upstream.clone();
+                    let uri = upstream.uri(&e.address, &check.path);
                     async move {
-                        let ok = match http::Request::get(uri)
-                            .body(Empty::new().map_err(|never| match never {}).boxed())
-                        {
-                            Ok(req) => matches!(
-                                tokio::time::timeout(timeout, client.request(req)).await,
+                        // A backend by URL is probed as it is called: with its
+                        // `Host` and its credential.
+                        let req = uri.ok().and_then(|uri| {
+                            let mut req = http::Request::get(uri);
+                            if let Some(host) = &upstream.host {
+                                req = req.header(http::header::HOST, host);
+                            }
+                            if let Some((name, value)) = &upstream.auth {
+                                req = req.header(name, value);
+                            }
+                            req.body(Empty::new().map_err(|never| match never {}).boxed())
+                                .ok()
+                        });
+                        let ok = match req {
+                            Some(req) => matches!(
+                                tokio::time::timeout(timeout, upstream.client.request(req)).await,
                                 Ok(Ok(resp)) if resp.status().is_success()
                             ),
-                            Err(_) => false,
+                            None => false,
                         };
                         let result = if ok {
                             CheckResult::Success

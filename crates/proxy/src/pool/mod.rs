@@ -40,8 +40,8 @@ pub struct EndpointRt {
     pub max_concurrency: Option<NonZeroU32>,
     /// Capabilities of its backend and of the pool, sorted.
     pub capabilities: Vec<String>,
-    /// The client for its protocol.
-    pub client: UpstreamClient,
+    /// How its backend is reached: the client, the scheme, `Host` and credential.
+    pub upstream: Arc<Upstream>,
     /// Requests sent to it (`sluice_endpoint_requests_total`).
     pub selections: prometheus::IntCounter,
     /// Its in-flight gauge.
@@ -52,6 +52,56 @@ pub struct EndpointRt {
     pub healthy_gauge: prometheus::IntGauge,
     /// Health check state.
     pub health: Arc<HealthState>,
+}
+
+/// How the endpoints of one backend are reached.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The pooled client for the backend's protocol and TLS settings.
+    pub client: UpstreamClient,
+    /// `https` when the backend has TLS, else `http`.
+    pub scheme: http::uri::Scheme,
+    /// The `Host` every request carries (a backend by URL); `None`: the client's.
+    pub host: Option<http::HeaderValue>,
+    /// The credential header set in place of the caller's (its value marked
+    /// sensitive).
+    pub auth: Option<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl Upstream {
+    /// How `backend` is reached with `client`.
+    pub fn new(backend: &sluice_api::table::BackendTarget, client: UpstreamClient) -> Self {
+        Self {
+            client,
+            scheme: if backend.tls.is_some() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            },
+            host: backend
+                .host
+                .as_deref()
+                .and_then(|h| http::HeaderValue::from_str(h).ok()),
+            // `validate` checked that the value is a header value.
+            auth: backend
+                .auth
+                .as_ref()
+                .and_then(|a| Some((a.header.clone(), a.header_value().ok()?))),
+        }
+    }
+
+    /// The URI of `path_and_query` on the endpoint at `address`.
+    ///
+    /// # Errors
+    ///
+    /// When the address and path make no URI.
+    pub fn uri(&self, address: &str, path_and_query: &str) -> Result<http::Uri, http::Error> {
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(address)
+            .path_and_query(path_and_query)
+            .build()
+    }
 }
 
 /// Why no endpoint could be had.
