@@ -6,7 +6,9 @@
 //! with its condition and leaves the other served; when the leader dies, the standby
 //! takes the Lease over and writes the status of what changed since. With
 //! `--endpointslice-label`, a slice that loses the label is gone for the controller.
-//! With `--peers`, the leader counts the proxies subscribed to the other replica.
+//! With `--peers`, the leader counts the proxies subscribed to the other replica. A
+//! backend by URL gets the credential of its `sluice.dev/upstream` Secret, and the new
+//! one when the Secret is rotated.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -347,6 +349,64 @@ fn the_leader_counts_the_proxies_of_the_other_replica() -> Result<()> {
     assert_eq!(status["proxies"], 1, "{status}");
     let lease = api.get(LEASE)?.context("the Lease")?;
     assert_eq!(lease["spec"]["holderIdentity"], "ctl-1", "{lease}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+const SECRETS: &str = "/api/v1/namespaces/agents/secrets";
+
+/// Secret `provider` labelled for backends, holding `key` as its `api-key`.
+fn upstream_secret(key: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": "provider", "namespace": "agents",
+            "labels": {"sluice.dev/upstream": ""},
+        },
+        "stringData": {"api-key": key},
+    })
+}
+
+#[test]
+fn a_backend_by_url_gets_the_credential_of_its_upstream_secret_and_its_rotation() -> Result<()> {
+    let (_agent, a) = demo_agent("provider")?;
+    let (_apiserver, api, dir, kubeconfig) = fake_cluster("kube-upstream")?;
+    api.create(SECRETS, &upstream_secret("sk-first-0123456789"))?;
+    api.create(
+        POOLS,
+        &json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+            "metadata": {"name": "provider", "namespace": "agents"},
+            "spec": {
+                "matches": [{"pathPrefix": "/v1"}],
+                "backends": [{
+                    "url": format!("http://{a}"),
+                    "auth": {"secretRef": {"name": "provider"}, "prefix": "Bearer "},
+                }],
+            },
+        }),
+    )?;
+    let (_controller, addr) = controller("ctl-1", &kubeconfig, &[])?;
+    let (_proxy, traffic) = proxy(addr)?;
+    let seen = |expected: &'static str| {
+        eventually(WAIT, expected, || {
+            let resp = get(traffic, "/v1/models")?;
+            if resp.status != 200 {
+                return Ok(None);
+            }
+            let echo: Value = serde_json::from_str(&resp.body)?;
+            Ok((echo["headers"]["authorization"] == expected).then_some(echo))
+        })
+    };
+    let echo = seen("Bearer sk-first-0123456789")?;
+    assert_eq!(echo["headers"]["host"], a.to_string(), "{echo}");
+
+    // The Secret is rotated: the next table carries the new credential.
+    api.update(
+        &format!("{SECRETS}/provider"),
+        upstream_secret("sk-second-0123456789"),
+    )?;
+    seen("Bearer sk-second-0123456789")?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
