@@ -1,5 +1,6 @@
 //! The admin listener on a real socket: health, readiness before and after the first
-//! table, the table in force as JSON, and the request metrics it exports.
+//! table, the table in force as JSON (its secrets redacted), and the request metrics
+//! it exports.
 
 mod support;
 
@@ -8,10 +9,52 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use sluice_api::RouteTable;
+use sluice_api::table::{ClientCertificate, Sensitive, UpstreamAuth, UpstreamTls};
 use support::{
     Agent, Proxy, catch_all, channel_body, client, empty, full, get, next_chunk, pool, send, within,
 };
 use tokio::sync::Notify;
+
+#[tokio::test]
+async fn routes_shows_the_table_with_its_secrets_redacted() {
+    let agent = Agent::named("echo").await;
+    let mut table = catch_all(pool("demo/echo", &[agent.address()], 30_000));
+    table.pools[0].backends[0].auth = Some(UpstreamAuth {
+        header: header::AUTHORIZATION,
+        value: Sensitive::new("Bearer sk-not-for-display"),
+    });
+    table.pools[0].backends[0].tls = Some(UpstreamTls {
+        insecure_skip_verify: true,
+        client_certificate: Some(ClientCertificate {
+            chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: Sensitive::new("-----BEGIN PRIVATE KEY----- not for display"),
+        }),
+        ..UpstreamTls::default()
+    });
+    let table = RouteTable::new(table.routes, table.pools);
+    let proxy = Proxy::start().await;
+    // Applying builds the client: the certificate above does not parse, so the
+    // table is refused; a table without it shows the credential redacted.
+    assert!(proxy.store.apply(table.clone()).is_err());
+    let mut pools = table.pools.clone();
+    pools[0].backends[0].tls = None;
+    proxy
+        .store
+        .apply(RouteTable::new(table.routes.clone(), pools))
+        .expect("table applies");
+    let admin = proxy.start_admin().await;
+    let routes = get(&client(), &format!("http://{admin}/routes")).await;
+    assert_eq!(routes.status, StatusCode::OK);
+    assert!(
+        !routes.text().contains("sk-not-for-display"),
+        "{}",
+        routes.text()
+    );
+    assert_eq!(
+        routes.json()["pools"][0]["backends"][0]["auth"]["value"],
+        "<redacted>"
+    );
+}
 
 #[tokio::test]
 async fn health_readiness_and_routes_follow_the_table() {

@@ -216,3 +216,41 @@ impl ServerCertVerifier for NoVerification {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{BackendTarget, Pool, RouteTable};
+
+    #[test]
+    fn secrets_print_redacted_and_a_redacted_table_holds_none() {
+        let tls = UpstreamTls {
+            client_certificate: Some(ClientCertificate {
+                chain_pem: "chain".into(),
+                key_pem: Sensitive::new("the-private-key"),
+            }),
+            ..UpstreamTls::default()
+        };
+        let auth = UpstreamAuth {
+            header: http::header::AUTHORIZATION,
+            value: Sensitive::new("Bearer the-credential"),
+        };
+        let pool = Pool {
+            key: "d/p".into(),
+            backends: vec![BackendTarget {
+                tls: Some(tls),
+                auth: Some(auth),
+                ..BackendTarget::default()
+            }],
+            ..Pool::default()
+        };
+        let table = RouteTable::new(Vec::new(), vec![pool]);
+        let debug = format!("{table:?}");
+        assert!(!debug.contains("the-private-key") && !debug.contains("the-credential"));
+        let wire = serde_json::to_string(&table).unwrap();
+        assert!(wire.contains("the-private-key") && wire.contains("the-credential"));
+        let shown = serde_json::to_string(&table.redacted()).unwrap();
+        assert!(!shown.contains("the-private-key") && !shown.contains("the-credential"));
+        assert_eq!(shown.matches(REDACTED).count(), 2, "{shown}");
+    }
+}
