@@ -38,7 +38,7 @@ use crate::dns::{DEFAULT_DNS_TTL, DnsCache, Resolve, SystemResolver};
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
-use crate::pool::{self, HEALTH_START, PoolEnv, PoolRuntime};
+use crate::pool::{self, HEALTH_START, PoolEnv, PoolRuntime, Upstream};
 use crate::top::{self, TopLimited};
 
 /// Registers a shared [`TopLimited`] with a registry.
@@ -65,6 +65,8 @@ struct ClientKey {
     connect_timeout: Duration,
     h2c: bool,
     tls: Option<UpstreamTls>,
+    /// Over TLS, offer only HTTP/1.1 (for upgrades).
+    http1_only: bool,
 }
 
 /// How long an idle upstream connection is kept for reuse.
@@ -429,13 +431,16 @@ impl TableStore {
                 p.backends
                     .iter()
                     .map(|b| {
-                        self.client(p.connect_timeout.get(), b).map_err(|message| {
-                            ApplyError::Upstream {
-                                pool: p.key.clone(),
-                                backend: b.name.clone(),
-                                message,
-                            }
-                        })
+                        let client = |http1_only| {
+                            self.client(p.connect_timeout.get(), b, http1_only)
+                                .map_err(|message| ApplyError::Upstream {
+                                    pool: p.key.clone(),
+                                    backend: b.name.clone(),
+                                    message,
+                                })
+                        };
+                        let upgrades = client(b.tls.is_some())?;
+                        Ok::<_, ApplyError>(Arc::new(Upstream::new(b, client(false)?, upgrades)))
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -548,11 +553,13 @@ impl TableStore {
         &self,
         connect_timeout: Duration,
         backend: &BackendTarget,
+        http1_only: bool,
     ) -> Result<UpstreamClient, String> {
         let key = ClientKey {
             connect_timeout,
             h2c: backend.protocol == BackendProtocol::H2c,
             tls: backend.tls.clone(),
+            http1_only,
         };
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(&key) {
@@ -580,7 +587,11 @@ impl TableStore {
                     Some(Err(_)) => return Err("the TLS server name is not valid".into()),
                     None => builder,
                 };
-                builder.enable_all_versions().wrap_connector(connector)
+                if key.http1_only {
+                    builder.enable_http1().wrap_connector(connector)
+                } else {
+                    builder.enable_all_versions().wrap_connector(connector)
+                }
             }
             None => {
                 if key.h2c {

@@ -22,7 +22,8 @@ use sluice_listener::testing::{TestCa, TestCert};
 use sluice_proxy::dns::{Lookup, Resolve};
 use sluice_ratelimit::ManualClock;
 use support::{Proxy, client, compile_yaml, empty, full, get, send};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 /// What an agent saw of one request.
@@ -92,7 +93,7 @@ impl TlsAgent {
                     let (_, session) = tls.get_ref();
                     let sni = session.server_name().map(str::to_owned);
                     let client_certificate = session.peer_certificates().is_some();
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let service = service_fn(move |mut req: Request<hyper::body::Incoming>| {
                         log.lock().unwrap().push(Seen {
                             version: req.version(),
                             authority: req.uri().authority().map(|a| a.as_str().to_owned()),
@@ -100,10 +101,13 @@ impl TlsAgent {
                             client_certificate,
                             headers: req.headers().clone(),
                         });
-                        async move { Ok::<_, io::Error>(Response::new(full("agent"))) }
+                        let upgrade = (req.headers().get("upgrade")
+                            == Some(&http::HeaderValue::from_static("websocket")))
+                        .then(|| hyper::upgrade::on(&mut req));
+                        async move { Ok::<_, io::Error>(answer(upgrade)) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
+                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
                 });
             }
@@ -118,6 +122,34 @@ impl TlsAgent {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// `agent`, or for an upgrade `101` and then every byte read echoed back after `echo:`.
+fn answer(upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<support::TestBody> {
+    let Some(upgrade) = upgrade else {
+        return Response::new(full("agent"));
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut io = TokioIo::new(upgraded);
+        let mut buf = [0u8; 256];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let mut out = b"echo:".to_vec();
+            out.extend_from_slice(&buf[..n]);
+            if io.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(empty())
+        .unwrap()
 }
 
 /// A Secret in `demo` labelled for backends, with `entries` as `stringData`.
@@ -512,4 +544,86 @@ impl NamedAgent {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+#[tokio::test]
+async fn a_refused_certificate_is_retried_on_another_endpoint() {
+    let ca = TestCa::new("agents");
+    let good = TlsAgent::start(&ca.leaf(&["agent.internal"]), &[b"http/1.1"], None).await;
+    let expired =
+        TlsAgent::start(&ca.expired_leaf(&["agent.internal"]), &[b"http/1.1"], None).await;
+    let proxy = Proxy::with_table(table_with(
+        &ca_secret(&ca),
+        &format!(
+            "{{endpoints: [\"{}\", \"{}\"], tls: {{sni: agent.internal, caSecretRef: {{name: agents-ca}}}}}}",
+            good.addr, expired.addr
+        ),
+        "retries: {attempts: 1}",
+    ))
+    .await;
+    let client = client();
+    for _ in 0..4 {
+        let reply = get(&client, &proxy.url("/")).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(good.seen().len(), 4);
+    assert!(expired.seen().is_empty());
+    assert!(
+        proxy
+            .metric("sluice_retries_total{pool=\"demo/p\",result=\"sent\"}")
+            .is_some_and(|n| n >= 1.0),
+        "the expired endpoint was tried and the request retried"
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_to_an_agent_that_prefers_h2_goes_over_http1() {
+    let ca = TestCa::new("agents");
+    let agent = TlsAgent::start(&ca.leaf(&["agent.internal"]), &[b"h2", b"http/1.1"], None).await;
+    let proxy = Proxy::with_table(table(
+        &ca_secret(&ca),
+        &format!(
+            "{{endpoints: [\"{}\"], tls: {{sni: agent.internal, caSecretRef: {{name: agents-ca}}}}}}",
+            agent.addr
+        ),
+    ))
+    .await;
+    // Plain requests take HTTP/2...
+    assert_eq!(get(&client(), &proxy.url("/")).await.status, StatusCode::OK);
+    assert_eq!(agent.seen()[0].version, Version::HTTP_2);
+
+    // ...an upgrade cannot, and is sent over HTTP/1.1.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: gateway\r\nConnection: Upgrade\r\n\
+              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = support::within("the 101", stream.read(&mut byte))
+            .await
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed in the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(agent.seen()[1].version, Version::HTTP_11);
+
+    stream.write_all(b"hi").await.unwrap();
+    let mut echoed = [0u8; 7];
+    support::within("the echo", stream.read_exact(&mut echoed))
+        .await
+        .unwrap();
+    assert_eq!(&echoed, b"echo:hi");
 }

@@ -219,7 +219,12 @@ async fn attempt(
         .spec
         .first_byte_timeout
         .map_or(deadline, |t| deadline.min(started + t.get()));
-    match tokio::time::timeout_at(first_byte, endpoint.upstream.client.request(upstream)).await {
+    let client = if head.is_upgrade() {
+        &endpoint.upstream.upgrade_client
+    } else {
+        &endpoint.upstream.client
+    };
+    match tokio::time::timeout_at(first_byte, client.request(upstream)).await {
         Ok(Ok(resp)) => {
             let status = resp.status();
             let outcome = if status.is_server_error() {

@@ -29,6 +29,7 @@ pub struct UpstreamHead {
     method: Method,
     path: String,
     headers: HeaderMap,
+    upgrade: bool,
 }
 
 impl UpstreamHead {
@@ -79,6 +80,7 @@ impl UpstreamHead {
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),
         );
+        let is_upgrade = upgrade.is_some();
         if let Some(protocol) = upgrade {
             upgrade::restore_upgrade_headers(&mut headers, protocol);
         }
@@ -95,7 +97,13 @@ impl UpstreamHead {
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
             headers,
+            upgrade: is_upgrade,
         }
+    }
+
+    /// Whether the request asks for a protocol upgrade, which only HTTP/1.1 carries.
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade
     }
 
     /// Whether the method is idempotent (RFC 9110 section 9.2.2): sending it again

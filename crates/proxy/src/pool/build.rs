@@ -12,15 +12,14 @@ use std::sync::{Arc, Mutex};
 
 use super::{EndpointRt, PoolEnv, PoolRuntime, Upstream};
 use crate::metrics::PoolMetrics;
-use crate::store::UpstreamClient;
 
 /// Builds a pool runtime; `previous` is the pool of the same key in the runtime being
-/// replaced, whose state carries over; `clients` holds the client of each backend, in
-/// order.
+/// replaced, whose state carries over; `upstreams` says how each backend is reached,
+/// in order.
 pub fn build(
     spec: &Pool,
     previous: Option<&PoolRuntime>,
-    clients: &[UpstreamClient],
+    upstreams: &[Arc<Upstream>],
     health: &dyn Fn(&str) -> Arc<HealthState>,
     env: &PoolEnv,
 ) -> PoolRuntime {
@@ -34,7 +33,7 @@ pub fn build(
         .iter()
         .filter(|&&n| n > 0)
         .fold(1u64, |acc, &n| lcm(acc, n as u64).min(10_000));
-    for (backend, client) in spec.backends.iter().zip(clients) {
+    for (backend, upstream) in spec.backends.iter().zip(upstreams) {
         if backend.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
             tracing::warn!(
                 pool = key,
@@ -42,7 +41,6 @@ pub fn build(
                 "insecureSkipVerify: the backend's TLS certificates are not verified"
             );
         }
-        let upstream = Arc::new(Upstream::new(backend, client.clone()));
         let mut capabilities: Vec<String> = spec
             .capabilities
             .iter()

@@ -59,6 +59,9 @@ pub struct EndpointRt {
 pub struct Upstream {
     /// The pooled client for the backend's protocol and TLS settings.
     pub client: UpstreamClient,
+    /// The client for upgrade requests: over TLS, one that offers only HTTP/1.1 by
+    /// ALPN (an upgrade cannot cross HTTP/2); otherwise `client`.
+    pub upgrade_client: UpstreamClient,
     /// `https` when the backend has TLS, else `http`.
     pub scheme: http::uri::Scheme,
     /// The `Host` every request carries (a backend by URL); `None`: the client's.
@@ -69,10 +72,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// How `backend` is reached with `client`.
-    pub fn new(backend: &sluice_api::table::BackendTarget, client: UpstreamClient) -> Self {
+    /// How `backend` is reached with `client` (and `upgrade_client` for upgrades).
+    pub fn new(
+        backend: &sluice_api::table::BackendTarget,
+        client: UpstreamClient,
+        upgrade_client: UpstreamClient,
+    ) -> Self {
         Self {
             client,
+            upgrade_client,
             scheme: if backend.tls.is_some() {
                 http::uri::Scheme::HTTPS
             } else {
