@@ -25,28 +25,47 @@ use crate::{AgentPool, RatePolicy};
 pub enum ManifestError {
     /// A document is not valid YAML, or does not fit its kind's schema. Not retryable
     /// until the file is edited.
-    #[error("{source_name}: document {index}: {message}")]
+    #[error("{source_name}: document {number}: {}{message}", named(object.as_deref()))]
     Document {
         /// The file (or other source) name.
         source_name: String,
-        /// Zero-based index of the document in the file.
-        index: usize,
+        /// The document's number in the file, counted from 1 (as `---` separates them).
+        number: usize,
+        /// The object, when the document is YAML with a kind (its name is
+        /// `<unnamed>` when it has none).
+        object: Option<Box<ObjectRef>>,
         /// What is wrong.
         message: String,
     },
     /// An AgentPool or RatePolicy has fields its schema does not declare (a typo, or
     /// a field of another version). Not retryable until the file is edited.
-    #[error("{source_name}: document {index}: {object}: {}", join(fields))]
+    #[error("{source_name}: document {number}: {object}: {}", join(fields))]
     UnknownFields {
         /// The file (or other source) name.
         source_name: String,
-        /// Zero-based index of the document in the file.
-        index: usize,
+        /// The document's number in the file, counted from 1.
+        number: usize,
         /// The object with the fields (boxed: errors stay small).
         object: Box<ObjectRef>,
         /// The fields, in key order; never empty.
         fields: Vec<UnknownField>,
     },
+}
+
+fn named(object: Option<&ObjectRef>) -> String {
+    object.map(|o| format!("{o}: ")).unwrap_or_default()
+}
+
+/// The object a document describes, as far as its metadata can be read: a namespace
+/// of `default` when it names none (as `kubectl apply` would put it there), a name of
+/// `<unnamed>` when it has none.
+fn object_of(kind: &str, value: &serde_yaml::Value) -> ObjectRef {
+    let metadata = |key: &str| value.get("metadata")?.get(key)?.as_str();
+    ObjectRef::new(
+        kind,
+        metadata("namespace").unwrap_or("default"),
+        metadata("name").unwrap_or("<unnamed>"),
+    )
 }
 
 fn join(fields: &[UnknownField]) -> String {
@@ -62,41 +81,35 @@ fn parse_custom<T: serde::de::DeserializeOwned>(
     kind_name: &str,
     value: serde_yaml::Value,
     source_name: &str,
-    index: usize,
+    number: usize,
 ) -> Result<T, ManifestError> {
     // A document that does not convert (a non-string key, say) fails the typed parse.
     let json = serde_json::to_value(&value).unwrap_or_default();
-    let metadata = |key: &str| json.pointer(&format!("/metadata/{key}"))?.as_str();
-    let object = || {
-        ObjectRef::new(
-            kind_name,
-            metadata("namespace").unwrap_or("default"),
-            metadata("name").unwrap_or("<unnamed>"),
-        )
-    };
+    let object = Box::new(object_of(kind_name, &value));
     let fields = schema::unknown_fields(kind, &json);
     if !fields.is_empty() {
         return Err(ManifestError::UnknownFields {
             source_name: source_name.to_owned(),
-            index,
-            object: Box::new(object()),
+            number,
+            object,
             fields,
         });
     }
     serde_yaml::from_value(value).map_err(|e| {
         let bounds = schema::out_of_bounds(kind, &json);
         let message = if bounds.is_empty() {
-            format!("{kind_name}: {e}")
+            e.to_string()
         } else {
             let parts: Vec<String> = bounds
                 .iter()
                 .map(|o| format!("{}: {}", o.path, o.message))
                 .collect();
-            format!("{}: {}", object(), parts.join("; "))
+            parts.join("; ")
         };
         ManifestError::Document {
             source_name: source_name.to_owned(),
-            index,
+            number,
+            object: Some(object),
             message,
         }
     })
@@ -122,20 +135,23 @@ struct TypeMeta {
 /// ([`ManifestError::UnknownFields`]).
 pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(), ManifestError> {
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let err = |message: String| ManifestError::Document {
+        let number = index + 1;
+        let err = |object: Option<ObjectRef>, message: String| ManifestError::Document {
             source_name: source_name.to_owned(),
-            index,
+            number,
+            object: object.map(Box::new),
             message,
         };
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| err(None, e.to_string()))?;
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
         let meta: TypeMeta =
-            serde_yaml::from_value(value.clone()).map_err(|e| err(e.to_string()))?;
+            serde_yaml::from_value(value.clone()).map_err(|e| err(None, e.to_string()))?;
         if meta.kind.is_empty() {
-            return Err(err("no kind".into()));
+            return Err(err(None, "no kind".into()));
         }
+        let object = || Some(object_of(&meta.kind, &value));
         match (meta.api_version.as_str(), meta.kind.as_str()) {
             ("sluice.dev/v1alpha1", "AgentPool") => {
                 let mut pool: AgentPool = parse_custom(
@@ -143,7 +159,7 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                     "AgentPool",
                     value,
                     source_name,
-                    index,
+                    number,
                 )?;
                 pool.metadata
                     .namespace
@@ -156,7 +172,7 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                     "RatePolicy",
                     value,
                     source_name,
-                    index,
+                    number,
                 )?;
                 policy
                     .metadata
@@ -165,8 +181,8 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                 into.policies.push(policy);
             }
             ("v1", "Secret") => {
-                let mut secret: Secret =
-                    serde_yaml::from_value(value).map_err(|e| err(format!("Secret: {e}")))?;
+                let mut secret: Secret = serde_yaml::from_value(value.clone())
+                    .map_err(|e| err(object(), e.to_string()))?;
                 // Only consumer and upstream Secrets are kept; others never reach the
                 // compile step.
                 let labels = secret.metadata.labels.as_ref();
@@ -183,8 +199,8 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                 }
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                let mut slice: EndpointSlice = serde_yaml::from_value(value)
-                    .map_err(|e| err(format!("EndpointSlice: {e}")))?;
+                let mut slice: EndpointSlice = serde_yaml::from_value(value.clone())
+                    .map_err(|e| err(object(), e.to_string()))?;
                 slice
                     .metadata
                     .namespace
@@ -192,10 +208,13 @@ pub fn parse_into(text: &str, source_name: &str, into: &mut Objects) -> Result<(
                 into.slices.push(slice);
             }
             (api, kind) if api.starts_with("sluice.dev/") => {
-                return Err(err(format!(
-                    "{kind} in {api} is not a kind this build of Sluice knows \
-                     (known: AgentPool and RatePolicy in sluice.dev/v1alpha1)"
-                )));
+                return Err(err(
+                    object(),
+                    format!(
+                        "{api} has no kind {kind} in this build of Sluice \
+                         (known: AgentPool and RatePolicy in sluice.dev/v1alpha1)"
+                    ),
+                ));
             }
             _ => {} // not ours: Services, Deployments and the like
         }
@@ -232,25 +251,52 @@ spec:
     }
 
     #[test]
-    fn errors_name_the_file_and_document() {
-        let text = "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {name: x}\nspec: {matches: 3}\n";
+    fn errors_name_the_file_the_document_from_one_and_the_object() {
+        let text = "apiVersion: v1\nkind: ConfigMap\n---\napiVersion: sluice.dev/v1alpha1\n\
+                    kind: AgentPool\nmetadata: {name: x, namespace: agents}\nspec: {matches: 3}\n";
         let err = parse_into(text, "bad.yaml", &mut Objects::default()).expect_err("bad");
         let msg = err.to_string();
-        assert!(msg.starts_with("bad.yaml: document 1: AgentPool:"), "{msg}");
-
-        let err = parse_into("a: [", "broken.yaml", &mut Objects::default()).expect_err("bad");
         assert!(
-            err.to_string().starts_with("broken.yaml: document 0:"),
-            "{err}"
+            msg.starts_with("bad.yaml: document 2: AgentPool agents/x: "),
+            "{msg}"
         );
 
+        // Not YAML: no object to name, but where it breaks.
         let err = parse_into(
-            "apiVersion: sluice.dev/v1alpha1\nkind: AgentPol\n",
+            "kind: ConfigMap\n---\na: b: c\n",
+            "broken.yaml",
+            &mut Objects::default(),
+        )
+        .expect_err("bad");
+        let msg = err.to_string();
+        assert!(msg.starts_with("broken.yaml: document 2: "), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+
+        let err = parse_into("metadata: {name: x}\n", "t.yaml", &mut Objects::default())
+            .expect_err("no kind");
+        assert_eq!(err.to_string(), "t.yaml: document 1: no kind");
+
+        let err = parse_into(
+            "apiVersion: sluice.dev/v1alpha1\nkind: AgentPol\nmetadata: {name: echo}\n",
             "t.yaml",
             &mut Objects::default(),
         )
         .expect_err("unknown kind");
-        assert!(err.to_string().contains("AgentPol"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "t.yaml: document 1: AgentPol default/echo: sluice.dev/v1alpha1 has no kind \
+             AgentPol in this build of Sluice (known: AgentPool and RatePolicy in sluice.dev/v1alpha1)"
+        );
+
+        let text = "apiVersion: v1\nkind: Secret\n\
+                    metadata: {name: alice, namespace: agents, labels: {sluice.dev/consumer: alice}}\n\
+                    stringData: [1]\n";
+        let err = parse_into(text, "k.yaml", &mut Objects::default()).expect_err("bad secret");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("k.yaml: document 1: Secret agents/alice: "),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -263,7 +309,7 @@ spec:
         let err = parse_into(text, "pool.yaml", &mut Objects::default()).expect_err("typos");
         assert_eq!(
             err.to_string(),
-            "pool.yaml: document 0: AgentPool demo/echo: \
+            "pool.yaml: document 1: AgentPool demo/echo: \
              spec.loadBalancing.algorith: unknown field; did you mean `algorithm`?; \
              spec.matches[0].pathprefix: unknown field; did you mean `pathPrefix`?"
         );
@@ -279,7 +325,7 @@ spec:
         let err = parse_into(text, "pool.yaml", &mut Objects::default()).expect_err("too large");
         assert_eq!(
             err.to_string(),
-            "pool.yaml: document 0: AgentPool default/echo: \
+            "pool.yaml: document 1: AgentPool default/echo: \
              spec.queue.defaultPriority: must be at most 1000000 (is 5000000000)"
         );
     }
