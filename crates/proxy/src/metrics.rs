@@ -58,7 +58,8 @@ pub struct Metrics {
     /// `sluice_endpoint_in_flight{pool, endpoint}`: requests in flight per endpoint.
     pub endpoint_in_flight: IntGaugeVec,
     /// `sluice_endpoint_healthy{pool, endpoint}`: 1 when the active health check
-    /// says healthy (or there is none), 0 when unhealthy.
+    /// says healthy (or there is none) and the endpoint accepts connections; 0 when
+    /// unhealthy, or from a refused connection until one succeeds.
     pub endpoint_healthy: IntGaugeVec,
     /// `sluice_pool_utilisation{pool}`: requests in flight over the pool's capacity
     /// (the `maxConcurrency` of its live endpoints), when every endpoint has one.
@@ -252,7 +253,7 @@ impl Metrics {
             )?,
             endpoint_healthy: gauge(
                 "sluice_endpoint_healthy",
-                "1 when the endpoint passes its health checks",
+                "1 when the endpoint passes its health checks and accepts connections",
                 &["pool", "endpoint"],
             )?,
             utilisation: reg(

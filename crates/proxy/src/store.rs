@@ -26,7 +26,6 @@ use rustls::pki_types::ServerName;
 use sluice_api::table::upstream::{self, UpstreamTls};
 use sluice_api::table::{BackendProtocol, BackendTarget, Jwt};
 use sluice_api::{RouteTable, TableError};
-use sluice_balance::HealthState;
 use sluice_ratelimit::RedisBackend;
 
 use crate::auth::api_key::ApiKeyError;
@@ -38,7 +37,7 @@ use crate::dns::{DEFAULT_DNS_TTL, DnsCache, Resolve, SystemResolver};
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
-use crate::pool::{self, HEALTH_START, PoolEnv, PoolRuntime, Upstream};
+use crate::pool::{self, EndpointHealth, HEALTH_START, PoolEnv, PoolRuntime, Upstream};
 use crate::top::{self, TopLimited};
 
 /// Registers a shared [`TopLimited`] with a registry.
@@ -134,7 +133,7 @@ pub struct TableStore {
     current: ArcSwapOption<Runtime>,
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
     dns: DnsCache,
-    health: Mutex<HashMap<(String, String), Arc<HealthState>>>,
+    health: Mutex<HashMap<(String, String), Arc<EndpointHealth>>>,
     jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
     limits: Arc<LimitsContext>,
     env: PoolEnv,
@@ -539,11 +538,11 @@ impl TableStore {
         Some(remote)
     }
 
-    fn health_state(&self, pool: &str, address: &str) -> Arc<HealthState> {
+    fn health_state(&self, pool: &str, address: &str) -> Arc<EndpointHealth> {
         let mut states = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         states
             .entry((pool.to_owned(), address.to_owned()))
-            .or_insert_with(|| Arc::new(HealthState::new(HEALTH_START)))
+            .or_insert_with(|| Arc::new(EndpointHealth::new(HEALTH_START)))
             .clone()
     }
 

@@ -12,7 +12,7 @@ use support::{
     Agent, Proxy, Reply, catch_all, channel_body, client, dead_address, get, next_chunk,
     open_stream, pool, route, within,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// Checks the shape every proxy error shares, and whether it carries `Retry-After`.
@@ -100,6 +100,51 @@ async fn an_endpoint_refusing_connections_is_502() {
         proxy.metric("sluice_requests_in_flight{pool=\"demo/dead\"}"),
         Some(0.0)
     );
+}
+
+#[tokio::test]
+async fn an_endpoint_refusing_connections_reads_unhealthy_until_it_answers() {
+    let dead = dead_address().await;
+    let proxy = Proxy::with_table(catch_all(pool(
+        "demo/dead",
+        std::slice::from_ref(&dead),
+        30_000,
+    )))
+    .await;
+    let healthy = format!("sluice_endpoint_healthy{{endpoint=\"{dead}\",pool=\"demo/dead\"}}");
+    assert_eq!(
+        proxy.metric(&healthy),
+        Some(1.0),
+        "healthy until proven not"
+    );
+    for _ in 0..2 {
+        let reply = get(&client(), &proxy.url("/anything")).await;
+        assert_proxy_error(&reply, StatusCode::BAD_GATEWAY, "upstream_connect", true);
+        assert_eq!(proxy.metric(&healthy), Some(0.0));
+    }
+
+    // Something listens there now, and answers.
+    let listener = tokio::net::TcpListener::bind(&dead)
+        .await
+        .expect("bind the address again");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let reply = get(&client(), &proxy.url("/anything")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(proxy.metric(&healthy), Some(1.0));
 }
 
 #[tokio::test]

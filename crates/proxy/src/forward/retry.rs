@@ -226,6 +226,7 @@ async fn attempt(
     };
     match tokio::time::timeout_at(first_byte, client.request(upstream)).await {
         Ok(Ok(resp)) => {
+            pool.connected(slot.index);
             let status = resp.status();
             let outcome = if status.is_server_error() {
                 Outcome::Failure5xx
@@ -242,7 +243,7 @@ async fn attempt(
             Attempt::Answered(resp)
         }
         Ok(Err(e)) if e.is_connect() => {
-            tracing::debug!(error = ?e, endpoint = %endpoint.address, "connect failed");
+            pool.connect_failed(slot.index, &e);
             pool.record_outcome(slot.index, Outcome::ConnectFailure);
             // Nothing was sent: another endpoint may have a certificate that passes.
             let error = match tls_failure(&e) {

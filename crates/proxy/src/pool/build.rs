@@ -3,14 +3,14 @@
 
 use sluice_api::table::{Algorithm, Pool};
 use sluice_balance::{
-    ConsistentHash, HashConfig, HealthConfig, HealthState, LeastRequest, LoadConfig, LoadFactor,
-    OutlierConfig, OutlierDetector, PeakEwma, PoolLoad, RetryBudget, RetryBudgetConfig, RoundRobin,
-    Selector, WaitQueue, Weighted,
+    ConsistentHash, HashConfig, HealthConfig, LeastRequest, LoadConfig, LoadFactor, OutlierConfig,
+    OutlierDetector, PeakEwma, PoolLoad, RetryBudget, RetryBudgetConfig, RoundRobin, Selector,
+    WaitQueue, Weighted,
 };
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-use super::{EndpointRt, PoolEnv, PoolRuntime, Upstream};
+use super::{EndpointHealth, EndpointRt, PoolEnv, PoolRuntime, Upstream};
 use crate::metrics::PoolMetrics;
 
 /// Builds a pool runtime; `previous` is the pool of the same key in the runtime being
@@ -20,7 +20,7 @@ pub fn build(
     spec: &Pool,
     previous: Option<&PoolRuntime>,
     upstreams: &[Arc<Upstream>],
-    health: &dyn Fn(&str) -> Arc<HealthState>,
+    health: &dyn Fn(&str) -> Arc<EndpointHealth>,
     env: &PoolEnv,
 ) -> PoolRuntime {
     let metrics = &env.metrics;
@@ -71,7 +71,7 @@ pub fn build(
         }
     }
     for e in &endpoints {
-        e.healthy_gauge.set(i64::from(e.health.is_healthy()));
+        e.healthy_gauge.set(i64::from(e.health.reported()));
     }
     let addresses: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
     let load_config = LoadConfig {

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use sluice_api::table::{HashOn, Pool};
 use sluice_balance::{
-    HealthConfig, HealthState, OutlierDetector, PoolLoad, RetryBudget, Selector, StartAs, WaitQueue,
+    HealthConfig, OutlierDetector, PoolLoad, RetryBudget, Selector, StartAs, WaitQueue,
 };
 use tokio::task::AbortHandle;
 
 pub use build::build;
-pub use health::start_health_checks;
+pub use health::{CONNECT_WARNING_INTERVAL, EndpointHealth, start_health_checks};
 pub use slot::Slot;
 
 use crate::clock::{Entropy, SharedClock};
@@ -50,8 +50,8 @@ pub struct EndpointRt {
     pub latency: prometheus::Histogram,
     /// Its health gauge.
     pub healthy_gauge: prometheus::IntGauge,
-    /// Health check state.
-    pub health: Arc<HealthState>,
+    /// Its health: active checks and whether it accepts connections.
+    pub health: Arc<EndpointHealth>,
 }
 
 /// How the endpoints of one backend are reached.
