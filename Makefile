@@ -38,8 +38,8 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p sluice-proxy -p sluice --all-targets --features sluice/otlp -- -D warnings
 
-unit: build
-	$(CARGO) test --workspace --no-fail-fast
+unit: build venv
+	SLUICE_PYTHON=$(abspath $(PYTHON)) $(CARGO) test --workspace --no-fail-fast
 	$(CARGO) test -p sluice-proxy --features otlp --lib --test otlp
 
 ## validate: lint and render the Helm chart, validate CRDs and rendered objects offline
