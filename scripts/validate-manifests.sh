@@ -1320,6 +1320,7 @@ reject "terminationGracePeriodSeconds shorter than the drain" --set proxy.termin
 reject "topologySpread whenUnsatisfiable unknown" --set proxy.topologySpread.whenUnsatisfiable=Never
 reject "redis.url and redis.existingSecret" --set redis.url=redis://r:6379 --set redis.existingSecret=mine
 reject "redis.url not a redis URL" --set redis.url=r:6379
+reject "redis.url over TLS (the proxy has no TLS to Redis)" --set redis.url=rediss://r:6380
 reject "priorityClass.value above the user range" --set priorityClass.value=2000000000
 reject "proxy TLS without Secrets" --set proxy.tls.enabled=true
 reject "proxy TLS without Secrets, no schema (template check)" --set proxy.tls.enabled=true --without-schema
