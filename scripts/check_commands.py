@@ -3,10 +3,11 @@
 
     .venv/bin/python scripts/check_commands.py [--notes NOTES.txt RENDERED.yaml NAMESPACE]...
 
-Reads the `kubectl` and `helm` commands of the shell blocks of README.md,
-charts/sluice/README.md, deploy/examples/*/README.md and docs/*.md, of scripts/e2e-cluster.sh, and of
-each rendered NOTES.txt given (with the objects of the same render and its namespace),
-and checks what can be checked without a cluster, as kubectl and helm would:
+Reads the `kubectl`, `helm`, `curl`, `make`, `bash` and `python` commands of the shell
+blocks of README.md, charts/sluice/README.md, deploy/examples/*/README.md and docs/*.md,
+of scripts/e2e-cluster.sh, and of each rendered NOTES.txt given (with the objects of the
+same render and its namespace), and checks what can be checked without a cluster, as
+kubectl and helm would:
 
 * every file or folder given to `-f` exists (commands run from the repository root),
   and its objects parse; `-f -` reads the heredoc, or the `sed 's/A/B/' FILE` (or the
@@ -19,7 +20,12 @@ and checks what can be checked without a cluster, as kubectl and helm would:
   the chart's alerts need); a chart from a repository needs a `helm repo add` of it first, and
   its `-f` files must exist;
 * in NOTES.txt, every object named by `kubectl get|describe|rollout|port-forward` in the
-  release namespace is one the same render creates (or an existing Secret of the values).
+  release namespace is one the same render creates (or an existing Secret of the values);
+  so in a page, after its `helm install|upgrade` of charts/sluice: one that render creates
+  or an earlier command of the page applied;
+* a `curl $SLUICE/PATH` after such a render goes to a path that a pool of the render, or
+  an AgentPool the page applied, matches (whole path segments);
+* `make` names targets of the Makefile; `bash FILE` and `python FILE` name files that exist.
 
 Exits 1 with one ERROR line per problem.
 """
@@ -27,10 +33,12 @@ Exits 1 with one ERROR line per problem.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -45,7 +53,9 @@ KINDS = {"deploy": "Deployment", "deployment": "Deployment", "deployments": "Dep
          "svc": "Service", "service": "Service", "services": "Service",
          "statefulset": "StatefulSet", "sts": "StatefulSet", "secret": "Secret", "secrets": "Secret",
          "configmap": "ConfigMap", "cm": "ConfigMap", "hpa": "HorizontalPodAutoscaler",
-         "pdb": "PodDisruptionBudget", "sa": "ServiceAccount", "serviceaccount": "ServiceAccount"}
+         "pdb": "PodDisruptionBudget", "sa": "ServiceAccount", "serviceaccount": "ServiceAccount",
+         "agentpool": "AgentPool", "agentpools": "AgentPool", "ap": "AgentPool",
+         "ratepolicy": "RatePolicy", "ratepolicies": "RatePolicy", "rp": "RatePolicy"}
 
 errors = 0
 checked = 0
@@ -55,6 +65,29 @@ def error(where: str, message: str) -> None:
     global errors
     errors += 1
     print(f"ERROR {where}: {message}")
+
+
+class Render:
+    """What one render of the chart creates in its namespace, and what a page applied since."""
+
+    def __init__(self, rendered: str, namespace: str):
+        docs = [d for d in yaml.safe_load_all(open(rendered)) if isinstance(d, dict)]
+        self.namespace = namespace
+        self.objects = {(d["kind"], d["metadata"]["name"]) for d in docs
+                        if (d.get("metadata") or {}).get("namespace") == namespace}
+        # Secrets the values name instead of creating them (admin.existingSecret).
+        self.external = {("Secret", ref["name"]) for d in docs if d.get("kind") == "Deployment"
+                         for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env") or []
+                         for ref in [((e.get("valueFrom") or {}).get("secretKeyRef") or {})] if ref.get("name")}
+        self.demo_prefixes = {m.get("pathPrefix") for d in docs if d.get("kind") == "AgentPool"
+                              for m in (d.get("spec") or {}).get("matches") or []}
+        for d in docs:
+            if d.get("kind") == "ConfigMap" and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "routes":
+                for text in (d.get("data") or {}).values():
+                    self.demo_prefixes |= {m.get("pathPrefix") for r in yaml.safe_load_all(text) if isinstance(r, dict)
+                                           and r.get("kind") == "AgentPool" for m in (r.get("spec") or {}).get("matches") or []}
+        # Path prefixes served: the release's pools, and AgentPools applied since.
+        self.served = set(self.demo_prefixes)
 
 
 class Command:
@@ -119,7 +152,10 @@ def commands_of(where: str, lines: list[str], functions: dict[str, list[str]], f
         pipeline = split_pipeline(line)
         for n, words in enumerate(pipeline):
             words = [w for w in words if w not in ("if", "then", "!")]
-            if words and words[0] in ("kubectl", "helm"):
+            # `VAR=value command ...`: the command.
+            while words and re.match(r"^\w+=", words[0]):
+                words = words[1:]
+            if words and (words[0] in ("kubectl", "helm", "curl", "make", "bash") or words[0].endswith(("/python", "python3"))):
                 upstream = pipeline[n - 1] if n else None
                 if upstream and upstream[0] in functions:
                     upstream = functions[upstream[0]]
@@ -183,7 +219,7 @@ def stdin_docs(cmd: Command) -> list[dict] | None:
     return None
 
 
-def check_kubectl(cmd: Command, render: tuple | None, for_users: bool = True) -> None:
+def check_kubectl(cmd: Command, render: Render | None, for_users: bool = True) -> None:
     global checked
     words = cmd.words[1:]
     namespace = (flag_values(words, "-n", "--namespace") or [None])[0]
@@ -227,16 +263,21 @@ def check_kubectl(cmd: Command, render: tuple | None, for_users: bool = True) ->
                 if loopback:
                     error(cmd.where, f"`{' '.join(cmd.words)}`: {what} sends to {loopback[0]}: in a cluster that is the "
                                      "proxy's own pod (these manifests are for the local demo)")
-                prefixes = {m.get("pathPrefix") for m in spec.get("matches") or []} & (render[3] if render else set())
+                prefixes = {m.get("pathPrefix") for m in spec.get("matches") or []} & (render.demo_prefixes if render else set())
                 if prefixes:
                     error(cmd.where, f"`{' '.join(cmd.words)}`: {what} matches {sorted(prefixes)}, "
                                      "which the release's demo pools already serve")
+            if render is not None:
+                if (meta.get("namespace") or namespace) == render.namespace:
+                    render.objects.add((d.get("kind"), meta.get("name")))
+                if d.get("kind") == "AgentPool":
+                    render.served |= {m.get("pathPrefix") for m in (d.get("spec") or {}).get("matches") or []}
             if verb == "apply" and sluice and "--server-side" not in words:
                 error(cmd.where, f"`{' '.join(cmd.words)}`: apply {what} with --server-side (strict field validation)")
         return
     if render is None or verb not in ("get", "describe", "rollout", "port-forward"):
         return
-    objects, release_ns, external, _ = render
+    objects, release_ns, external = render.objects, render.namespace, render.external
     names = positional[2:] if verb == "rollout" else positional[1:]
     refs = []
     for i, n in enumerate(names):
@@ -255,14 +296,15 @@ def check_kubectl(cmd: Command, render: tuple | None, for_users: bool = True) ->
             error(cmd.where, f"`{' '.join(cmd.words)}`: the release creates no {kind_name} {name} in {release_ns}")
 
 
-def check_helm(cmd: Command, repos: set[str]) -> None:
+def check_helm(cmd: Command, repos: set[str]) -> Render | None:
+    """Checks a helm command; returns what it renders, for a charts/ install or upgrade."""
     global checked
     words = cmd.words[1:]
     if words[:2] == ["repo", "add"] and len(words) >= 3:
         repos.add(words[2])
         return
     if not words or words[0] not in ("install", "upgrade", "template"):
-        return
+        return None
     checked += 1
     positional, i = [], 1
     value_flags = ("-n", "--namespace", "--set", "--set-json", "--set-string", "-f", "--values", "--version", "--timeout")
@@ -275,7 +317,7 @@ def check_helm(cmd: Command, repos: set[str]) -> None:
         i += 1
     if len(positional) < 2:
         error(cmd.where, f"`{' '.join(cmd.words)}`: expected a release name and a chart")
-        return
+        return None
     name, chart = positional[:2]
     for f in flag_values(words, "-f", "--values"):
         # my-values.yaml and the like stand for the user's own file.
@@ -285,12 +327,15 @@ def check_helm(cmd: Command, repos: set[str]) -> None:
         repo = chart.split("/")[0]
         if "/" in chart and repo not in repos:
             error(cmd.where, f"`{' '.join(cmd.words)}`: chart {chart} needs `helm repo add {repo} ...` first")
-        return
+        return None
     if not (ROOT / chart / "Chart.yaml").is_file():
         error(cmd.where, f"`{' '.join(cmd.words)}`: no chart at {chart}")
-        return
+        return None
+    namespace = (flag_values(words, "-n", "--namespace") or ["default"])[0]
+    rendered = tempfile.NamedTemporaryFile(suffix=".yaml", delete=False)
+    rendered.close()
     args = [sys.executable, str(ROOT / "scripts/render_chart.py"), "render", str(ROOT / chart), "--name", name,
-            "--namespace", (flag_values(words, "-n", "--namespace") or ["default"])[0], "-o", "/dev/null",
+            "--namespace", namespace, "-o", rendered.name,
             "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
     for flag in ("--set", "--set-json"):
         for v in flag_values(words, flag):
@@ -299,8 +344,66 @@ def check_helm(cmd: Command, repos: set[str]) -> None:
         if (ROOT / f).is_file():
             args += ["-f", str(ROOT / f)]
     out = subprocess.run(args, capture_output=True, text=True)
-    if out.returncode != 0:
-        error(cmd.where, f"`{' '.join(cmd.words)}` does not render: {out.stderr.strip()}")
+    try:
+        if out.returncode != 0:
+            error(cmd.where, f"`{' '.join(cmd.words)}` does not render: {out.stderr.strip()}")
+            return None
+        return Render(rendered.name, namespace)
+    finally:
+        os.unlink(rendered.name)
+
+
+def check_curl(cmd: Command, render: Render | None) -> None:
+    """A `curl $SLUICE/PATH` goes to a path some pool serves (whole segments)."""
+    global checked
+    if render is None:
+        return
+    for w in cmd.words[1:]:
+        if "$SLUICE/" not in w:
+            continue
+        path = "/" + w.split("$SLUICE/", 1)[1].split("?", 1)[0]
+        if "<" in path:
+            continue  # a placeholder: `$SLUICE/<the pathPrefix of one of your pools>`
+        checked += 1
+        if not any(p and (path == p or p == "/" or path.startswith(p if p.endswith("/") else p + "/"))
+                   for p in render.served):
+            error(cmd.where, f"`{' '.join(cmd.words)}`: no pool of the release or applied before serves {path} "
+                             f"(served: {sorted(p for p in render.served if p)})")
+
+
+def check_local(cmd: Command) -> None:
+    """`make TARGET...` names targets of the Makefile; `bash FILE` and `python FILE` run a
+    file of the repository."""
+    global checked
+    words = cmd.words
+    if words[0] == "make":
+        targets = set(re.findall(r"^([\w.-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+        for w in words[1:]:
+            if w.startswith("-") or "=" in w:
+                continue
+            checked += 1
+            if w not in targets:
+                error(cmd.where, f"`{' '.join(words)}`: the Makefile has no target {w}")
+        return
+    script = next((w for w in words[1:] if not w.startswith("-")), None)
+    if script is None or script.startswith("$") or "/" not in script:
+        return
+    checked += 1
+    if not (ROOT / script).is_file():
+        error(cmd.where, f"`{' '.join(words)}`: no file {script} (commands run from the repository root)")
+
+
+def check(cmd: Command, render: Render | None, repos: set[str], for_users: bool = True) -> Render | None:
+    """Checks one command; returns the render in force after it."""
+    if cmd.words[0] == "kubectl":
+        check_kubectl(cmd, render, for_users)
+    elif cmd.words[0] == "helm":
+        return check_helm(cmd, repos) or render
+    elif cmd.words[0] == "curl":
+        check_curl(cmd, render)
+    else:
+        check_local(cmd)
+    return render
 
 
 def main() -> int:
@@ -310,36 +413,29 @@ def main() -> int:
     sources = 0
     for doc in DOCS:
         repos: set[str] = set()
+        render = None
         for first, block in markdown_blocks(doc):
             functions: dict[str, list[str]] = {}
             for cmd in commands_of(doc, block, functions, first):
                 sources += 1
-                (check_kubectl(cmd, None) if cmd.words[0] == "kubectl" else check_helm(cmd, repos))
+                render = check(cmd, render, repos)
     for script in SCRIPTS:
         functions = {}
         for cmd in commands_of(script, (ROOT / script).read_text().splitlines(), functions):
             sources += 1
-            (check_kubectl(cmd, None, for_users=False) if cmd.words[0] == "kubectl" else check_helm(cmd, set()))
+            check(cmd, None, set(), for_users=False)
     for notes, rendered, namespace in args.notes:
-        docs = [d for d in yaml.safe_load_all(open(rendered)) if isinstance(d, dict)]
-        objects = {(d["kind"], d["metadata"]["name"]) for d in docs if (d.get("metadata") or {}).get("namespace") == namespace}
-        # Secrets the values name instead of creating them (admin.existingSecret).
-        external = {("Secret", ref["name"]) for d in docs if d.get("kind") == "Deployment"
-                    for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env") or []
-                    for ref in [((e.get("valueFrom") or {}).get("secretKeyRef") or {})] if ref.get("name")}
-        demo_prefixes = {m.get("pathPrefix") for d in docs if d.get("kind") == "AgentPool"
-                         for m in (d.get("spec") or {}).get("matches") or []}
-        for d in docs:
-            if d.get("kind") == "ConfigMap" and (d["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "routes":
-                for text in (d.get("data") or {}).values():
-                    demo_prefixes |= {m.get("pathPrefix") for r in yaml.safe_load_all(text) if isinstance(r, dict)
-                                      and r.get("kind") == "AgentPool" for m in (r.get("spec") or {}).get("matches") or []}
-        lines = [line for line in open(notes).read().splitlines() if line.strip().startswith(("kubectl ", "helm "))]
+        render = Render(rendered, namespace)
+        lines, continued = [], False
+        for line in open(notes).read().splitlines():
+            if continued or line.strip().startswith(("kubectl ", "helm ", "curl ")):
+                lines.append(line)
+                continued = line.rstrip().endswith("\\")
         for cmd in commands_of(Path(notes).name, lines, {}):
             sources += 1
-            (check_kubectl(cmd, (objects, namespace, external, demo_prefixes)) if cmd.words[0] == "kubectl" else check_helm(cmd, set()))
+            check(cmd, render, set())
     if errors == 0:
-        print(f"ok   {sources} kubectl and helm commands of the READMEs, NOTES.txt ({len(args.notes)} render(s)) and "
+        print(f"ok   {sources} kubectl, helm, curl, make, bash and python commands of the READMEs, docs/, NOTES.txt ({len(args.notes)} render(s)) and "
               f"{', '.join(SCRIPTS)}; {checked} checked against the files, charts and objects they name")
     return 1 if errors else 0
 

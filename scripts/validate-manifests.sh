@@ -43,9 +43,10 @@
 # 3. checks that invalid values (mode=bogus, a short admin.token and others) make
 #    rendering FAIL; that every value of values.yaml is declared and described in
 #    values.schema.json and listed in the chart's README (scripts/values_reference.py);
-#    and that the kubectl and helm commands of the READMEs, of NOTES.txt (each render)
-#    and of scripts/e2e-cluster.sh name files, charts and objects that exist, in
-#    namespaces kubectl accepts (scripts/check_commands.py);
+#    and that the kubectl and helm commands of the READMEs and docs/, of NOTES.txt (each
+#    render) and of scripts/e2e-cluster.sh name files, charts and objects that exist, in
+#    namespaces kubectl accepts, and that their `curl $SLUICE/...` paths reach a pool
+#    (scripts/check_commands.py);
 # 4. checks that crds/ and charts/sluice/crds/ hold the same generated files, and that
 #    deploy/kubernetes/sluice.yaml is the chart rendered with its defaults, except the
 #    admin token: it names the Secret sluice-admin, which the user creates, since a
