@@ -50,6 +50,8 @@ fn the_chart_the_image_and_the_changelog_carry_the_workspace_version() -> Result
         "deploy/kubernetes/sluice.yaml",
         "deploy/examples/kubernetes/summarizer.yaml",
         "deploy/examples/hpa/classifier.yaml",
+        "README.md",
+        "docs/quickstart.md",
     ] {
         let text = read(path)?;
         for line in text
