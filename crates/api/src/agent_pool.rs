@@ -26,6 +26,12 @@ use crate::duration::Duration;
     doc = "A pool of agent endpoints: which requests it serves, its backends and how load is balanced across them.",
     derive = "PartialEq",
     printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        description = "Whether the pool compiled: see the Accepted condition's reason and message",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
         name = "Algorithm",
         type_ = "string",
         json_path = ".spec.loadBalancing.algorithm"

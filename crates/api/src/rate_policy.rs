@@ -23,6 +23,12 @@ use crate::duration::Duration;
     category = "sluice",
     doc = "Rate limits for the AgentPools it targets: a key, tiers with limits, and where the counters live.",
     derive = "PartialEq",
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        description = "Whether the policy compiled: see the Accepted condition's reason and message",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
     printcolumn(name = "Key", type_ = "string", json_path = ".spec.key.type"),
     printcolumn(name = "Scope", type_ = "string", json_path = ".spec.scope"),
     printcolumn(
