@@ -9,7 +9,9 @@
 # Knobs (environment): AB_ROUNDS (5), AB_DURATION (s, 8), AB_WARMUP (s, 2),
 # AB_CONNECTIONS (64), AB_THREADS (wrk threads, 2), AB_SCENARIO (plain: LeastRequest
 # over the two ports, no policy; limits: the same plus API-key authentication and a
-# per-consumer rate limit), AB_PORT_BASE (19000). Needs nginx and wrk (Debian).
+# per-consumer rate limit), AB_PORT_BASE (19000), AB_ARGS_A and AB_ARGS_B (extra
+# `sluice proxy` flags for one side, such as `--access-log off` for a build that logs
+# by default when the other cannot). Needs nginx and wrk (Debian).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
@@ -90,9 +92,11 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # One build at a time on the same ports, so that each runs alone on the machine.
 measure() { # label binary seconds -> "rps cpu_us_per_request"
-  local bin=$2 secs=$3 pid t0 t1 out rps requests
+  local bin=$2 secs=$3 pid t0 t1 out rps requests extra
+  extra=${AB_ARGS_A:-}; [[ $1 == B ]] && extra=${AB_ARGS_B:-}
+  # shellcheck disable=SC2086 # extra flags are split on purpose
   RUST_LOG=warn "$bin" proxy --config "$run/manifests" --listen "127.0.0.1:$PROXY" \
-    --admin "127.0.0.1:$ADMIN" > "$run/sluice.log" 2>&1 &
+    --admin "127.0.0.1:$ADMIN" $extra > "$run/sluice.log" 2>&1 &
   pid=$!
   for _ in $(seq 100); do
     curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" && break
