@@ -82,7 +82,9 @@ where
     let requests = activity.clone();
     let service = service_fn(move |req| {
         let busy = requests.begin();
-        let response = handler(req, peer);
+        // Boxed: hyper keeps room for one request's future in every connection,
+        // idle or not, and the handler's is several kilobytes.
+        let response = Box::pin(handler(req, peer));
         async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, busy))) }
     });
     let conn = shared
