@@ -30,6 +30,9 @@ pub const CONSUMER: &str = "x-sluice-consumer";
 /// The authenticated consumer's tier, set by the gateway.
 pub const TIER: &str = "x-sluice-tier";
 
+const CONSUMER_NAME: HeaderName = HeaderName::from_static(CONSUMER);
+const TIER_NAME: HeaderName = HeaderName::from_static(TIER);
+
 /// At most this many names in `Connection` are honoured per request.
 pub const MAX_CONNECTION_TOKENS: usize = 32;
 
@@ -78,6 +81,11 @@ pub struct Identity<'a> {
 /// Removes the hop-by-hop headers and every header `Connection` names (except
 /// `Host` and `Content-Length`; at most [`MAX_CONNECTION_TOKENS`] names).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none of them: one pass over the names finds out, cheaper
+    // than looking each one up.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -151,8 +159,8 @@ pub fn strip_credentials(headers: &mut HeaderMap) {
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) -> Result<(), HeaderError> {
     let consumer = identity_value(identity.consumer, CONSUMER)?;
     let tier = identity_value(identity.tier, TIER)?;
-    headers.insert(HeaderName::from_static(CONSUMER), consumer);
-    headers.insert(HeaderName::from_static(TIER), tier);
+    headers.insert(CONSUMER_NAME, consumer);
+    headers.insert(TIER_NAME, tier);
     Ok(())
 }
 

@@ -16,6 +16,12 @@ use http::uri::Authority;
 use http::{Method, Request, Uri};
 
 use super::client_ip::X_FORWARDED_FOR;
+
+// Header names built at compile time: a name given as a string is parsed on every use.
+const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 use super::headers::{Identity, prepare_upstream, strip_credentials, strip_sluice_headers};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
@@ -71,15 +77,12 @@ impl UpstreamHead {
         }
         if !peer_trusted {
             // What an untrusted peer claims about the path it came by is not passed on.
-            for name in [X_FORWARDED_FOR, "forwarded", "x-real-ip"] {
+            for name in [&X_FORWARDED_FOR_NAME, &FORWARDED, &X_REAL_IP] {
                 headers.remove(name);
             }
         }
         append_forwarded_for(&mut headers, peer);
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         let is_upgrade = upgrade.is_some();
         if let Some(protocol) = upgrade {
             upgrade::restore_upgrade_headers(&mut headers, protocol);
@@ -163,7 +166,7 @@ impl UpstreamHead {
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     let mut value = String::new();
     for prior in headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR_NAME)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::trim)
@@ -174,7 +177,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
     value.push_str(&peer.ip().to_canonical().to_string());
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(HeaderName::from_static(X_FORWARDED_FOR), v);
+        headers.insert(X_FORWARDED_FOR_NAME, v);
     }
 }
 
