@@ -102,8 +102,12 @@ mod tests {
         let pool = "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\nmetadata: {name: a}\nspec:\n  matches: [{pathPrefix: /a}]\n  backends: [{endpoints: [\"127.0.0.1:1\"]}]\n";
         std::fs::write(dir.join("a.yaml"), pool).expect("write");
         let mut w = DirWatcher::new(&dir);
+        assert!(
+            matches!(w.poll(), Poll::Unchanged),
+            "a file just written is taken once a second poll reads it the same"
+        );
         let Poll::Compiled(table, diags) = w.poll() else {
-            panic!("first poll compiles")
+            panic!("the second poll compiles")
         };
         assert!(diags.is_empty());
         assert_eq!(table.pools.len(), 1);
@@ -117,6 +121,7 @@ mod tests {
         );
 
         std::fs::write(dir.join("a.yaml"), pool).expect("write");
+        assert!(matches!(w.poll(), Poll::Unchanged));
         assert!(
             matches!(w.poll(), Poll::Compiled(..)),
             "recovers after the fix"

@@ -165,6 +165,15 @@ struct CachedFile {
 }
 
 impl CachedFile {
+    /// Whether the file had been left alone for [`RACY`] at `now`: a file changed
+    /// more recently may still be being written.
+    fn settled(&self, now: SystemTime) -> bool {
+        self.stamp
+            .changed()
+            .and_then(|m| m.checked_add(RACY))
+            .is_some_and(|settled| settled <= now)
+    }
+
     /// Whether the file, now stamped `stamp`, is known to be as it was read.
     fn unchanged(&self, stamp: &Stamp) -> bool {
         self.stamp == *stamp
@@ -185,6 +194,8 @@ pub struct FolderReader {
     /// The files of the last read, in its order.
     files: Vec<(PathBuf, CachedFile)>,
     digest: Option<[u8; 32]>,
+    /// A change read in files still fresh, held until a second poll reads the same.
+    pending: Option<[u8; 32]>,
     last_reads: usize,
     /// Added to the clock when a file is read (tests make files look old with it).
     skew: Duration,
@@ -197,6 +208,7 @@ impl FolderReader {
             path: path.to_path_buf(),
             files: Vec::new(),
             digest: None,
+            pending: None,
             last_reads: 0,
             skew: Duration::ZERO,
         }
@@ -223,14 +235,40 @@ impl FolderReader {
     /// successful call returned. After an error, the next success is returned even if
     /// the content is the same as before the error.
     ///
+    /// A change in a file modified within the last two seconds is returned only once
+    /// a second call reads the same content: a file rewritten in place is empty or cut
+    /// short for a moment, and that moment must never become the table in force.
+    /// (Writing a temporary file and renaming it over the old one, as ConfigMap volumes
+    /// do, is atomic; the rule costs it one poll.)
+    ///
     /// # Errors
     ///
     /// As [`read`].
     pub fn read_if_changed(&mut self) -> Result<Option<Snapshot>, SourceError> {
         let last = self.digest.take();
-        let digest = self.refresh()?;
+        let digest = match self.refresh() {
+            Ok(digest) => digest,
+            Err(e) => {
+                self.pending = None;
+                return Err(e);
+            }
+        };
+        if last == Some(digest) {
+            self.digest = last;
+            self.pending = None;
+            return Ok(None);
+        }
+        let now = SystemTime::now() + self.skew;
+        let fresh = self.files.iter().any(|(_, c)| !c.settled(now));
+        if fresh && self.pending != Some(digest) {
+            // Keep what was returned last (or nothing, after an error) until then.
+            self.digest = last;
+            self.pending = Some(digest);
+            return Ok(None);
+        }
+        self.pending = None;
         self.digest = Some(digest);
-        Ok((last != Some(digest)).then(|| self.snapshot(digest)))
+        Ok(Some(self.snapshot(digest)))
     }
 
     /// Reads the manifests, taking unchanged files from the cache.
@@ -363,6 +401,10 @@ mod tests {
         // Same length, so only the modification time and inode change tell.
         reader.clock_ahead(Duration::ZERO);
         std::fs::write(dir.join("b.yaml"), POOL.replace("name: a", "name: x")).expect("write");
+        assert!(
+            reader.read_if_changed().expect("reads").is_none(),
+            "a fresh change waits for a second read"
+        );
         let changed = reader.read_if_changed().expect("reads").expect("changed");
         assert_eq!(reader.last_reads(), 1);
         let mut names: Vec<_> = changed
@@ -422,11 +464,38 @@ mod tests {
         let path = dir.join("a.yaml");
         std::fs::write(&path, POOL).expect("write");
         let mut reader = FolderReader::new(&dir);
+        reader.clock_ahead(HOUR);
         reader.read_if_changed().expect("reads").expect("first");
         std::fs::write(&path, "kind: [").expect("write");
         reader.read_if_changed().expect_err("broken");
         std::fs::write(&path, POOL).expect("write");
         assert!(reader.read_if_changed().expect("reads").is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_caught_half_written_never_becomes_the_content() {
+        let dir = tempdir("half");
+        let path = dir.join("a.yaml");
+        let two = format!("{POOL}---\n{}", POOL.replace("name: a", "name: b"));
+        std::fs::write(&path, &two).expect("write");
+        let mut reader = FolderReader::new(&dir);
+        reader.clock_ahead(HOUR);
+        let first = reader.read_if_changed().expect("reads").expect("first");
+        assert_eq!(first.objects.pools.len(), 2);
+        reader.clock_ahead(Duration::ZERO);
+        // Rewritten in place: read once truncated, once cut after the first document,
+        // then whole with a third pool.
+        std::fs::write(&path, "").expect("truncate");
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        std::fs::write(&path, POOL).expect("half");
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        let three = format!("{two}---\n{}", POOL.replace("name: a", "name: c"));
+        std::fs::write(&path, &three).expect("whole");
+        assert!(reader.read_if_changed().expect("reads").is_none());
+        let whole = reader.read_if_changed().expect("reads").expect("settled");
+        assert_eq!(whole.objects.pools.len(), 3);
+        assert!(reader.read_if_changed().expect("reads").is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
