@@ -55,7 +55,7 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
   echo "== building $BIN (release)"
   (cd "$ROOT" && timeout 3600 cargo build --release -p sluice)
   if [[ $SOURCE == kube ]]; then
-    (cd "$ROOT" && timeout 3600 cargo build --release -p sluice-e2e --bin sluice-fake-apiserver)
+    (cd "$ROOT" && timeout 3600 cargo build --release -p sluice-fake-apiserver)
   fi
 fi
 [[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }

@@ -129,7 +129,10 @@ fn controller_on(
 
 /// The stand-in API server, and a kubeconfig pointing at it in a new temp dir.
 fn fake_cluster(name: &str) -> Result<(Process, Api, std::path::PathBuf, String)> {
-    let mut apiserver = Process::start("apiserver", "sluice-fake-apiserver", &[])?;
+    // The CRDs as `kubectl apply -f crds/` installs them: objects are pruned and
+    // validated against their schemas.
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
+    let mut apiserver = Process::start("apiserver", "sluice-fake-apiserver", &["--crds", crds])?;
     let api = Api(apiserver.logged_addr("fake apiserver listening", "addr")?);
     let dir = temp_dir(name);
     let kubeconfig = dir.join("kubeconfig");
