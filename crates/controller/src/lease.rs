@@ -6,35 +6,49 @@
 //!
 //! No maintained crate fits: `kube-leader-election` and `kubert` are built on older kube
 //! releases, and `kube-lease-manager` (kube 5) reads expiry from `SystemTime`, so its
-//! take-over cannot be tested with paused time. The algorithm is client-go's:
+//! take-over cannot be tested with paused time. The algorithm is client-go's
+//! (`tools/leaderelection`):
 //!
+//! * **Expiry is local.** A replica remembers the Lease record as it last read it and
+//!   the instant, on its own monotonic clock, at which it saw that record change. A
+//!   claim has expired once the record has not changed for `leaseDurationSeconds` since
+//!   then. The timestamps in the Lease are never compared with this replica's clock, so
+//!   a replica whose wall clock is ahead (or behind) neither takes over from a holder
+//!   that still renews nor waits for an expiry that already passed. The price, as in
+//!   client-go: a replica that starts (or first sees a claim) waits a whole duration
+//!   before it takes over a Lease whose holder is gone.
 //! * A replica **acquires** the Lease when it does not exist (create), has no holder, or
-//!   has expired: `renewTime + leaseDurationSeconds < now`. It writes itself as
-//!   `holderIdentity`, `acquireTime` and `renewTime`, and counts `leaseTransitions`.
-//! * The holder **renews** (`renewTime = now`) every `duration / 3`.
+//!   has expired. It writes itself as `holderIdentity`, `acquireTime` and `renewTime`
+//!   (stamped from its wall clock, [`Clock`], just before the write, not before the
+//!   read), and adds one to `leaseTransitions` whenever the previous holder was not
+//!   itself (another replica, or none after a release); the Lease it creates starts at 0.
+//! * The holder **renews** (`renewTime` stamped just before the write) every
+//!   `duration / 3`, counted from the start of one renewal to the start of the next,
+//!   keeping `acquireTime` and `leaseTransitions`.
 //! * Every write is a `PUT` that carries the `resourceVersion` just read (or a `POST`
 //!   when the Lease does not exist): when two replicas race, the API server takes one
 //!   write and answers `409 Conflict` to the other, which stays standby.
+//! * **Rounds are bounded.** A standby's round (read, then maybe write) gives up after
+//!   `duration / 3`; the holder's gives up at its renew deadline. The holder counts that
+//!   deadline from the *start* of its last successful round, so a write that took long
+//!   to answer does not stretch its leadership past what the others observed.
 //! * The holder **steps down** when it could not renew for `2/3 × duration` (the renew
 //!   deadline): it stops writing status before a standby may think the Lease expired.
-//! * A standby reads the Lease every `duration / 3`, and at the instant it expires when
-//!   that comes first, so it takes over at most `duration` after the holder's last
+//! * A standby reads the Lease every `duration / 3`, and at the instant its observed
+//!   claim expires when that comes first, so it takes over at most `duration` after it
+//!   last saw the record change: at most `4/3 × duration` after the holder's last
 //!   renewal.
 //! * On shutdown the holder **releases** the Lease (clears `holderIdentity`), and a
 //!   standby takes over at its next read instead of waiting for the expiry.
-//!
-//! Expiry compares the holder's `renewTime` with the reader's wall clock, [`Clock`]
-//! (injected, so tests drive it with paused time): nodes' clocks must agree to well
-//! within `duration / 3`, as NTP keeps them.
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use prometheus::{IntGauge, Registry};
@@ -52,8 +66,8 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[(
 /// Default name of the Lease.
 pub const DEFAULT_LEASE_NAME: &str = "sluice-controller";
 
-/// Default lease duration: a standby takes over at most this long after the holder's
-/// last renewal.
+/// Default lease duration: a standby takes over once it has seen the Lease unchanged
+/// this long.
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 
 /// Shortest lease duration: `leaseDurationSeconds` is whole seconds, and the holder
@@ -63,8 +77,8 @@ pub const MIN_LEASE_DURATION: Duration = Duration::from_secs(3);
 /// Shortest wait between two reads of the Lease.
 const MIN_WAIT: Duration = Duration::from_millis(10);
 
-/// A standby wakes this long after the Lease's expiry, so that `renewTime + duration`
-/// is strictly in the past when it reads it again.
+/// A standby wakes this long after the observed claim's expiry, so that it has expired
+/// when it reads the Lease again.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(1);
 
 /// Why the election could not be configured, or one round of it failed.
@@ -179,7 +193,8 @@ impl std::fmt::Display for LeaseConfig {
     }
 }
 
-/// The wall clock that `renewTime` is compared with.
+/// The wall clock that stamps `acquireTime` and `renewTime` (never compared with
+/// them: expiry runs on the monotonic clock).
 pub trait Clock: Send + Sync + Debug + 'static {
     /// The current time.
     fn now(&self) -> Timestamp;
@@ -251,12 +266,21 @@ pub enum Observed {
     HeldBy {
         /// Its `holderIdentity`.
         holder: String,
-        /// When the claim expires, by this replica's clock.
-        expires: Timestamp,
+        /// When the claim expires unless the record changes: the instant this replica
+        /// saw it change, plus its `leaseDurationSeconds`, on this replica's monotonic
+        /// clock.
+        expires: Instant,
     },
     /// Another replica wrote the Lease between this replica's read and write
     /// (`409 Conflict`): this replica is not the leader.
     Conflict,
+}
+
+/// The Lease record as this replica last saw it, and when it saw it change.
+#[derive(Debug)]
+struct Observation {
+    spec: LeaseSpec,
+    at: Instant,
 }
 
 /// Takes part in the election for one Lease.
@@ -266,6 +290,7 @@ pub struct LeaderElector {
     clock: Arc<dyn Clock>,
     leader: watch::Sender<bool>,
     gauge: Option<IntGauge>,
+    observed: Mutex<Option<Observation>>,
 }
 
 impl Debug for LeaderElector {
@@ -286,6 +311,7 @@ impl LeaderElector {
             clock: Arc::new(SystemClock),
             leader: watch::channel(false).0,
             gauge: None,
+            observed: Mutex::new(None),
         }
     }
 
@@ -333,19 +359,21 @@ impl LeaderElector {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let retry = self.config.renew_interval() / 2;
-        // The last successful acquire or renewal, while leading.
+        // The start of the last successful acquire or renewal, while leading.
         let mut renewed: Option<Instant> = None;
         loop {
             let deadline = renewed.map(|at| at + self.config.renew_deadline());
+            let started = Instant::now();
+            // A holder's round ends at its renew deadline, a standby's a third of the
+            // duration after it began.
+            let (limit, verb) = match deadline {
+                Some(d) => (d, "renew"),
+                None => (started + self.config.renew_interval(), "acquire"),
+            };
             let round = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, self.try_acquire_or_renew())
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(self.timeout("renew", self.config.renew_deadline()))
-                        }),
-                    None => self.try_acquire_or_renew().await,
-                }
+                tokio::time::timeout_at(limit, self.try_acquire_or_renew())
+                    .await
+                    .unwrap_or_else(|_| Err(self.timeout(verb, limit - started)))
             };
             let result = tokio::select! {
                 result = round => result,
@@ -353,17 +381,20 @@ impl LeaderElector {
             };
             let wait = match result {
                 Ok(Observed::Acquired | Observed::Renewed) => {
-                    renewed = Some(Instant::now());
+                    renewed = Some(started);
                     self.set_leader(true);
-                    self.config.renew_interval()
+                    // Renewals start a third of the duration apart, however long each
+                    // took to answer.
+                    (started + self.config.renew_interval())
+                        .saturating_duration_since(Instant::now())
+                        .max(MIN_WAIT)
                 }
                 Ok(Observed::HeldBy { holder, expires }) => {
                     renewed = None;
                     if self.set_leader(false) {
                         tracing::warn!(%holder, "another replica took the Lease");
                     }
-                    let until = self.clock.now().duration_until(expires);
-                    let until = Duration::try_from(until).unwrap_or_default() + EXPIRY_MARGIN;
+                    let until = expires.saturating_duration_since(Instant::now()) + EXPIRY_MARGIN;
                     until.clamp(MIN_WAIT, self.config.renew_interval())
                 }
                 Ok(Observed::Conflict) => {
@@ -380,8 +411,20 @@ impl LeaderElector {
                     retry
                 }
             };
+            // A holder that has not renewed by its deadline steps down then, not at the
+            // end of its wait.
+            let step_down = async {
+                match renewed {
+                    Some(at) => tokio::time::sleep_until(at + self.config.renew_deadline()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
+                () = step_down => {
+                    renewed = None;
+                    self.set_leader(false);
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -401,49 +444,47 @@ impl LeaderElector {
     ///
     /// [`LeaseError::Api`] or [`LeaseError::Timeout`] when a call fails.
     pub async fn try_acquire_or_renew(&self) -> Result<Observed, LeaseError> {
-        let now = self.clock.now();
         let Some(mut lease) = self
             .call("get", self.api.get_opt(&self.config.name))
             .await?
         else {
+            let spec = self.claim(LeaseSpec::default(), false);
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.config.name.clone()),
                     namespace: Some(self.config.namespace.clone()),
                     ..ObjectMeta::default()
                 },
-                spec: Some(self.claim(LeaseSpec::default(), now)),
+                spec: Some(spec.clone()),
             };
-            return self
+            let won = self
                 .write("create", self.api.create(&PostParams::default(), &lease))
-                .await
-                .map(|won| {
-                    if won {
-                        Observed::Acquired
-                    } else {
-                        Observed::Conflict
-                    }
-                });
+                .await?;
+            if !won {
+                return Ok(Observed::Conflict);
+            }
+            self.observe(spec, true);
+            return Ok(Observed::Acquired);
         };
         let spec = lease.spec.take().unwrap_or_default();
+        let seen_at = self.observe(spec.clone(), false);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let (spec, observed) = if holder == self.config.identity {
             let renewed = LeaseSpec {
-                renew_time: Some(MicroTime(now)),
+                // Stamped now, after the read: as close to the write as can be.
+                renew_time: Some(MicroTime(self.clock.now())),
                 lease_duration_seconds: Some(self.config.seconds()),
                 ..spec
             };
             (renewed, Observed::Renewed)
         } else {
-            let expires = expiry(&spec, self.config.duration);
-            match expires {
-                Some(expires) if !holder.is_empty() && expires >= now => {
-                    return Ok(Observed::HeldBy { holder, expires });
-                }
-                _ => (self.claim(spec, now), Observed::Acquired),
+            let expires = seen_at + claimed_duration(&spec, self.config.duration);
+            if !holder.is_empty() && Instant::now() < expires {
+                return Ok(Observed::HeldBy { holder, expires });
             }
+            (self.claim(spec, true), Observed::Acquired)
         };
-        lease.spec = Some(spec);
+        lease.spec = Some(spec.clone());
         let won = self
             .write(
                 "update",
@@ -451,7 +492,26 @@ impl LeaderElector {
                     .replace(&self.config.name, &PostParams::default(), &lease),
             )
             .await?;
-        Ok(if won { observed } else { Observed::Conflict })
+        if !won {
+            return Ok(Observed::Conflict);
+        }
+        self.observe(spec, true);
+        Ok(observed)
+    }
+
+    /// Records `spec` as the Lease last seen; returns when this replica saw it change
+    /// (now, when it differs from the one seen before or when `written` by this
+    /// replica).
+    fn observe(&self, spec: LeaseSpec, written: bool) -> Instant {
+        let mut observed = self.observed.lock().unwrap_or_else(PoisonError::into_inner);
+        match observed.as_ref() {
+            Some(o) if o.spec == spec && !written => o.at,
+            _ => {
+                let at = Instant::now();
+                *observed = Some(Observation { spec, at });
+                at
+            }
+        }
     }
 
     /// Clears `holderIdentity` if this replica holds the Lease, so that a standby takes
@@ -484,16 +544,17 @@ impl LeaderElector {
         .map(|_| ())
     }
 
-    /// The spec of a Lease this replica takes over from `previous`.
-    fn claim(&self, previous: LeaseSpec, now: Timestamp) -> LeaseSpec {
+    /// The spec of a Lease this replica takes over from `previous` (`taken_over`: from
+    /// a Lease that existed), stamped now.
+    fn claim(&self, previous: LeaseSpec, taken_over: bool) -> LeaseSpec {
+        let now = MicroTime(self.clock.now());
         let transitions = previous.lease_transitions.unwrap_or(0);
-        let changed = previous.holder_identity.is_some_and(|h| !h.is_empty());
         LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
-            acquire_time: Some(MicroTime(now)),
-            renew_time: Some(MicroTime(now)),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
             lease_duration_seconds: Some(self.config.seconds()),
-            lease_transitions: Some(if changed {
+            lease_transitions: Some(if taken_over {
                 transitions.saturating_add(1)
             } else {
                 transitions
@@ -567,15 +628,13 @@ impl LeaderElector {
     }
 }
 
-/// When the claim in `spec` expires: `renewTime + leaseDurationSeconds` (the holder's
-/// duration, else `fallback`); `None` without a `renewTime`.
-fn expiry(spec: &LeaseSpec, fallback: Duration) -> Option<Timestamp> {
-    let renewed = spec.renew_time.as_ref()?.0;
-    let duration = spec.lease_duration_seconds.map_or_else(
-        || SignedDuration::try_from(fallback).unwrap_or(SignedDuration::MAX),
-        |s| SignedDuration::from_secs(i64::from(s)),
-    );
-    Some(renewed.saturating_add(duration).unwrap_or(Timestamp::MAX))
+/// How long the claim in `spec` lasts unchanged: its `leaseDurationSeconds`, else
+/// `fallback`.
+fn claimed_duration(spec: &LeaseSpec, fallback: Duration) -> Duration {
+    spec.lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|&s| s > 0)
+        .map_or(fallback, Duration::from_secs)
 }
 
 /// The gauge `sluice_controller_leader`.

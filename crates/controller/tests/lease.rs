@@ -1,8 +1,9 @@
 //! Leader election through kube's real client against a stand-in API server that keeps
-//! one Lease (GET, POST, PUT with `resourceVersion` conflicts), with paused time; and
-//! the watch loop sending statuses only while its replica leads.
+//! one Lease (GET, POST, PUT with `resourceVersion` conflicts), with paused time and
+//! replicas whose wall clocks disagree, answers that come late and races; and the watch
+//! loop sending statuses only while its replica leads.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ const NAME: &str = "sluice-controller";
 const DURATION: Duration = Duration::from_secs(15);
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/sluice/leases";
 
-/// The wall clock, driven by tokio's paused time.
+/// A replica's wall clock, driven by tokio's paused time.
 #[derive(Debug)]
 struct PausedClock {
     base: Timestamp,
@@ -40,8 +41,13 @@ struct PausedClock {
 
 impl PausedClock {
     fn new() -> Arc<Self> {
+        Self::skewed(0)
+    }
+
+    /// A clock `seconds` ahead of the others (behind when negative).
+    fn skewed(seconds: i64) -> Arc<Self> {
         Arc::new(Self {
-            base: Timestamp::from_second(1_750_000_000).expect("timestamp"),
+            base: Timestamp::from_second(1_750_000_000 + seconds).expect("timestamp"),
             start: Instant::now(),
         })
     }
@@ -66,6 +72,9 @@ struct State {
     race: Option<(String, String)>,
     /// `(replica, method)` of every request.
     log: Vec<(String, Method)>,
+    /// Requests of a replica and method that are served at once but answered this
+    /// much later (a loaded API server, a slow network).
+    late: BTreeMap<(String, Method), Duration>,
 }
 
 #[derive(Clone, Default)]
@@ -180,6 +189,14 @@ impl ApiServer {
                 let (parts, body) = req.into_parts();
                 let bytes = body.collect().await?.to_bytes();
                 let (code, json) = server.handle(&who, &parts.method, parts.uri.path(), &bytes);
+                let late = server
+                    .state()
+                    .late
+                    .get(&(who.clone(), parts.method.clone()))
+                    .copied();
+                if let Some(late) = late {
+                    tokio::time::sleep(late).await;
+                }
                 let mut resp = Response::new(Full::new(Bytes::from(
                     serde_json::to_vec(&json).expect("json"),
                 )));
@@ -319,7 +336,7 @@ async fn a_second_replica_stays_standby_while_the_first_renews() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_standby_takes_over_within_the_lease_duration_when_the_leader_stops() {
+async fn a_standby_takes_over_within_a_duration_of_seeing_the_last_renewal() {
     let server = ApiServer::default();
     let clock = PausedClock::new();
     let a = Replica::start(&server, "a", &clock);
@@ -336,12 +353,13 @@ async fn a_standby_takes_over_within_the_lease_duration_when_the_leader_stops() 
     settle().await;
     assert!(!a.is_leader(), "a dead elector's leadership reads false");
     let last_renewal = renew_time(&server.lease());
-    while !b.is_leader() && stopped.elapsed() < DURATION * 2 {
+    while !b.is_leader() && stopped.elapsed() < DURATION * 3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took_over = b.led_at().expect("b took over");
+    // b saw the last renewal at its next read, a third of the duration at most after.
     assert!(
-        took_over - stopped <= DURATION,
+        took_over - stopped <= DURATION + DURATION / 3,
         "took over {:?} after the leader stopped",
         took_over - stopped
     );
@@ -413,7 +431,7 @@ async fn a_leader_that_cannot_renew_steps_down_before_a_standby_takes_over() {
 async fn a_conflict_on_update_means_not_leader() {
     let server = ApiServer::default();
     let clock = PausedClock::new();
-    // An expired Lease of a replica that went away.
+    // The Lease of a replica that went away a minute ago.
     let old = clock.now() - SignedDuration::from_secs(60);
     server.store(
         &mut server.state(),
@@ -432,9 +450,16 @@ async fn a_conflict_on_update_means_not_leader() {
             }),
         },
     );
+    // a has not seen the record change for a duration yet: it waits, whatever the
+    // record's timestamps say.
+    let a = elector(&server, "a", &clock);
+    assert!(matches!(
+        a.try_acquire_or_renew().await.expect("round"),
+        Observed::HeldBy { holder, .. } if holder == "gone"
+    ));
+    tokio::time::sleep(DURATION + Duration::from_millis(1)).await;
     // b writes it between a's read and a's write.
     server.state().race = Some(("a".into(), "b".into()));
-    let a = elector(&server, "a", &clock);
     assert_eq!(
         a.try_acquire_or_renew().await.expect("round"),
         Observed::Conflict
@@ -497,8 +522,122 @@ async fn a_released_lease_is_taken_at_the_next_read() {
     );
     assert_eq!(
         server.lease().lease_transitions,
-        Some(0),
-        "the Lease was free"
+        Some(1),
+        "a new holder after a release is a transition, as client-go counts it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_whose_clock_is_ahead_does_not_take_over_while_the_leader_renews() {
+    let server = ApiServer::default();
+    let a = Replica::start(&server, "a", &PausedClock::new());
+    settle().await;
+    // b's wall clock is twelve seconds ahead: by it, a's renewTime + 15s is past three
+    // seconds after each renewal, two before the next.
+    let b = Replica::start(&server, "b", &PausedClock::skewed(12));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(a.is_leader());
+    assert!(b.history().is_empty(), "b never led: {:?}", b.history());
+    assert_eq!(server.holder().as_deref(), Some("a"));
+    assert_eq!(server.lease().lease_transitions, Some(0));
+    assert_eq!(server.requests("b", &Method::PUT), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_whose_clock_is_behind_takes_over_in_time() {
+    let server = ApiServer::default();
+    let a = Replica::start(&server, "a", &PausedClock::new());
+    settle().await;
+    // A minute behind: by its clock, a's claim would last a minute longer.
+    let b = Replica::start(&server, "b", &PausedClock::skewed(-60));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    a.task.abort();
+    let stopped = Instant::now();
+    tokio::time::sleep(DURATION * 2).await;
+    let took_over = b.led_at().expect("b took over") - stopped;
+    assert!(
+        took_over <= DURATION + DURATION / 3,
+        "took over {took_over:?} after the leader stopped"
+    );
+    assert_eq!(server.holder().as_deref(), Some("b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn renew_time_is_stamped_just_before_the_write() {
+    let server = ApiServer::default();
+    let clock = PausedClock::new();
+    let started = clock.now();
+    // Reads are answered two seconds late.
+    server
+        .state()
+        .late
+        .insert(("a".into(), Method::GET), Duration::from_secs(2));
+    let a = elector(&server, "a", &clock);
+    assert_eq!(
+        a.try_acquire_or_renew().await.expect("round"),
+        Observed::Acquired
+    );
+    let written = renew_time(&server.lease());
+    assert_eq!(
+        written,
+        started + SignedDuration::from_secs(2),
+        "stamped when the write went out, not when the read did"
+    );
+    assert_eq!(server.lease().acquire_time.map(|t| t.0), Some(written));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_renew_deadline_counts_from_the_start_of_the_last_renewal() {
+    let server = ApiServer::default();
+    let clock = PausedClock::new();
+    let a = Replica::start(&server, "a", &clock);
+    settle().await;
+    assert!(a.is_leader());
+    // Renewals take effect at once but are answered four seconds late.
+    server
+        .state()
+        .late
+        .insert(("a".into(), Method::PUT), Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(a.is_leader());
+    let last_renewal = renew_time(&server.lease());
+    let cut = Instant::now();
+    server.state().partitioned.insert("a".into());
+    tokio::time::sleep(DURATION * 2).await;
+    let stepped_down = a
+        .history()
+        .iter()
+        .find(|(_, l)| !l)
+        .map(|(t, _)| *t)
+        .expect("a stepped down");
+    // The last renewal took effect at `last_renewal`: a standby that saw it may take
+    // over a duration later, and a stops leading two thirds of it later, at most.
+    let stepped_down_at =
+        clock.now() - SignedDuration::try_from(stepped_down.elapsed()).expect("duration");
+    let since_renewal = stepped_down_at.duration_since(last_renewal);
+    assert!(stepped_down > cut);
+    assert!(
+        since_renewal <= SignedDuration::try_from(DURATION * 2 / 3).expect("duration"),
+        "stepped down {since_renewal:?} after the last renewal took effect"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_round_gives_up_after_a_third_of_the_duration() {
+    let server = ApiServer::default();
+    let clock = PausedClock::new();
+    // Every answer to b comes four seconds late: a read and a write take eight.
+    for method in [Method::GET, Method::POST] {
+        server
+            .state()
+            .late
+            .insert(("b".into(), method), Duration::from_secs(4));
+    }
+    let b = Replica::start(&server, "b", &clock);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert!(
+        !b.is_leader(),
+        "a round that outlasts a third of the duration does not make a leader"
     );
 }
 

@@ -72,8 +72,9 @@ pub struct Args {
     /// The Lease's namespace (the controller's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
-    /// How long a leader's claim lasts: a standby takes over at most this long after
-    /// the leader's last renewal. Whole seconds, at least 3s.
+    /// How long a leader's claim lasts: a standby takes over once it has seen the Lease
+    /// unchanged this long by its own clock (at most 4/3 of it after the leader's last
+    /// renewal). Whole seconds, at least 3s.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
     /// A PEM certificate chain for the push listener: proxies and peers then speak TLS
