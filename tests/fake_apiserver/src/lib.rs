@@ -129,23 +129,25 @@ impl FakeApiServer {
         self.lock().requests.clone()
     }
 
-    /// Serves one request without HTTP (not a watch): a test acting as `kubectl`.
+    /// Serves one request without HTTP (not a watch, not in [`Self::requests`]): a test
+    /// acting as `kubectl`. A `PATCH` is a JSON merge patch.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
-        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
-        let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let query = parse_query(query);
-        let content_type = if method == Method::PATCH {
+        let content_type = if method == "PATCH" {
             "application/merge-patch+json"
         } else {
             "application/json"
         };
-        match self.answer(
-            &method,
-            path,
-            &query,
-            content_type,
-            body.unwrap_or(Value::Null),
-        ) {
+        self.call_with(method, path, content_type, body.unwrap_or(Value::Null))
+    }
+
+    /// [`Self::call`] with a body of `content_type`: `application/apply-patch+yaml` (a
+    /// server-side apply, its field manager in the path's `?fieldManager=`) or
+    /// `application/merge-patch+json` for a `PATCH`.
+    pub fn call_with(&self, method: &str, path: &str, content_type: &str, body: Value) -> Answer {
+        let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let query = parse_query(query);
+        match self.answer(&method, path, &query, content_type, body) {
             Ok(body) => Answer {
                 status: if method == Method::POST { 201 } else { 200 },
                 body,
