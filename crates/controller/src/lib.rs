@@ -19,6 +19,7 @@ pub mod auth;
 pub mod events;
 pub mod from_dir;
 pub mod lease;
+pub mod object;
 pub mod peers;
 pub mod proxies;
 pub mod publisher;

@@ -7,18 +7,20 @@
 //!
 //! | condition | `True` when | `False` reasons |
 //! |---|---|---|
-//! | `Accepted` | the object compiled with no error (warnings are listed in the message) | [`REASON_INVALID`] |
+//! | `Accepted` | the object compiled with no error (warnings are listed in the message) | [`REASON_INVALID`], [`REASON_INVALID_SPEC`] |
 //! | `ResolvedRefs` | every Service, fallback pool, consumer and target it names resolved | [`REASON_REFS_NOT_RESOLVED`] |
 //! | `Ready` (pools) | the pool is in the table with at least one ready endpoint | [`REASON_NOT_ACCEPTED`], [`REASON_NO_READY_ENDPOINTS`] |
 //!
 //! A condition keeps its `lastTransitionTime` while its status stays the same, so a
-//! status that only differs in that field is not written again.
+//! status that only differs in that field is not written again. Only the condition
+//! types above are Sluice's ([`CONDITIONS`]): the conditions lists are list maps keyed
+//! on `type`, other controllers may add theirs, and [`same_status`] ignores them.
 //!
 //! An AgentPool that was valid and becomes invalid is dropped from the next table (it
 //! does not keep its last good form): its routes stop matching, and `Accepted=False`
 //! says why. The other objects are not affected.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use sluice_api::table::Pool;
@@ -42,12 +44,20 @@ pub const REASON_INVALID: &str = "Invalid";
 pub const REASON_RESOLVED_REFS: &str = "ResolvedRefs";
 /// `ResolvedRefs=False`: a Service, pool, consumer or target it names does not resolve.
 pub const REASON_REFS_NOT_RESOLVED: &str = "RefsNotResolved";
+/// `Accepted=False`: the object does not decode as this controller's version of its
+/// kind (a number beyond its type, stored before the CRD bounded it; a value of a newer
+/// CRD); the message names the field. The object is not in the table.
+pub const REASON_INVALID_SPEC: &str = "InvalidSpec";
 /// `Ready=True`.
 pub const REASON_READY: &str = "Ready";
 /// `Ready=False`: the object is not accepted, so it takes no traffic.
 pub const REASON_NOT_ACCEPTED: &str = "NotAccepted";
 /// `Ready=False`: the pool is in the table but none of its endpoints is ready.
 pub const REASON_NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
+
+/// The condition types the controller writes; any other type in a status belongs to
+/// another field manager.
+pub const CONDITIONS: [&str; 3] = [CONDITION_ACCEPTED, CONDITION_RESOLVED_REFS, CONDITION_READY];
 
 /// Longest condition message written; longer ones are cut (the API allows 32 KiB, a
 /// `kubectl describe` reader much less).
@@ -142,30 +152,101 @@ pub fn status_for_policy(
     }
 }
 
+/// The status of an AgentPool that does not decode ([`REASON_INVALID_SPEC`]), whose
+/// metadata is `meta`, status as last written `previous`, and decoding error `error`.
+pub fn status_for_undecodable_pool(
+    meta: &ObjectMeta,
+    previous: Option<&AgentPoolStatus>,
+    error: &str,
+    now: &Time,
+) -> AgentPoolStatus {
+    let previous = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let drafts = vec![
+        undecodable(error),
+        draft(
+            CONDITION_READY,
+            false,
+            REASON_NOT_ACCEPTED,
+            "the pool is not in the route table".to_owned(),
+        ),
+    ];
+    AgentPoolStatus {
+        conditions: stamp(drafts, previous, meta.generation, now),
+        ready_endpoints: Some(0),
+        proxies: None,
+        updated_proxies: None,
+        observed_generation: meta.generation,
+    }
+}
+
+/// The status of a RatePolicy that does not decode; see
+/// [`status_for_undecodable_pool`].
+pub fn status_for_undecodable_policy(
+    meta: &ObjectMeta,
+    previous: Option<&RatePolicyStatus>,
+    error: &str,
+    now: &Time,
+) -> RatePolicyStatus {
+    let previous = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    RatePolicyStatus {
+        conditions: stamp(vec![undecodable(error)], previous, meta.generation, now),
+        observed_generation: meta.generation,
+    }
+}
+
+fn undecodable(error: &str) -> Draft {
+    draft(
+        CONDITION_ACCEPTED,
+        false,
+        REASON_INVALID_SPEC,
+        cut(
+            MAX_MESSAGE_LEN,
+            format!("the object does not decode, and is left out of the route table: {error}"),
+        ),
+    )
+}
+
 /// A status made of conditions and other fields: AgentPool's and RatePolicy's.
 pub trait WithConditions: Clone + PartialEq {
     /// The conditions.
+    fn conditions(&self) -> &[Condition];
+    /// The conditions, to change.
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
 }
 
 impl WithConditions for AgentPoolStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }
 }
 
 impl WithConditions for RatePolicyStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
     fn conditions_mut(&mut self) -> &mut Vec<Condition> {
         &mut self.conditions
     }
 }
 
-/// Whether two statuses are equal apart from the conditions' `lastTransitionTime`.
-/// (Compared as values: a status pass compares one per object, a thousand at a time.)
-pub fn same_apart_from_transition_time<S: WithConditions>(a: Option<&S>, b: Option<&S>) -> bool {
+/// Whether two statuses are equal as far as Sluice writes them: apart from the
+/// conditions' `lastTransitionTime` and order, and from conditions of types not in
+/// [`CONDITIONS`] (another manager's). (Compared as values: a status pass compares one
+/// per object, a thousand at a time.)
+pub fn same_status<S: WithConditions>(a: Option<&S>, b: Option<&S>) -> bool {
     fn normal<S: WithConditions>(s: &S) -> S {
         let mut s = s.clone();
-        for c in s.conditions_mut() {
+        let conditions = s.conditions_mut();
+        conditions.retain(|c| CONDITIONS.contains(&c.type_.as_str()));
+        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+        for c in conditions {
             c.last_transition_time = Time(Timestamp::UNIX_EPOCH);
         }
         s

@@ -2,8 +2,13 @@
 //!
 //! Every write is a `PATCH .../status` of type `application/apply-patch+yaml` under
 //! one field manager, [`FIELD_MANAGER`], forced, so the controller owns the status
-//! fields it writes and nothing else. A status equal to the object's current one apart
-//! from the conditions' `lastTransitionTime` is not written.
+//! fields it writes and nothing else; the conditions are a list map keyed on `type`,
+//! so the conditions of other managers stay. A status equal to the object's current one
+//! apart from the conditions' `lastTransitionTime` and other managers' conditions is
+//! not written. "Current" is what this writer last wrote while the watch does not show
+//! that write yet ([`LastWritten`]): a lagging watch makes no second write and no
+//! repeated Event. Objects are patched untyped, so that one whose spec this build
+//! cannot decode ([`crate::object`]) gets its `Accepted=False` too.
 //!
 //! With several replicas, only the holder of the Lease writes: a writer given a
 //! [`Leadership`] ([`StatusWriter::with_leadership`]) writes nothing while it is standby
@@ -22,15 +27,14 @@
 //! field missing from the patched object, logs once what to do, and stops comparing
 //! that field, so that a status lacking it is not patched again at every pass.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_api::{AgentPool, AgentPoolStatus, RatePolicy, RatePolicyStatus};
@@ -40,7 +44,8 @@ use tokio::time::Instant;
 
 use crate::events::{EventPublisher, transitions};
 use crate::lease::Leadership;
-use crate::status::{WithConditions, same_apart_from_transition_time};
+use crate::object::{Custom, ObjectKey, Parsed, reference};
+use crate::status::{WithConditions, same_status};
 
 /// The API calls this module makes, as RBAC rules `(group, resource, verbs)`: in every
 /// watched namespace.
@@ -99,9 +104,93 @@ pub enum Written {
 #[derive(Clone, Debug, Default)]
 pub struct StatusBatch {
     /// AgentPools and their wanted status.
-    pub pools: Vec<(AgentPool, AgentPoolStatus)>,
+    pub pools: Vec<(Parsed<AgentPool>, AgentPoolStatus)>,
     /// RatePolicies and their wanted status.
-    pub policies: Vec<(RatePolicy, RatePolicyStatus)>,
+    pub policies: Vec<(Parsed<RatePolicy>, RatePolicyStatus)>,
+}
+
+/// One status this replica wrote, as the API server answered it.
+#[derive(Clone, Debug)]
+struct Record {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    status: serde_json::Value,
+}
+
+/// What this replica last wrote, object by object, until its watch shows the write.
+///
+/// Under load the API server's watch events lag its writes by a second or more; a
+/// status pass that compared with the watch cache alone would see its last write
+/// missing, send it again with a new `lastTransitionTime`, and publish its transitions
+/// twice. Statuses are computed and compared against what was written instead, as long
+/// as that write is newer than the object in the cache: its `resourceVersion` is
+/// greater (etcd revisions, compared as numbers; a version that is not a number counts
+/// as not newer), and it is the same object (`uid`). Once the watch catches up, the
+/// cache is the truth again, so a later write by someone else shows.
+#[derive(Clone, Debug, Default)]
+pub struct LastWritten {
+    records: Arc<Mutex<HashMap<(&'static str, ObjectKey), Record>>>,
+}
+
+impl LastWritten {
+    /// The status of the object of kind `K` with metadata `meta` (as the watch shows
+    /// it, with status `seen`): the one last written when the watch does not show that
+    /// write yet, else `seen`.
+    pub fn current<K: Custom>(
+        &self,
+        meta: &ObjectMeta,
+        seen: Option<&K::Status>,
+    ) -> Option<K::Status> {
+        let key = (kind_of::<K>(), ObjectKey::of(meta));
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let written = records.get(&key).and_then(|r| {
+            let ahead = r.uid == meta.uid
+                && newer(
+                    r.resource_version.as_deref(),
+                    meta.resource_version.as_deref(),
+                );
+            ahead.then(|| serde_json::from_value(r.status.clone()).ok())?
+        });
+        if written.is_none() {
+            // The watch caught up, or the object was replaced.
+            records.remove(&key);
+        }
+        written.or_else(|| seen.cloned())
+    }
+
+    fn record<K: Custom>(&self, meta: &ObjectMeta, status: serde_json::Value) {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                (kind_of::<K>(), ObjectKey::of(meta)),
+                Record {
+                    uid: meta.uid.clone(),
+                    resource_version: meta.resource_version.clone(),
+                    status,
+                },
+            );
+    }
+
+    /// Forgets the objects of kind `K` for which `keep` is false (deleted ones).
+    pub fn retain<K: Custom>(&self, keep: impl Fn(&ObjectKey) -> bool) {
+        let kind = kind_of::<K>();
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(k, key), _| *k != kind || keep(key));
+    }
+}
+
+/// Whether resource version `a` is newer than `b`.
+fn newer(a: Option<&str>, b: Option<&str>) -> bool {
+    let parse = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) => a > b,
+        // The cache's object has no version (a file, a test): what was written is newer.
+        (Some(_), None) => b.is_none(),
+        _ => false,
+    }
 }
 
 /// Default most status patches per second (`sluice controller` allows twice as many
@@ -132,6 +221,7 @@ impl WriteRate {
 #[derive(Clone)]
 pub struct StatusWriter {
     client: Client,
+    written: LastWritten,
     leadership: Option<Leadership>,
     events: Option<EventPublisher>,
     rate: Option<Arc<WriteRate>>,
@@ -151,6 +241,7 @@ impl StatusWriter {
     pub fn new(client: Client) -> Self {
         Self {
             client,
+            written: LastWritten::default(),
             leadership: None,
             events: None,
             rate: None,
@@ -206,15 +297,7 @@ impl StatusWriter {
         pool: &AgentPool,
         status: &AgentPoolStatus,
     ) -> Result<Written, StatusError> {
-        let current = pool.status.as_ref().map(|s| s.conditions.as_slice());
-        self.apply(
-            pool,
-            pool.status.as_ref(),
-            status,
-            current,
-            &status.conditions,
-        )
-        .await
+        self.apply(&Parsed::Valid(pool.clone()), status).await
     }
 
     /// Applies `status` to `policy` unless it already has it.
@@ -227,15 +310,13 @@ impl StatusWriter {
         policy: &RatePolicy,
         status: &RatePolicyStatus,
     ) -> Result<Written, StatusError> {
-        let current = policy.status.as_ref().map(|s| s.conditions.as_slice());
-        self.apply(
-            policy,
-            policy.status.as_ref(),
-            status,
-            current,
-            &status.conditions,
-        )
-        .await
+        self.apply(&Parsed::Valid(policy.clone()), status).await
+    }
+
+    /// What this writer last wrote, for the watch loop to compute statuses against
+    /// ([`crate::watch::Watch::with_last_written`]).
+    pub fn last_written(&self) -> LastWritten {
+        self.written.clone()
     }
 
     /// Writes every status of `batch`, logging failures; returns how many were patched.
@@ -268,12 +349,12 @@ impl StatusWriter {
             keep && !superseded()
         };
         for (o, s) in &batch.pools {
-            if !go_on(self.apply_pool(o, s).await) {
+            if !go_on(self.apply(o, s).await) {
                 return patched;
             }
         }
         for (o, s) in &batch.policies {
-            if !go_on(self.apply_policy(o, s).await) {
+            if !go_on(self.apply(o, s).await) {
                 return patched;
             }
         }
@@ -300,24 +381,24 @@ impl StatusWriter {
         }
     }
 
-    async fn apply<K, S>(
+    /// Applies `status` to `object` unless it already has it: compared with what this
+    /// writer last wrote when the watch has not yet shown that write.
+    ///
+    /// # Errors
+    ///
+    /// [`StatusError`] when the API server refuses or does not answer in time.
+    pub async fn apply<K: Custom>(
         &self,
-        obj: &K,
-        current: Option<&S>,
-        status: &S,
-        current_conditions: Option<&[Condition]>,
-        conditions: &[Condition],
-    ) -> Result<Written, StatusError>
-    where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + Serialize
-            + DeserializeOwned
-            + std::fmt::Debug,
-        S: Serialize + DeserializeOwned + WithConditions,
-    {
+        object: &Parsed<K>,
+        status: &K::Status,
+    ) -> Result<Written, StatusError> {
+        let meta = object.metadata();
+        let current = self.written.current::<K>(meta, object.status());
         let comparable = self.without_pruned(status);
-        if same_apart_from_transition_time(current, Some(comparable.as_ref().unwrap_or(status))) {
+        if same_status(
+            current.as_ref(),
+            Some(comparable.as_ref().unwrap_or(status)),
+        ) {
             return Ok(Written::Unchanged);
         }
         if !self.may_write() {
@@ -331,9 +412,14 @@ impl StatusWriter {
             }
         }
         let kind = kind_of::<K>();
-        let namespace = obj.namespace().unwrap_or_default();
-        let name = obj.name_any();
-        let api: Api<K> = Api::namespaced(self.client.clone(), &namespace);
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        // Untyped, so that an object whose spec does not decode gets its status too.
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &namespace,
+            &ApiResource::erase::<K>(&()),
+        );
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
@@ -347,10 +433,16 @@ impl StatusWriter {
         .await
         {
             Ok(Ok(written)) => {
-                self.note_pruned(kind, &patch["status"], &written);
+                let back = written.data.get("status");
+                self.note_pruned(kind, &patch["status"], back);
+                let stored = back.cloned().unwrap_or_else(|| patch["status"].clone());
+                self.written.record::<K>(&written.metadata, stored);
                 if let Some(events) = &self.events {
-                    let flips = transitions(current_conditions.unwrap_or_default(), conditions);
-                    events.publish_all(&obj.object_ref(&()), &flips).await;
+                    let flips = transitions(
+                        current.as_ref().map(|c| c.conditions()).unwrap_or_default(),
+                        status.conditions(),
+                    );
+                    events.publish_all(&reference::<K>(meta), &flips).await;
                 }
                 Ok(Written::Patched)
             }
@@ -384,11 +476,10 @@ impl StatusWriter {
         serde_json::from_value(v).ok()
     }
 
-    /// Records the status fields `written` lacks although they were sent non-empty.
-    fn note_pruned<K: Serialize>(&self, kind: &str, sent: &serde_json::Value, written: &K) {
+    /// Records the status fields `back` (the status written) lacks although they were
+    /// sent non-empty.
+    fn note_pruned(&self, kind: &str, sent: &serde_json::Value, back: Option<&serde_json::Value>) {
         let Some(sent) = sent.as_object() else { return };
-        let back = serde_json::to_value(written).unwrap_or_default();
-        let back = back.get("status");
         let mut pruned = self.pruned.lock().unwrap_or_else(PoisonError::into_inner);
         for (field, value) in sent {
             let dropped = !value.is_null() && back.is_none_or(|b| b.get(field).is_none());

@@ -16,6 +16,7 @@ use sluice_controller::events::{
     EventPublisher, MAX_NOTE_LEN, REPORTING_CONTROLLER, Transition, transitions,
 };
 use sluice_controller::lease::Leadership;
+use sluice_controller::object::Parsed;
 use sluice_controller::status::{
     CONDITION_ACCEPTED, CONDITION_READY, CONDITION_RESOLVED_REFS, REASON_ACCEPTED, REASON_INVALID,
     REASON_NO_READY_ENDPOINTS, REASON_READY, REASON_REFS_NOT_RESOLVED, REASON_RESOLVED_REFS,
@@ -356,7 +357,7 @@ async fn a_standby_writes_no_status_and_publishes_no_event() {
     let (batches, rx) = watch::channel(StatusBatch::default());
     let task = tokio::spawn(writer.run(rx));
     let batch = StatusBatch {
-        pools: vec![(chat, wanted)],
+        pools: vec![(Parsed::Valid(chat), wanted)],
         policies: Vec::new(),
     };
     batches.send(batch.clone()).expect("send");

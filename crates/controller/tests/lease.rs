@@ -22,7 +22,7 @@ use sluice_controller::lease::{
     Clock, LeaderElector, Leadership, LeaseConfig, LeaseError, Observed,
 };
 use sluice_controller::status_writer::StatusBatch;
-use sluice_controller::watch::{Sources, Watch, WatchMetrics};
+use sluice_controller::watch::{Sources, Watch, WatchMetrics, erased};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -684,8 +684,8 @@ async fn only_the_leaders_watch_loop_sends_statuses() {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
     let sources = Sources {
-        pools: vec![listed(objects.pools)],
-        policies: vec![listed(Vec::new())],
+        pools: vec![erased(listed(objects.pools))],
+        policies: vec![erased(listed(Vec::<sluice_api::RatePolicy>::new()))],
         slices: vec![listed(Vec::new())],
         secrets: vec![listed(Vec::new())],
     };
@@ -720,5 +720,5 @@ async fn only_the_leaders_watch_loop_sends_statuses() {
     );
     let batch = statuses.borrow_and_update().clone();
     assert_eq!(batch.pools.len(), 1);
-    assert_eq!(batch.pools[0].0.metadata.name.as_deref(), Some("chat"));
+    assert_eq!(batch.pools[0].0.metadata().name.as_deref(), Some("chat"));
 }

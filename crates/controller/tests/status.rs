@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::client::Body;
 use sluice_api::{AgentPool, AgentPoolStatus, Objects, compile, manifest};
+use sluice_controller::object::Parsed;
 use sluice_controller::status::{
     REASON_ACCEPTED, REASON_INVALID, REASON_NO_READY_ENDPOINTS, REASON_NOT_ACCEPTED, REASON_READY,
     REASON_REFS_NOT_RESOLVED, REASON_RESOLVED_REFS, status_for_policy, status_for_pool,
@@ -417,7 +418,7 @@ async fn status_patches_are_paced() {
     let two = NonZeroU32::new(2).expect("non-zero");
     let writer = StatusWriter::new(client).with_write_rate(two, two);
     let batch = StatusBatch {
-        pools: vec![(pool, wanted); 6],
+        pools: vec![(Parsed::Valid(pool), wanted); 6],
         policies: Vec::new(),
     };
     let start = tokio::time::Instant::now();
@@ -446,13 +447,13 @@ async fn a_newer_batch_replaces_the_one_being_written() {
     let running = tokio::spawn(writer.run(rx));
 
     tx.send_replace(StatusBatch {
-        pools: vec![(first, wanted.clone()); 6],
+        pools: vec![(Parsed::Valid(first), wanted.clone()); 6],
         policies: Vec::new(),
     });
     // Two patches go at once, the third waits for the pace; meanwhile a newer batch.
     tokio::time::sleep(Duration::from_millis(100)).await;
     tx.send_replace(StatusBatch {
-        pools: vec![(other, wanted)],
+        pools: vec![(Parsed::Valid(other), wanted)],
         policies: Vec::new(),
     });
     tokio::time::sleep(Duration::from_secs(10)).await;

@@ -294,9 +294,11 @@ pub async fn run(args: Args) -> Result<()> {
             .with_leadership(leadership.clone())
             .with_events(EventPublisher::new(client, &identity))
             .with_write_rate(args.status_write_rate, burst);
+        let written = writer.last_written();
         tokio::spawn(writer.run(status_rx));
         let core = Watch::new(sources, publisher.clone(), watch_metrics, args.debounce)
             .with_statuses(status_tx)
+            .with_last_written(written)
             .with_leadership(leadership)
             .with_proxies(proxies.clone());
         let core = match &args.peers {

@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
-use sluice_api::{AgentPool, RatePolicy};
+
+use crate::object::{Custom, Parsed};
 
 /// What an event changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,6 +28,8 @@ pub(super) enum Change {
 
 /// The parts of an object the controller compares to tell what changed.
 pub(super) trait Content {
+    /// `(namespace, name)`.
+    fn key(&self) -> Key;
     /// Whether the compile step would see the same object.
     fn same_content(&self, other: &Self) -> bool;
     /// Whether the status is the same.
@@ -35,25 +38,32 @@ pub(super) trait Content {
     }
 }
 
-impl Content for AgentPool {
+impl<K: Custom> Content for Parsed<K> {
+    fn key(&self) -> Key {
+        let meta = self.metadata();
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
     fn same_content(&self, other: &Self) -> bool {
-        self.spec == other.spec && self.metadata.generation == other.metadata.generation
+        let generation = self.metadata().generation == other.metadata().generation;
+        generation
+            && match (self, other) {
+                (Parsed::Valid(a), Parsed::Valid(b)) => a.same_spec(b),
+                (Parsed::Invalid(a), Parsed::Invalid(b)) => a.error == b.error,
+                _ => false,
+            }
     }
     fn same_status(&self, other: &Self) -> bool {
-        self.status == other.status
-    }
-}
-
-impl Content for RatePolicy {
-    fn same_content(&self, other: &Self) -> bool {
-        self.spec == other.spec && self.metadata.generation == other.metadata.generation
-    }
-    fn same_status(&self, other: &Self) -> bool {
-        self.status == other.status
+        self.status() == other.status()
     }
 }
 
 impl Content for EndpointSlice {
+    fn key(&self) -> Key {
+        key(self)
+    }
     fn same_content(&self, other: &Self) -> bool {
         self.endpoints == other.endpoints
             && self.ports == other.ports
@@ -63,6 +73,9 @@ impl Content for EndpointSlice {
 }
 
 impl Content for Secret {
+    fn key(&self) -> Key {
+        key(self)
+    }
     fn same_content(&self, other: &Self) -> bool {
         self.data == other.data
             && self.string_data == other.string_data
@@ -91,7 +104,7 @@ pub(super) struct Cache<K> {
     shards: Vec<Shard<K>>,
 }
 
-impl<K: Content + ResourceExt> Cache<K> {
+impl<K: Content> Cache<K> {
     /// An empty cache for `shards` watchers.
     pub(super) fn new(shards: usize) -> Self {
         Self {
@@ -108,6 +121,11 @@ impl<K: Content + ResourceExt> Cache<K> {
     /// Every watcher has listed its objects at least once.
     pub(super) fn synced(&self) -> bool {
         self.shards.iter().all(|s| s.synced)
+    }
+
+    /// Whether some watcher has the object `key`.
+    pub(super) fn contains(&self, key: &Key) -> bool {
+        self.shards.iter().any(|s| s.objects.contains_key(key))
     }
 
     /// Every object, of every watcher.
@@ -139,13 +157,13 @@ impl<K: Content + ResourceExt> Cache<K> {
         };
         match event {
             Event::Apply(obj) => {
-                let k = key(&obj);
+                let k = obj.key();
                 let change = between(s.objects.get(&k), Some(&obj));
                 s.objects.insert(k, obj);
                 change
             }
             Event::Delete(obj) => {
-                let k = key(&obj);
+                let k = obj.key();
                 let old = s.objects.remove(&k);
                 between(old.as_ref(), None)
             }
@@ -156,7 +174,7 @@ impl<K: Content + ResourceExt> Cache<K> {
             Event::InitApply(obj) => {
                 s.listing
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(key(&obj), obj);
+                    .insert(obj.key(), obj);
                 Change::None
             }
             Event::InitDone => {

@@ -25,7 +25,11 @@
 //!   left-out objects carry `Accepted=False` (see [`crate::status`]).
 //!
 //! After each pass the statuses that differ from the objects' current ones are sent,
-//! as one [`StatusBatch`], to the [`crate::status_writer::StatusWriter`].
+//! as one [`StatusBatch`], to the [`crate::status_writer::StatusWriter`]. "Current" is
+//! what the writer last wrote when the watch lags behind that write
+//! ([`Watch::with_last_written`]). AgentPools and RatePolicies are decoded one by one
+//! ([`crate::object`]): one that does not decode is left out with `Accepted=False`,
+//! and the others compile.
 //!
 //! **Several replicas.** Every replica keeps its caches warm, compiles and publishes, so
 //! each one can serve the push stream. Given a [`Leadership`]
@@ -57,8 +61,11 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+use kube::runtime::watcher::Event;
 use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, is_upstream_secret, pool_key};
 use sluice_api::{AgentPool, Diagnostics, Objects, RatePolicy, RouteTable, Severity, compile};
+use std::borrow::Cow;
 use tokio::sync::watch as channel;
 use tokio::time::Instant;
 
@@ -67,15 +74,19 @@ pub use self::metrics::WatchMetrics;
 use self::pacer::Pacer;
 use self::sources::Input;
 pub use self::sources::{
-    EventStream, RBAC, SliceLabel, SliceLabelError, Sources, kube_sources, slice_selector,
+    EventStream, RBAC, SliceLabel, SliceLabelError, Sources, erased, kube_sources, slice_selector,
 };
 use crate::lease::Leadership;
+use crate::object::{Custom, Parsed};
 use crate::peers::{self, ProxyRevisions};
 use crate::proxies::ProxyRegistry;
 use crate::publisher::Publisher;
 use crate::rollout::Rollout;
-use crate::status::{same_apart_from_transition_time, status_for_policy, status_for_pool};
-use crate::status_writer::StatusBatch;
+use crate::status::{
+    same_status, status_for_policy, status_for_pool, status_for_undecodable_policy,
+    status_for_undecodable_pool,
+};
+use crate::status_writer::{LastWritten, StatusBatch};
 
 /// Default least time between two compiles.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -101,14 +112,15 @@ struct Compiled {
 
 /// The watch loop: caches, the compile schedule, publishing and status batches.
 pub struct Watch {
-    pools: Cache<AgentPool>,
-    policies: Cache<RatePolicy>,
+    pools: Cache<Parsed<AgentPool>>,
+    policies: Cache<Parsed<RatePolicy>>,
     slices: Cache<EndpointSlice>,
     secrets: Cache<Secret>,
     /// `(namespace, service)` of every Service an AgentPool names.
     referenced: BTreeSet<Key>,
     publisher: Publisher,
     statuses: Option<channel::Sender<StatusBatch>>,
+    written: LastWritten,
     leadership: Option<Leadership>,
     proxies: Option<ProxyRegistry>,
     peer_proxies: Option<channel::Receiver<ProxyRevisions>>,
@@ -146,6 +158,7 @@ impl Watch {
             referenced: BTreeSet::new(),
             publisher,
             statuses: None,
+            written: LastWritten::default(),
             leadership: None,
             proxies: None,
             peer_proxies: None,
@@ -161,6 +174,15 @@ impl Watch {
     #[must_use]
     pub fn with_statuses(mut self, tx: channel::Sender<StatusBatch>) -> Self {
         self.statuses = Some(tx);
+        self
+    }
+
+    /// Computes statuses against what `written` says the status writer last wrote, when
+    /// the watch does not show that write yet (see [`LastWritten`]), so that a lagging
+    /// watch neither moves a `lastTransitionTime` nor makes a write twice.
+    #[must_use]
+    pub fn with_last_written(mut self, written: LastWritten) -> Self {
+        self.written = written;
         self
     }
 
@@ -290,13 +312,14 @@ impl Watch {
         }
         match input {
             Input::Pool(shard, event) => {
-                let change = self.pools.apply(shard, event, |_| true);
+                let change = self.pools.apply(shard, parsed(event), |_| true);
                 if change == Change::Content {
-                    self.referenced = referenced_services(self.pools.iter());
+                    self.referenced =
+                        referenced_services(self.pools.iter().filter_map(Parsed::valid));
                 }
                 change
             }
-            Input::Policy(shard, event) => self.policies.apply(shard, event, |_| true),
+            Input::Policy(shard, event) => self.policies.apply(shard, parsed(event), |_| true),
             Input::Slice(shard, event) => {
                 let referenced = &self.referenced;
                 self.slices.apply(shard, event, |s| {
@@ -317,8 +340,18 @@ impl Watch {
     /// the slices of referenced Services.
     fn objects(&self) -> Objects {
         Objects {
-            pools: self.pools.iter().cloned().collect(),
-            policies: self.policies.iter().cloned().collect(),
+            pools: self
+                .pools
+                .iter()
+                .filter_map(Parsed::valid)
+                .cloned()
+                .collect(),
+            policies: self
+                .policies
+                .iter()
+                .filter_map(Parsed::valid)
+                .cloned()
+                .collect(),
             slices: self
                 .slices
                 .iter()
@@ -388,25 +421,79 @@ impl Watch {
         let count = |n: usize| Some(i32::try_from(n).unwrap_or(i32::MAX));
         let mut batch = StatusBatch::default();
         for pool in self.pools.iter() {
-            let mut status = status_for_pool(pool, &last.diags, &last.table, &now);
+            let current = self
+                .written
+                .current::<AgentPool>(pool.metadata(), pool.status());
+            let mut status = match pool {
+                Parsed::Valid(p) => status_for_pool(
+                    &as_seen(p, current.as_ref()),
+                    &last.diags,
+                    &last.table,
+                    &now,
+                ),
+                Parsed::Invalid(u) => {
+                    status_for_undecodable_pool(&u.metadata, current.as_ref(), &u.error, &now)
+                }
+            };
             if let Some((connected, updated)) = &updated {
                 status.proxies = count(*connected);
-                status.updated_proxies = count(updated.updated(&pool_key(pool)));
+                let updated = pool.valid().map_or(0, |p| updated.updated(&pool_key(p)));
+                status.updated_proxies = count(updated);
             }
-            if !same_apart_from_transition_time(pool.status.as_ref(), Some(&status)) {
+            if !same_status(current.as_ref(), Some(&status)) {
                 batch.pools.push((pool.clone(), status));
             }
         }
         for policy in self.policies.iter() {
-            let status = status_for_policy(policy, &last.diags, &last.table, &now);
-            if !same_apart_from_transition_time(policy.status.as_ref(), Some(&status)) {
+            let current = self
+                .written
+                .current::<RatePolicy>(policy.metadata(), policy.status());
+            let status = match policy {
+                Parsed::Valid(p) => status_for_policy(
+                    &as_seen(p, current.as_ref()),
+                    &last.diags,
+                    &last.table,
+                    &now,
+                ),
+                Parsed::Invalid(u) => {
+                    status_for_undecodable_policy(&u.metadata, current.as_ref(), &u.error, &now)
+                }
+            };
+            if !same_status(current.as_ref(), Some(&status)) {
                 batch.policies.push((policy.clone(), status));
             }
         }
+        self.written
+            .retain::<AgentPool>(|k| self.pools.contains(&(k.namespace.clone(), k.name.clone())));
+        self.written.retain::<RatePolicy>(|k| {
+            self.policies
+                .contains(&(k.namespace.clone(), k.name.clone()))
+        });
         if !batch.pools.is_empty() || !batch.policies.is_empty() {
             tx.send_replace(batch);
         }
     }
+}
+
+/// `event` with its object decoded.
+fn parsed<K: Custom>(event: Event<DynamicObject>) -> Event<Parsed<K>> {
+    match event {
+        Event::Apply(o) => Event::Apply(Parsed::parse(o)),
+        Event::Delete(o) => Event::Delete(Parsed::parse(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(Parsed::parse(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// `object` with `status` (what was last written, when the watch lags behind it).
+fn as_seen<'a, K: Custom>(object: &'a K, status: Option<&K::Status>) -> Cow<'a, K> {
+    if object.status() == status {
+        return Cow::Borrowed(object);
+    }
+    let mut seen = object.clone();
+    seen.set_status(status.cloned());
+    Cow::Owned(seen)
 }
 
 /// `(namespace, service)` of the Service an EndpointSlice belongs to.

@@ -3,7 +3,9 @@
 //! sending what the controller does not need ([`SliceLabel`], [`slice_selector`]).
 //!
 //! The first layer of the watch loop, as kube-runtime's `watcher` is: it yields
-//! events, and knows nothing of caches or compiles.
+//! events, and knows nothing of caches or compiles. AgentPools and RatePolicies come as
+//! [`DynamicObject`]s, decoded one by one later ([`crate::object`]), so that one object
+//! this build cannot decode does not fail the list it is in.
 
 use std::fmt::Debug;
 
@@ -11,10 +13,12 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject};
 use kube::core::{Expression, Selector};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as kube_watcher};
 use kube::{Api, Client, Resource};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, UPSTREAM_LABEL};
 use sluice_api::{AgentPool, RatePolicy};
@@ -39,10 +43,10 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
 /// re-list (`Init` … `InitDone`) replaces exactly the objects it listed.
 #[derive(Default)]
 pub struct Sources {
-    /// AgentPool watchers.
-    pub pools: Vec<EventStream<AgentPool>>,
+    /// AgentPool watchers (see [`erased`] to feed typed objects).
+    pub pools: Vec<EventStream<DynamicObject>>,
     /// RatePolicy watchers.
-    pub policies: Vec<EventStream<RatePolicy>>,
+    pub policies: Vec<EventStream<DynamicObject>>,
     /// EndpointSlice watchers.
     pub slices: Vec<EventStream<EndpointSlice>>,
     /// Secret watchers: consumer Secrets, then the Secrets backends may name.
@@ -65,8 +69,8 @@ impl Debug for Sources {
 // allocation per event for nothing.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Input {
-    Pool(usize, Event<AgentPool>),
-    Policy(usize, Event<RatePolicy>),
+    Pool(usize, Event<DynamicObject>),
+    Policy(usize, Event<DynamicObject>),
     Slice(usize, Event<EndpointSlice>),
     Secret(usize, Event<Secret>),
 }
@@ -205,8 +209,8 @@ pub fn kube_sources(
 ) -> Sources {
     let all = watcher::Config::default();
     Sources {
-        pools: streams(client, namespaces, &all, metrics, "AgentPool"),
-        policies: streams(client, namespaces, &all, metrics, "RatePolicy"),
+        pools: dynamic_streams::<AgentPool>(client, namespaces, &all, metrics),
+        policies: dynamic_streams::<RatePolicy>(client, namespaces, &all, metrics),
         slices: streams(
             client,
             namespaces,
@@ -227,6 +231,73 @@ pub fn kube_sources(
             })
             .collect(),
     }
+}
+
+/// One stream per namespace (or one over all) of `K` objects as [`DynamicObject`]s.
+fn dynamic_streams<K: Resource<DynamicType = ()>>(
+    client: &Client,
+    namespaces: &[String],
+    config: &watcher::Config,
+    metrics: &WatchMetrics,
+) -> Vec<EventStream<DynamicObject>> {
+    let resource = ApiResource::erase::<K>(&());
+    let apis: Vec<Api<DynamicObject>> = if namespaces.is_empty() {
+        vec![Api::all_with(client.clone(), &resource)]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, &resource))
+            .collect()
+    };
+    let kind: &'static str = match resource.kind.as_str() {
+        "AgentPool" => "AgentPool",
+        "RatePolicy" => "RatePolicy",
+        _ => "object",
+    };
+    apis.into_iter()
+        .map(|api| retried(kube_watcher(api, config.clone()), metrics, kind))
+        .collect()
+}
+
+/// `stream` with its errors logged and counted (the watcher retries on its own, with
+/// kube's default backoff).
+fn retried<K: Send + 'static>(
+    stream: impl futures_util::Stream<Item = Result<Event<K>, watcher::Error>> + Send + 'static,
+    metrics: &WatchMetrics,
+    kind: &'static str,
+) -> EventStream<K> {
+    let errors = metrics.watch_errors.with_label_values(&[kind]);
+    stream
+        .default_backoff()
+        .filter_map(move |result| {
+            let event = match result {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    errors.inc();
+                    tracing::warn!(kind, error = %e, "watch failed; retrying");
+                    None
+                }
+            };
+            std::future::ready(event)
+        })
+        .boxed()
+}
+
+/// A stream of typed objects as the [`DynamicObject`]s the API server would send: to
+/// feed [`Sources::pools`] and [`Sources::policies`] from typed objects (tests, files).
+pub fn erased<K>(stream: EventStream<K>) -> EventStream<DynamicObject>
+where
+    K: Resource<DynamicType = ()> + Serialize + Send + 'static,
+{
+    stream
+        .map(|event| match event {
+            Event::Apply(o) => Event::Apply(crate::object::erase(&o)),
+            Event::Delete(o) => Event::Delete(crate::object::erase(&o)),
+            Event::Init => Event::Init,
+            Event::InitApply(o) => Event::InitApply(crate::object::erase(&o)),
+            Event::InitDone => Event::InitDone,
+        })
+        .boxed()
 }
 
 fn streams<K>(
@@ -253,22 +324,6 @@ where
             .collect()
     };
     apis.into_iter()
-        .map(|api| {
-            let errors = metrics.watch_errors.with_label_values(&[kind]);
-            kube_watcher(api, config.clone())
-                .default_backoff()
-                .filter_map(move |result| {
-                    let event = match result {
-                        Ok(event) => Some(event),
-                        Err(e) => {
-                            errors.inc();
-                            tracing::warn!(kind, error = %e, "watch failed; retrying");
-                            None
-                        }
-                    };
-                    std::future::ready(event)
-                })
-                .boxed()
-        })
+        .map(|api| retried(kube_watcher(api, config.clone()), metrics, kind))
         .collect()
 }

@@ -14,7 +14,7 @@ use sluice_api::{AgentPool, AgentPoolStatus, Objects, RatePolicy, RouteTable, ma
 use sluice_controller::Publisher;
 use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::status_writer::StatusBatch;
-use sluice_controller::watch::{EventStream, Sources, Watch, WatchMetrics};
+use sluice_controller::watch::{EventStream, Sources, Watch, WatchMetrics, erased};
 use tokio::sync::{mpsc, watch};
 
 /// The watch loop's debounce in these tests.
@@ -63,8 +63,8 @@ impl Harness {
         let (slices, slice_stream) = feed();
         let (secrets, secret_stream) = feed();
         let sources = Sources {
-            pools: vec![pool_stream],
-            policies: vec![policy_stream],
+            pools: vec![erased(pool_stream)],
+            policies: vec![erased(policy_stream)],
             slices: vec![slice_stream],
             secrets: vec![secret_stream],
         };
@@ -116,7 +116,7 @@ impl Harness {
             .borrow()
             .pools
             .iter()
-            .find(|(p, _)| p.metadata.name.as_deref() == Some(name))
+            .find(|(p, _)| p.metadata().name.as_deref() == Some(name))
             .map(|(_, s)| s.clone())
     }
 }

@@ -1,0 +1,312 @@
+//! The controller in Kubernetes mode against the stand-in API server
+//! (`sluice-fake-apiserver`), through kube's own client, with the CRDs of `crds/` and
+//! paused time: kube's watchers, the watch loop, the status writer and its Events, as
+//! `sluice controller` wires them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_api::RouteTable;
+use sluice_controller::Publisher;
+use sluice_controller::events::EventPublisher;
+use sluice_controller::status::{
+    CONDITION_ACCEPTED, CONDITION_READY, REASON_INVALID_SPEC, REASON_NOT_ACCEPTED,
+};
+use sluice_controller::status_writer::{StatusBatch, StatusWriter};
+use sluice_controller::watch::{Watch, WatchMetrics, kube_sources};
+use sluice_fake_apiserver::FakeApiServer;
+
+const POOLS: &str = "/apis/sluice.dev/v1alpha1/namespaces/agents/agentpools";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/agents/events";
+
+/// The CRD of `file` in `crds/`, as JSON.
+fn crd(file: &str) -> Value {
+    let path = format!("{}/../../crds/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("the CRD is there");
+    serde_yaml::from_str(&text).expect("the CRD parses")
+}
+
+/// `schema` without any `maximum`: the CRD of a release that declared `format: uint32`
+/// alone, which the API server does not enforce.
+fn unbounded(mut schema: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.remove("maximum");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut schema);
+    schema
+}
+
+/// A server with the CRDs of this release.
+fn server() -> FakeApiServer {
+    let server = FakeApiServer::new();
+    for file in ["agentpools.sluice.dev.yaml", "ratepolicies.sluice.dev.yaml"] {
+        server.install_crd(&crd(file)).expect("installed");
+    }
+    server
+}
+
+/// AgentPool `name` in namespace `agents`, with a static endpoint, and `queue`.
+fn pool(name: &str, queue: &Value) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name, "namespace": "agents"},
+        "spec": {
+            "matches": [{"pathPrefix": format!("/{name}")}],
+            "backends": [{"endpoints": ["10.0.0.1:8080"]}],
+            "queue": queue,
+        },
+    })
+}
+
+fn create(server: &FakeApiServer, object: Value) -> Value {
+    let answer = server.call("POST", POOLS, Some(object));
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    answer.body
+}
+
+/// The controller of one replica (it holds no Lease: it writes), watching every
+/// namespace of `server`.
+struct Controller {
+    publisher: Publisher,
+}
+
+impl Controller {
+    fn start(server: &FakeApiServer) -> Self {
+        let client = server.client();
+        let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        let sources = kube_sources(&client, &[], &[], &metrics);
+        let publisher = Publisher::new();
+        let (tx, rx) = tokio::sync::watch::channel(StatusBatch::default());
+        let writer = StatusWriter::new(client.clone())
+            .with_events(EventPublisher::new(client, "sluice-controller-0"));
+        let written = writer.last_written();
+        tokio::spawn(writer.run(rx));
+        let core = Watch::new(
+            sources,
+            publisher.clone(),
+            metrics,
+            Duration::from_millis(50),
+        )
+        .with_statuses(tx)
+        .with_last_written(written);
+        tokio::spawn(core.run());
+        Self { publisher }
+    }
+
+    fn table(&self) -> Option<RouteTable> {
+        self.publisher.current().map(|p| p.table.clone())
+    }
+}
+
+/// Runs the loop for `seconds` of paused time.
+async fn run_for(seconds: u64) {
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+}
+
+/// `type → (status, reason, message, lastTransitionTime)` of a stored object.
+fn conditions(server: &FakeApiServer, name: &str) -> BTreeMap<String, [String; 4]> {
+    let object = server.call("GET", &format!("{POOLS}/{name}"), None).body;
+    object["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("type"),
+                [
+                    s("status"),
+                    s("reason"),
+                    s("message"),
+                    s("lastTransitionTime"),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The requests of `method` on `path` served so far.
+fn requests(server: &FakeApiServer, method: &str, path: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == method && r["path"] == path)
+        .count()
+}
+
+/// The Events about AgentPool `name`: `(reason, series count)`.
+fn events(server: &FakeApiServer, name: &str) -> Vec<(String, u64)> {
+    let list = server.call("GET", EVENTS, None).body;
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == name)
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["series"]["count"].as_u64().unwrap_or(1),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_schema_bounds_every_number_the_controller_decodes() {
+    let server = server();
+    let answer = server.call(
+        "POST",
+        POOLS,
+        Some(pool("big", &json!({"defaultPriority": 5_000_000_000u64}))),
+    );
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.queue.defaultPriority")),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_object_the_controller_cannot_decode_is_refused_alone_and_the_others_compile() {
+    // Stored by an older CRD that bounded nothing, then the CRD was tightened: the API
+    // server keeps the object, and lists it with the others.
+    let server = FakeApiServer::new();
+    server
+        .install_crd(&unbounded(crd("agentpools.sluice.dev.yaml")))
+        .expect("installed");
+    create(
+        &server,
+        pool("big", &json!({"defaultPriority": 5_000_000_000u64})),
+    );
+    for file in ["agentpools.sluice.dev.yaml", "ratepolicies.sluice.dev.yaml"] {
+        server.install_crd(&crd(file)).expect("installed");
+    }
+    create(&server, pool("chat", &json!({"defaultPriority": 10})));
+
+    // A fresh replica syncs, compiles the good pool and reports on the bad one.
+    let controller = Controller::start(&server);
+    run_for(5).await;
+    let table = controller
+        .table()
+        .expect("the replica synced and published");
+    let pools: Vec<&str> = table.pools.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(pools, ["agents/chat"]);
+
+    let big = conditions(&server, "big");
+    let [status, reason, message, _] = &big[CONDITION_ACCEPTED];
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", REASON_INVALID_SPEC)
+    );
+    assert!(
+        message.contains("spec.queue.defaultPriority") && message.contains("5000000000"),
+        "{message}"
+    );
+    let [status, reason, ..] = &big[CONDITION_READY];
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", REASON_NOT_ACCEPTED)
+    );
+    assert_eq!(conditions(&server, "chat")[CONDITION_ACCEPTED][0], "True");
+
+    // Fixed by its owner, it compiles.
+    let answer = server.call(
+        "PATCH",
+        &format!("{POOLS}/big"),
+        Some(json!({"spec": {"queue": {"defaultPriority": 7}}})),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    run_for(5).await;
+    let table = controller.table().expect("published");
+    assert_eq!(table.pools.len(), 2);
+    assert_eq!(conditions(&server, "big")[CONDITION_ACCEPTED][0], "True");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_watch_neither_rewrites_a_status_nor_repeats_its_events() {
+    let server = server();
+    let controller = Controller::start(&server);
+    run_for(1).await;
+    assert!(controller.table().is_some(), "synced on an empty cluster");
+    // A loaded API server: every watch event half a second after its write.
+    server.set_watch_delay(Duration::from_millis(500));
+
+    create(&server, pool("chat", &json!({})));
+    // The controller sees `chat` at 0.5 s and writes its status at once; it sees
+    // `other` at 0.6 s, before its own write to `chat` (1 s), and passes again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    create(&server, pool("other", &json!({})));
+    run_for(1).await;
+    let first = conditions(&server, "chat");
+    assert_eq!(first[CONDITION_ACCEPTED][0], "True");
+    run_for(10).await;
+
+    let status = format!("{POOLS}/chat/status");
+    assert_eq!(
+        requests(&server, "PATCH", &status),
+        1,
+        "one status write for one change"
+    );
+    assert_eq!(
+        conditions(&server, "chat"),
+        first,
+        "transition times stay where the first write put them"
+    );
+    let mut chat = events(&server, "chat");
+    chat.sort();
+    assert_eq!(
+        chat,
+        [("Accepted".to_owned(), 1), ("Ready".to_owned(), 1)],
+        "each transition is one Event, posted once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_managers_condition_stays_and_is_not_fought_over() {
+    let server = server();
+    create(&server, pool("chat", &json!({})));
+    let controller = Controller::start(&server);
+    run_for(2).await;
+    assert!(controller.table().is_some());
+    let status = format!("{POOLS}/chat/status");
+    assert_eq!(requests(&server, "PATCH", &status), 1);
+
+    // A policy engine applies its own condition to the same list map.
+    let theirs = json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+        "status": {"conditions": [{
+            "type": "Compliant", "status": "True", "reason": "Checked", "message": "ok",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]},
+    });
+    let answer = server.call_with(
+        "PATCH",
+        &format!("{status}?fieldManager=policy-engine"),
+        "application/apply-patch+yaml",
+        theirs,
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Something else changes, and the controller passes again.
+    create(&server, pool("other", &json!({})));
+    run_for(5).await;
+
+    assert_eq!(
+        requests(&server, "PATCH", &status),
+        1,
+        "the controller does not rewrite its status over another manager's condition"
+    );
+    let chat = conditions(&server, "chat");
+    assert_eq!(chat["Compliant"][0], "True");
+    assert_eq!(chat[CONDITION_ACCEPTED][0], "True");
+}
