@@ -18,6 +18,7 @@ use sluice_controller::watch::{Watch, WatchMetrics, kube_sources};
 use sluice_fake_apiserver::FakeApiServer;
 
 const POOLS: &str = "/apis/sluice.dev/v1alpha1/namespaces/agents/agentpools";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/agents/endpointslices";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/agents/events";
 
 /// The CRD of `file` in `crds/`, as JSON.
@@ -67,7 +68,11 @@ fn pool(name: &str, queue: &Value) -> Value {
 }
 
 fn create(server: &FakeApiServer, object: Value) -> Value {
-    let answer = server.call("POST", POOLS, Some(object));
+    create_in(server, POOLS, object)
+}
+
+fn create_in(server: &FakeApiServer, path: &str, object: Value) -> Value {
+    let answer = server.call("POST", path, Some(object));
     assert_eq!(answer.status, 201, "{}", answer.body);
     answer.body
 }
@@ -309,4 +314,88 @@ async fn another_managers_condition_stays_and_is_not_fought_over() {
     let chat = conditions(&server, "chat");
     assert_eq!(chat["Compliant"][0], "True");
     assert_eq!(chat[CONDITION_ACCEPTED][0], "True");
+}
+
+/// AgentPool `name` whose backend is Service `service`, port `http`.
+fn service_pool(name: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name, "namespace": "agents"},
+        "spec": {
+            "matches": [{"pathPrefix": format!("/{name}")}],
+            "backends": [{"service": {"name": service, "port": "http"}}],
+        },
+    })
+}
+
+/// EndpointSlice `<service>-1` of `service`, one ready endpoint at `address`.
+fn slice(service: &str, address: &str) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-1"), "namespace": "agents",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_controller_lists_only_the_referenced_services_slices_from_the_watch_cache() {
+    let server = server();
+    for (service, address) in [
+        ("chat", "10.0.0.1"),
+        ("other", "10.0.0.2"),
+        ("unrelated", "10.0.0.3"),
+    ] {
+        create_in(&server, SLICES, slice(service, address));
+    }
+    create(&server, service_pool("chat", "chat"));
+    let controller = Controller::start(&server);
+    run_for(2).await;
+    let table = controller.table().expect("published");
+    let endpoints: Vec<String> = table.pools[0]
+        .endpoints()
+        .map(|e| e.address.clone())
+        .collect();
+    assert_eq!(endpoints, ["10.0.0.1:8080"]);
+
+    // A pool that names another Service: the slice watchers list again, for both, and
+    // the pool is compiled with its endpoints at once (never Ready=False in between).
+    create(&server, service_pool("other", "other"));
+    run_for(2).await;
+    let table = controller.table().expect("published");
+    let other = table.pool("agents/other").expect("compiled");
+    let endpoints: Vec<String> = other.endpoints().map(|e| e.address.clone()).collect();
+    assert_eq!(endpoints, ["10.0.0.2:8080"]);
+    let mut other = events(&server, "other");
+    other.sort();
+    assert_eq!(other, [("Accepted".to_owned(), 1), ("Ready".to_owned(), 1)]);
+    assert_eq!(conditions(&server, "other")[CONDITION_READY][0], "True");
+
+    let lists: Vec<Value> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["query"].get("watch").is_none())
+        .collect();
+    let selectors: Vec<&str> = lists
+        .iter()
+        .filter(|r| r["path"] == "/apis/discovery.k8s.io/v1/endpointslices")
+        .map(|r| r["query"]["labelSelector"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        selectors,
+        [
+            "kubernetes.io/service-name in (chat)",
+            "kubernetes.io/service-name in (chat,other)"
+        ]
+    );
+    for list in &lists {
+        assert_eq!(
+            list["query"]["resourceVersion"], "0",
+            "from the watch cache: {list}"
+        );
+    }
 }

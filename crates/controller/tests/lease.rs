@@ -688,6 +688,7 @@ async fn only_the_leaders_watch_loop_sends_statuses() {
         policies: vec![erased(listed(Vec::<sluice_api::RatePolicy>::new()))],
         slices: vec![listed(Vec::new())],
         secrets: vec![listed(Vec::new())],
+        slice_services: None,
     };
     let publisher = Publisher::new();
     let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");

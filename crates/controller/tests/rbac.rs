@@ -262,6 +262,8 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
     for namespaces in [Vec::new(), vec!["agents".to_owned()]] {
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
         let sources = kube_sources(&client, &namespaces, &[], &metrics);
+        let services = sources.slice_services.expect("slices selected by Service");
+        services.send_replace(BTreeSet::from([("agents".to_owned(), "chat".to_owned())]));
         for s in sources.pools {
             list_and_watch(s).await;
         }
@@ -380,7 +382,7 @@ fn the_printed_rules_are_the_declared_ones() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_watchers_ask_only_for_labelled_slices_and_consumer_and_upstream_secrets() {
+async fn the_watchers_ask_only_for_the_referenced_services_slices_and_labelled_secrets() {
     let server = ApiServer::new();
     let client = server.client();
     let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
@@ -389,6 +391,12 @@ async fn the_watchers_ask_only_for_labelled_slices_and_consumer_and_upstream_sec
         .map(|l| l.parse().expect("valid label"))
         .collect();
     let sources = kube_sources(&client, &[], &labels, &metrics);
+    let services = sources.slice_services.expect("slices selected by Service");
+    services.send_replace(BTreeSet::from([
+        ("agents".to_owned(), "chat".to_owned()),
+        ("other".to_owned(), "chat".to_owned()),
+        ("agents".to_owned(), "search".to_owned()),
+    ]));
     for s in sources.slices {
         list_and_watch(s).await;
     }
@@ -401,7 +409,7 @@ async fn the_watchers_ask_only_for_labelled_slices_and_consumer_and_upstream_sec
         BTreeSet::from([
             (
                 "endpointslices".to_owned(),
-                "kubernetes.io/service-name,sluice.dev/agent=true,team".to_owned()
+                "kubernetes.io/service-name in (chat,search),sluice.dev/agent=true,team".to_owned()
             ),
             ("secrets".to_owned(), "sluice.dev/consumer".to_owned()),
             ("secrets".to_owned(), "sluice.dev/upstream".to_owned()),

@@ -123,6 +123,13 @@ impl<K: Content> Cache<K> {
         self.shards.iter().all(|s| s.synced)
     }
 
+    /// Marks every watcher as not synced until its next list is done.
+    pub(super) fn unsync(&mut self) {
+        for s in &mut self.shards {
+            s.synced = false;
+        }
+    }
+
     /// Whether some watcher has the object `key`.
     pub(super) fn contains(&self, key: &Key) -> bool {
         self.shards.iter().any(|s| s.objects.contains_key(key))

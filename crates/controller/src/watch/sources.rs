@@ -3,11 +3,20 @@
 //! sending what the controller does not need ([`SliceLabel`], [`slice_selector`]).
 //!
 //! The first layer of the watch loop, as kube-runtime's `watcher` is: it yields
-//! events, and knows nothing of caches or compiles. AgentPools and RatePolicies come as
+//! events, and knows nothing of caches or compiles.
+//!
+//! The EndpointSlice watchers select the slices of the Services the AgentPools name,
+//! and nothing else (`kubernetes.io/service-name in (...)`): in a large cluster nearly
+//! every slice has a Service, and the controller needs a handful. The watch loop says
+//! which Services through [`Sources::slice_services`]; each change of the set starts
+//! the slice watchers again with the new selector (a list from the API server's watch
+//! cache, `resourceVersion=0`, as every list here is). AgentPools and RatePolicies come as
 //! [`DynamicObject`]s, decoded one by one later ([`crate::object`]), so that one object
 //! this build cannot decode does not fail the list it is in.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
+use std::task::Poll;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
@@ -22,6 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_api::compile::{CONSUMER_LABEL, SERVICE_NAME_LABEL, UPSTREAM_LABEL};
 use sluice_api::{AgentPool, RatePolicy};
+use tokio::sync::watch as channel;
 
 use super::WatchMetrics;
 
@@ -51,7 +61,19 @@ pub struct Sources {
     pub slices: Vec<EventStream<EndpointSlice>>,
     /// Secret watchers: consumer Secrets, then the Secrets backends may name.
     pub secrets: Vec<EventStream<Secret>>,
+    /// Where the watch loop publishes the Services the pools reference, when the
+    /// EndpointSlice watchers select by them (see the module's documentation); `None`
+    /// when the slice streams send what they send (tests, files).
+    pub slice_services: Option<channel::Sender<Services>>,
 }
+
+/// `(namespace, name)` of Services.
+pub type Services = BTreeSet<(String, String)>;
+
+/// Most Service names in one EndpointSlice selector; beyond, the watchers select every
+/// slice with a Service (and the watch loop keeps only the referenced ones), so that a
+/// request line stays far below the API server's limits.
+pub const MAX_SELECTED_SERVICES: usize = 1000;
 
 impl Debug for Sources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,6 +82,7 @@ impl Debug for Sources {
             .field("policies", &self.policies.len())
             .field("slices", &self.slices.len())
             .field("secrets", &self.secrets.len())
+            .field("slice_services", &self.slice_services.is_some())
             .finish()
     }
 }
@@ -101,6 +124,7 @@ impl Sources {
 
     /// Every watcher's events in one stream, each tagged with its kind and watcher.
     pub(super) fn merge(self) -> BoxStream<'static, Input> {
+        debug_assert!(self.slice_services.is_none(), "taken by the watch loop");
         let mut all: Vec<BoxStream<'static, Input>> = Vec::new();
         for (i, s) in self.pools.into_iter().enumerate() {
             all.push(s.map(move |e| Input::Pool(i, e)).boxed());
@@ -189,7 +213,11 @@ fn valid_label_key(k: &str) -> bool {
 /// The label selector of the EndpointSlice watchers: `kubernetes.io/service-name` and
 /// every one of `extra`.
 pub fn slice_selector(extra: &[SliceLabel]) -> Selector {
-    std::iter::once(Expression::Exists(SERVICE_NAME_LABEL.to_owned()))
+    selector(Expression::Exists(SERVICE_NAME_LABEL.to_owned()), extra)
+}
+
+fn selector(service: Expression, extra: &[SliceLabel]) -> Selector {
+    std::iter::once(service)
         .chain(extra.iter().map(|l| match &l.value {
             Some(v) => Expression::Equal(l.key.clone(), v.clone()),
             None => Expression::Exists(l.key.clone()),
@@ -197,9 +225,23 @@ pub fn slice_selector(extra: &[SliceLabel]) -> Selector {
         .collect()
 }
 
+/// The selector of the EndpointSlices of `services` with `extra`; `None` when there are
+/// none.
+pub fn services_selector(services: &BTreeSet<String>, extra: &[SliceLabel]) -> Option<Selector> {
+    match services.len() {
+        0 => None,
+        n if n > MAX_SELECTED_SERVICES => Some(slice_selector(extra)),
+        _ => Some(selector(
+            Expression::In(SERVICE_NAME_LABEL.to_owned(), services.clone()),
+            extra,
+        )),
+    }
+}
+
 /// Builds the production [`Sources`]: kube watchers (with kube's default backoff) over
 /// every namespace when `namespaces` is empty, else one per kind and namespace; the
-/// EndpointSlice watchers select [`slice_selector`]`(slice_labels)`.
+/// EndpointSlice watchers select the slices of the Services the pools reference and
+/// `slice_labels`.
 /// Watch errors are logged and counted; the watcher retries on its own.
 pub fn kube_sources(
     client: &Client,
@@ -207,30 +249,110 @@ pub fn kube_sources(
     slice_labels: &[SliceLabel],
     metrics: &WatchMetrics,
 ) -> Sources {
-    let all = watcher::Config::default();
+    let all = cache_read();
+    let (services, rx) = channel::channel(Services::new());
+    let slices = if namespaces.is_empty() {
+        vec![slice_stream(
+            Api::all(client.clone()),
+            None,
+            slice_labels,
+            rx,
+            metrics,
+        )]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| {
+                slice_stream(
+                    Api::namespaced(client.clone(), ns),
+                    Some(ns.clone()),
+                    slice_labels,
+                    rx.clone(),
+                    metrics,
+                )
+            })
+            .collect()
+    };
     Sources {
         pools: dynamic_streams::<AgentPool>(client, namespaces, &all, metrics),
         policies: dynamic_streams::<RatePolicy>(client, namespaces, &all, metrics),
-        slices: streams(
-            client,
-            namespaces,
-            &watcher::Config::default().labels_from(&slice_selector(slice_labels)),
-            metrics,
-            "EndpointSlice",
-        ),
+        slices,
         secrets: [CONSUMER_LABEL, UPSTREAM_LABEL]
             .into_iter()
             .flat_map(|label| {
                 streams(
                     client,
                     namespaces,
-                    &watcher::Config::default().labels(label),
+                    &all.clone().labels(label),
                     metrics,
                     "Secret",
                 )
             })
             .collect(),
+        slice_services: Some(services),
     }
+}
+
+/// A watcher whose lists the API server answers from its watch cache
+/// (`resourceVersion=0`), as client-go's informers do, not with a consistent read from
+/// etcd. kube sends `resourceVersion=0` only on an unpaged list: the watch cache
+/// answers in one piece anyway (it ignores `limit` before Kubernetes 1.31).
+fn cache_read() -> watcher::Config {
+    let mut config = watcher::Config::default().any_semantic();
+    config.page_size = None;
+    config
+}
+
+/// The EndpointSlices of `api` (namespace `namespace`, or all) whose Services are in
+/// the latest set on `services`: a kube watcher per set, started again (so listing
+/// again) whenever it changes.
+/// No Service: an empty list, and no watcher.
+fn slice_stream(
+    api: Api<EndpointSlice>,
+    namespace: Option<String>,
+    extra: &[SliceLabel],
+    services: channel::Receiver<Services>,
+    metrics: &WatchMetrics,
+) -> EventStream<EndpointSlice> {
+    let extra = extra.to_vec();
+    let metrics = metrics.clone();
+    let initial = services.borrow().clone();
+    let mut sets = stream::once(std::future::ready(initial))
+        .chain(stream::unfold(services, |mut rx| async move {
+            rx.changed().await.ok()?;
+            let set = rx.borrow_and_update().clone();
+            Some((set, rx))
+        }))
+        .fuse()
+        .boxed();
+    let mut current: Option<EventStream<EndpointSlice>> = None;
+    stream::poll_fn(move |cx| {
+        // Switch to the newest set first: what follows comes from its watcher.
+        while let Poll::Ready(Some(set)) = sets.poll_next_unpin(cx) {
+            let wanted: BTreeSet<String> = set
+                .into_iter()
+                .filter(|(ns, _)| namespace.as_ref().is_none_or(|n| n == ns))
+                .map(|(_, name)| name)
+                .collect();
+            // Started again even when the names here stay: the watch loop waits for a
+            // new list from every slice watcher, and keeps only the slices of the
+            // Services it references (a name may be new in another namespace).
+            current = Some(match services_selector(&wanted, &extra) {
+                Some(selector) => {
+                    let config = cache_read().labels_from(&selector);
+                    retried(kube_watcher(api.clone(), config), &metrics, "EndpointSlice")
+                }
+                None => stream::iter([Event::Init, Event::InitDone])
+                    .chain(stream::pending())
+                    .boxed(),
+            });
+        }
+        match current.as_mut() {
+            Some(events) => events.poll_next_unpin(cx),
+            None => Poll::Pending,
+        }
+    })
+    .boxed()
 }
 
 /// One stream per namespace (or one over all) of `K` objects as [`DynamicObject`]s.

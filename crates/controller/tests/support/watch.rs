@@ -14,7 +14,7 @@ use sluice_api::{AgentPool, AgentPoolStatus, Objects, RatePolicy, RouteTable, ma
 use sluice_controller::Publisher;
 use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::status_writer::StatusBatch;
-use sluice_controller::watch::{EventStream, Sources, Watch, WatchMetrics, erased};
+use sluice_controller::watch::{EventStream, Services, Sources, Watch, WatchMetrics, erased};
 use tokio::sync::{mpsc, watch};
 
 /// The watch loop's debounce in these tests.
@@ -57,7 +57,21 @@ impl Harness {
         (h, registry.expect("set by start_with"))
     }
 
+    /// A harness whose loop asks for the slices of the Services the pools reference,
+    /// as with kube's watchers: it keeps no other slice. The receiver tells which.
+    pub fn start_selecting() -> (Self, watch::Receiver<Services>) {
+        let (tx, rx) = watch::channel(Services::new());
+        (Self::start_inner(|core, _| core, Some(tx)), rx)
+    }
+
     pub fn start_with(configure: impl FnOnce(Watch, &Publisher) -> Watch) -> Self {
+        Self::start_inner(configure, None)
+    }
+
+    fn start_inner(
+        configure: impl FnOnce(Watch, &Publisher) -> Watch,
+        slice_services: Option<watch::Sender<Services>>,
+    ) -> Self {
         let (pools, pool_stream) = feed();
         let (policies, policy_stream) = feed();
         let (slices, slice_stream) = feed();
@@ -67,6 +81,7 @@ impl Harness {
             policies: vec![erased(policy_stream)],
             slices: vec![slice_stream],
             secrets: vec![secret_stream],
+            slice_services,
         };
         let publisher = Publisher::new();
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
