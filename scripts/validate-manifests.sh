@@ -20,8 +20,9 @@
 #    refuses to start without). Only a controller that watches the Kubernetes API mounts a
 #    ServiceAccount token; it must get POD_NAME and POD_NAMESPACE from the downward API,
 #    and its ServiceAccount must be bound to one ClusterRole (cluster-wide, or in each
-#    --namespace it watches) and to one Role on its Lease; with SLUICE_BIN, the rules of
-#    both must be exactly `sluice controller --print-rbac` (the rules declared next to
+#    --namespace it watches), to one Role on its Lease, and to a Role in each
+#    --consumer-namespace (and may read Secrets nowhere else); with SLUICE_BIN, the rules
+#    of each must be exactly `sluice controller --print-rbac` (the rules declared next to
 #    the code, which crates/controller/tests/rbac.rs checks against the calls it makes). ServiceMonitors (monitoring.coreos.com/v1), for which
 #    kubernetes-validate has no schema, are checked structurally instead. The
 #    prometheus-adapter rules (the chart's adapter ConfigMap, and the values file
@@ -853,7 +854,21 @@ def check_controller_rbac(where, w, container, by_kind, docs):
             error(where, f"{cw} watches {sorted(watched)}, but its ClusterRole is bound in {scopes}")
     elif scopes != ["*"]:
         error(where, f"{cw} watches every namespace, but its ClusterRole is bound in {scopes}, not cluster-wide")
-    lease_roles = [r for s, r in grants if r["kind"] == "Role" and s == lease_ns]
+    def about(role, resource):
+        return any(r == resource for _, r, _ in rule_triples(role.get("rules")))
+
+    lease_roles = [r for s, r in grants if r["kind"] == "Role" and s == lease_ns and about(r, "leases")]
+    # Consumer Secrets: a Role in each --consumer-namespace (without one, where it watches:
+    # then the ClusterRole holds the rules).
+    consumer_ns = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--consumer-namespace"]
+    consumer_roles = {}
+    for s, r in grants:
+        if (r["kind"] == "Role" and s in consumer_ns and s not in consumer_roles
+                and about(r, "secrets")):
+            consumer_roles[s] = r
+    for cns in consumer_ns:
+        if cns not in consumer_roles:
+            error(where, f"{cw} reads consumer Secrets in {cns} (--consumer-namespace), but no Role there lets it")
     if len(lease_roles) != 1:
         error(where, f"{cw}: expected one Role in the Lease's namespace {lease_ns} bound to {sa}, found {len(lease_roles)}")
         return
@@ -863,8 +878,12 @@ def check_controller_rbac(where, w, container, by_kind, docs):
             error(where, f"{describe(lease_roles[0])} names {names}, not the Lease {lease} (--lease-name)")
     if printed_rbac is None:
         return
-    for label, role, key in (("ClusterRole", cluster_role, "clusterRole"), ("Lease Role", lease_roles[0], "leaseRole")):
+    compared = [("ClusterRole", cluster_role, "clusterRole"), ("Lease Role", lease_roles[0], "leaseRole")]
+    compared += [("consumer Role", r, "consumerRole") for r in consumer_roles.values()]
+    for label, role, key in compared:
         have, want = rule_triples(role.get("rules")), printed_rbac.get(key, set())
+        if key == "clusterRole" and not consumer_ns:
+            want = want | printed_rbac.get("consumerRole", set())
         for g, r, v in sorted(want - have):
             error(where, f"{describe(role)} lacks {v} on {r} ({g or 'core'}), which `sluice controller --print-rbac` lists: the controller would be refused")
         for g, r, v in sorted(have - want):
@@ -1095,7 +1114,7 @@ if printed_rbac is None:
 elif rbac_compared:
     print(f"ok   controller RBAC of {len(rbac_compared)} render(s) is exactly `sluice controller --print-rbac` "
           f"({len(printed_rbac.get('clusterRole', ()))} cluster-wide, {len(printed_rbac.get('leaseRole', ()))} on the Lease, "
-          f"{len(printed_rbac.get('tokenReviewRole', ()))} for TokenReviews)")
+          f"{len(printed_rbac.get('tokenReviewRole', ()))} for TokenReviews, {len(printed_rbac.get('consumerRole', ()))} in each consumer namespace)")
 else:
     error("controller RBAC", "no render has a controller watching the API with RBAC: nothing was compared")
 

@@ -606,3 +606,12 @@ Checks that hold even when the values schema is skipped (--skip-schema-validatio
 {{- fail "serviceMonitor.enabled needs service.exposeAdmin: the ServiceMonitor scrapes the Service's admin port" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The namespaces the controller reads consumer Secrets in: controller.consumerNamespaces,
+or the release namespace.
+*/}}
+{{- define "sluice.consumerNamespaces" -}}
+{{- $ns := .Values.controller.consumerNamespaces | default (list .Release.Namespace) -}}
+{{- toJson $ns -}}
+{{- end }}

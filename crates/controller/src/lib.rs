@@ -11,7 +11,7 @@
 //! holder of the [`lease`] writes.
 //!
 //! The Kubernetes API calls each module makes are declared next to the code, as its
-//! `RBAC` constant; [`cluster_rbac`] and [`lease_rbac`] gather them (`sluice controller
+//! `RBAC` constant; [`cluster_rbac`], [`lease_rbac`] and [`consumer_rbac`] gather them (`sluice controller
 //! --print-rbac` prints [`rbac_json`]), and the chart's ClusterRole and Role are checked
 //! against them.
 
@@ -54,9 +54,15 @@ pub fn token_review_rbac() -> Vec<Rule> {
     auth::RBAC.to_vec()
 }
 
-/// [`cluster_rbac`], [`lease_rbac`] and [`token_review_rbac`] as Kubernetes
-/// `PolicyRule`s, one per resource:
-/// `{"clusterRole": [...], "leaseRole": [...], "tokenReviewRole": [...]}`.
+/// The rules the controller needs in each namespace it reads consumer Secrets from
+/// (`--consumer-namespace`; the chart's consumer Role), and only there.
+pub fn consumer_rbac() -> Vec<Rule> {
+    watch::CONSUMER_RBAC.to_vec()
+}
+
+/// [`cluster_rbac`], [`lease_rbac`], [`token_review_rbac`] and [`consumer_rbac`] as
+/// Kubernetes `PolicyRule`s, one per resource: `{"clusterRole": [...], "leaseRole":
+/// [...], "tokenReviewRole": [...], "consumerRole": [...]}`.
 pub fn rbac_json() -> serde_json::Value {
     fn rules(rules: &[Rule]) -> serde_json::Value {
         rules
@@ -74,5 +80,6 @@ pub fn rbac_json() -> serde_json::Value {
         "clusterRole": rules(&cluster_rbac()),
         "leaseRole": rules(&lease_rbac()),
         "tokenReviewRole": rules(&token_review_rbac()),
+        "consumerRole": rules(&consumer_rbac()),
     })
 }

@@ -87,7 +87,7 @@ impl Controller {
     fn start(server: &FakeApiServer) -> Self {
         let client = server.client();
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let sources = kube_sources(&client, &[], &[], &metrics);
+        let sources = kube_sources(&client, &[], &[], &[], &metrics);
         let publisher = Publisher::new();
         let (tx, rx) = tokio::sync::watch::channel(StatusBatch::default());
         let writer = StatusWriter::new(client.clone())

@@ -24,7 +24,7 @@ use sluice_controller::events::{self, EventPublisher, Transition};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig, Observed};
 use sluice_controller::status_writer::{self, StatusWriter, Written};
 use sluice_controller::watch::{self, SliceLabel, WatchMetrics, kube_sources};
-use sluice_controller::{Rule, cluster_rbac, lease_rbac, rbac_json};
+use sluice_controller::{Rule, cluster_rbac, consumer_rbac, lease_rbac, rbac_json};
 
 /// What RBAC checks for one request.
 type Access = (String, String, String);
@@ -36,6 +36,9 @@ struct ApiServer {
     log: Arc<Mutex<Vec<Access>>>,
     /// `(resource, labelSelector)` of every request that had one.
     selectors: Arc<Mutex<BTreeSet<(String, String)>>>,
+    /// `(resource, namespace, labelSelector)` of every request, `*` for a cluster-wide
+    /// one.
+    scopes: Arc<Mutex<BTreeSet<(String, String, String)>>>,
     lease: Arc<Mutex<Option<serde_json::Value>>>,
     objects: Objects,
 }
@@ -89,6 +92,7 @@ impl ApiServer {
         Self {
             log: Arc::default(),
             selectors: Arc::default(),
+            scopes: Arc::default(),
             lease: Arc::default(),
             objects,
         }
@@ -102,6 +106,18 @@ impl ApiServer {
         body: &[u8],
     ) -> (StatusCode, Option<serde_json::Value>) {
         let (group, resource, verb) = access(method, path, query);
+        let namespace = path
+            .split_once("/namespaces/")
+            .map_or("*", |(_, rest)| rest.split('/').next().unwrap_or_default());
+        let selector = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "labelSelector")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        self.scopes.lock().expect("lock").insert((
+            resource.clone(),
+            namespace.to_owned(),
+            selector,
+        ));
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             if key == "labelSelector" {
                 self.selectors
@@ -261,7 +277,7 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
     // The watchers, over every namespace and over one.
     for namespaces in [Vec::new(), vec!["agents".to_owned()]] {
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let sources = kube_sources(&client, &namespaces, &[], &metrics);
+        let sources = kube_sources(&client, &namespaces, &[], &[], &metrics);
         let services = sources.slice_services.expect("slices selected by Service");
         services.send_replace(BTreeSet::from([("agents".to_owned(), "chat".to_owned())]));
         for s in sources.pools {
@@ -276,7 +292,15 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
         for s in sources.secrets {
             list_and_watch(s).await;
         }
+        // Secrets: the consumer watchers' (CONSUMER_RBAC) and the upstream ones' (RBAC)
+        // calls are the same.
         assert_eq!(server.take(), declared(watch::RBAC), "watch::RBAC");
+        assert!(
+            declared(watch::CONSUMER_RBAC)
+                .keys()
+                .all(|k| declared(watch::RBAC).contains_key(k)),
+            "watch::CONSUMER_RBAC"
+        );
     }
 
     // The status writer.
@@ -364,6 +388,7 @@ fn the_printed_rules_are_the_declared_ones() {
     };
     assert_eq!(rules("clusterRole"), declared(&cluster_rbac()));
     assert_eq!(rules("leaseRole"), declared(&lease_rbac()));
+    assert_eq!(rules("consumerRole"), declared(&consumer_rbac()));
     // Nothing the controller does needs more than reading and writing its own objects.
     let all = declared(&[cluster_rbac(), lease_rbac()].concat());
     for ((group, resource), verbs) in &all {
@@ -390,7 +415,7 @@ async fn the_watchers_ask_only_for_the_referenced_services_slices_and_labelled_s
         .iter()
         .map(|l| l.parse().expect("valid label"))
         .collect();
-    let sources = kube_sources(&client, &[], &labels, &metrics);
+    let sources = kube_sources(&client, &[], &[], &labels, &metrics);
     let services = sources.slice_services.expect("slices selected by Service");
     services.send_replace(BTreeSet::from([
         ("agents".to_owned(), "chat".to_owned()),
@@ -444,4 +469,37 @@ fn endpointslice_labels_must_be_kubernetes_labels() {
     }
     let long = format!("agent={}", "v".repeat(64));
     assert!(long.parse::<SliceLabel>().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn consumer_secrets_are_read_in_the_consumer_namespaces_only() {
+    let server = ApiServer::new();
+    let client = server.client();
+    let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
+    let consumers = ["consumers".to_owned(), "partners".to_owned()];
+    let sources = kube_sources(&client, &[], &consumers, &[], &metrics);
+    for s in sources.pools {
+        list_and_watch(s).await;
+    }
+    for s in sources.secrets {
+        list_and_watch(s).await;
+    }
+    let scopes = server.scopes.lock().expect("lock").clone();
+    let secrets = |label: &str| -> BTreeSet<&str> {
+        scopes
+            .iter()
+            .filter(|(r, _, selector)| r == "secrets" && selector == label)
+            .map(|(_, ns, _)| ns.as_str())
+            .collect()
+    };
+    assert_eq!(
+        secrets("sluice.dev/consumer"),
+        BTreeSet::from(["consumers", "partners"])
+    );
+    // The Secrets backends name are read where the pools are.
+    assert_eq!(secrets("sluice.dev/upstream"), BTreeSet::from(["*"]));
+    assert!(
+        scopes.contains(&("agentpools".to_owned(), "*".to_owned(), String::new())),
+        "{scopes:?}"
+    );
 }

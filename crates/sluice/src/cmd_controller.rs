@@ -30,6 +30,13 @@ pub struct Args {
     /// Ignored with --from-dir.
     #[arg(long = "namespace", value_name = "NAMESPACE")]
     namespaces: Vec<String>,
+    /// Read consumer Secrets (labelled `sluice.dev/consumer`) only in this namespace
+    /// (repeat for several). RBAC cannot restrict a Secret watch by label: the
+    /// controller needs `list` and `watch` on every Secret where it reads consumers, so
+    /// keep them in namespaces that hold nothing else of value. Default: the namespaces
+    /// of --namespace (all when none). Ignored with --from-dir.
+    #[arg(long = "consumer-namespace", value_name = "NAMESPACE")]
+    consumer_namespaces: Vec<String>,
     /// Watch only the EndpointSlices with this label, `KEY` or `KEY=VALUE` (repeat for
     /// several; all must match). Kubernetes copies a Service's labels to its slices:
     /// label the agents' Services, say `sluice.dev/agent=true`, and the controller no
@@ -283,6 +290,7 @@ pub async fn run(args: Args) -> Result<()> {
         let sources = watch::kube_sources(
             &client,
             &args.namespaces,
+            &args.consumer_namespaces,
             &args.endpointslice_labels,
             &watch_metrics,
         );

@@ -79,8 +79,8 @@ pub use self::metrics::WatchMetrics;
 use self::pacer::Pacer;
 use self::sources::Input;
 pub use self::sources::{
-    EventStream, MAX_SELECTED_SERVICES, RBAC, Services, SliceLabel, SliceLabelError, Sources,
-    erased, kube_sources, services_selector, slice_selector,
+    CONSUMER_RBAC, EventStream, MAX_SELECTED_SERVICES, RBAC, Services, SliceLabel, SliceLabelError,
+    Sources, erased, kube_sources, services_selector, slice_selector,
 };
 use crate::lease::Leadership;
 use crate::object::{Custom, Parsed};

@@ -40,14 +40,22 @@ pub type EventStream<K> = BoxStream<'static, Event<K>>;
 
 /// The API calls the watchers make, as RBAC rules `(group, resource, verbs)`: in every
 /// watched namespace. kube's watcher lists, then watches; it never gets one object.
-/// Secrets are watched with the label selector `sluice.dev/consumer`, but RBAC cannot
-/// restrict by label: the controller may read every Secret of the namespaces it watches.
+/// Secrets labelled `sluice.dev/upstream` (what backends name for TLS and credentials)
+/// are read in every watched namespace, where the pools that name them are; RBAC cannot
+/// restrict by label, so the controller may read every Secret there.
 pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("sluice.dev", "agentpools", &["list", "watch"]),
     ("sluice.dev", "ratepolicies", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     ("", "secrets", &["list", "watch"]),
 ];
+
+/// The API calls the consumer Secret watchers make: in each consumer namespace only.
+/// Secrets are watched with the label selector `sluice.dev/consumer`, but RBAC cannot
+/// restrict by label: the controller may read every Secret of the namespaces it reads
+/// consumers from, so those are namespaces that hold consumer Secrets and nothing else
+/// of value (`--consumer-namespace`).
+pub const CONSUMER_RBAC: &[(&str, &str, &[&str])] = &[("", "secrets", &["list", "watch"])];
 
 /// The event streams the controller consumes: one per watcher, so that each watcher's
 /// re-list (`Init` … `InitDone`) replaces exactly the objects it listed.
@@ -241,14 +249,21 @@ pub fn services_selector(services: &BTreeSet<String>, extra: &[SliceLabel]) -> O
 /// Builds the production [`Sources`]: kube watchers (with kube's default backoff) over
 /// every namespace when `namespaces` is empty, else one per kind and namespace; the
 /// EndpointSlice watchers select the slices of the Services the pools reference and
-/// `slice_labels`.
+/// `slice_labels`; consumer Secrets are watched in `consumer_namespaces`, or where the
+/// rest is when it is empty.
 /// Watch errors are logged and counted; the watcher retries on its own.
 pub fn kube_sources(
     client: &Client,
     namespaces: &[String],
+    consumer_namespaces: &[String],
     slice_labels: &[SliceLabel],
     metrics: &WatchMetrics,
 ) -> Sources {
+    let consumer_namespaces = if consumer_namespaces.is_empty() {
+        namespaces
+    } else {
+        consumer_namespaces
+    };
     let all = cache_read();
     let (services, rx) = channel::channel(Services::new());
     let slices = if namespaces.is_empty() {
@@ -277,18 +292,21 @@ pub fn kube_sources(
         pools: dynamic_streams::<AgentPool>(client, namespaces, &all, metrics),
         policies: dynamic_streams::<RatePolicy>(client, namespaces, &all, metrics),
         slices,
-        secrets: [CONSUMER_LABEL, UPSTREAM_LABEL]
-            .into_iter()
-            .flat_map(|label| {
-                streams(
-                    client,
-                    namespaces,
-                    &all.clone().labels(label),
-                    metrics,
-                    "Secret",
-                )
-            })
-            .collect(),
+        secrets: [
+            (consumer_namespaces, CONSUMER_LABEL),
+            (namespaces, UPSTREAM_LABEL),
+        ]
+        .into_iter()
+        .flat_map(|(namespaces, label)| {
+            streams(
+                client,
+                namespaces,
+                &all.clone().labels(label),
+                metrics,
+                "Secret",
+            )
+        })
+        .collect(),
         slice_services: Some(services),
     }
 }
