@@ -240,13 +240,25 @@ fn controller_watches_the_api_writes_status_and_hands_over_the_lease() -> Result
     let metrics = get(first_addr, "/metrics")?.body;
     for line in [
         r#"sluice_controller_watch_lists_total{kind="AgentPool"} 1"#,
-        r#"sluice_controller_watch_lists_total{kind="EndpointSlice"} 1"#,
         "sluice_controller_table_pools 1",
         "sluice_controller_table_endpoints 2",
         r#"sluice_controller_proxies{state="current"} 1"#,
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
     }
+    // EndpointSlices: one list for `chat`'s Service, and one more if the controller saw
+    // `chat` before `broken` named another Service.
+    let slice_lists: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"sluice_controller_watch_lists_total{kind="EndpointSlice"} "#)
+        })
+        .and_then(|v| v.parse().ok())
+        .context("the EndpointSlice lists")?;
+    assert!(
+        (1..=2).contains(&slice_lists),
+        "{slice_lists} EndpointSlice lists"
+    );
     let bytes: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("sluice_controller_table_bytes "))

@@ -54,7 +54,8 @@ impl WatchMetrics {
             Opts::new(
                 "sluice_controller_watch_lists_total",
                 "Full lists by the watchers, by kind: one at start, then one each time a \
-                 watch could not resume (a restart)",
+                 watch could not resume (a restart), and for EndpointSlices one each time \
+                 the set of Services the pools name changes",
             ),
             &["kind"],
         )?;

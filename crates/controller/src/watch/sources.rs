@@ -351,6 +351,9 @@ fn slice_stream(
                 .into_iter()
                 .filter(|(ns, _)| namespace.as_ref().is_none_or(|n| n == ns))
                 .map(|(_, name)| name)
+                // A name no Service can have (the compile step says so) has no slices,
+                // and would make the API server refuse the selector.
+                .filter(|name| valid_label_value(name) && !name.is_empty())
                 .collect();
             // Started again even when the names here stay: the watch loop waits for a
             // new list from every slice watcher, and keeps only the slices of the
@@ -360,7 +363,9 @@ fn slice_stream(
                     let config = cache_read().labels_from(&selector);
                     retried(kube_watcher(api.clone(), config), &metrics, "EndpointSlice")
                 }
-                None => stream::iter([Event::Init, Event::InitDone])
+                // Nothing to list: the end of an empty list (no `Init`: no list
+                // was made, and none is counted).
+                None => stream::iter([Event::InitDone])
                     .chain(stream::pending())
                     .boxed(),
             });
