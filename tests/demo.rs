@@ -157,7 +157,7 @@ fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
     let seen: serde_json::Value =
         serde_json::from_str(&get_with(proxy, "/agents/echo/", &forged)?.body)?;
     assert_eq!(seen["headers"]["x-sluice-tier"], "standard");
-    assert_eq!(seen["headers"]["x-sluice-consumer"], "demo-standard");
+    assert_eq!(seen["headers"]["x-sluice-consumer"], "demo/demo-standard");
     assert!(seen["headers"].get("authorization").is_none(), "{seen}");
 
     // Rate limits: demo-standard has 50 a minute on echo (one used just above), so the

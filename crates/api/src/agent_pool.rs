@@ -524,6 +524,12 @@ pub struct PoolRef {
 
 /// Who may call a pool. A caller is let in when it is public, or when the consumer is
 /// listed by name or by tier.
+///
+/// Consumers from Secrets belong to the Secret's namespace (`namespace/name`): a name
+/// listed here is the consumer of that name in the pool's namespace (or a JWT subject),
+/// `otherns/name` one of another namespace. A tier lets in the pool's own namespace's
+/// consumers of that tier, and those of `consumerNamespaces`: a Secret cannot give
+/// itself a tier another namespace's pool accepts without that pool's consent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Access {
@@ -534,10 +540,15 @@ pub struct Access {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub tiers: Vec<String>,
-    /// Consumer names that may call.
+    /// Consumer names that may call: `name` (of the pool's namespace, or a JWT
+    /// subject) or `namespace/name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 127)))]
     pub consumers: Vec<String>,
+    /// Other namespaces whose consumers `tiers` let in (`*`: every namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub consumer_namespaces: Vec<String>,
 }
 
 /// How callers of a pool authenticate.

@@ -357,8 +357,16 @@ fn validate_pool(pool: &Pool) -> Result<(), TableError> {
     for c in &pool.access.consumers {
         rule(
             || format!("pool {key} access.consumers"),
-            rules::name(c, "consumer"),
+            rules::consumer(c),
         )?;
+    }
+    for ns in &pool.access.namespaces {
+        if ns != "*" && !rules::is_namespace(ns) {
+            return Err(inconsistent(
+                format!("pool {key} access.namespaces"),
+                format!("{ns:?} is not a namespace"),
+            ));
+        }
     }
     Ok(())
 }
@@ -441,7 +449,7 @@ fn validate_consumers(consumers: &[Consumer], pools: &HashSet<&str>) -> Result<(
     let mut names = HashSet::new();
     for c in consumers {
         let at = || format!("consumer {}", c.name);
-        rule(at, rules::name(&c.name, "consumer"))?;
+        rule(at, rules::consumer(&c.name))?;
         if !names.insert(c.name.as_str()) {
             return Err(inconsistent(at(), "appears twice"));
         }

@@ -299,7 +299,7 @@ async fn a_consumer_secret_feeds_the_consumers_of_the_table() {
     let acme = table
         .consumers
         .iter()
-        .find(|c| c.name == "acme")
+        .find(|c| c.name == "agents/acme")
         .expect("consumer acme");
     assert_eq!(
         acme.key_hashes

@@ -79,6 +79,8 @@ impl Authenticator {
         headers: &HeaderMap,
     ) -> Result<Option<Caller>, AuthError> {
         let mut allowed_pools = None;
+        // A consumer from a Secret belongs to a namespace; a JWT's is the pool's issuer's.
+        let mut by_key = false;
         let caller = match extract_credential(headers)? {
             None => None,
             Some(credential) => match jwt {
@@ -95,6 +97,7 @@ impl Authenticator {
                 _ => {
                     let consumer = self.keys.lookup_credential(&credential)?;
                     allowed_pools = consumer.allowed_pools.as_ref();
+                    by_key = true;
                     Some(Caller {
                         consumer: consumer.name.clone(),
                         tier: consumer.tier.clone(),
@@ -113,7 +116,12 @@ impl Authenticator {
         }
         match &caller {
             None => Err(AuthError::Missing),
-            Some(c) if access.consumers.contains(&c.consumer) || access.tiers.contains(&c.tier) => {
+            Some(c) if access.consumers.contains(&c.consumer) => Ok(caller),
+            // A tier counts for consumers of the pool's namespace and of those it names.
+            Some(c)
+                if access.tiers.contains(&c.tier)
+                    && (!by_key || access.tier_admits(&pool.key, &c.consumer)) =>
+            {
                 Ok(caller)
             }
             Some(_) => Err(AuthError::Forbidden),

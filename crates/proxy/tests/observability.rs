@@ -62,9 +62,10 @@ async fn the_consumers_refused_most_are_named_and_the_rest_summed() {
             "sluice_ratelimit_top_consumers{{consumer=\"{consumer}\",kind=\"refused\",policy=\"demo/per-consumer\"}}"
         ))
     };
-    assert_eq!(top("a"), Some(3.0));
-    assert_eq!(top("b"), Some(2.0));
-    assert_eq!(top("c"), None, "beyond the top two");
+    // Consumers from Secrets are named after their namespace.
+    assert_eq!(top("demo/a"), Some(3.0));
+    assert_eq!(top("demo/b"), Some(2.0));
+    assert_eq!(top("demo/c"), None, "beyond the top two");
     assert_eq!(top("other"), Some(1.0));
 
     let admin = proxy.start_admin().await;
@@ -73,7 +74,7 @@ async fn the_consumers_refused_most_are_named_and_the_rest_summed() {
     let json = reply.json();
     let policy = &json["policies"][0];
     assert_eq!(policy["policy"], "demo/per-consumer");
-    assert_eq!(policy["consumers"][0]["consumer"], "a");
+    assert_eq!(policy["consumers"][0]["consumer"], "demo/a");
     assert_eq!(policy["consumers"][0]["refused"], 3);
     assert_eq!(policy["consumers"][0]["remaining"], 0);
     assert_eq!(policy["consumers"][0]["overcount"], 0);

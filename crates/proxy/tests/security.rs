@@ -501,7 +501,11 @@ async fn connection_cannot_remove_the_gateway_identity() {
         let all = seen.all();
         assert_eq!(all.len(), expected);
         for (path, headers) in all {
-            assert_eq!(values(&headers, "x-sluice-consumer"), ["alice"], "{path}");
+            assert_eq!(
+                values(&headers, "x-sluice-consumer"),
+                ["demo/alice"],
+                "{path}"
+            );
             assert_eq!(values(&headers, "x-sluice-tier"), ["premium"], "{path}");
             assert!(!headers.contains_key(header::CONNECTION), "{path}");
         }
@@ -546,7 +550,7 @@ async fn client_sent_identity_headers_are_stripped_in_any_case() {
     let reply = raw(proxy.addr, "/agents/echo/x", &as_carol).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let (_, headers) = agents.seen_echo.last();
-    assert_eq!(values(&headers, "x-sluice-consumer"), ["carol"]);
+    assert_eq!(values(&headers, "x-sluice-consumer"), ["demo/carol"]);
     assert_eq!(values(&headers, "x-sluice-tier"), ["standard"]);
     assert!(!headers.contains_key("x-sluice-anything"));
 }
@@ -654,7 +658,7 @@ async fn credentials_are_checked_on_every_pool_and_never_leak() {
         .iter()
         .flat_map(|(_, h)| values(h, "x-sluice-consumer"))
         .collect();
-    assert_eq!(consumers, ["bob", "alice", "alice"]);
+    assert_eq!(consumers, ["demo/bob", "demo/alice", "demo/alice"]);
 
     // No credential reaches an agent, and no response carries one back.
     for (path, headers) in agents
@@ -926,7 +930,7 @@ async fn admin_metrics_and_routes_need_the_token_probes_do_not() {
     }
     // The table in force names consumers by key hash only.
     let routes = get_with(&c, &url("/routes"), &[("authorization", "Bearer t")]).await;
-    assert!(routes.text().contains("\"alice\""));
+    assert!(routes.text().contains("\"demo/alice\""));
     for key in [ALICE, BOB, CAROL, DAVE] {
         assert!(!routes.text().contains(key), "{key} in /routes");
     }
@@ -934,4 +938,60 @@ async fn admin_metrics_and_routes_need_the_token_probes_do_not() {
         let reply = get_with(&c, &url(path), &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}");
     }
+}
+
+#[tokio::test]
+async fn another_namespaces_consumer_neither_shadows_a_name_nor_grants_itself_a_tier() {
+    const OTHER_ALICE: &str = "other-alice-key-0123456789";
+    const MALLORY: &str = "mallory-key-0123456789";
+    let (secure, seen) = recording("secure").await;
+    let yaml = |consent: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: AgentPool\n\
+             metadata: {{name: secure, namespace: demo}}\n\
+             spec:\n  matches: [{{pathPrefix: /agents/secure/}}]\n  \
+             backends: [{{endpoints: [\"{}\"]}}]\n  \
+             access: {{tiers: [premium], consumers: [bob]{consent}}}\n---\n{}{}\
+             apiVersion: v1\nkind: Secret\n\
+             metadata: {{name: alice, namespace: other, labels: {{sluice.dev/consumer: alice}}}}\n\
+             stringData: {{api-key: {OTHER_ALICE}, tier: standard}}\n---\n\
+             apiVersion: v1\nkind: Secret\n\
+             metadata: {{name: mallory, namespace: other, labels: {{sluice.dev/consumer: bob}}}}\n\
+             stringData: {{api-key: {MALLORY}, tier: premium}}\n",
+            secure.address(),
+            consumer("alice", ALICE, "premium", None),
+            consumer("bob", BOB, "standard", None),
+        )
+    };
+    let c = client();
+    let url = |proxy: &Proxy| proxy.url("/agents/secure/x");
+    let status = |reply: &Reply| reply.status;
+
+    // Without the pool's consent: another namespace's `alice` does not drop this one,
+    // its `bob` is not this `bob`, and its premium tier counts for nothing here.
+    let proxy = Proxy::with_table(compile_yaml(&yaml(""))).await;
+    for (key, expected, who) in [
+        (ALICE, StatusCode::OK, Some("demo/alice")),
+        (BOB, StatusCode::OK, Some("demo/bob")),
+        (OTHER_ALICE, StatusCode::FORBIDDEN, None),
+        (MALLORY, StatusCode::FORBIDDEN, None),
+    ] {
+        let before = seen.count();
+        let reply = get_with(&c, &url(&proxy), &[("authorization", &bearer(key))]).await;
+        assert_eq!(status(&reply), expected, "{key}");
+        if let Some(who) = who {
+            assert_eq!(values(&seen.last().1, "x-sluice-consumer"), [who]);
+        } else {
+            assert_eq!(seen.count(), before, "{key} reached the agent");
+        }
+    }
+
+    // The pool admits the tiers of namespace `other`: its premium consumer is let in
+    // by tier, under its own name; its standard one is not.
+    let proxy = Proxy::with_table(compile_yaml(&yaml(", consumerNamespaces: [other]"))).await;
+    let reply = get_with(&c, &url(&proxy), &[("authorization", &bearer(MALLORY))]).await;
+    assert_eq!(status(&reply), StatusCode::OK);
+    assert_eq!(values(&seen.last().1, "x-sluice-consumer"), ["other/bob"]);
+    let reply = get_with(&c, &url(&proxy), &[("authorization", &bearer(OTHER_ALICE))]).await;
+    assert_eq!(status(&reply), StatusCode::FORBIDDEN);
 }

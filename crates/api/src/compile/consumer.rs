@@ -10,9 +10,14 @@
 //! | `tier` | the consumer's tier |
 //! | `pools` | comma-separated AgentPools (`name` in the Secret's namespace, or `namespace/name`) |
 //!
-//! The label's value is the consumer's name (the Secret's name when empty). Keys are
-//! hashed before they enter the table: no plaintext key leaves the compile step, and no
-//! diagnostic ever quotes one.
+//! The label's value is the consumer's name (the Secret's name when empty); the consumer
+//! belongs to the Secret's namespace, and is `namespace/name` in the table (in
+//! `x-sluice-consumer` and rate-limit keys): two namespaces' consumers of one name are
+//! two consumers. A consumer may be limited to a pool of another namespace only when
+//! that pool admits it (by name in `spec.access.consumers`, by namespace in
+//! `spec.access.consumerNamespaces`, or as a public pool). Keys are hashed before they
+//! enter the table: no plaintext key leaves the compile step, and no diagnostic ever
+//! quotes one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Cx, is_name};
 use crate::diagnostics::Diagnostic;
-use crate::table::{Consumer, KeyHash};
+use crate::table::{Access, Consumer, KeyHash};
 
 /// The label that marks a Secret as a consumer; its value names the consumer.
 pub const CONSUMER_LABEL: &str = "sluice.dev/consumer";
@@ -47,7 +52,7 @@ struct Parsed {
 
 pub(super) fn compile_consumers(
     secrets: &[Secret],
-    pool_keys: &BTreeSet<&str>,
+    pools: &BTreeMap<&str, &Access>,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<Consumer> {
     let mut parsed: Vec<Parsed> = Vec::new();
@@ -67,7 +72,7 @@ pub(super) fn compile_consumers(
             secret.metadata.namespace.as_deref(),
             secret.metadata.name.as_deref(),
         );
-        if let Some(consumer) = compile_secret(secret, pool_keys, &mut cx) {
+        if let Some(consumer) = compile_secret(secret, pools, &mut cx) {
             parsed.push(Parsed {
                 consumer,
                 secret: format!(
@@ -133,7 +138,11 @@ pub(super) fn compile_consumers(
     out
 }
 
-fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> Option<Consumer> {
+fn compile_secret(
+    secret: &Secret,
+    pools: &BTreeMap<&str, &Access>,
+    cx: &mut Cx,
+) -> Option<Consumer> {
     let namespace = secret.metadata.namespace.as_deref().unwrap_or("default");
     let label = secret
         .metadata
@@ -165,7 +174,7 @@ fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> O
     }
 
     let mut consumer = Consumer {
-        name,
+        name: format!("{namespace}/{name}"),
         ..Consumer::default()
     };
     for (key, (value, section)) in &entries {
@@ -202,7 +211,7 @@ fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> O
                 _ => cx.error(&field, "is not a valid tier name"),
             }
         } else if key == "pools" {
-            let mut pools = Vec::new();
+            let mut limited = Vec::new();
             for item in text
                 .unwrap_or_default()
                 .split(',')
@@ -214,18 +223,25 @@ fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> O
                 } else {
                     format!("{namespace}/{item}")
                 };
-                if pool_keys.contains(pool.as_str()) {
-                    pools.push(pool);
-                } else {
-                    cx.warning(
+                match pools.get(pool.as_str()) {
+                    None => cx.warning(
                         &field,
                         format!("AgentPool {pool} is not in the table; left out"),
-                    );
+                    ),
+                    Some(access) if !admits(access, &pool, &consumer.name) => cx.warning(
+                        &field,
+                        format!(
+                            "AgentPool {pool} does not admit consumers of namespace \
+                             {namespace} (its spec.access.consumers or \
+                             consumerNamespaces); left out"
+                        ),
+                    ),
+                    Some(_) => limited.push(pool),
                 }
             }
-            pools.sort();
-            pools.dedup();
-            consumer.pools = Some(pools);
+            limited.sort();
+            limited.dedup();
+            consumer.pools = Some(limited);
         } else {
             cx.warning(
                 &field,
@@ -239,6 +255,16 @@ fn compile_secret(secret: &Secret, pool_keys: &BTreeSet<&str>, cx: &mut Cx) -> O
     consumer.key_hashes.sort();
     consumer.key_hashes.dedup();
     (!cx.has_errors()).then_some(consumer)
+}
+
+/// Whether the pool `pool_key` with `access` consents to consumer `consumer`
+/// (qualified) naming it: a pool of its own namespace always does.
+fn admits(access: &Access, pool_key: &str, consumer: &str) -> bool {
+    let namespace = |key: &str| key.split_once('/').map(|(ns, _)| ns.to_owned());
+    namespace(pool_key) == namespace(consumer)
+        || access.public
+        || access.consumers.iter().any(|c| c == consumer)
+        || (!access.tiers.is_empty() && access.tier_admits(pool_key, consumer))
 }
 
 #[cfg(test)]

@@ -94,11 +94,19 @@ pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
     resolve_fallbacks(&mut pools, &mut diags);
 
     let pool_keys: BTreeSet<&str> = pools.iter().map(|c| c.pool.key.as_str()).collect();
-    let consumers = consumer::compile_consumers(&objects.secrets, &pool_keys, &mut diags);
+    let access: BTreeMap<&str, &crate::table::Access> = pools
+        .iter()
+        .map(|c| (c.pool.key.as_str(), &c.pool.access))
+        .collect();
+    let consumers = consumer::compile_consumers(&objects.secrets, &access, &mut diags);
     let consumer_names: BTreeSet<&str> = consumers.iter().map(|c| c.name.as_str()).collect();
-    for Compiled { pool, source, .. } in &pools {
-        for (i, name) in pool.access.consumers.iter().enumerate() {
-            if !consumer_names.contains(name.as_str()) {
+    for Compiled { source, .. } in &pools {
+        let namespace = source.metadata.namespace.as_deref().unwrap_or("default");
+        let listed = source.spec.access.iter().flat_map(|a| a.consumers.iter());
+        for (i, name) in listed.enumerate() {
+            let known = pool::qualify_consumer(name, namespace)
+                .is_some_and(|q| consumer_names.contains(q.as_str()));
+            if !known {
                 let mut cx = Cx::for_pool(source);
                 cx.warning(
                     &format!("spec.access.consumers[{i}]"),

@@ -107,10 +107,13 @@ pub(super) fn compile_pool(
         }
         format!("{namespace}/{}", f.name)
     });
-    let access = spec
-        .access
+    let has_jwt = spec
+        .authentication
         .as_ref()
-        .map_or_else(Access::default, |a| compile_access(a, cx));
+        .is_some_and(|a| a.jwt.is_some());
+    let access = spec.access.as_ref().map_or_else(Access::default, |a| {
+        compile_access(a, namespace, has_jwt, cx)
+    });
     let jwt = spec
         .authentication
         .as_ref()
@@ -385,9 +388,60 @@ fn compile_outlier(o: &agent_pool::OutlierDetection, cx: &mut Cx) -> Outlier {
     }
 }
 
-fn compile_access(a: &agent_pool::Access, cx: &mut Cx) -> Access {
+/// The consumer a pool in `namespace` means by `entry` of `spec.access.consumers`:
+/// `namespace/name` for a bare name, the entry itself when qualified; `None` when it is
+/// neither.
+pub(super) fn qualify_consumer(entry: &str, namespace: &str) -> Option<String> {
+    let qualified = if entry.contains('/') {
+        entry.to_owned()
+    } else {
+        format!("{namespace}/{entry}")
+    };
+    rules::consumer(&qualified).is_ok().then_some(qualified)
+}
+
+fn compile_access(a: &agent_pool::Access, namespace: &str, has_jwt: bool, cx: &mut Cx) -> Access {
     let tiers = names(&a.tiers, "spec.access.tiers", "tier", cx);
-    let consumers = names(&a.consumers, "spec.access.consumers", "consumer", cx);
+    let mut consumers = Vec::new();
+    for (i, entry) in a.consumers.iter().enumerate() {
+        match qualify_consumer(entry, namespace) {
+            Some(qualified) => {
+                consumers.push(qualified);
+                // A JWT names its subject without a namespace.
+                if has_jwt && !entry.contains('/') {
+                    consumers.push(entry.clone());
+                }
+            }
+            None => cx.error(
+                &format!("spec.access.consumers[{i}]"),
+                format!(
+                    "{entry:?} is not a consumer name (1-63 letters, digits, `-`, `_`, `.`), \
+                     optionally after a namespace and `/`"
+                ),
+            ),
+        }
+    }
+    consumers.sort();
+    consumers.dedup();
+    let mut namespaces = Vec::new();
+    for (i, ns) in a.consumer_namespaces.iter().enumerate() {
+        if ns == "*" || rules::is_namespace(ns) {
+            namespaces.push(ns.clone());
+        } else {
+            cx.error(
+                &format!("spec.access.consumerNamespaces[{i}]"),
+                format!("{ns:?} is not a namespace name or `*`"),
+            );
+        }
+    }
+    namespaces.sort();
+    namespaces.dedup();
+    if !namespaces.is_empty() && tiers.is_empty() {
+        cx.warning(
+            "spec.access.consumerNamespaces",
+            "admits the tiers of other namespaces' consumers, but no tier is listed",
+        );
+    }
     if !a.public && tiers.is_empty() && consumers.is_empty() {
         cx.warning(
             "spec.access",
@@ -398,6 +452,7 @@ fn compile_access(a: &agent_pool::Access, cx: &mut Cx) -> Access {
         public: a.public,
         tiers,
         consumers,
+        namespaces,
     }
 }
 

@@ -301,9 +301,14 @@ pub struct Access {
     /// Tiers that may call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<String>,
-    /// Consumers that may call.
+    /// Consumers that may call: `namespace/name` for consumers from Secrets, `name`
+    /// for JWT subjects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<String>,
+    /// Namespaces, besides the pool's own, whose consumers `tiers` let in; `*` for
+    /// every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 impl Default for Access {
@@ -312,7 +317,24 @@ impl Default for Access {
             public: true,
             tiers: Vec::new(),
             consumers: Vec::new(),
+            namespaces: Vec::new(),
         }
+    }
+}
+
+impl Access {
+    /// Whether `tiers` let in consumer `consumer` (`namespace/name`) calling pool
+    /// `pool_key` (`namespace/name`), with its tier: it belongs to the pool's namespace
+    /// or to one of [`Self::namespaces`]. A consumer without a namespace (a JWT
+    /// subject, a hand-written table) counts as the pool's own.
+    pub fn tier_admits(&self, pool_key: &str, consumer: &str) -> bool {
+        let Some((namespace, _)) = consumer.split_once('/') else {
+            return true;
+        };
+        pool_key
+            .split_once('/')
+            .is_some_and(|(own, _)| own == namespace)
+            || self.namespaces.iter().any(|n| n == "*" || n == namespace)
     }
 }
 

@@ -92,6 +92,38 @@ pub fn name(name: &str, what: &'static str) -> Result<(), RuleError> {
     }
 }
 
+/// Whether `name` is a Kubernetes namespace name: 1 to 63 of `a-z`, `0-9` and `-`,
+/// alphanumeric at both ends.
+pub fn is_namespace(name: &str) -> bool {
+    let b = name.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first() != Some(&b'-')
+        && b.last() != Some(&b'-')
+}
+
+/// A consumer: `name`, or `namespace/name` for a consumer from a Secret of that
+/// namespace.
+///
+/// # Errors
+///
+/// [`RuleError::BadName`] unless `name` is [`is_name`], or a namespace, `/` and one.
+pub fn consumer(consumer: &str) -> Result<(), RuleError> {
+    let ok = match consumer.split_once('/') {
+        Some((ns, name)) => is_namespace(ns) && is_name(name),
+        None => is_name(consumer),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::BadName {
+            name: consumer.to_owned(),
+            what: "consumer",
+        })
+    }
+}
+
 /// The number of retries after the first attempt.
 ///
 /// # Errors
