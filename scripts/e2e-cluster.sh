@@ -3,7 +3,8 @@
 # a message) when there is no cluster to talk to.
 #
 # What it checks: the API server accepts the CRDs, validates AgentPools with their
-# schema (a valid one is accepted, an invalid one refused), `kubectl get agentpools`
+# schema (a valid one is accepted; invalid ones, out-of-range numbers and invalid
+# combinations included, refused), `kubectl get agentpools`
 # shows the printer columns, and `sluice controller`, run here against the cluster,
 # watches the objects and writes their status conditions (Accepted=True on a valid
 # pool, Accepted=False with the diagnostic on a pool the compile step refuses).
@@ -39,18 +40,24 @@ kubectl -n "$ns" get agentpools
 want=$(grep -A1 '^  loadBalancing:' deploy/examples/standalone/pools.yaml | sed -n 's/^ *algorithm: *//p' | head -n 1)
 kubectl -n "$ns" get ap echo -o jsonpath='{.spec.loadBalancing.algorithm}' | grep -qx "$want"
 
-# The schema refuses what the Rust types refuse.
-if kubectl -n "$ns" apply --server-side -f - >/dev/null 2>&1 <<YAML
+# The schema refuses what the Rust types refuse: a bad prefix and weight, a number
+# beyond its type (the API server ignores `format: uint32`: only `maximum` bounds it), a
+# port out of range (a CEL rule), a backend with both a Service and endpoints.
+for spec in \
+  '{matches: [{pathPrefix: no-slash}], backends: [{endpoints: ["127.0.0.1:1"], weight: 0}]}' \
+  '{matches: [{pathPrefix: /}], backends: [{endpoints: ["127.0.0.1:1"]}], queue: {defaultPriority: 5000000000}}' \
+  '{matches: [{pathPrefix: /}], backends: [{service: {name: a, port: 70000}}]}' \
+  '{matches: [{pathPrefix: /}], backends: [{service: {name: a, port: http}, endpoints: ["127.0.0.1:1"]}]}'; do
+  if kubectl -n "$ns" apply --server-side -f - >/dev/null 2>&1 <<YAML
 apiVersion: sluice.dev/v1alpha1
 kind: AgentPool
 metadata: {name: bad}
-spec:
-  matches: [{pathPrefix: no-slash}]
-  backends: [{endpoints: ["127.0.0.1:1"], weight: 0}]
+spec: $spec
 YAML
-then
-  echo "e2e: FAILED: the API server accepted an invalid AgentPool"; exit 1
-fi
+  then
+    echo "e2e: FAILED: the API server accepted an invalid AgentPool: $spec"; exit 1
+  fi
+done
 # The controller against the cluster: status conditions on the objects.
 bin=${SLUICE_BIN:-${CARGO_TARGET_DIR:-target}/debug/sluice}
 [ -x "$bin" ] || { echo "e2e: FAILED: $bin is missing (run make e2e, which builds it)"; exit 1; }
