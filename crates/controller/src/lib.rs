@@ -11,9 +11,9 @@
 //! holder of the [`lease`] writes.
 //!
 //! The Kubernetes API calls each module makes are declared next to the code, as its
-//! `RBAC` constant; [`cluster_rbac`], [`lease_rbac`] and [`consumer_rbac`] gather them (`sluice controller
-//! --print-rbac` prints [`rbac_json`]), and the chart's ClusterRole and Role are checked
-//! against them.
+//! `RBAC` constant; [`cluster_rbac`], [`lease_rbac`], [`token_review_rbac`] and
+//! [`consumer_rbac`] gather them (`sluice controller --print-rbac` prints
+//! [`rbac_json`]), and the chart's roles are checked against them.
 
 pub mod auth;
 pub mod events;
