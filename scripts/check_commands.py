@@ -16,8 +16,8 @@ kubectl and helm would:
 * Sluice objects and CRDs are applied with `--server-side` (strict field validation, no
   last-applied annotation), as the READMEs ask;
 * `helm install|upgrade` of charts/sluice renders with the command's values, release name
-  and namespace, on a cluster with the Prometheus Operator's PrometheusRule CRD (which
-  the chart's alerts need); a chart from a repository needs a `helm repo add` of it first, and
+  and namespace, on a cluster with the Prometheus Operator's PrometheusRule and
+  ServiceMonitor CRDs (which the chart's alerts and ServiceMonitor need); a chart from a repository needs a `helm repo add` of it first, and
   its `-f` files must exist;
 * in NOTES.txt, every object named by `kubectl get|describe|rollout|port-forward` in the
   release namespace is one the same render creates (or an existing Secret of the values);
@@ -336,7 +336,8 @@ def check_helm(cmd: Command, repos: set[str]) -> Render | None:
     rendered.close()
     args = [sys.executable, str(ROOT / "scripts/render_chart.py"), "render", str(ROOT / chart), "--name", name,
             "--namespace", namespace, "-o", rendered.name,
-            "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+            "--api-versions", "monitoring.coreos.com/v1/PrometheusRule",
+            "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]
     for flag in ("--set", "--set-json"):
         for v in flag_values(words, flag):
             args += [flag, v]

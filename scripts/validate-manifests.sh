@@ -97,9 +97,10 @@ scenarios=(
   "long-name|--set mode=controller --name a-release-name-that-is-fifty-three-characters-long-x"
   "controller-monitoring|--set mode=controller --set serviceMonitor.enabled=true --set admin.existingSecret=ops-sluice-admin --set admin.existingSecretKey=bearer --set monitoring.dashboard.enabled=true --set monitoring.alerts.enabled=true --name edge"
 )
-# The renders see a cluster with the Prometheus Operator's PrometheusRule CRD (the chart
-# refuses to render its alerts without it; `reject` below checks that).
-OPERATOR_APIS=(--api-versions monitoring.coreos.com/v1/PrometheusRule)
+# The renders see a cluster with the Prometheus Operator's PrometheusRule and
+# ServiceMonitor CRDs (the chart refuses to render its alerts or its ServiceMonitor
+# without them; `reject` below checks that).
+OPERATOR_APIS=(--api-versions monitoring.coreos.com/v1/PrometheusRule --api-versions monitoring.coreos.com/v1/ServiceMonitor)
 for f in "$CHART"/ci/*-values.yaml; do
   [ -e "$f" ] || continue
   name=$(basename "$f" -values.yaml)
@@ -1314,10 +1315,11 @@ reject "admin.existingSecret not a Secret name" --set admin.existingSecret=My_Se
 reject "trusted proxy not a CIDR" --set-json 'proxy.trustedProxies=["10.0.0.0/8,192.168.0.0/16"]'
 reject "trusted proxy a host name" --set-json 'proxy.trustedProxies=["ingress.example.com"]'
 reject "capability header not a header name" --set-json 'proxy.capabilityHeader="x-agent capability:"'
-reject "serviceMonitor without the admin Service port" --set serviceMonitor.enabled=true --set service.exposeAdmin=false
-reject "serviceMonitor relabeling in snake_case" --set serviceMonitor.enabled=true \
+reject "serviceMonitor without the ServiceMonitor CRD in the cluster" --set serviceMonitor.enabled=true
+reject "serviceMonitor without the admin Service port" "${OPERATOR_APIS[@]}" --set serviceMonitor.enabled=true --set service.exposeAdmin=false
+reject "serviceMonitor relabeling in snake_case" "${OPERATOR_APIS[@]}" --set serviceMonitor.enabled=true \
   --set-json 'serviceMonitor.metricRelabelings=[{"source_labels":["pool"],"action":"drop"}]'
-reject "serviceMonitor bad interval" --set serviceMonitor.enabled=true --set serviceMonitor.interval=often
+reject "serviceMonitor bad interval" "${OPERATOR_APIS[@]}" --set serviceMonitor.enabled=true --set serviceMonitor.interval=often
 reject "adapter bad rate window" --set adapter.enabled=true --set-json 'adapter.rateWindow="2 minutes"'
 reject "adapter namespace not a namespace name" --set adapter.enabled=true --set adapter.namespace=Monitoring
 reject "alerts without the PrometheusRule CRD in the cluster" --set monitoring.alerts.enabled=true
