@@ -309,6 +309,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_of_known_length_is_complete_after_its_last_frame() {
+        // A server stops polling once `is_end_stream` is true: the body must not
+        // wait for a final `None` to count as complete.
+        let rec = Record::default();
+        let mut body = WatchedBody::new(
+            http_body_util::Full::new(Bytes::from_static(b"{}")),
+            None,
+            None,
+            rec.clone(),
+        );
+        assert!(body.frame().await.expect("frame").is_ok());
+        assert!(body.is_end_stream());
+        drop(body);
+        assert_eq!(*rec.0.lock().expect("lock"), (2, vec![BodyEnd::Complete]));
+    }
+
+    #[tokio::test]
     async fn complete_and_dropped_bodies_are_reported() {
         let rec = Record::default();
         let body = WatchedBody::new(
