@@ -149,7 +149,8 @@ pub enum RateKeyType {
     Consumer,
     /// The client IP address.
     ClientIp,
-    /// The value of a request header.
+    /// The value of a request header; requests without it (or with it empty) are
+    /// keyed by client IP.
     Header,
     /// One counter for the whole pool.
     #[default]

@@ -22,7 +22,7 @@ use sluice_proxy::admin::Admin;
 use sluice_proxy::forward::ForwardConfig;
 use sluice_proxy::hygiene::TrustedProxies;
 use sluice_proxy::server::{self, ServerConfig};
-use sluice_proxy::{Forwarder, Metrics, TableStore};
+
 use support::{
     Agent, Proxy, Reply, TestClient, client, compile_yaml, empty, full, h2_client, send, within,
 };
@@ -177,26 +177,7 @@ async fn setup() -> (Agents, Proxy) {
 
 /// A proxy over `yaml` with `config`, built as the binary builds it.
 async fn proxy_with(config: ForwardConfig, yaml: &str) -> Proxy {
-    let metrics = Metrics::new();
-    let store = Arc::new(TableStore::new(metrics.clone()));
-    store.apply(compile_yaml(yaml)).expect("table applies");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy address");
-    let forwarder = Forwarder::with_config(store.clone(), metrics.clone(), config);
-    tokio::spawn(server::serve(
-        listener,
-        ServerConfig::default(),
-        move |req, peer| {
-            let f = forwarder.clone();
-            async move { f.handle(req, peer).await }
-        },
-        std::future::pending::<()>(),
-    ));
-    Proxy {
-        addr,
-        store,
-        metrics,
-    }
+    Proxy::with_config(config, compile_yaml(yaml)).await
 }
 
 // ---------------------------------------------------------------------------------

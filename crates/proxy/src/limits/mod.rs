@@ -391,14 +391,19 @@ impl PolicyRt {
                 None => format!("ip:{}", s.client_ip).into_bytes(),
             },
             RateKeyType::ClientIp => format!("ip:{}", s.client_ip).into_bytes(),
-            RateKeyType::Header => {
-                let value = self
-                    .header
-                    .as_ref()
-                    .and_then(|h| s.headers.get(h))
-                    .map(HeaderValue::as_bytes);
-                [b"header:".as_slice(), value.unwrap_or_default()].concat()
-            }
+            // A caller without the header (or with it empty) is keyed by client IP,
+            // as an anonymous caller of a Consumer key is: callers that leave the
+            // header out neither share one bucket nor escape the limit.
+            RateKeyType::Header => match self
+                .header
+                .as_ref()
+                .and_then(|h| s.headers.get(h))
+                .map(HeaderValue::as_bytes)
+                .filter(|v| !v.is_empty())
+            {
+                Some(value) => [b"header:".as_slice(), value].concat(),
+                None => format!("ip:{}", s.client_ip).into_bytes(),
+            },
             RateKeyType::Pool => b"pool".to_vec(),
         };
         if self.per_pool || self.key_type == RateKeyType::Pool {

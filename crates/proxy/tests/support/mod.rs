@@ -25,6 +25,7 @@ use sluice_api::{Objects, RouteTable};
 use sluice_proxy::access_log::{AccessLog, AccessLogConfig};
 use sluice_proxy::admin::Admin;
 use sluice_proxy::body::BoxError;
+use sluice_proxy::forward::ForwardConfig;
 use sluice_proxy::server::{self, ServerConfig};
 use sluice_proxy::{Forwarder, Metrics, TableStore};
 use tokio::net::TcpListener;
@@ -145,6 +146,31 @@ impl Proxy {
         let proxy = Self::start().await;
         proxy.store.apply(table).expect("table applies");
         proxy
+    }
+
+    /// Starts a proxy with request-path settings other than the defaults (trusted
+    /// proxies, say), as the binary builds it, and applies `table`.
+    pub async fn with_config(config: ForwardConfig, table: RouteTable) -> Self {
+        let metrics = Metrics::new();
+        let store = Arc::new(TableStore::new(metrics.clone()));
+        store.apply(table).expect("table applies");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let forwarder = Forwarder::with_config(store.clone(), metrics.clone(), config);
+        tokio::spawn(server::serve(
+            listener,
+            ServerConfig::default(),
+            move |req, peer| {
+                let f = forwarder.clone();
+                async move { f.handle(req, peer).await }
+            },
+            std::future::pending::<()>(),
+        ));
+        Self {
+            addr,
+            store,
+            metrics,
+        }
     }
 
     /// The URL of `path_and_query` on the proxy.
