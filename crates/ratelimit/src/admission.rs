@@ -11,6 +11,13 @@
 //! Each limit is exact on its own (a compare-and-exchange per charge), so across
 //! threads the tightest limit admits exactly its capacity and the others are
 //! charged only for admitted requests.
+//!
+//! Two more entry points serve callers that combine these limits with others (a
+//! global limit in Redis, an LLM token budget) and must keep the same promise:
+//! [`peek_all`] evaluates without charging, so a refusal here is found before the
+//! others spend anything; [`check_all_charged`] also returns the [`Charges`] it
+//! made, which [`Charges::refund`] gives back when something later refuses the
+//! request after all (or it moves elsewhere).
 
 use std::num::NonZeroU32;
 
@@ -238,11 +245,43 @@ pub fn check_all(
     n: NonZeroU32,
     now: u64,
 ) -> Result<Admission, InsufficientCapacity> {
+    check_all_charged(limits, n, now).map(|(admission, _)| admission)
+}
+
+/// [`check_all`], returning also what an admitted request was charged, for
+/// [`Charges::refund`]. A refused request was charged nothing: its charges are
+/// empty.
+///
+/// # Errors
+///
+/// [`InsufficientCapacity`] if `n` exceeds some limit's burst: no wait helps.
+pub fn check_all_charged(
+    limits: &[Limit<'_>],
+    n: NonZeroU32,
+    now: u64,
+) -> Result<(Admission, Charges), InsufficientCapacity> {
+    if let Some(refusal) = peek_all(limits, n, now)? {
+        return Ok((refusal, Charges::default()));
+    }
+    Ok(charge_all(limits, n.get(), now))
+}
+
+/// Evaluates a charge of `n` against every limit without charging any: `None`
+/// when all would admit it now, else the refusal [`check_all`] would give (the
+/// longest wait). Another thread may still take the last unit before a charge.
+///
+/// # Errors
+///
+/// [`InsufficientCapacity`] if `n` exceeds some limit's burst: no wait helps.
+pub fn peek_all(
+    limits: &[Limit<'_>],
+    n: NonZeroU32,
+    now: u64,
+) -> Result<Option<Admission>, InsufficientCapacity> {
     for limit in limits {
         limit.validate(n)?;
     }
     let n = n.get();
-    // Phase 1: evaluate without charging; refuse with the longest wait.
     let mut refusal: Option<(usize, Decision)> = None;
     for (index, limit) in limits.iter().enumerate() {
         let decision = limit.peek(n, now);
@@ -255,37 +294,76 @@ pub fn check_all(
             }
         }
     }
-    if let Some((index, decision)) = refusal {
-        return Ok(refused(limits, index, decision));
+    Ok(refusal.map(|(index, decision)| refused(limits, index, decision)))
+}
+
+/// What [`check_all_charged`] charged an admitted request: one record per limit,
+/// held inline for up to eight limits (no allocation), to give back with
+/// [`Charges::refund`]. Dropping it keeps the charges.
+#[must_use = "dropping the charges keeps them; give them back with `refund`"]
+#[derive(Debug, Clone, Default)]
+pub struct Charges {
+    inline: [Option<Token>; 8],
+    spilled: Vec<Token>,
+    len: usize,
+}
+
+impl Charges {
+    fn push(&mut self, token: Token) {
+        match self.inline.get_mut(self.len) {
+            Some(place) => *place = Some(token),
+            None => self.spilled.push(token),
+        }
+        self.len += 1;
     }
-    Ok(charge_all(limits, n, now))
+
+    fn get(&self, index: usize) -> Option<Token> {
+        match self.inline.get(index) {
+            Some(token) => *token,
+            None => self.spilled.get(index - self.inline.len()).copied(),
+        }
+    }
+
+    /// The number of limits charged (0 for a refused request).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was charged.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Gives every charge back to `limits`, which must be the limits (the same
+    /// states or keys, in the same order) the charges were made on. At the clock
+    /// reading of the charge this returns exactly what was taken; later, only what
+    /// has not drained meanwhile, so a refund never leaves a limit more generous
+    /// than if the request had never come. A key evicted meanwhile has nothing to
+    /// give back. Extra or missing limits are ignored.
+    pub fn refund(self, limits: &[Limit<'_>], now: u64) {
+        for (index, limit) in limits.iter().enumerate().take(self.len) {
+            if let Some(token) = self.get(index) {
+                limit.undo(token, now);
+            }
+        }
+    }
 }
 
 /// Phase 2 of [`check_all`]: charges in order, taking the charges back if one
 /// refuses after all.
-fn charge_all(limits: &[Limit<'_>], n: u32, now: u64) -> Admission {
-    let mut inline: [Option<Token>; 8] = [None; 8];
-    let mut spilled: Vec<Token> = Vec::new();
+fn charge_all(limits: &[Limit<'_>], n: u32, now: u64) -> (Admission, Charges) {
+    let mut charges = Charges::default();
     let mut best: Option<(usize, Decision)> = None;
     let mut soft_warning = None;
     for (index, limit) in limits.iter().enumerate() {
         let (decision, token) = limit.charge(n, now);
         if !decision.is_allowed() {
-            for (earlier, limit) in limits[..index].iter().enumerate() {
-                let token = match inline.get(earlier) {
-                    Some(token) => *token,
-                    None => spilled.get(earlier - inline.len()).copied(),
-                };
-                if let Some(token) = token {
-                    limit.undo(token, now);
-                }
-            }
-            return refused(limits, index, decision);
+            charges.refund(&limits[..index], now);
+            return (refused(limits, index, decision), Charges::default());
         }
-        match inline.get_mut(index) {
-            Some(place) => *place = Some(token),
-            None => spilled.push(token),
-        }
+        charges.push(token);
         if soft_warning.is_none()
             && limit
                 .soft
@@ -298,7 +376,7 @@ fn charge_all(limits: &[Limit<'_>], n: u32, now: u64) -> Admission {
             best = Some((index, decision));
         }
     }
-    match best {
+    let admission = match best {
         Some((index, decision)) => Admission {
             decision,
             binding: index,
@@ -317,7 +395,8 @@ fn charge_all(limits: &[Limit<'_>], n: u32, now: u64) -> Admission {
             },
             soft_warning: None,
         },
-    }
+    };
+    (admission, charges)
 }
 
 fn refused(limits: &[Limit<'_>], index: usize, decision: Decision) -> Admission {
@@ -365,7 +444,7 @@ mod tests {
                             Limit::keyed(&store, KeyHash(9)),
                             Limit::gcra(&tight, &tight_quota),
                         ];
-                        if charge_all(&limits, 1, 0).is_allowed() {
+                        if charge_all(&limits, 1, 0).0.is_allowed() {
                             admitted.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -376,6 +455,40 @@ mod tests {
         assert_eq!(loose.check(&loose_quota, 0).remaining(), 899);
         assert_eq!(window.check(&window_quota, 0).remaining(), 399);
         assert_eq!(store.check(KeyHash(9), 0).remaining(), 599);
+    }
+
+    #[test]
+    fn charges_given_back_leave_every_limit_as_it_was() {
+        let quota = per_hour(10);
+        let gcra = Gcra::new();
+        let store = KeyedStore::<Gcra>::new(
+            per_hour(10),
+            crate::StoreConfig::new(std::num::NonZeroUsize::new(16).unwrap()),
+        );
+        // Nine limits: the ninth's charge is held outside the inline records.
+        let states: Vec<Gcra> = (0..7).map(|_| Gcra::new()).collect();
+        let mut limits = vec![Limit::gcra(&gcra, &quota), Limit::keyed(&store, KeyHash(3))];
+        limits.extend(states.iter().map(|s| Limit::gcra(s, &quota)));
+        let (admission, charges) = check_all_charged(&limits, NonZeroU32::MIN, 0).unwrap();
+        assert!(admission.is_allowed());
+        assert_eq!(charges.len(), 9);
+        assert_ne!(gcra.raw(), 0);
+        assert_eq!(store.peek_step(KeyHash(3), 1, 0).remaining(), 8);
+        charges.refund(&limits, 0);
+        assert_eq!(gcra.raw(), 0);
+        assert!(states.iter().all(|s| s.raw() == 0));
+        assert_eq!(store.peek_step(KeyHash(3), 1, 0).remaining(), 9);
+
+        // A refusal charges nothing and has nothing to give back.
+        let spent = Gcra::new();
+        let one = per_hour(1);
+        assert!(spent.check(&one, 0).is_allowed());
+        let limits = [Limit::gcra(&gcra, &quota), Limit::gcra(&spent, &one)];
+        assert!(peek_all(&limits, NonZeroU32::MIN, 0).unwrap().is_some());
+        let (admission, charges) = check_all_charged(&limits, NonZeroU32::MIN, 0).unwrap();
+        assert!(!admission.is_allowed());
+        assert!(charges.is_empty());
+        assert_eq!(gcra.raw(), 0);
     }
 
     #[test]

@@ -117,15 +117,15 @@ pub mod sliding_window;
 pub mod soft;
 pub mod store;
 
-pub use admission::{Admission, Limit, check_all};
+pub use admission::{Admission, Charges, Limit, check_all, check_all_charged, peek_all};
 pub use algorithm::Algorithm;
 pub use budget::{BudgetQuota, Reservation, Reserve, Settlement, TokenBudget};
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Decision, InsufficientCapacity, QuotaInfo, retry_after_secs};
 pub use gcra::Gcra;
 pub use global::{
-    DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalError, GlobalKey,
-    GlobalLimiter, RedisBackend, RedisConfig,
+    DecisionSource, FailureMode, GlobalCharge, GlobalConfig, GlobalDecision, GlobalError,
+    GlobalKey, GlobalLimiter, RedisBackend, RedisConfig,
 };
 pub use key::{KeyHash, KeyHasher};
 pub use quota::{MAX_BURST_WINDOW, MAX_PERIOD, Quota, QuotaError};

@@ -5,156 +5,19 @@
 //! These are the only tests here that wait in real time: for the server to start
 //! and, after a restart, for the connection to come back.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sluice_ratelimit::global::GlobalStatsSnapshot;
 use sluice_ratelimit::{
-    Clock, DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalKey, GlobalLimiter,
-    ManualClock, MonotonicClock, Quota, RedisBackend, RedisConfig,
+    DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalKey, ManualClock,
+    MonotonicClock, Quota,
 };
-
-/// A private `redis-server` on a free port, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    /// Starts a server, or returns `None` if `SLUICE_SKIP_REDIS=1` and there is
-    /// no `redis-server` on PATH.
-    fn start() -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Option<Self> {
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(error) if std::env::var("SLUICE_SKIP_REDIS").as_deref() == Ok("1") => {
-                eprintln!("skipping: cannot start redis-server ({error}) and SLUICE_SKIP_REDIS=1");
-                return None;
-            }
-            Err(error) => panic!(
-                "cannot start redis-server ({error}): install it (Debian: apt-get install \
-                 redis-server) or set SLUICE_SKIP_REDIS=1 to skip the Redis tests"
-            ),
-        };
-        let server = Self { port, child };
-        let started = Instant::now();
-        while !server.answers_ping() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// A limiter of `quota` on this server, as one proxy has it: a connection of its
-    /// own whose calls are cut at `deadline`, and its own clock.
-    fn limiter<C: Clock>(
-        &self,
-        deadline: Duration,
-        quota: Quota,
-        config: GlobalConfig,
-        clock: C,
-    ) -> GlobalLimiter<C> {
-        GlobalLimiter::new(backend(&self.url(), deadline), quota, config, clock)
-    }
-
-    /// One limiter per clock: proxies sharing `quota` through this server.
-    fn proxies(
-        &self,
-        clocks: &[Arc<ManualClock>],
-        quota: Quota,
-        config: GlobalConfig,
-    ) -> Vec<Arc<GlobalLimiter<Arc<ManualClock>>>> {
-        clocks
-            .iter()
-            .map(|clock| {
-                Arc::new(self.limiter(Duration::from_secs(2), quota, config, Arc::clone(clock)))
-            })
-            .collect()
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
-
-fn backend(url: &str, deadline: Duration) -> Arc<RedisBackend> {
-    Arc::new(
-        RedisBackend::new(
-            RedisConfig::new(url)
-                .with_deadline(deadline)
-                .with_retry_backoff(Duration::from_millis(200)),
-            Arc::new(MonotonicClock::new()),
-        )
-        .unwrap(),
-    )
-}
-
-/// The Redis statistics of `limiters`, summed.
-fn total<'a, C: Clock + 'a>(
-    limiters: impl IntoIterator<Item = &'a Arc<GlobalLimiter<C>>>,
-) -> GlobalStatsSnapshot {
-    let mut sum = GlobalStatsSnapshot::default();
-    for s in limiters.into_iter().map(|l| l.backend().stats().snapshot()) {
-        sum.redis_ops += s.redis_ops;
-        sum.redis_errors += s.redis_errors;
-        sum.redis_timeouts += s.redis_timeouts;
-        sum.lease_admitted += s.lease_admitted;
-        sum.lease_denied += s.lease_denied;
-        sum.tokens_leased += s.tokens_leased;
-        sum.tokens_returned += s.tokens_returned;
-    }
-    sum
-}
+use support::{RedisServer, nz, total};
 
 /// Three proxies (own connection, own clock, skewed by hours) share a budget of
 /// 100 per hour; 3 × 400 concurrent requests.
@@ -361,7 +224,9 @@ async fn redis_down_follows_the_failure_mode_and_reconnects() {
         let closed_decision = closed.check(&key, NonZeroU32::MIN).await.unwrap();
         slowest = slowest.max(started.elapsed() / 2);
         match open_decision {
-            GlobalDecision::Decided { decision, source } => {
+            GlobalDecision::Decided {
+                decision, source, ..
+            } => {
                 assert_eq!(source, DecisionSource::Fallback);
                 fallback_admitted += u32::from(decision.is_allowed());
             }
@@ -407,6 +272,7 @@ async fn redis_down_follows_the_failure_mode_and_reconnects() {
         if let GlobalDecision::Decided {
             source: DecisionSource::Redis,
             decision,
+            ..
         } = open.check(&key, NonZeroU32::MIN).await.unwrap()
         {
             assert!(decision.is_allowed());

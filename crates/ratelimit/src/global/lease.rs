@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use super::redis::{Acquire, Grant};
 use super::{DecisionSource, FailureMode, GlobalDecision, GlobalError, GlobalKey, RedisBackend};
+use crate::algorithm::sealed::Step;
 use crate::algorithm::{Algorithm, from_nanos, nanos_of};
 use crate::clock::Clock;
 use crate::decision::{Decision, InsufficientCapacity, QuotaInfo};
 use crate::gcra::Gcra;
 use crate::quota::Quota;
-use crate::store::{KeyedStore, StoreConfig};
+use crate::store::{KeyedStore, KeyedUndo, StoreConfig};
 
 const SHARDS: usize = 16;
 
@@ -52,6 +53,48 @@ impl GlobalConfig {
             max_keys: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
             fallback: None,
         }
+    }
+}
+
+/// What one admitted [`GlobalLimiter::check`] charged, to give back with
+/// [`GlobalLimiter::refund`]. A refused check charged nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalCharge {
+    n: u32,
+    from: ChargedFrom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChargedFrom {
+    /// Nothing to give back: refused, or taken from Redis in a call of its own.
+    Nothing,
+    /// Spent from the key's lease.
+    Lease,
+    /// Charged to the local fallback limiter while Redis was unavailable.
+    Fallback(KeyedUndo),
+}
+
+impl GlobalCharge {
+    /// Nothing charged.
+    #[must_use]
+    pub const fn none() -> Self {
+        Self {
+            n: 0,
+            from: ChargedFrom::Nothing,
+        }
+    }
+
+    fn lease(n: u32) -> Self {
+        Self {
+            n,
+            from: ChargedFrom::Lease,
+        }
+    }
+
+    /// Whether there is anything to give back.
+    #[must_use]
+    pub fn is_none(&self) -> bool {
+        self.from == ChargedFrom::Nothing
     }
 }
 
@@ -205,6 +248,7 @@ impl<C: Clock> GlobalLimiter<C> {
                 Ok(grant) => GlobalDecision::Decided {
                     decision: grant_decision(&grant, n.get()),
                     source: DecisionSource::Redis,
+                    charge: GlobalCharge::none(),
                 },
                 Err(error) => self.failed(key, n, now, error),
             });
@@ -216,6 +260,7 @@ impl<C: Clock> GlobalLimiter<C> {
                 stats.lease_denied();
             }
             return Ok(GlobalDecision::Decided {
+                charge: lease_charge(&decision, n.get()),
                 decision,
                 source: DecisionSource::Lease,
             });
@@ -242,6 +287,7 @@ impl<C: Clock> GlobalLimiter<C> {
         // Another request may have refilled while this one waited.
         if let Some(decision) = lease.take(n, now) {
             return Ok(GlobalDecision::Decided {
+                charge: lease_charge(&decision, n),
                 decision,
                 source: DecisionSource::Lease,
             });
@@ -282,10 +328,40 @@ impl<C: Clock> GlobalLimiter<C> {
                 Ordering::Release,
             );
         }
+        let decision = grant_decision(&grant, n);
         Ok(GlobalDecision::Decided {
-            decision: grant_decision(&grant, n),
+            // An admitted request's token came with the lease's: it goes back there.
+            charge: lease_charge(&decision, n),
+            decision,
             source: DecisionSource::Redis,
         })
+    }
+
+    /// Gives back what an admitted [`check`](Self::check) of `key` charged (see the
+    /// [module documentation](super)): into the key's lease, or to the local
+    /// fallback limiter. A lease that expired meanwhile returns the token to Redis
+    /// with its next refill, counting only the part of it still ahead of Redis's
+    /// clock, so a refund never makes the limit more generous than if the request
+    /// had not come.
+    pub fn refund(&self, key: &GlobalKey, charge: GlobalCharge) {
+        match charge.from {
+            ChargedFrom::Nothing => {}
+            ChargedFrom::Lease => {
+                let hash = key.hash().0;
+                let shard = &self.leases[usize::try_from(hash % SHARDS as u64).unwrap_or(0)];
+                let lease = shard
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&hash)
+                    .cloned();
+                if let Some(lease) = lease {
+                    lease.tokens.fetch_add(charge.n, Ordering::AcqRel);
+                }
+            }
+            ChargedFrom::Fallback(undo) => {
+                self.fallback.undo_charge(undo, self.clock.now_nanos());
+            }
+        }
     }
 
     fn failed(
@@ -300,16 +376,35 @@ impl<C: Clock> GlobalLimiter<C> {
             FailureMode::Open => {
                 stats.fallback();
                 // `n` fits the global quota; a smaller fallback may refuse it.
-                let decision = self
-                    .fallback
-                    .check_n(key.hash(), n, now)
-                    .unwrap_or_else(|_| Decision::Denied {
-                        retry_after: self.fallback.info().window,
-                        reset_after: self.fallback.info().window,
-                    });
+                let (decision, charge) =
+                    match <Gcra as Algorithm>::validate(self.fallback.quota(), n) {
+                        Ok(()) => {
+                            let (step, undo) = self.fallback.charge(key.hash(), n.get(), now);
+                            let decision = match step {
+                                Step::Admit { decision, .. } | Step::Deny(decision) => decision,
+                            };
+                            let charge = GlobalCharge {
+                                n: n.get(),
+                                from: if decision.is_allowed() {
+                                    ChargedFrom::Fallback(undo)
+                                } else {
+                                    ChargedFrom::Nothing
+                                },
+                            };
+                            (decision, charge)
+                        }
+                        Err(_) => (
+                            Decision::Denied {
+                                retry_after: self.fallback.info().window,
+                                reset_after: self.fallback.info().window,
+                            },
+                            GlobalCharge::none(),
+                        ),
+                    };
                 GlobalDecision::Decided {
                     decision,
                     source: DecisionSource::Fallback,
+                    charge,
                 }
             }
             FailureMode::Closed => {
@@ -370,6 +465,15 @@ impl<C: Clock> GlobalLimiter<C> {
         let lease = Arc::new(Lease::new());
         map.insert(hash, Arc::clone(&lease));
         Some(lease)
+    }
+}
+
+/// What a decision from a lease charged.
+fn lease_charge(decision: &Decision, n: u32) -> GlobalCharge {
+    if decision.is_allowed() {
+        GlobalCharge::lease(n)
+    } else {
+        GlobalCharge::none()
     }
 }
 

@@ -23,6 +23,12 @@
 //!   one. The cost is the other way: tokens held in other proxies' leases may
 //!   make a proxy refuse while Redis still had a few (at most the same bound,
 //!   for at most `lease_ttl`).
+//! * **Refunds are local.** A request admitted here and then refused by another
+//!   limit (or moved to another pool) gives its token back with
+//!   [`GlobalLimiter::refund`]: into the key's lease, from which the next request
+//!   spends it or the next refill returns it to Redis, so a refund costs no Redis
+//!   call either. A token taken in a call of its own (the lease table full) stays
+//!   spent: the limit errs strict.
 //! * **Failure is explicit.** Every Redis call has a deadline; errors open a
 //!   short circuit breaker. The caller's [`FailureMode`] decides what a request
 //!   gets meanwhile: `Open` falls back to a local per-key limiter with the same
@@ -37,7 +43,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-pub use self::lease::{GlobalConfig, GlobalLimiter};
+pub use self::lease::{GlobalCharge, GlobalConfig, GlobalLimiter};
 pub use self::redis::{DEFAULT_DEADLINE, DEFAULT_RETRY_BACKOFF, RedisBackend, RedisConfig};
 pub use self::stats::{GlobalStats, GlobalStatsSnapshot};
 use crate::decision::Decision;
@@ -74,6 +80,8 @@ pub enum GlobalDecision {
         decision: Decision,
         /// Where it came from.
         source: DecisionSource,
+        /// What an admitted request was charged, for [`GlobalLimiter::refund`].
+        charge: GlobalCharge,
     },
     /// Redis is unavailable and the failure mode is closed: answer 503.
     Unavailable {
