@@ -1,12 +1,17 @@
 //! Rate limits through the proxy: what a limit is kept per, and that a refused request
-//! charges none of the limits it met.
+//! charges none of the limits it met: not the request limits when a token budget
+//! refuses, not a token budget when a request limit refuses, not a global limit when
+//! a local one refuses, and not the primary pool's limits when a request falls back.
 
 mod support;
+
+use std::sync::Arc;
 
 use http::{Request, StatusCode};
 use sluice_proxy::forward::ForwardConfig;
 use sluice_proxy::hygiene::TrustedProxies;
-use support::{Agent, PoolYaml, Proxy, Reply, client, compile_yaml, empty, send};
+use sluice_proxy::{Metrics, TableStore};
+use support::{Agent, PoolYaml, Proxy, Reply, client, compile_yaml, empty, full, get, send};
 
 /// A RatePolicy `demo/NAME` on pool `demo/echo` with `spec` (YAML lines, indented).
 fn policy(name: &str, spec: &str) -> String {
@@ -80,4 +85,144 @@ async fn a_header_key_counts_per_value_and_callers_without_it_per_client_ip() {
     let refused = get_as(&proxy, "198.51.100.4", &[]).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.error_code(), "rate_limited");
+}
+
+/// A chat completion asking for up to `max_tokens`, from user `user`.
+async fn ask(proxy: &Proxy, user: &str, max_tokens: u32) -> u16 {
+    let req = Request::post(proxy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-user", user)
+        .body(full(format!(r#"{{"max_tokens":{max_tokens}}}"#)))
+        .expect("request");
+    send(&client(), req).await.status.as_u16()
+}
+
+/// A pool-wide budget of 1000 tokens an hour, and 2 requests an hour per user.
+fn tokens_and_requests() -> String {
+    policy(
+        "tokens",
+        "  key: {type: Pool}\n  tiers: [{name: all, tokenLimits: [{tokens: 1000, period: 1h}]}]\n",
+    ) + &policy(
+        "per-user",
+        "  key: {type: Header, header: x-user}\n  \
+         tiers: [{name: all, limits: [{requests: 2, period: 1h}]}]\n",
+    )
+}
+
+#[tokio::test]
+async fn a_token_budget_refusal_charges_no_request_limit() {
+    // The agent reports no usage: each admitted reservation stays charged in full.
+    let agent = Agent::named("echo").await;
+    let proxy = proxy(&agent, &tokens_and_requests()).await;
+    assert_eq!(ask(&proxy, "a", 600).await, 200);
+    // 600 + 600 is over the budget: refused, and user a's second request is left.
+    assert_eq!(ask(&proxy, "a", 600).await, 429);
+    assert_eq!(ask(&proxy, "a", 100).await, 200);
+    assert_eq!(ask(&proxy, "a", 100).await, 429, "two requests an hour");
+    let reserved = proxy.metric(
+        "sluice_ratelimit_tokens_total{kind=\"reserved\",policy=\"demo/tokens\",tier=\"all\"}",
+    );
+    assert_eq!(reserved, Some(700.0), "refused requests reserve nothing");
+}
+
+#[tokio::test]
+async fn a_request_limit_refusal_reserves_no_tokens() {
+    let agent = Agent::named("echo").await;
+    let proxy = proxy(&agent, &tokens_and_requests()).await;
+    assert_eq!(ask(&proxy, "a", 400).await, 200);
+    assert_eq!(ask(&proxy, "a", 400).await, 200);
+    // User a is out of requests: the reservation made first is given back.
+    assert_eq!(ask(&proxy, "a", 200).await, 429);
+    assert_eq!(ask(&proxy, "b", 200).await, 200, "200 of 1000 tokens left");
+    assert_eq!(ask(&proxy, "c", 1).await, 429, "the budget is spent");
+}
+
+#[tokio::test]
+async fn a_local_refusal_spends_no_global_token() {
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    let agent = Agent::named("echo").await;
+    // Three requests an hour through every replica, one an hour per user here.
+    let global = policy(
+        "shared",
+        "  key: {type: Pool}\n  scope: Global\n  failureMode: Closed\n  \
+         tiers: [{name: all, limits: [{requests: 3, period: 1h}]}]\n",
+    );
+    let local = policy(
+        "per-user",
+        "  key: {type: Header, header: x-user}\n  \
+         tiers: [{name: all, limits: [{requests: 1, period: 1h}]}]\n",
+    );
+    let yaml = PoolYaml::new("echo").agents(&[&agent]).yaml() + &global + &local;
+    let metrics = Metrics::new();
+    let store = TableStore::builder(metrics.clone())
+        .redis(Some(redis.backend()))
+        .build();
+    store.apply(compile_yaml(&yaml)).expect("table applies");
+    let proxy = Proxy::over(Arc::new(store), metrics, ForwardConfig::default()).await;
+    let user = |u: &'static str| [("x-user", u)];
+    assert_eq!(
+        statuses(&proxy, 2, "203.0.113.1", &user("a")).await,
+        [200, 429]
+    );
+    // The refused request took none of the three: two are left for b and c.
+    assert_eq!(statuses(&proxy, 1, "203.0.113.1", &user("b")).await, [200]);
+    assert_eq!(statuses(&proxy, 1, "203.0.113.1", &user("c")).await, [200]);
+    assert_eq!(statuses(&proxy, 1, "203.0.113.1", &user("d")).await, [429]);
+}
+
+/// Pool `echo` without endpoints, falling back to `backup` over `agent`; `echo`
+/// allows `primary` requests an hour and `backup` one.
+fn primary_and_backup(agent: Option<&Agent>, backup: &Agent) -> String {
+    let echo = match agent {
+        Some(a) => PoolYaml::new("echo").agents(&[a]),
+        None => PoolYaml::new("echo").endpoints(&[]),
+    };
+    let echo = echo.spec("fallback: {name: backup}").yaml().replace(
+        "backends: [{endpoints: []}]",
+        "backends: [{service: {name: missing, port: 80}}]",
+    );
+    let backup = PoolYaml::new("backup").prefix("/backup").agents(&[backup]);
+    let limit = |name: &str, pool: &str, n: u32| {
+        format!(
+            "---\napiVersion: sluice.dev/v1alpha1\nkind: RatePolicy\n\
+             metadata: {{name: {name}, namespace: demo}}\n\
+             spec:\n  targetRefs: [{{kind: AgentPool, name: {pool}}}]\n  key: {{type: Pool}}\n  \
+             tiers: [{{name: all, limits: [{{requests: {n}, period: 1h}}]}}]\n"
+        )
+    };
+    format!(
+        "{echo}---\n{}{}{}",
+        backup.yaml(),
+        limit("primary", "echo", 2),
+        limit("secondary", "backup", 1)
+    )
+}
+
+#[tokio::test]
+async fn a_request_that_falls_back_counts_against_the_fallback_only() {
+    let agent = Agent::named("echo").await;
+    let backup = Agent::named("backup").await;
+    let proxy = Proxy::with_table(compile_yaml(&primary_and_backup(None, &backup))).await;
+    let c = client();
+    // The primary has no endpoint: the first request is served by the fallback, the
+    // second refused by the fallback's limit, and neither keeps a charge on the
+    // primary's.
+    let first = get(&c, &proxy.url("/x")).await;
+    assert_eq!((first.status, first.text()), (StatusCode::OK, "backup"));
+    let second = get(&c, &proxy.url("/x")).await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(second.json()["error"]["policy"], "demo/secondary");
+
+    // Once the primary has an endpoint, its two requests an hour are all there.
+    proxy
+        .store
+        .apply(compile_yaml(&primary_and_backup(Some(&agent), &backup)))
+        .expect("table applies");
+    assert_eq!(get(&c, &proxy.url("/x")).await.status, StatusCode::OK);
+    assert_eq!(get(&c, &proxy.url("/x")).await.status, StatusCode::OK);
+    let third = get(&c, &proxy.url("/x")).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.json()["error"]["policy"], "demo/primary");
 }

@@ -2,7 +2,8 @@
 //! endpoint is full. Where the pool cannot serve, the request moves: to the same pool
 //! in a newer table (the pool was replaced, or is shared unchanged by a newer table
 //! whose fallbacks and consumers may differ), or to the pool's fallback, which must
-//! admit the caller and whose own rate limits apply.
+//! admit the caller and whose own rate limits apply (the pool left behind gives back
+//! what its limits charged: a request counts against the pool that serves it).
 
 use std::sync::Arc;
 
@@ -62,8 +63,11 @@ impl Forwarder {
                         ctx.fallback_from = Some(pool.key().to_owned());
                     }
                     serving.move_to(serving.runtime().clone(), fallback, ctx.start);
-                    // The fallback's own limits apply: fallback traffic must not
-                    // overrun the pool it lands on.
+                    // The pool left behind does not serve the request: what its
+                    // limits charged goes back. The fallback's own limits apply
+                    // instead, so fallback traffic cannot overrun the pool it lands
+                    // on, and a refusal there charges nothing anywhere.
+                    ctx.rate.give_back();
                     body = self.limit(ctx, serving, headers, body).await?;
                     self.metrics
                         .fallbacks

@@ -10,14 +10,18 @@
 //!
 //! * this module: building a table's limits ([`LimitsContext::build`]) and the types
 //!   a check speaks in;
-//! * `check`: checking a request against every limit of its pool;
+//! * `check`: checking a request against every limit of its pool, in an order that
+//!   lets a refusal charge nothing;
 //! * `keys`: what the key stores hold and forget, for the metrics;
+//! * `refund`: what an admitted request was charged, to give back when it moves to
+//!   another pool;
 //! * [`tokens`]: LLM token reservations and their settlement from the reported usage;
 //! * [`request`]: the request path's step: reading `max_tokens` when a budget needs it,
 //!   checking, and turning the verdict into response headers or a refusal.
 
 mod check;
 mod keys;
+mod refund;
 pub mod request;
 pub mod tokens;
 
@@ -36,6 +40,7 @@ use sluice_ratelimit::{
     RedisBackend, SlidingWindow, SoftLimit, StoreConfig, TokenBudget, WindowQuota,
 };
 
+pub use refund::Charged;
 pub use request::{RateOutcome, check_request, requested_tokens};
 pub use tokens::{TokenSettlement, UsageWatch, usage_total};
 
@@ -333,6 +338,10 @@ pub struct Subject<'a> {
 
 /// The answer of the limits.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one verdict a request, moved once: boxing the charges would allocate"
+)]
 pub enum Verdict {
     /// The request may go; add `headers` to the response, settle `tokens` at the end.
     Admitted {
@@ -340,6 +349,8 @@ pub enum Verdict {
         headers: Vec<(HeaderName, HeaderValue)>,
         /// Token reservations to settle.
         tokens: TokenSettlement,
+        /// What the request limits charged, to give back if the request moves.
+        charged: Charged,
     },
     /// 429: the headers, the wait and what refused.
     Limited {
@@ -369,7 +380,7 @@ pub struct Needs {
 }
 
 impl PolicyRt {
-    fn tier_for<'a>(&'a self, tier: Option<&'a str>) -> (&'a str, &'a TierRt) {
+    fn tier_for(&self, tier: Option<&str>) -> (&str, &TierRt) {
         if let Some(t) = tier
             && let Some((name, rt)) = self.tiers.get_key_value(t)
         {

@@ -5,7 +5,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use super::tokens::TokenSettlement;
-use super::{MAX_BUFFERED_BODY, Subject, TableLimits, Verdict};
+use super::{Charged, MAX_BUFFERED_BODY, Subject, TableLimits, Verdict};
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 
@@ -17,14 +17,26 @@ pub struct RateOutcome {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Token reservations, settled when the response ends (given back if dropped).
     pub tokens: TokenSettlement,
+    /// What the request limits charged, given back if the request moves on.
+    pub charged: Charged,
 }
 
 impl RateOutcome {
-    /// Adds what another pool's limits gave the same request (a fallback's): its
-    /// headers replace these, its reservations join them.
+    /// Takes what a pool's limits gave the request. A request holds one pool's at a
+    /// time: anything still held from another is given back first (see
+    /// [`RateOutcome::give_back`]).
     pub fn absorb(&mut self, other: RateOutcome) {
-        self.headers = other.headers;
-        self.tokens.absorb(other.tokens);
+        self.give_back();
+        *self = other;
+    }
+
+    /// Gives back everything the request was charged and reserved: the pool whose
+    /// limits admitted it will not serve it (it moves to a fallback, which counts
+    /// it under its own limits instead).
+    pub fn give_back(&mut self) {
+        self.headers.clear();
+        self.charged.refund();
+        drop(std::mem::take(&mut self.tokens));
     }
 }
 
@@ -52,7 +64,18 @@ pub async fn check_request(
         body = RequestBody::Buffered(bytes);
     }
     match limits.check(subject, max_tokens).await {
-        Verdict::Admitted { headers, tokens } => Ok((body, Some(RateOutcome { headers, tokens }))),
+        Verdict::Admitted {
+            headers,
+            tokens,
+            charged,
+        } => Ok((
+            body,
+            Some(RateOutcome {
+                headers,
+                tokens,
+                charged,
+            }),
+        )),
         Verdict::Limited {
             headers,
             policy,

@@ -34,11 +34,16 @@ impl TokenCounters {
 /// Token reservations of one request, settled with the usage the agent reports.
 /// Reservations neither settled nor kept (see [`UsageWatch`]) are given back when it is
 /// dropped: a request refused or failed before an agent answered costs no tokens.
+/// Counted in `sluice_ratelimit_tokens_total` once the request is admitted
+/// ([`TokenSettlement::admit`]): a reservation given back because another limit
+/// refused the request is not counted at all.
 #[derive(Debug, Default)]
 pub struct TokenSettlement {
     held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation, TokenCounters)>,
     /// The clock the reservations were made on: settling must read the same one.
     clock: Option<SharedClock>,
+    /// The request was admitted: reservations and settlements are counted.
+    admitted: bool,
 }
 
 impl TokenSettlement {
@@ -47,19 +52,26 @@ impl TokenSettlement {
         Self {
             held: Vec::new(),
             clock: Some(clock),
+            admitted: false,
         }
     }
 
-    /// Holds `reservation` of `want` tokens in `store`.
+    /// Holds `reservation` of `store`.
     pub(super) fn hold(
         &mut self,
         store: Arc<KeyedStore<TokenBudget>>,
         reservation: Reservation,
-        want: u32,
         counters: TokenCounters,
     ) {
-        counters.reserved.inc_by(u64::from(want));
         self.held.push((store, reservation, counters));
+    }
+
+    /// Every other limit admitted the request: its reservations count from now.
+    pub(super) fn admit(&mut self) {
+        self.admitted = true;
+        for (_, reservation, counters) in &self.held {
+            counters.reserved.inc_by(u64::from(reservation.tokens()));
+        }
     }
 
     /// Whether there is anything to settle.
@@ -72,21 +84,14 @@ impl TokenSettlement {
         self.settle_all(actual);
     }
 
-    /// Takes over `other`'s reservations (a fallback pool's, settled with the same
-    /// usage as the primary's).
-    pub fn absorb(&mut self, mut other: TokenSettlement) {
-        self.held.append(&mut other.held);
-        if self.clock.is_none() {
-            self.clock = other.clock.take();
-        }
-    }
-
     fn settle_all(&mut self, actual: u64) {
         let now = self.clock.as_ref().map_or(0, |c| c.now_nanos());
         for (store, reservation, counters) in self.held.drain(..) {
             let settlement = store.settle(reservation, actual, now);
-            counters.refunded.inc_by(settlement.refunded);
-            counters.charged.inc_by(settlement.charged);
+            if self.admitted {
+                counters.refunded.inc_by(settlement.refunded);
+                counters.charged.inc_by(settlement.charged);
+            }
         }
     }
 }

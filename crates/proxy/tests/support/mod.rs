@@ -4,6 +4,8 @@
 //! Every test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -154,6 +156,11 @@ impl Proxy {
         let metrics = Metrics::new();
         let store = Arc::new(TableStore::new(metrics.clone()));
         store.apply(table).expect("table applies");
+        Self::over(store, metrics, config).await
+    }
+
+    /// Starts a proxy over a store built by the test (with Redis, say).
+    pub async fn over(store: Arc<TableStore>, metrics: Metrics, config: ForwardConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let forwarder = Forwarder::with_config(store.clone(), metrics.clone(), config);
