@@ -36,6 +36,15 @@
 //! availability over balance: hard limits such as `maxConcurrency` belong in the
 //! caller's `accept`).
 //!
+//! # Weights
+//!
+//! [`ConsistentHash::weighted`] gives each endpoint ring points in proportion to its
+//! weight: `vnodes × weight / largest weight`, at least one, so an endpoint's share
+//! of keys follows its weight (one far below a hundredth of the largest is rounded
+//! up to one point), and the load bound scales likewise: an endpoint may hold
+//! `c × weight / mean weight` times the mean load. An endpoint's points are the first
+//! of its own sequence, so changing another endpoint's weight moves no key of its.
+//!
 //! # Cost
 //!
 //! The ring holds `n × vnodes` points of 12 bytes (1.2 MB for 1000 endpoints and
@@ -47,6 +56,7 @@ use std::num::NonZeroU32;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::load::PoolLoad;
+use crate::weights::{WeightTable, table_for};
 use crate::{Pick, Selector};
 
 /// Default number of virtual nodes per endpoint.
@@ -128,6 +138,7 @@ pub struct ConsistentHash {
     owners: Box<[u32]>,
     load: PoolLoad,
     factor: Option<f64>,
+    weights: Option<WeightTable>,
 }
 
 impl ConsistentHash {
@@ -137,7 +148,26 @@ impl ConsistentHash {
     /// met first on the ring.
     #[must_use]
     pub fn new(load: PoolLoad, config: HashConfig) -> Self {
+        Self::weighted(load, config, &[])
+    }
+
+    /// Builds the ring with endpoint weights (`weights[i]` for endpoint `i`; see the
+    /// [module documentation](self)). Weights that are all equal, or not one per
+    /// endpoint, build the unweighted ring.
+    #[must_use]
+    pub fn weighted(load: PoolLoad, config: HashConfig, weights: &[NonZeroU32]) -> Self {
+        let weights = table_for(weights, load.len());
         let vnodes = config.vnodes.get();
+        let largest = weights
+            .as_ref()
+            .map_or(1, |w| (0..w.len()).map(|i| w.weight(i)).max().unwrap_or(1));
+        let points_of = |index: usize| match &weights {
+            Some(w) => {
+                let share = u64::from(vnodes) * u64::from(w.weight(index)) / u64::from(largest);
+                u32::try_from(share).unwrap_or(vnodes).max(1)
+            }
+            None => vnodes,
+        };
         let addresses = load.addresses();
         let mut ring: Vec<(u64, &str, u32)> =
             Vec::with_capacity(addresses.len().saturating_mul(vnodes as usize));
@@ -146,7 +176,9 @@ impl ConsistentHash {
             let Ok(owner) = u32::try_from(index) else {
                 break;
             };
-            ring.extend((0..vnodes).map(|v| (vnode_point(address, v), &**address, owner)));
+            ring.extend(
+                (0..points_of(index)).map(|v| (vnode_point(address, v), &**address, owner)),
+            );
         }
         // Ties between points are broken by address, so the order of the endpoints
         // in the pool never changes the ring.
@@ -156,6 +188,7 @@ impl ConsistentHash {
             owners: ring.iter().map(|&(_, _, owner)| owner).collect(),
             load,
             factor: config.load_factor.map(LoadFactor::get),
+            weights,
         }
     }
 
@@ -173,14 +206,27 @@ impl ConsistentHash {
     }
 
     /// The in-flight count an endpoint must stay below to take a new request now,
-    /// or `None` with no load factor.
+    /// or `None` with no load factor. With weights this is the bound of an endpoint
+    /// of the mean weight; see [`ConsistentHash::bound_of`].
     #[must_use]
     pub fn bound(&self) -> Option<u64> {
+        self.bound_scaled(1.0)
+    }
+
+    /// The in-flight count endpoint `index` must stay below to take a new request
+    /// now: its share of the bound by weight.
+    #[must_use]
+    pub fn bound_of(&self, index: usize) -> Option<u64> {
+        let scale = self.weights.as_ref().map_or(1.0, |w| 1.0 / w.scale(index));
+        self.bound_scaled(scale)
+    }
+
+    fn bound_scaled(&self, scale: f64) -> Option<u64> {
         let factor = self.factor?;
         let n = self.load.len().max(1) as f64;
         let total = self.load.in_flight() as f64;
         // At least 1: an idle endpoint always takes a request.
-        Some((((total + 1.0) * factor / n).ceil() as u64).max(1))
+        Some((((total + 1.0) * factor * scale / n).ceil() as u64).max(1))
     }
 
     /// Index in `points` of the first point at or after `key`, wrapping to 0.
@@ -216,8 +262,13 @@ impl Selector for ConsistentHash {
         let mut previous = self.owner_at(start)?;
         let endpoints = self.load.endpoints();
         let bound = self.bound();
-        let under_bound =
-            |i: usize| bound.is_none_or(|b| endpoints.get(i).is_some_and(|e| e.in_flight() < b));
+        let under_bound = |i: usize| {
+            let bound = match &self.weights {
+                Some(_) => self.bound_of(i),
+                None => bound,
+            };
+            bound.is_none_or(|b| endpoints.get(i).is_some_and(|e| e.in_flight() < b))
+        };
         let mut first_accepted = None;
         let mut consider = |i: usize| {
             if !request.accepts(i) {
@@ -358,6 +409,27 @@ mod tests {
         assert!(pick.is_some_and(|i| i != owner));
         drop(guards);
         assert_eq!(selector.pick(&Pick::new(0).with_hash(hash)), Some(owner));
+    }
+
+    #[test]
+    fn ring_points_and_bounds_follow_the_weights() {
+        let addresses: Vec<String> = (0..3).map(|i| format!("10.0.0.{i}:80")).collect();
+        let load = PoolLoad::new(&addresses, LoadConfig::default(), 0);
+        let weights = [2, 1, 1].map(|w| NonZeroU32::new(w).unwrap());
+        let config = HashConfig {
+            vnodes: NonZeroU32::new(200).unwrap(),
+            load_factor: Some(LoadFactor::DEFAULT),
+        };
+        let selector = ConsistentHash::weighted(load, config, &weights);
+        assert_eq!(selector.points.len(), 400);
+        let mut owned = [0_u32; 3];
+        for key in 0..20_000_u64 {
+            owned[selector.owner(hash_key(&key.to_le_bytes())).unwrap()] += 1;
+        }
+        assert!((8_600..11_400).contains(&owned[0]), "{owned:?}");
+        // An idle pool: 1.25 × 2 / (4 / 3) of the mean for the heavy endpoint.
+        assert_eq!(selector.bound_of(0), Some(1));
+        assert!(selector.bound_of(0) >= selector.bound_of(1));
     }
 
     #[test]

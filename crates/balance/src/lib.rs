@@ -29,6 +29,11 @@
 //!
 //! Weights are [`NonZeroU32`](std::num::NonZeroU32): a weight of zero cannot be
 //! expressed, so an endpoint that should take no traffic is left out of the set.
+//! Every selector honours them: [`Weighted`] is the weighted rotation (what
+//! [`RoundRobin`] becomes with unequal weights), [`LeastRequest::weighted`] and
+//! [`PeakEwma::weighted`] draw candidates by weight and compare load per unit of
+//! weight, and [`ConsistentHash::weighted`] gives each endpoint ring points in
+//! proportion to its weight.
 
 pub mod consistent_hash;
 pub mod health;
@@ -41,6 +46,7 @@ pub mod queue;
 pub mod retry_budget;
 pub mod round_robin;
 pub mod weighted;
+mod weights;
 
 pub use consistent_hash::{ConsistentHash, HashConfig, LoadFactor, hash_key};
 pub use health::{CheckResult, Health, HealthConfig, HealthState, StartAs};

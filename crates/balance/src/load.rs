@@ -200,6 +200,13 @@ impl EndpointLoad {
         self.latency_nanos(now) * (self.in_flight() as f64 + 1.0)
     }
 
+    /// The cost with each request in flight counting `scale` (the weighted selectors'
+    /// `mean weight / weight`): latency × (in flight × scale + 1).
+    #[must_use]
+    pub fn weighted_cost(&self, now: u64, scale: f64) -> f64 {
+        self.latency_nanos(now) * (self.in_flight() as f64 * scale + 1.0)
+    }
+
     fn latency_nanos(&self, now: u64) -> f64 {
         if !self.sampled.load(Relaxed) {
             return self.neutral.load(Relaxed) as f64;

@@ -11,6 +11,8 @@
 /// bounded scan.
 pub(crate) const RANDOM_PROBES: usize = 4;
 
+use crate::weights::WeightTable;
+
 /// SplitMix64 (Steele, Lea and Flood), seeded with the caller's random value.
 ///
 /// It stretches one `u64` from the caller into as many well-mixed values as a pick
@@ -37,6 +39,12 @@ impl Rng {
         let wide = u128::from(self.next_u64()) * n as u128;
         // The high half of a u64 × usize product is below `n`, so it fits.
         usize::try_from(wide >> 64).unwrap_or(0)
+    }
+
+    /// A value in `0..n` for a 64-bit `n`; `0` when `n == 0`.
+    pub(crate) fn below_u64(&mut self, n: u64) -> u64 {
+        let wide = u128::from(self.next_u64()) * u128::from(n);
+        u64::try_from(wide >> 64).unwrap_or(0)
     }
 
     /// A fair coin.
@@ -100,6 +108,47 @@ pub(crate) fn two_candidates(
                 None => first = Some(index),
                 Some(taken) => return Candidates::Two(taken, index),
             }
+        }
+    }
+    let start = rng.below(n);
+    for index in (0..n).map(|k| (start + k) % n) {
+        if Some(index) == first || !accept(index) {
+            continue;
+        }
+        match first {
+            None => first = Some(index),
+            Some(taken) => return Candidates::Two(taken, index),
+        }
+    }
+    first.map_or(Candidates::None, Candidates::One)
+}
+
+/// Two accepted endpoints drawn in proportion to their weights in `table`, for a
+/// weighted power-of-two-choices comparison.
+///
+/// The draws are independent, so both may be the same endpoint (`Two(a, a)`): with
+/// a coin settling ties, idle endpoints are then chosen exactly in proportion to
+/// their weights (`p² + p(1 − p) = p`). Up to twice [`RANDOM_PROBES`] draws come
+/// first, then one scan from a random offset completes the pair, so `accept` is
+/// called at most `2 × RANDOM_PROBES + n` times.
+pub(crate) fn two_weighted(
+    table: &WeightTable,
+    rng: &mut Rng,
+    accept: &dyn Fn(usize) -> bool,
+) -> Candidates {
+    let n = table.len();
+    if n < 2 {
+        return two_candidates(n, rng, accept);
+    }
+    let mut first: Option<usize> = None;
+    for _ in 0..2 * RANDOM_PROBES {
+        let index = table.draw(rng);
+        if !accept(index) {
+            continue;
+        }
+        match first {
+            None => first = Some(index),
+            Some(taken) => return Candidates::Two(taken, index),
         }
     }
     let start = rng.below(n);
