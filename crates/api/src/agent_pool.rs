@@ -168,7 +168,8 @@ pub struct Backend {
     /// caller's own (`Authorization` and `x-api-key` from the client are removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<UpstreamAuth>,
-    /// Relative share of traffic this backend receives with the `Weighted` algorithm.
+    /// Relative share of traffic this backend receives, spread over its endpoints;
+    /// every algorithm honours it.
     #[serde(default = "default_weight")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub weight: u32,
@@ -358,17 +359,18 @@ pub struct ConsistentHashSpec {
 /// A load-balancing algorithm.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Algorithm {
-    /// Each endpoint in turn.
+    /// Each endpoint in turn; with unequal backend weights, the weighted rotation of
+    /// `Weighted`.
     #[default]
     RoundRobin,
     /// Smooth weighted round robin over backends by their `weight`, then round robin
     /// over each backend's endpoints.
     Weighted,
-    /// Power of two choices on in-flight requests.
+    /// Power of two choices on in-flight requests (per unit of weight).
     LeastRequest,
-    /// Power of two choices on peak-EWMA latency.
+    /// Power of two choices on peak-EWMA latency (in flight per unit of weight).
     PeakEwma,
-    /// Session affinity by a consistent hash.
+    /// Session affinity by a consistent hash (ring points by weight).
     ConsistentHash,
 }
 

@@ -83,17 +83,26 @@ pub fn build(
         None => PoolLoad::new(&addresses, load_config, now),
     };
     let start = env.entropy.below(usize::MAX);
+    // Every algorithm honours the backends' weights (spread over each backend's
+    // endpoints): a rotation becomes the weighted rotation, the power-of-two
+    // choices weigh load by capacity, and the ring gives points by weight.
+    let uniform = weights.windows(2).all(|w| w[0] == w[1]);
     let selector: Box<dyn Selector> = match spec.algorithm {
-        Algorithm::RoundRobin => Box::new(RoundRobin::new(endpoints.len()).starting_at(start)),
-        Algorithm::Weighted => Box::new(Weighted::new(&weights).starting_at(start)),
-        Algorithm::LeastRequest => Box::new(LeastRequest::new(load.clone())),
-        Algorithm::PeakEwma => Box::new(PeakEwma::new(load.clone())),
-        Algorithm::ConsistentHash => Box::new(ConsistentHash::new(
+        Algorithm::RoundRobin if uniform => {
+            Box::new(RoundRobin::new(endpoints.len()).starting_at(start))
+        }
+        Algorithm::RoundRobin | Algorithm::Weighted => {
+            Box::new(Weighted::new(&weights).starting_at(start))
+        }
+        Algorithm::LeastRequest => Box::new(LeastRequest::weighted(load.clone(), &weights)),
+        Algorithm::PeakEwma => Box::new(PeakEwma::weighted(load.clone(), &weights)),
+        Algorithm::ConsistentHash => Box::new(ConsistentHash::weighted(
             load.clone(),
             HashConfig {
                 vnodes: sluice_balance::consistent_hash::DEFAULT_VNODES,
                 load_factor: LoadFactor::new(spec.balancer.bounded_load),
             },
+            &weights,
         )),
     };
 
