@@ -124,8 +124,9 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Decision, InsufficientCapacity, QuotaInfo, retry_after_secs};
 pub use gcra::Gcra;
 pub use global::{
-    DecisionSource, FailureMode, GlobalCharge, GlobalConfig, GlobalDecision, GlobalError,
-    GlobalKey, GlobalLimiter, RedisBackend, RedisConfig,
+    BudgetDecision, DecisionSource, FailureMode, GlobalBudget, GlobalCharge, GlobalConfig,
+    GlobalDecision, GlobalError, GlobalKey, GlobalLimiter, GlobalReservation, RedisBackend,
+    RedisConfig,
 };
 pub use key::{KeyHash, KeyHasher};
 pub use quota::{MAX_BURST_WINDOW, MAX_PERIOD, Quota, QuotaError};

@@ -8,10 +8,13 @@
 -- ARGV[4]  need: the fewest tokens worth taking (the request's charge), >= 0
 -- ARGV[5]  tokens to give back from an earlier lease, >= 0
 -- ARGV[6]  that lease's end (the TAT right after it was taken), microseconds
+-- ARGV[7]  tokens to charge whatever is left (a token budget's overspend), >= 0;
+--          never more than one burst ahead of now
 --
--- Returns {granted, remaining, reset_us, retry_us, end_us}: granted is 0 when
--- fewer than `need` tokens are available (then retry_us is the wait), else
--- between need and want; end_us is the TAT after the grant.
+-- Returns {granted, remaining, reset_us, retry_us, end_us, returned}: granted is
+-- 0 when fewer than `need` tokens are available (then retry_us is the wait), else
+-- between need and want; end_us is the TAT after the grant; returned is the whole
+-- tokens the give-back returned.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -20,6 +23,7 @@ local want = tonumber(ARGV[3])
 local need = tonumber(ARGV[4])
 local give_back = tonumber(ARGV[5])
 local lease_end = tonumber(ARGV[6])
+local force = tonumber(ARGV[7] or '0')
 local window = interval * burst
 
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -27,12 +31,20 @@ local changed = false
 
 -- Give back only the part of the old lease still ahead of now, and never move
 -- the TAT before now: never more than if those tokens had not been taken.
+local returned = 0
 if give_back > 0 then
   local refund = math.min(give_back * interval, lease_end - now, tat - now)
   if refund > 0 then
     tat = tat - refund
+    returned = math.floor(refund / interval)
     changed = true
   end
+end
+
+-- Charge an overspend whatever is left, but never past one burst from now.
+if force > 0 then
+  tat = math.min(math.max(tat, now) + force * interval, math.max(now + window, tat))
+  changed = true
 end
 
 local base = math.max(tat, now)
@@ -59,4 +71,4 @@ end
 local remaining = math.floor((now + window - math.max(base, now)) / interval)
 if remaining < 0 then remaining = 0 end
 local reset = math.max(base - now, 0)
-return {granted, remaining, math.ceil(reset), retry, string.format('%.0f', base)}
+return {granted, remaining, math.ceil(reset), retry, string.format('%.0f', base), returned}

@@ -437,6 +437,7 @@ impl<C: Clock> GlobalLimiter<C> {
             need,
             give_back,
             lease_end,
+            charge: 0,
         }
     }
 
@@ -477,7 +478,7 @@ fn lease_charge(decision: &Decision, n: u32) -> GlobalCharge {
     }
 }
 
-fn grant_decision(grant: &Grant, n: u32) -> Decision {
+pub(super) fn grant_decision(grant: &Grant, n: u32) -> Decision {
     if grant.granted >= n {
         Decision::Allowed {
             remaining: (grant.granted - n).saturating_add(grant.remaining),

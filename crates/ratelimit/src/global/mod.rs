@@ -23,6 +23,8 @@
 //!   one. The cost is the other way: tokens held in other proxies' leases may
 //!   make a proxy refuse while Redis still had a few (at most the same bound,
 //!   for at most `lease_ttl`).
+//! * **Token budgets too.** [`GlobalBudget`] keeps an LLM token budget in the same
+//!   script: a reservation and a settlement are one call each (see its module).
 //! * **Refunds are local.** A request admitted here and then refused by another
 //!   limit (or moved to another pool) gives its token back with
 //!   [`GlobalLimiter::refund`]: into the key's lease, from which the next request
@@ -35,6 +37,7 @@
 //!   (or a configured) quota, `Closed` answers [`GlobalDecision::Unavailable`]
 //!   (a 503). A check never waits longer than the deadline, and never panics.
 
+mod budget;
 mod lease;
 mod redis;
 pub mod stats;
@@ -43,6 +46,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub use self::budget::{BudgetDecision, GlobalBudget, GlobalReservation};
 pub use self::lease::{GlobalCharge, GlobalConfig, GlobalLimiter};
 pub use self::redis::{DEFAULT_DEADLINE, DEFAULT_RETRY_BACKOFF, RedisBackend, RedisConfig};
 pub use self::stats::{GlobalStats, GlobalStatsSnapshot};

@@ -75,7 +75,8 @@ impl RedisConfig {
 }
 
 /// One script call: take up to `want` (at least `need`) tokens of a GCRA limit,
-/// first giving back `give_back` tokens of the lease that ended at `lease_end`.
+/// first giving back `give_back` tokens of the lease that ended at `lease_end` and
+/// charging `charge` tokens whatever is left (at most one burst ahead).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Acquire<'a> {
     pub(crate) key: &'a str,
@@ -85,6 +86,7 @@ pub(crate) struct Acquire<'a> {
     pub(crate) need: u32,
     pub(crate) give_back: u32,
     pub(crate) lease_end: u64,
+    pub(crate) charge: u32,
 }
 
 /// The script's answer.
@@ -100,6 +102,8 @@ pub(crate) struct Grant {
     pub(crate) retry_after: Duration,
     /// The TAT after the grant, in Redis microseconds (to give tokens back).
     pub(crate) end: u64,
+    /// Whole tokens the give-back returned.
+    pub(crate) returned: u32,
 }
 
 /// A shared connection to Redis for global limits, with its counters.
@@ -223,7 +227,14 @@ impl RedisBackend {
             })
             .await?;
         let mut connection = connection.clone();
-        let (granted, remaining, reset_micros, retry_micros, end): (u32, u32, u64, u64, u64) = self
+        let (granted, remaining, reset_micros, retry_micros, end, returned): (
+            u32,
+            u32,
+            u64,
+            u64,
+            u64,
+            u32,
+        ) = self
             .script
             .key(request.key)
             .arg(request.interval_micros)
@@ -232,6 +243,7 @@ impl RedisBackend {
             .arg(request.need)
             .arg(request.give_back)
             .arg(request.lease_end)
+            .arg(request.charge)
             .invoke_async(&mut connection)
             .await?;
         Ok(Grant {
@@ -240,6 +252,7 @@ impl RedisBackend {
             reset_after: Duration::from_micros(reset_micros),
             retry_after: Duration::from_micros(retry_micros),
             end,
+            returned,
         })
     }
 }
