@@ -97,3 +97,33 @@ async fn a_streamed_answer_settles_for_an_http1_client() {
 async fn a_streamed_answer_settles_for_an_http2_client() {
     five_requests_fit(h2_client(), "text/event-stream", SSE_ANSWER).await;
 }
+
+#[tokio::test]
+async fn a_soft_limit_warns_from_its_share_of_a_token_budget() {
+    let agent = agent("application/json", JSON_ANSWER).await;
+    let soft = BUDGET.replace(
+        "  key: {type: Pool}\n",
+        "  key: {type: Pool}\n  softLimit: {percent: 50}\n",
+    );
+    let yaml = PoolYaml::new("chat").agents(&[&agent]).yaml() + &soft;
+    let proxy = Proxy::with_table(compile_yaml(&yaml)).await;
+    let first = send(&client(), completion(&proxy, false)).await;
+    assert!(first.headers.get("x-sluice-ratelimit-warning").is_none());
+    assert_eq!(
+        first.headers["ratelimit-policy"],
+        "\"demo/tokens/all\";q=1000;w=60"
+    );
+    // 400 reserved with 9 already used: 409 of 1000 is short of half.
+    let second = send(&client(), completion(&proxy, false)).await;
+    assert!(second.headers.get("x-sluice-ratelimit-warning").is_none());
+    // Another request asking for 500 reaches it.
+    let req = Request::post(proxy.url("/v1/chat/completions"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(r#"{"max_tokens":500}"#))
+        .expect("request");
+    let third = send(&client(), req).await;
+    assert_eq!(
+        third.headers["x-sluice-ratelimit-warning"],
+        "\"demo/tokens/all\";q=1000;reached=50%"
+    );
+}

@@ -1,15 +1,16 @@
 //! Checking a request against every limit of its pool at once, in an order that lets
-//! a refusal charge nothing:
+//! a refusal charge nothing, and where it cannot, gives back what was charged:
 //!
-//! 1. token budgets are reserved first: a reservation is given back by dropping it,
-//!    so a later refusal costs them nothing;
+//! 1. local token budgets are reserved: a reservation is given back by dropping it;
 //! 2. local request limits are evaluated without charging: a local refusal spends no
 //!    global token;
 //! 3. global request limits spend their tokens (through Redis leases); a refusal by
 //!    one gives back those spent before it;
-//! 4. local request limits are charged together (admitted only if all admit); one
+//! 4. global token budgets reserve in Redis; a refusal gives the global request
+//!    tokens back;
+//! 5. local request limits are charged together (admitted only if all admit); one
 //!    that refuses after all (another request took the last unit since step 2)
-//!    gives back the global tokens.
+//!    gives back the global tokens and every reservation.
 //!
 //! What an admitted request was charged travels with it ([`Charged`]), so that a
 //! request that moves to another pool gives it back.
@@ -17,15 +18,14 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
 use sluice_ratelimit::{
-    Decision, GlobalDecision, GlobalKey, GlobalLimiter, KeyHash, Limit, Reserve, check_all_charged,
-    peek_all,
+    BudgetDecision, GlobalDecision, GlobalKey, KeyHash, Limit, Reserve, check_all_charged, peek_all,
 };
 
 use super::refund::Charged;
+use super::report::{Owner, Report, limited};
 use super::tokens::{TokenCounters, TokenSettlement};
-use super::{Counter, Needs, PolicyRt, Subject, TableLimits, TierRt, Verdict, WARNING_HEADER};
+use super::{Counter, Needs, PolicyRt, Subject, TableLimits, TierRt, Verdict};
 use crate::clock::SharedClock;
 
 /// One policy of the pool as it applies to the request: its tier and key.
@@ -37,8 +37,28 @@ struct Keyed<'a> {
     key_bytes: Vec<u8>,
 }
 
-/// Who owns a local request limit, for the headers: policy, tier, requests, window.
-type Owner<'a> = (&'a PolicyRt, &'a str, u32, u64);
+impl<'a> Keyed<'a> {
+    fn owner(&self, q: u32, w_ms: u64) -> Owner<'a> {
+        Owner {
+            policy: self.policy,
+            tier: self.tier_name,
+            q,
+            w_ms,
+        }
+    }
+
+    /// The key of one of its limits in Redis: named by the limit, so that replicas
+    /// on different configurations never share a state.
+    fn global_key(&self, kind: &str, q: u32, w_ms: u64) -> GlobalKey {
+        GlobalKey::new(
+            &format!(
+                "{}/{}/{kind}{q}per{w_ms}ms",
+                self.policy.key, self.tier_name
+            ),
+            &[&self.key_bytes],
+        )
+    }
+}
 
 impl TableLimits {
     /// Whether `pool_index` has limits, and of what kind.
@@ -75,49 +95,63 @@ impl TableLimits {
         // A global limit that fails closed on a proxy without Redis refuses before
         // anything is charged.
         for k in &keyed {
-            if k.tier
-                .requests
-                .iter()
-                .any(|l| matches!(l.counter, Counter::NoStore))
+            let no_store = |c: &Counter| matches!(c, Counter::NoStore);
+            if k.tier.requests.iter().any(|l| no_store(&l.counter))
+                || k.tier.tokens.iter().any(|l| no_store(&l.counter))
             {
-                self.context
-                    .metrics
-                    .count_rate(&k.policy.key, k.tier_name, "unavailable");
+                self.count(k, "unavailable");
                 return Verdict::Unavailable {
                     policy: k.policy.key.clone(),
                     retry_after: 1,
                 };
             }
         }
+        let mut report = Report::default();
 
-        // 1. Token budgets.
-        let tokens = match self.reserve_tokens(&keyed, max_tokens, now) {
-            Ok(tokens) => tokens,
-            Err(refused) => return refused,
-        };
+        // 1. Local token budgets.
+        let mut tokens = TokenSettlement::on(self.context.clock.clone());
+        for k in &keyed {
+            for budget in &k.tier.tokens {
+                let Counter::Tokens(store) = &budget.counter else {
+                    continue;
+                };
+                let want = want(k, budget.tokens, max_tokens);
+                let owner = k.owner(budget.tokens, budget.window_ms);
+                match store.reserve(k.key, want, now) {
+                    Ok(Reserve::Granted {
+                        reservation,
+                        decision,
+                    }) => {
+                        tokens.hold(store.clone(), reservation, self.counters(k));
+                        report.tokens(owner, decision);
+                    }
+                    Ok(Reserve::Refused(decision)) => return self.refuse(k, owner, decision),
+                    Err(_) => {}
+                }
+            }
+        }
 
         // 2. Local request limits, evaluated without charging.
         let mut limits = Vec::new();
-        let mut owners: Vec<Owner<'_>> = Vec::new();
+        let mut owners = Vec::new();
         for k in &keyed {
             for limit in &k.tier.requests {
                 let l = match &limit.counter {
                     Counter::Gcra(store) => Limit::keyed(store.as_ref(), k.key),
                     Counter::Window(store) => Limit::keyed(store.as_ref(), k.key),
-                    Counter::Global(_) | Counter::NoStore | Counter::Tokens(_) => continue,
+                    _ => continue,
                 };
                 limits.push(match k.policy.soft {
                     Some(s) => l.with_soft(s),
                     None => l,
                 });
-                owners.push((k.policy, k.tier_name, limit.requests, limit.window_ms));
+                owners.push((k, k.owner(limit.requests, limit.window_ms)));
             }
         }
         // One request never exceeds a burst (at least 1): `Err` cannot happen.
         if let Ok(Some(refusal)) = peek_all(&limits, NonZeroU32::MIN, now) {
-            let (policy, tier, q, w) = owners[refusal.binding];
-            self.context.metrics.count_rate(&policy.key, tier, "denied");
-            return limited(policy, tier, q, w, refusal.decision);
+            let (k, owner) = owners[refusal.binding];
+            return self.refuse(k, owner, refusal.decision);
         }
 
         // 3. Global request limits.
@@ -127,80 +161,86 @@ impl TableLimits {
                 let Counter::Global(global) = &limit.counter else {
                     continue;
                 };
-                let gkey = GlobalKey::new(
-                    &format!(
-                        "{}/{}/{}per{}ms",
-                        k.policy.key, k.tier_name, limit.requests, limit.window_ms
-                    ),
-                    &[&k.key_bytes],
-                );
+                let owner = k.owner(limit.requests, limit.window_ms);
+                let gkey = k.global_key("", limit.requests, limit.window_ms);
                 match global.check(&gkey, NonZeroU32::MIN).await {
                     Ok(GlobalDecision::Decided {
                         decision, charge, ..
                     }) => {
                         if !decision.is_allowed() {
                             charged.refund();
-                            self.context
-                                .metrics
-                                .count_rate(&k.policy.key, k.tier_name, "denied");
-                            return limited(
-                                k.policy,
-                                k.tier_name,
-                                limit.requests,
-                                limit.window_ms,
-                                decision,
-                            );
+                            return self.refuse(k, owner, decision);
                         }
                         charged.global(Arc::clone(global), gkey, charge);
+                        report.request(owner, decision);
                     }
                     Ok(GlobalDecision::Unavailable { retry_after, .. }) => {
                         charged.refund();
-                        self.context
-                            .metrics
-                            .count_rate(&k.policy.key, k.tier_name, "unavailable");
-                        return Verdict::Unavailable {
-                            policy: k.policy.key.clone(),
-                            retry_after: sluice_ratelimit::retry_after_secs(retry_after),
-                        };
+                        return self.unavailable(k, retry_after);
                     }
                     Err(_) => {}
                 }
             }
         }
 
-        // 4. Local request limits, charged.
-        let mut headers = Vec::new();
-        if !limits.is_empty()
-            && let Ok((admission, charges)) = check_all_charged(&limits, NonZeroU32::MIN, now)
-        {
-            let (policy, tier, q, w) = owners[admission.binding];
-            if !admission.is_allowed() {
-                charged.refund();
-                self.context.metrics.count_rate(&policy.key, tier, "denied");
-                return limited(policy, tier, q, w, admission.decision);
-            }
-            charged.local(local_counters(&keyed), charges);
-            headers.extend(rate_headers(policy, tier, q, w, &admission.decision));
-            if let Some(i) = admission.soft_warning {
-                let (p, t, q, _) = owners[i];
-                self.context.metrics.count_rate(&p.key, t, "soft_warning");
-                let reached = p.soft.map_or(100, |s| s.get());
-                if let Ok(v) =
-                    HeaderValue::from_str(&format!("\"{}/{t}\";q={q};reached={reached}%", p.key))
-                {
-                    headers.push((HeaderName::from_static(WARNING_HEADER), v));
+        // 4. Global token budgets.
+        for k in &keyed {
+            for budget in &k.tier.tokens {
+                let Counter::GlobalTokens(global) = &budget.counter else {
+                    continue;
+                };
+                let want = want(k, budget.tokens, max_tokens);
+                let owner = k.owner(budget.tokens, budget.window_ms);
+                let gkey = k.global_key("t", budget.tokens, budget.window_ms);
+                match global.reserve(&gkey, want).await {
+                    Ok(BudgetDecision::Granted {
+                        reservation,
+                        decision,
+                    }) => {
+                        let counters = self.counters(k);
+                        tokens.hold_global(Arc::clone(global), gkey, reservation, counters);
+                        report.tokens(owner, decision);
+                    }
+                    Ok(BudgetDecision::Refused(decision)) => {
+                        charged.refund();
+                        return self.refuse(k, owner, decision);
+                    }
+                    Ok(BudgetDecision::Unavailable { retry_after, .. }) => {
+                        charged.refund();
+                        return self.unavailable(k, retry_after);
+                    }
+                    Err(_) => {}
                 }
             }
         }
+
+        // 5. Local request limits, charged.
+        if !limits.is_empty()
+            && let Ok((admission, charges)) = check_all_charged(&limits, NonZeroU32::MIN, now)
+        {
+            let (k, owner) = owners[admission.binding];
+            if !admission.is_allowed() {
+                charged.refund();
+                return self.refuse(k, owner, admission.decision);
+            }
+            charged.local(local_counters(&keyed), charges);
+            if let Some(i) = admission.soft_warning {
+                report.soft(owners[i].1);
+            }
+            report.request(owner, admission.decision);
+        }
+
         for k in &keyed {
+            self.count(k, "allowed");
+        }
+        if let Some(soft) = report.soft_reached() {
             self.context
                 .metrics
-                .count_rate(&k.policy.key, k.tier_name, "allowed");
+                .count_rate(&soft.policy.key, soft.tier, "soft_warning");
         }
-        let mut tokens = tokens;
         tokens.admit();
         Verdict::Admitted {
-            headers,
+            headers: report.headers(),
             tokens,
             charged,
         }
@@ -223,49 +263,44 @@ impl TableLimits {
         }
     }
 
-    /// Reserves what the request may use of every token budget, or the refusal (the
-    /// reservations made are given back as they drop).
-    #[expect(
-        clippy::result_large_err,
-        reason = "the refusal is the verdict returned as it is"
-    )]
-    fn reserve_tokens(
-        &self,
-        keyed: &[Keyed<'_>],
-        max_tokens: Option<u32>,
-        now: u64,
-    ) -> Result<TokenSettlement, Verdict> {
-        let mut tokens = TokenSettlement::on(self.context.clock.clone());
-        for k in keyed {
-            for budget in &k.tier.tokens {
-                let want = max_tokens
-                    .unwrap_or(k.policy.token_estimate)
-                    .clamp(1, budget.tokens);
-                let want = NonZeroU32::new(want).unwrap_or(NonZeroU32::MIN);
-                match budget.store.reserve(k.key, want, now) {
-                    Ok(Reserve::Granted { reservation, .. }) => {
-                        let counters =
-                            TokenCounters::new(&self.context.metrics, &k.policy.key, k.tier_name);
-                        tokens.hold(budget.store.clone(), reservation, counters);
-                    }
-                    Ok(Reserve::Refused(decision)) => {
-                        self.context
-                            .metrics
-                            .count_rate(&k.policy.key, k.tier_name, "denied");
-                        return Err(limited(
-                            k.policy,
-                            k.tier_name,
-                            budget.tokens,
-                            budget.window_ms,
-                            decision,
-                        ));
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-        Ok(tokens)
+    fn count(&self, k: &Keyed<'_>, result: &'static str) {
+        self.context
+            .metrics
+            .count_rate(&k.policy.key, k.tier_name, result);
     }
+
+    fn counters(&self, k: &Keyed<'_>) -> TokenCounters {
+        TokenCounters::new(&self.context.metrics, &k.policy.key, k.tier_name)
+    }
+
+    /// A 429 from `owner`'s limit of policy `k`.
+    fn refuse(
+        &self,
+        k: &Keyed<'_>,
+        owner: Owner<'_>,
+        decision: sluice_ratelimit::Decision,
+    ) -> Verdict {
+        self.count(k, "denied");
+        limited(owner, decision)
+    }
+
+    /// A 503: the global store of policy `k` could not decide and it fails closed.
+    fn unavailable(&self, k: &Keyed<'_>, retry_after: std::time::Duration) -> Verdict {
+        self.count(k, "unavailable");
+        Verdict::Unavailable {
+            policy: k.policy.key.clone(),
+            retry_after: sluice_ratelimit::retry_after_secs(retry_after),
+        }
+    }
+}
+
+/// The tokens a request reserves of a budget of `tokens`: its `max_tokens`, or the
+/// policy's estimate, never more than the whole budget.
+fn want(k: &Keyed<'_>, tokens: u32, max_tokens: Option<u32>) -> NonZeroU32 {
+    let want = max_tokens
+        .unwrap_or(k.policy.token_estimate)
+        .clamp(1, tokens);
+    NonZeroU32::new(want).unwrap_or(NonZeroU32::MIN)
 }
 
 /// The local request limits' counters and keys, in the order the limits were
@@ -303,7 +338,7 @@ impl Charged {
 
     fn global(
         &mut self,
-        limiter: Arc<GlobalLimiter<SharedClock>>,
+        limiter: Arc<sluice_ratelimit::GlobalLimiter<SharedClock>>,
         key: GlobalKey,
         charge: sluice_ratelimit::GlobalCharge,
     ) {
@@ -311,40 +346,4 @@ impl Charged {
             self.global.push((limiter, key, charge));
         }
     }
-}
-
-fn limited(policy: &PolicyRt, tier: &str, q: u32, w_ms: u64, decision: Decision) -> Verdict {
-    let retry_after = decision.retry_after_secs().unwrap_or(1).max(1);
-    let mut headers = rate_headers(policy, tier, q, w_ms, &decision);
-    headers.push((http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
-    Verdict::Limited {
-        headers,
-        policy: policy.key.clone(),
-        tier: tier.to_owned(),
-        retry_after,
-    }
-}
-
-/// The IETF `RateLimit-Policy` and `RateLimit` headers of the binding limit.
-fn rate_headers(
-    policy: &PolicyRt,
-    tier: &str,
-    q: u32,
-    w_ms: u64,
-    decision: &Decision,
-) -> Vec<(HeaderName, HeaderValue)> {
-    let name = format!("{}/{tier}", policy.key);
-    let w = w_ms.div_ceil(1000).max(1);
-    let mut out = Vec::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={q};w={w}")) {
-        out.push((HeaderName::from_static("ratelimit-policy"), v));
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "\"{name}\";r={};t={}",
-        decision.remaining(),
-        decision.reset_secs()
-    )) {
-        out.push((HeaderName::from_static("ratelimit"), v));
-    }
-    out
 }

@@ -18,7 +18,7 @@ impl Counter {
             Self::Gcra(s) => Some((Arc::as_ptr(s) as usize, s.stats())),
             Self::Window(s) => Some((Arc::as_ptr(s) as usize, s.stats())),
             Self::Tokens(s) => Some((Arc::as_ptr(s) as usize, s.stats())),
-            Self::Global(_) | Self::NoStore => None,
+            Self::Global(_) | Self::GlobalTokens(_) | Self::NoStore => None,
         }
     }
 }

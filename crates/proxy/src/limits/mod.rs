@@ -4,9 +4,11 @@
 //! Built once per route table. Counters live in bounded keyed stores that carry over
 //! to the next table when their quota is unchanged, so publishing a table never resets
 //! a limit. A request is checked against every limit of every policy on its pool at
-//! once: admitted only if all admit, and a refusal charges none. Global policies ask
-//! Redis first (through leases); LLM token budgets reserve at admission and settle
-//! when the agent reports its usage.
+//! once: admitted only if all admit, and a refusal charges none. Global policies keep
+//! their counters in Redis (request limits through leases, token budgets with a call
+//! to reserve and one to settle); LLM token budgets reserve at admission and settle
+//! when the agent reports its usage. A soft limit warns from its share of any limit:
+//! local or global, requests or tokens.
 //!
 //! * this module: building a table's limits ([`LimitsContext::build`]) and the types
 //!   a check speaks in;
@@ -15,6 +17,8 @@
 //! * `keys`: what the key stores hold and forget, for the metrics;
 //! * `refund`: what an admitted request was charged, to give back when it moves to
 //!   another pool;
+//! * `report`: the `RateLimit` headers of the binding limit and the soft-limit
+//!   warning;
 //! * [`tokens`]: LLM token reservations and their settlement from the reported usage;
 //! * [`request`]: the request path's step: reading `max_tokens` when a budget needs it,
 //!   checking, and turning the verdict into response headers or a refusal.
@@ -22,6 +26,7 @@
 mod check;
 mod keys;
 mod refund;
+mod report;
 pub mod request;
 pub mod tokens;
 
@@ -36,8 +41,9 @@ use sluice_api::table::{
     FailureMode as TableFailureMode, Policy, RateAlgorithm, RateKeyType, Scope,
 };
 use sluice_ratelimit::{
-    BudgetQuota, FailureMode, Gcra, GlobalConfig, GlobalLimiter, KeyHasher, KeyedStore, Quota,
-    RedisBackend, SlidingWindow, SoftLimit, StoreConfig, TokenBudget, WindowQuota,
+    BudgetQuota, FailureMode, Gcra, GlobalBudget, GlobalConfig, GlobalLimiter, KeyHasher,
+    KeyedStore, Quota, RedisBackend, SlidingWindow, SoftLimit, StoreConfig, TokenBudget,
+    WindowQuota,
 };
 
 pub use refund::Charged;
@@ -75,6 +81,7 @@ enum Counter {
     /// A global limit, failing closed, on a proxy without Redis: every request 503.
     NoStore,
     Tokens(Arc<KeyedStore<TokenBudget>>),
+    GlobalTokens(Arc<GlobalBudget<SharedClock>>),
 }
 
 impl LimitsContext {
@@ -178,22 +185,23 @@ impl LimitsContext {
             let mut tokens = Vec::new();
             for (i, l) in limits.tokens.iter().enumerate() {
                 let id = format!(
-                    "{}|{name}|t{i}|{}|{}",
+                    "{}|{name}|t{i}|{:?}|{}|{}",
                     policy.key,
+                    policy.scope,
                     l.tokens,
                     l.period.as_millis()
                 );
-                let store = match stores.get(&id).or_else(|| used.get(&id)).cloned() {
-                    Some(Counter::Tokens(store)) => store,
-                    _ => {
+                let counter = match stores.get(&id).or_else(|| used.get(&id)).cloned() {
+                    Some(c) => c,
+                    None => {
                         let quota = BudgetQuota::per_period(l.tokens, l.period.get())
                             .map_err(|e| refused(name, e.to_string()))?;
-                        Arc::new(KeyedStore::new(quota, StoreConfig::new(self.max_keys)))
+                        self.new_budget(policy, quota)
                     }
                 };
-                used.insert(id, Counter::Tokens(store.clone()));
+                used.insert(id, counter.clone());
                 tokens.push(TokenLimitRt {
-                    store,
+                    counter,
                     tokens: l.tokens.get(),
                     window_ms: l.period.as_millis(),
                 });
@@ -219,6 +227,29 @@ impl LimitsContext {
         })
     }
 
+    /// The counter of a token budget of `quota` in `policy`'s scope.
+    fn new_budget(&self, policy: &Policy, quota: BudgetQuota) -> Counter {
+        let local = || {
+            Counter::Tokens(Arc::new(KeyedStore::new(
+                quota,
+                StoreConfig::new(self.max_keys),
+            )))
+        };
+        match (policy.scope, &self.redis) {
+            (Scope::Local, _) => local(),
+            (Scope::Global, Some(redis)) => Counter::GlobalTokens(Arc::new(GlobalBudget::new(
+                redis.clone(),
+                quota,
+                failure_mode(policy.failure_mode),
+                self.max_keys,
+                self.clock.clone(),
+            ))),
+            // No Redis: the failure mode decides, as if it were down.
+            (Scope::Global, None) if policy.failure_mode == TableFailureMode::Open => local(),
+            (Scope::Global, None) => Counter::NoStore,
+        }
+    }
+
     fn new_counter(
         &self,
         policy: &Policy,
@@ -236,18 +267,12 @@ impl LimitsContext {
             (Scope::Global, _) => {
                 let quota = gcra()?;
                 match &self.redis {
-                    Some(redis) => {
-                        let mode = match policy.failure_mode {
-                            TableFailureMode::Open => FailureMode::Open,
-                            TableFailureMode::Closed => FailureMode::Closed,
-                        };
-                        Counter::Global(Arc::new(GlobalLimiter::new(
-                            redis.clone(),
-                            quota,
-                            GlobalConfig::new(mode),
-                            self.clock.clone(),
-                        )))
-                    }
+                    Some(redis) => Counter::Global(Arc::new(GlobalLimiter::new(
+                        redis.clone(),
+                        quota,
+                        GlobalConfig::new(failure_mode(policy.failure_mode)),
+                        self.clock.clone(),
+                    ))),
                     // No Redis: the failure mode decides, as if it were down.
                     None if policy.failure_mode == TableFailureMode::Open => {
                         Counter::Gcra(Arc::new(KeyedStore::new(quota, config)))
@@ -263,6 +288,13 @@ impl LimitsContext {
                 Counter::Window(Arc::new(KeyedStore::new(quota, config)))
             }
         })
+    }
+}
+
+fn failure_mode(mode: TableFailureMode) -> FailureMode {
+    match mode {
+        TableFailureMode::Open => FailureMode::Open,
+        TableFailureMode::Closed => FailureMode::Closed,
     }
 }
 
@@ -290,7 +322,8 @@ struct RequestLimit {
 
 #[derive(Debug)]
 struct TokenLimitRt {
-    store: Arc<KeyedStore<TokenBudget>>,
+    /// `Tokens`, `GlobalTokens` or `NoStore`.
+    counter: Counter,
     tokens: u32,
     window_ms: u64,
 }

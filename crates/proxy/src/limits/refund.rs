@@ -51,7 +51,7 @@ impl Charged {
             .filter_map(|(counter, key)| match counter {
                 Counter::Gcra(store) => Some(Limit::keyed(store.as_ref(), *key)),
                 Counter::Window(store) => Some(Limit::keyed(store.as_ref(), *key)),
-                Counter::Global(_) | Counter::NoStore | Counter::Tokens(_) => None,
+                _ => None,
             })
             .collect();
         let now = clock.map_or(0, |c| c.now_nanos());

@@ -1,11 +1,14 @@
 //! LLM token budgets after admission: the reservations a request holds, and their
 //! settlement with the usage the agent reports (in a JSON body or the last
-//! server-sent event that carries one).
+//! server-sent event that carries one). A reservation in a global budget settles in
+//! Redis, in a task of its own: off the response's path.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_ratelimit::{KeyedStore, Reservation, TokenBudget};
+use sluice_ratelimit::{
+    GlobalBudget, GlobalKey, GlobalReservation, KeyedStore, Reservation, TokenBudget,
+};
 
 use super::MAX_BUFFERED_BODY;
 use crate::body::{BodyEnd, BodyWatch};
@@ -13,7 +16,7 @@ use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
 /// The token counters of one policy and tier.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct TokenCounters {
     reserved: prometheus::IntCounter,
     refunded: prometheus::IntCounter,
@@ -39,7 +42,7 @@ impl TokenCounters {
 /// refused the request is not counted at all.
 #[derive(Debug, Default)]
 pub struct TokenSettlement {
-    held: Vec<(Arc<KeyedStore<TokenBudget>>, Reservation, TokenCounters)>,
+    held: Vec<(Held, TokenCounters)>,
     /// The clock the reservations were made on: settling must read the same one.
     clock: Option<SharedClock>,
     /// The request was admitted: reservations and settlements are counted.
@@ -56,21 +59,33 @@ impl TokenSettlement {
         }
     }
 
-    /// Holds `reservation` of `store`.
+    /// Holds `reservation` of the local budget `store`.
     pub(super) fn hold(
         &mut self,
         store: Arc<KeyedStore<TokenBudget>>,
         reservation: Reservation,
         counters: TokenCounters,
     ) {
-        self.held.push((store, reservation, counters));
+        self.held.push((Held::Local(store, reservation), counters));
+    }
+
+    /// Holds `reservation` of `key` in the global budget `budget`.
+    pub(super) fn hold_global(
+        &mut self,
+        budget: Arc<GlobalBudget<SharedClock>>,
+        key: GlobalKey,
+        reservation: GlobalReservation,
+        counters: TokenCounters,
+    ) {
+        self.held
+            .push((Held::Global(budget, key, reservation), counters));
     }
 
     /// Every other limit admitted the request: its reservations count from now.
     pub(super) fn admit(&mut self) {
         self.admitted = true;
-        for (_, reservation, counters) in &self.held {
-            counters.reserved.inc_by(u64::from(reservation.tokens()));
+        for (held, counters) in &self.held {
+            counters.reserved.inc_by(u64::from(held.tokens()));
         }
     }
 
@@ -86,12 +101,44 @@ impl TokenSettlement {
 
     fn settle_all(&mut self, actual: u64) {
         let now = self.clock.as_ref().map_or(0, |c| c.now_nanos());
-        for (store, reservation, counters) in self.held.drain(..) {
-            let settlement = store.settle(reservation, actual, now);
-            if self.admitted {
-                counters.refunded.inc_by(settlement.refunded);
-                counters.charged.inc_by(settlement.charged);
+        let admitted = self.admitted;
+        let count = move |counters: &TokenCounters, s: sluice_ratelimit::Settlement| {
+            if admitted {
+                counters.refunded.inc_by(s.refunded);
+                counters.charged.inc_by(s.charged);
             }
+        };
+        for (held, counters) in self.held.drain(..) {
+            match held {
+                Held::Local(store, reservation) => {
+                    count(&counters, store.settle(reservation, actual, now));
+                }
+                Held::Global(budget, key, reservation) => {
+                    // Without a runtime (the proxy is shutting down) the settlement
+                    // is lost: the reservation stays charged.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        runtime.spawn(async move {
+                            count(&counters, budget.settle(&key, reservation, actual).await);
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One reservation: in a local budget, or in a global one (in Redis).
+#[derive(Debug)]
+enum Held {
+    Local(Arc<KeyedStore<TokenBudget>>, Reservation),
+    Global(Arc<GlobalBudget<SharedClock>>, GlobalKey, GlobalReservation),
+}
+
+impl Held {
+    fn tokens(&self) -> u32 {
+        match self {
+            Held::Local(_, r) => r.tokens(),
+            Held::Global(_, _, r) => r.tokens(),
         }
     }
 }

@@ -1,0 +1,123 @@
+//! What a response tells the client about its limits: the IETF `RateLimit-Policy` and
+//! `RateLimit` headers of the binding limit (the request limit, local or global, with
+//! the fewest requests left; a token budget when the pool has no request limit), the
+//! soft-limit warning of the first limit past its threshold, and `Retry-After` on a
+//! refusal.
+
+use http::{HeaderName, HeaderValue};
+use sluice_ratelimit::Decision;
+
+use super::{PolicyRt, Verdict, WARNING_HEADER};
+
+/// A limit of a policy's tier, as the headers describe it: `q` per `w_ms`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Owner<'a> {
+    pub policy: &'a PolicyRt,
+    pub tier: &'a str,
+    pub q: u32,
+    pub w_ms: u64,
+}
+
+/// The limits an admitted request passed, as they should be reported.
+#[derive(Debug, Default)]
+pub(super) struct Report<'a> {
+    requests: Option<(Owner<'a>, Decision)>,
+    tokens: Option<(Owner<'a>, Decision)>,
+    soft: Option<Owner<'a>>,
+}
+
+impl<'a> Report<'a> {
+    /// A request limit admitted the request with `decision`.
+    pub fn request(&mut self, owner: Owner<'a>, decision: Decision) {
+        keep_tighter(&mut self.requests, owner, decision);
+        self.soft_check(owner, &decision);
+    }
+
+    /// A token budget reserved the request's tokens with `decision`.
+    pub fn tokens(&mut self, owner: Owner<'a>, decision: Decision) {
+        keep_tighter(&mut self.tokens, owner, decision);
+        self.soft_check(owner, &decision);
+    }
+
+    /// A limit reached its policy's soft threshold (the first one is reported).
+    pub fn soft(&mut self, owner: Owner<'a>) {
+        self.soft.get_or_insert(owner);
+    }
+
+    fn soft_check(&mut self, owner: Owner<'a>, decision: &Decision) {
+        if owner
+            .policy
+            .soft
+            .is_some_and(|s| s.is_reached(owner.q, decision.remaining()))
+        {
+            self.soft(owner);
+        }
+    }
+
+    /// The soft limit reached, if any.
+    pub fn soft_reached(&self) -> Option<Owner<'a>> {
+        self.soft
+    }
+
+    /// The headers of an admitted response.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = match self.requests.or(self.tokens) {
+            Some((owner, decision)) => rate_headers(owner, &decision),
+            None => Vec::new(),
+        };
+        if let Some(Owner {
+            policy, tier, q, ..
+        }) = self.soft
+        {
+            let reached = policy.soft.map_or(100, |s| s.get());
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "\"{}/{tier}\";q={q};reached={reached}%",
+                policy.key
+            )) {
+                headers.push((HeaderName::from_static(WARNING_HEADER), v));
+            }
+        }
+        headers
+    }
+}
+
+fn keep_tighter<'a>(
+    slot: &mut Option<(Owner<'a>, Decision)>,
+    owner: Owner<'a>,
+    decision: Decision,
+) {
+    if slot.is_none_or(|(_, d)| decision.remaining() < d.remaining()) {
+        *slot = Some((owner, decision));
+    }
+}
+
+/// The 429 of `owner`'s limit: its headers and `Retry-After`.
+pub(super) fn limited(owner: Owner<'_>, decision: Decision) -> Verdict {
+    let retry_after = decision.retry_after_secs().unwrap_or(1).max(1);
+    let mut headers = rate_headers(owner, &decision);
+    headers.push((http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
+    Verdict::Limited {
+        headers,
+        policy: owner.policy.key.clone(),
+        tier: owner.tier.to_owned(),
+        retry_after,
+    }
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers of one limit.
+fn rate_headers(owner: Owner<'_>, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+    let name = format!("{}/{}", owner.policy.key, owner.tier);
+    let w = owner.w_ms.div_ceil(1000).max(1);
+    let mut out = Vec::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={};w={w}", owner.q)) {
+        out.push((HeaderName::from_static("ratelimit-policy"), v));
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "\"{name}\";r={};t={}",
+        decision.remaining(),
+        decision.reset_secs()
+    )) {
+        out.push((HeaderName::from_static("ratelimit"), v));
+    }
+    out
+}
