@@ -85,6 +85,11 @@ pub struct RatePolicySpec {
     /// Warn before the hard limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_limit: Option<SoftLimit>,
+    /// `Enforce` refuses requests over a limit. `DryRun` refuses none: requests are
+    /// counted as if enforced, and one that would have been refused is reported in a
+    /// header, the metrics and the access log.
+    #[serde(default)]
+    pub enforcement: Enforcement,
     /// Tokens reserved at admission for a request without `max_tokens`, settled when
     /// the agent reports its usage. Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,6 +234,17 @@ pub enum FailureMode {
     Open,
     /// Refuse with 503.
     Closed,
+}
+
+/// Whether a policy's limits refuse requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Enforcement {
+    /// Requests over a limit are refused (429).
+    #[default]
+    Enforce,
+    /// Requests are counted and reported, never refused: to try a policy out before
+    /// enforcing it.
+    DryRun,
 }
 
 /// A warning threshold below the hard limit.

@@ -19,8 +19,8 @@ pub mod units;
 pub mod upstream;
 
 pub use policy::{
-    Consumer, FailureMode, Policy, RateAlgorithm, RateKeyType, RequestLimit, Scope, TierLimits,
-    TokenLimit,
+    Consumer, Enforcement, FailureMode, Policy, RateAlgorithm, RateKeyType, RequestLimit, Scope,
+    TierLimits, TokenLimit,
 };
 pub use pool::{
     Access, Algorithm, BackendProtocol, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck,
@@ -648,6 +648,7 @@ mod tests {
             failure_mode: FailureMode::Open,
             soft_percent: None,
             token_estimate: std::num::NonZeroU32::MIN,
+            enforcement: Enforcement::Enforce,
         };
         assert_eq!(broken(&|t| t.policies = vec![policy(1_000)]), Ok(()));
         assert!(matches!(

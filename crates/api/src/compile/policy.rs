@@ -225,6 +225,7 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
         failure_mode: spec.failure_mode,
         soft_percent,
         token_estimate,
+        enforcement: spec.enforcement,
     })
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{KeyHash, Millis, Threshold, header_name};
 
-pub use crate::rate_policy::{FailureMode, RateAlgorithm, RateKeyType, Scope};
+pub use crate::rate_policy::{Enforcement, FailureMode, RateAlgorithm, RateKeyType, Scope};
 
 /// A compiled RatePolicy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +45,13 @@ pub struct Policy {
     pub soft_percent: Option<Threshold>,
     /// Tokens reserved for a request without `max_tokens`.
     pub token_estimate: NonZeroU32,
+    /// Whether the limits refuse, or only count and report.
+    #[serde(default, skip_serializing_if = "is_enforced")]
+    pub enforcement: Enforcement,
+}
+
+fn is_enforced(e: &Enforcement) -> bool {
+    *e == Enforcement::Enforce
 }
 
 /// The limits of one tier.
