@@ -226,3 +226,88 @@ async fn a_request_that_falls_back_counts_against_the_fallback_only() {
     assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(third.json()["error"]["policy"], "demo/primary");
 }
+
+#[tokio::test]
+async fn a_dry_run_policy_counts_and_reports_but_never_refuses() {
+    let agent = Agent::named("echo").await;
+    let trial = |enforcement: &str| {
+        policy(
+            "trial",
+            &format!(
+                "  key: {{type: Header, header: x-user}}\n  enforcement: {enforcement}\n  \
+                 tiers: [{{name: all, limits: [{{requests: 2, period: 1h}}]}}]\n"
+            ),
+        )
+    };
+    let proxy = proxy(&agent, &trial("DryRun")).await;
+    let user = [("x-user", "a")];
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(get_as(&proxy, "203.0.113.1", &user).await);
+    }
+    assert!(replies.iter().all(|r| r.status == StatusCode::OK));
+    assert!(
+        replies[..2]
+            .iter()
+            .all(|r| !r.headers.contains_key("x-sluice-ratelimit-dry-run"))
+    );
+    assert_eq!(
+        replies[2].headers["x-sluice-ratelimit-dry-run"],
+        "\"demo/trial/all\";q=2;w=3600"
+    );
+    // A dry run is not advertised as a limit clients should pace themselves by.
+    assert!(!replies[2].headers.contains_key("ratelimit-policy"));
+    let decisions = |result: &str| {
+        proxy.metric(&format!(
+            "sluice_ratelimit_decisions_total{{policy=\"demo/trial\",result=\"{result}\",tier=\"all\"}}"
+        ))
+    };
+    assert_eq!(decisions("allowed"), Some(2.0));
+    assert_eq!(decisions("dry_run_denied"), Some(1.0));
+    assert_eq!(agent.requests(), 3);
+
+    // Enforcing the same limit keeps what the dry run counted.
+    proxy
+        .store
+        .apply(compile_yaml(
+            &(PoolYaml::new("echo").agents(&[&agent]).yaml() + &trial("Enforce")),
+        ))
+        .expect("table applies");
+    assert_eq!(
+        get_as(&proxy, "203.0.113.1", &user).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_policy_is_not_charged_by_a_refused_request() {
+    let agent = Agent::named("echo").await;
+    let enforced = policy(
+        "enforced",
+        "  key: {type: Pool}\n  tiers: [{name: all, limits: [{requests: 1, period: 1h}]}]\n",
+    );
+    let trial = policy(
+        "trial",
+        "  key: {type: Pool}\n  enforcement: DryRun\n  \
+         tiers: [{name: all, limits: [{requests: 1, period: 1h}]}]\n",
+    );
+    let proxy = proxy(&agent, &(enforced + &trial)).await;
+    let first = get_as(&proxy, "203.0.113.1", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(!first.headers.contains_key("x-sluice-ratelimit-dry-run"));
+    assert_eq!(
+        first.headers["ratelimit-policy"],
+        "\"demo/enforced/all\";q=1;w=3600"
+    );
+    for _ in 0..3 {
+        let refused = get_as(&proxy, "203.0.113.1", &[]).await;
+        assert_eq!(refused.json()["error"]["policy"], "demo/enforced");
+    }
+    let trial_denied = proxy.metric(
+        "sluice_ratelimit_decisions_total{policy=\"demo/trial\",result=\"dry_run_denied\",tier=\"all\"}",
+    );
+    assert_eq!(
+        trial_denied, None,
+        "refused requests never reach the dry run"
+    );
+}

@@ -47,6 +47,8 @@ pub(super) struct RequestCtx {
     pub caller: Option<Caller>,
     /// What the rate limits added: response headers and token reservations.
     pub rate: RateOutcome,
+    /// The dry-run policy that would have refused the request (for the access log).
+    pub dry_run: Option<String>,
     /// Fallback hops taken so far.
     pub fallbacks: usize,
 }
@@ -87,6 +89,7 @@ impl RequestCtx {
             capability: None,
             caller: None,
             rate: RateOutcome::default(),
+            dry_run: None,
             fallbacks: 0,
         }
     }

@@ -286,6 +286,7 @@ impl Forwarder {
         let subject = serving.subject(ctx, headers);
         let (body, outcome) = limits::check_request(limits, &subject, body).await?;
         if let Some(outcome) = outcome {
+            ctx.dry_run.clone_from(&outcome.dry_run);
             ctx.rate.absorb(outcome);
         }
         Ok(body)

@@ -77,7 +77,9 @@ impl TableLimits {
     }
 
     /// Checks a request against every limit of its pool (see the module docs for the
-    /// order); `max_tokens` is what the request body asks for, when known.
+    /// order); `max_tokens` is what the request body asks for, when known. Dry-run
+    /// policies are checked once the others admit the request, each on its own: one
+    /// that would refuse is reported, and charges nothing.
     pub async fn check(&self, subject: &Subject<'_>, max_tokens: Option<u32>) -> Verdict {
         let policies = self
             .by_pool
@@ -88,29 +90,66 @@ impl TableLimits {
             return Verdict::admitted();
         }
         let now = self.context.clock.now_nanos();
-        let keyed: Vec<Keyed<'_>> = policies
+        let (enforced, dry_run): (Vec<Keyed<'_>>, Vec<Keyed<'_>>) = policies
             .iter()
             .map(|&p| self.keyed(&self.policies[p], subject))
-            .collect();
+            .partition(|k| !k.policy.dry_run);
+        let mut admitted = match self.admit(&enforced, max_tokens, now, Mode::Enforce).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal,
+        };
+        for k in &dry_run {
+            match self
+                .admit(std::slice::from_ref(k), max_tokens, now, Mode::DryRun)
+                .await
+            {
+                Ok(passed) => admitted.join(passed),
+                Err(refusal) => admitted.report.dry_run(&refusal),
+            }
+        }
+        let Admitted {
+            mut tokens,
+            charged,
+            report,
+        } = admitted;
+        if let Some(soft) = report.soft_reached() {
+            self.context
+                .metrics
+                .count_rate(&soft.policy.key, soft.tier, "soft_warning");
+        }
+        tokens.admit();
+        Verdict::Admitted {
+            headers: report.headers(),
+            tokens,
+            charged,
+            dry_run: report.dry_run_refusal(),
+        }
+    }
+
+    /// Checks `keyed` in the order of the module docs: what they charged, or the
+    /// refusal (having charged nothing).
+    async fn admit<'a>(
+        &self,
+        keyed: &[Keyed<'a>],
+        max_tokens: Option<u32>,
+        now: u64,
+        mode: Mode,
+    ) -> Result<Admitted<'a>, Verdict> {
         // A global limit that fails closed on a proxy without Redis refuses before
         // anything is charged.
-        for k in &keyed {
+        for k in keyed {
             let no_store = |c: &Counter| matches!(c, Counter::NoStore);
             if k.tier.requests.iter().any(|l| no_store(&l.counter))
                 || k.tier.tokens.iter().any(|l| no_store(&l.counter))
             {
-                self.count(k, "unavailable");
-                return Verdict::Unavailable {
-                    policy: k.policy.key.clone(),
-                    retry_after: 1,
-                };
+                return Err(self.unavailable(k, std::time::Duration::from_secs(1), mode));
             }
         }
         let mut report = Report::default();
 
         // 1. Local token budgets.
         let mut tokens = TokenSettlement::on(self.context.clock.clone());
-        for k in &keyed {
+        for k in keyed {
             for budget in &k.tier.tokens {
                 let Counter::Tokens(store) = &budget.counter else {
                     continue;
@@ -125,7 +164,9 @@ impl TableLimits {
                         tokens.hold(store.clone(), reservation, self.counters(k));
                         report.tokens(owner, decision);
                     }
-                    Ok(Reserve::Refused(decision)) => return self.refuse(k, owner, decision),
+                    Ok(Reserve::Refused(decision)) => {
+                        return Err(self.refuse(k, owner, decision, mode));
+                    }
                     Err(_) => {}
                 }
             }
@@ -134,7 +175,7 @@ impl TableLimits {
         // 2. Local request limits, evaluated without charging.
         let mut limits = Vec::new();
         let mut owners = Vec::new();
-        for k in &keyed {
+        for k in keyed {
             for limit in &k.tier.requests {
                 let l = match &limit.counter {
                     Counter::Gcra(store) => Limit::keyed(store.as_ref(), k.key),
@@ -151,12 +192,12 @@ impl TableLimits {
         // One request never exceeds a burst (at least 1): `Err` cannot happen.
         if let Ok(Some(refusal)) = peek_all(&limits, NonZeroU32::MIN, now) {
             let (k, owner) = owners[refusal.binding];
-            return self.refuse(k, owner, refusal.decision);
+            return Err(self.refuse(k, owner, refusal.decision, mode));
         }
 
         // 3. Global request limits.
         let mut charged = Charged::on(self.context.clock.clone());
-        for k in &keyed {
+        for k in keyed {
             for limit in &k.tier.requests {
                 let Counter::Global(global) = &limit.counter else {
                     continue;
@@ -169,14 +210,14 @@ impl TableLimits {
                     }) => {
                         if !decision.is_allowed() {
                             charged.refund();
-                            return self.refuse(k, owner, decision);
+                            return Err(self.refuse(k, owner, decision, mode));
                         }
                         charged.global(Arc::clone(global), gkey, charge);
                         report.request(owner, decision);
                     }
                     Ok(GlobalDecision::Unavailable { retry_after, .. }) => {
                         charged.refund();
-                        return self.unavailable(k, retry_after);
+                        return Err(self.unavailable(k, retry_after, mode));
                     }
                     Err(_) => {}
                 }
@@ -184,7 +225,7 @@ impl TableLimits {
         }
 
         // 4. Global token budgets.
-        for k in &keyed {
+        for k in keyed {
             for budget in &k.tier.tokens {
                 let Counter::GlobalTokens(global) = &budget.counter else {
                     continue;
@@ -203,11 +244,11 @@ impl TableLimits {
                     }
                     Ok(BudgetDecision::Refused(decision)) => {
                         charged.refund();
-                        return self.refuse(k, owner, decision);
+                        return Err(self.refuse(k, owner, decision, mode));
                     }
                     Ok(BudgetDecision::Unavailable { retry_after, .. }) => {
                         charged.refund();
-                        return self.unavailable(k, retry_after);
+                        return Err(self.unavailable(k, retry_after, mode));
                     }
                     Err(_) => {}
                 }
@@ -221,29 +262,23 @@ impl TableLimits {
             let (k, owner) = owners[admission.binding];
             if !admission.is_allowed() {
                 charged.refund();
-                return self.refuse(k, owner, admission.decision);
+                return Err(self.refuse(k, owner, admission.decision, mode));
             }
-            charged.local(local_counters(&keyed), charges);
+            charged.local(local_counters(keyed), charges);
             if let Some(i) = admission.soft_warning {
                 report.soft(owners[i].1);
             }
             report.request(owner, admission.decision);
         }
 
-        for k in &keyed {
+        for k in keyed {
             self.count(k, "allowed");
         }
-        if let Some(soft) = report.soft_reached() {
-            self.context
-                .metrics
-                .count_rate(&soft.policy.key, soft.tier, "soft_warning");
-        }
-        tokens.admit();
-        Verdict::Admitted {
-            headers: report.headers(),
+        Ok(Admitted {
             tokens,
             charged,
-        }
+            report,
+        })
     }
 
     /// The tier and key of `policy` for `subject`.
@@ -273,24 +308,58 @@ impl TableLimits {
         TokenCounters::new(&self.context.metrics, &k.policy.key, k.tier_name)
     }
 
-    /// A 429 from `owner`'s limit of policy `k`.
+    /// A 429 from `owner`'s limit of policy `k` (counted as the refusal of a dry
+    /// run in that mode).
     fn refuse(
         &self,
         k: &Keyed<'_>,
         owner: Owner<'_>,
         decision: sluice_ratelimit::Decision,
+        mode: Mode,
     ) -> Verdict {
-        self.count(k, "denied");
+        self.count(k, mode.result("denied", "dry_run_denied"));
         limited(owner, decision)
     }
 
     /// A 503: the global store of policy `k` could not decide and it fails closed.
-    fn unavailable(&self, k: &Keyed<'_>, retry_after: std::time::Duration) -> Verdict {
-        self.count(k, "unavailable");
+    fn unavailable(&self, k: &Keyed<'_>, retry_after: std::time::Duration, mode: Mode) -> Verdict {
+        self.count(k, mode.result("unavailable", "dry_run_unavailable"));
         Verdict::Unavailable {
             policy: k.policy.key.clone(),
-            retry_after: sluice_ratelimit::retry_after_secs(retry_after),
+            retry_after: sluice_ratelimit::retry_after_secs(retry_after).max(1),
         }
+    }
+}
+
+/// Whether a check refuses or only reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Enforce,
+    DryRun,
+}
+
+impl Mode {
+    fn result(self, enforced: &'static str, dry_run: &'static str) -> &'static str {
+        match self {
+            Mode::Enforce => enforced,
+            Mode::DryRun => dry_run,
+        }
+    }
+}
+
+/// What the limits of some policies gave an admitted request.
+struct Admitted<'a> {
+    tokens: TokenSettlement,
+    charged: Charged,
+    report: Report<'a>,
+}
+
+impl Admitted<'_> {
+    /// Adds what a dry-run policy charged: its reservations settle and its charges
+    /// go back with the rest; it adds nothing to the headers but a refusal.
+    fn join(&mut self, other: Admitted<'_>) {
+        self.tokens.join(other.tokens);
+        self.charged.join(other.charged);
     }
 }
 
@@ -324,6 +393,7 @@ impl Verdict {
             headers: Vec::new(),
             tokens: TokenSettlement::default(),
             charged: Charged::default(),
+            dry_run: None,
         }
     }
 }

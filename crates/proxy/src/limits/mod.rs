@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_api::table::{
-    FailureMode as TableFailureMode, Policy, RateAlgorithm, RateKeyType, Scope,
+    Enforcement, FailureMode as TableFailureMode, Policy, RateAlgorithm, RateKeyType, Scope,
 };
 use sluice_ratelimit::{
     BudgetQuota, FailureMode, Gcra, GlobalBudget, GlobalConfig, GlobalLimiter, KeyHasher,
@@ -59,6 +59,8 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 pub const MAX_BUFFERED_BODY: usize = 1024 * 1024;
 /// The warning header added once a soft limit is reached.
 pub const WARNING_HEADER: &str = "x-sluice-ratelimit-warning";
+/// The header naming the dry-run policy that would have refused a request.
+pub const DRY_RUN_HEADER: &str = "x-sluice-ratelimit-dry-run";
 
 /// The shared pieces every table's limits are built from.
 #[derive(Debug)]
@@ -223,6 +225,7 @@ impl LimitsContext {
             default_tier: policy.default_tier.clone(),
             soft,
             token_estimate: policy.token_estimate.get(),
+            dry_run: policy.enforcement == Enforcement::DryRun,
             tiers,
         })
     }
@@ -343,6 +346,8 @@ struct PolicyRt {
     default_tier: String,
     soft: Option<SoftLimit>,
     token_estimate: u32,
+    /// `enforcement: DryRun`: counted and reported, never refusing.
+    dry_run: bool,
     tiers: HashMap<String, TierRt>,
 }
 
@@ -371,10 +376,6 @@ pub struct Subject<'a> {
 
 /// The answer of the limits.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one verdict a request, moved once: boxing the charges would allocate"
-)]
 pub enum Verdict {
     /// The request may go; add `headers` to the response, settle `tokens` at the end.
     Admitted {
@@ -384,6 +385,9 @@ pub enum Verdict {
         tokens: TokenSettlement,
         /// What the request limits charged, to give back if the request moves.
         charged: Charged,
+        /// The dry-run policy that would have refused the request, as its
+        /// `RateLimit-Policy` item (`"ns/policy/tier";q=50;w=60`).
+        dry_run: Option<String>,
     },
     /// 429: the headers, the wait and what refused.
     Limited {

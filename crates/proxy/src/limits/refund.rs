@@ -12,9 +12,9 @@ use crate::clock::SharedClock;
 /// The request-limit charges of one admitted request. Dropping it keeps them.
 #[derive(Debug, Default)]
 pub struct Charged {
-    /// The local limits charged, in the order [`Charges`] records them.
-    pub(super) local: Vec<(Counter, KeyHash)>,
-    pub(super) charges: Charges,
+    /// Each set of local limits charged together: the limits, in the order
+    /// [`Charges`] records them, and the charges.
+    pub(super) local: Vec<(Vec<(Counter, KeyHash)>, Charges)>,
     pub(super) global: Vec<(Arc<GlobalLimiter<SharedClock>>, GlobalKey, GlobalCharge)>,
     pub(super) clock: Option<SharedClock>,
 }
@@ -22,13 +22,23 @@ pub struct Charged {
 impl Charged {
     /// Records the charges of the local limits `counters` (in the order checked).
     pub(super) fn local(&mut self, counters: Vec<(Counter, KeyHash)>, charges: Charges) {
-        self.local = counters;
-        self.charges = charges;
+        if !charges.is_empty() {
+            self.local.push((counters, charges));
+        }
+    }
+
+    /// Adds the charges of another check of the same request (a dry-run policy's).
+    pub(super) fn join(&mut self, mut other: Charged) {
+        self.local.append(&mut other.local);
+        self.global.append(&mut other.global);
+        if self.clock.is_none() {
+            self.clock = other.clock.take();
+        }
     }
 
     /// Whether nothing was charged.
     pub fn is_empty(&self) -> bool {
-        self.charges.is_empty() && self.global.is_empty()
+        self.local.is_empty() && self.global.is_empty()
     }
 
     /// Gives every charge back: exactly what was taken when given back at once,
@@ -36,25 +46,23 @@ impl Charged {
     pub fn refund(&mut self) {
         let Charged {
             local,
-            charges,
             global,
             clock,
         } = std::mem::take(self);
         for (limiter, key, charge) in global {
             limiter.refund(&key, charge);
         }
-        if charges.is_empty() {
-            return;
-        }
-        let limits: Vec<Limit<'_>> = local
-            .iter()
-            .filter_map(|(counter, key)| match counter {
-                Counter::Gcra(store) => Some(Limit::keyed(store.as_ref(), *key)),
-                Counter::Window(store) => Some(Limit::keyed(store.as_ref(), *key)),
-                _ => None,
-            })
-            .collect();
         let now = clock.map_or(0, |c| c.now_nanos());
-        charges.refund(&limits, now);
+        for (counters, charges) in local {
+            let limits: Vec<Limit<'_>> = counters
+                .iter()
+                .filter_map(|(counter, key)| match counter {
+                    Counter::Gcra(store) => Some(Limit::keyed(store.as_ref(), *key)),
+                    Counter::Window(store) => Some(Limit::keyed(store.as_ref(), *key)),
+                    _ => None,
+                })
+                .collect();
+            charges.refund(&limits, now);
+        }
     }
 }

@@ -1,13 +1,13 @@
 //! What a response tells the client about its limits: the IETF `RateLimit-Policy` and
 //! `RateLimit` headers of the binding limit (the request limit, local or global, with
 //! the fewest requests left; a token budget when the pool has no request limit), the
-//! soft-limit warning of the first limit past its threshold, and `Retry-After` on a
-//! refusal.
+//! soft-limit warning of the first limit past its threshold, the dry-run policy that
+//! would have refused the request, and `Retry-After` on a refusal.
 
 use http::{HeaderName, HeaderValue};
 use sluice_ratelimit::Decision;
 
-use super::{PolicyRt, Verdict, WARNING_HEADER};
+use super::{DRY_RUN_HEADER, PolicyRt, Verdict, WARNING_HEADER};
 
 /// A limit of a policy's tier, as the headers describe it: `q` per `w_ms`.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +24,8 @@ pub(super) struct Report<'a> {
     requests: Option<(Owner<'a>, Decision)>,
     tokens: Option<(Owner<'a>, Decision)>,
     soft: Option<Owner<'a>>,
+    /// The first dry-run refusal: `"policy/tier";q=…;w=…`, or `"policy";unavailable`.
+    dry_run: Option<String>,
 }
 
 impl<'a> Report<'a> {
@@ -54,6 +56,27 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// A dry-run policy would have answered `refusal` (the first one is reported).
+    pub fn dry_run(&mut self, refusal: &Verdict) {
+        if self.dry_run.is_some() {
+            return;
+        }
+        self.dry_run = match refusal {
+            Verdict::Limited { headers, .. } => headers
+                .iter()
+                .find(|(name, _)| name == "ratelimit-policy")
+                .and_then(|(_, v)| v.to_str().ok())
+                .map(str::to_owned),
+            Verdict::Unavailable { policy, .. } => Some(format!("\"{policy}\";unavailable")),
+            Verdict::Admitted { .. } => None,
+        };
+    }
+
+    /// The dry-run refusal, for the access log.
+    pub fn dry_run_refusal(&self) -> Option<String> {
+        self.dry_run.clone()
+    }
+
     /// The soft limit reached, if any.
     pub fn soft_reached(&self) -> Option<Owner<'a>> {
         self.soft
@@ -76,6 +99,13 @@ impl<'a> Report<'a> {
             )) {
                 headers.push((HeaderName::from_static(WARNING_HEADER), v));
             }
+        }
+        if let Some(v) = self
+            .dry_run
+            .as_deref()
+            .and_then(|d| HeaderValue::from_str(d).ok())
+        {
+            headers.push((HeaderName::from_static(DRY_RUN_HEADER), v));
         }
         headers
     }

@@ -19,6 +19,9 @@ pub struct RateOutcome {
     pub tokens: TokenSettlement,
     /// What the request limits charged, given back if the request moves on.
     pub charged: Charged,
+    /// The dry-run policy that would have refused the request, for the access log
+    /// (`"ns/policy/tier";q=50;w=60`, as in the `x-sluice-ratelimit-dry-run` header).
+    pub dry_run: Option<String>,
 }
 
 impl RateOutcome {
@@ -35,6 +38,7 @@ impl RateOutcome {
     /// it under its own limits instead).
     pub fn give_back(&mut self) {
         self.headers.clear();
+        self.dry_run = None;
         self.charged.refund();
         drop(std::mem::take(&mut self.tokens));
     }
@@ -68,12 +72,14 @@ pub async fn check_request(
             headers,
             tokens,
             charged,
+            dry_run,
         } => Ok((
             body,
             Some(RateOutcome {
                 headers,
                 tokens,
                 charged,
+                dry_run,
             }),
         )),
         Verdict::Limited {

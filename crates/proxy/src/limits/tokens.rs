@@ -81,6 +81,15 @@ impl TokenSettlement {
             .push((Held::Global(budget, key, reservation), counters));
     }
 
+    /// Adds the reservations of another check of the same request (a dry-run
+    /// policy's).
+    pub(super) fn join(&mut self, mut other: TokenSettlement) {
+        self.held.append(&mut other.held);
+        if self.clock.is_none() {
+            self.clock = other.clock.take();
+        }
+    }
+
     /// Every other limit admitted the request: its reservations count from now.
     pub(super) fn admit(&mut self) {
         self.admitted = true;
