@@ -11,6 +11,7 @@ mod consumer;
 mod gate;
 mod policy;
 mod pool;
+mod route;
 mod slices;
 mod upstream;
 

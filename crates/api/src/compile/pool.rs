@@ -9,10 +9,10 @@ use super::slices::{SliceIndex, resolve_service};
 use super::upstream::{self, SecretIndex};
 use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, millis};
 use crate::AgentPool;
-use crate::agent_pool::{self, Algorithm, Backend, LoadBalancing, RouteMatch};
+use crate::agent_pool::{self, Algorithm, Backend, LoadBalancing};
 use crate::table::{
-    Access, BackendTarget, Balancer, Endpoint, HashOn, HeaderMatch, HealthCheck, Jwt, Millis,
-    Outlier, Percent, Pool, Queue, RetryPolicy, Route, is_host_port, rules,
+    Access, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck, Jwt, Millis, Outlier, Percent,
+    Pool, Queue, RetryPolicy, Route, is_host_port, rules,
 };
 
 /// What a pool's backends refer to: Services' EndpointSlices and Secrets.
@@ -43,7 +43,8 @@ pub(super) fn compile_pool(
     }
     let mut routes = Vec::new();
     for (i, m) in spec.matches.iter().enumerate() {
-        if let Some(route) = compile_match(m, key, &format!("spec.matches[{i}]"), cx) {
+        if let Some(route) = super::route::compile_match(m, key, &format!("spec.matches[{i}]"), cx)
+        {
             routes.push((route, i));
         }
     }
@@ -173,7 +174,7 @@ fn at_least_one(value: Option<u32>, default: NonZeroU32, field: &str, cx: &mut C
 }
 
 /// A header name from a resource, lower-cased.
-fn header_name(name: &str, field: &str, cx: &mut Cx) -> Option<HeaderName> {
+pub(super) fn header_name(name: &str, field: &str, cx: &mut Cx) -> Option<HeaderName> {
     match HeaderName::from_bytes(name.as_bytes()) {
         Ok(h) if http_token(name) => Some(h),
         _ => {
@@ -508,75 +509,6 @@ fn compile_jwt(j: &agent_pool::JwtSpec, cx: &mut Cx) -> Jwt {
         default_tier: j.default_tier.clone(),
         leeway,
     }
-}
-
-fn compile_match(m: &RouteMatch, pool: &str, field: &str, cx: &mut Cx) -> Option<Route> {
-    let errors_before = cx.diags.len();
-    let raw = m.path_prefix.as_deref().unwrap_or("/");
-    let path_field = format!("{field}.pathPrefix");
-    if !raw.starts_with('/') {
-        cx.error(&path_field, format!("{raw:?} must start with /"));
-    } else if raw.contains(['?', '#']) || raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        cx.error(&path_field, format!("{raw:?} must be a plain path, without query, fragment, spaces or control characters"));
-    } else if raw.contains("//") || raw.split('/').any(|s| s == "." || s == "..") {
-        cx.error(
-            &path_field,
-            format!("{raw:?} must not contain empty, `.` or `..` segments"),
-        );
-    }
-    let path_prefix = match raw.trim_end_matches('/') {
-        "" => "/".to_owned(),
-        p => p.to_owned(),
-    };
-
-    let host = match m.host.as_deref() {
-        None => None,
-        Some(h) => {
-            let h = h.trim_end_matches('.').to_ascii_lowercase();
-            if h.contains('*') {
-                cx.error(
-                    &format!("{field}.host"),
-                    "wildcard hosts are not supported yet",
-                );
-            } else if !is_host_port(&format!("{h}:1")) || h.contains(':') {
-                cx.error(
-                    &format!("{field}.host"),
-                    format!("{h:?} is not a valid host name (give it without a port)"),
-                );
-            }
-            Some(h)
-        }
-    };
-
-    let mut headers = Vec::new();
-    for (j, h) in m.headers.iter().enumerate() {
-        let name = header_name(&h.name, &format!("{field}.headers[{j}].name"), cx);
-        if h.value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            cx.error(
-                &format!("{field}.headers[{j}].value"),
-                "contains control characters",
-            );
-        }
-        if let Some(name) = name {
-            headers.push(HeaderMatch {
-                name,
-                value: h.value.clone(),
-            });
-        }
-    }
-    headers.sort_by(|a, b| {
-        a.name
-            .as_str()
-            .cmp(b.name.as_str())
-            .then(a.value.cmp(&b.value))
-    });
-
-    (cx.diags.len() == errors_before).then(|| Route {
-        pool: pool.to_owned(),
-        host,
-        path_prefix,
-        headers,
-    })
 }
 
 /// Whether `s` is an HTTP token (a valid header name).
