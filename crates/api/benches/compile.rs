@@ -37,6 +37,7 @@ fn objects() -> Objects {
                     url: None,
                     tls: None,
                     auth: None,
+                    model: None,
                 }],
                 capabilities: Vec::new(),
                 load_balancing: Default::default(),

@@ -103,6 +103,11 @@ pub struct AgentPoolSpec {
 /// One way a request can match a pool. All given conditions must hold.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.model) || !has(self.modelPrefix)",
+    "message": "set at most one of model and modelPrefix",
+    "fieldPath": ".modelPrefix",
+}]))]
 pub struct RouteMatch {
     /// Path prefix, matched on whole segments: `/agents/echo` matches `/agents/echo` and
     /// `/agents/echo/x`, not `/agents/echoes`. Defaults to `/`.
@@ -118,6 +123,56 @@ pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub headers: Vec<HeaderMatch>,
+    /// The request method. Any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// The OpenAI-style `model` field of a JSON request body, exactly (for example
+    /// `gpt-4o`). The body is read to find it, within the 1 MiB limit of bodies the
+    /// proxy reads; a request without the field does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub model: Option<String>,
+    /// A prefix of the `model` field (for example `gpt-4`), instead of `model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub model_prefix: Option<String>,
+}
+
+/// An HTTP method a route can match.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `HEAD`.
+    Head,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+    /// `PATCH`.
+    Patch,
+    /// `OPTIONS`.
+    Options,
+}
+
+impl HttpMethod {
+    /// The method as HTTP writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Options => "OPTIONS",
+        }
+    }
 }
 
 /// A header that must be present with an exact value.
@@ -185,6 +240,19 @@ pub struct Backend {
     /// The protocol the agents speak.
     #[serde(default)]
     pub protocol: BackendProtocol,
+    /// How this backend names models: with `rewrite`, the `model` field of a JSON
+    /// request body sent to it is replaced (one public model name, a different one per
+    /// backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<BackendModel>,
+}
+
+/// The model name a backend knows a request's model by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BackendModel {
+    /// The name the `model` field is set to; only that value of the body changes.
+    #[schemars(length(min = 1, max = 256))]
+    pub rewrite: String,
 }
 
 /// How Sluice verifies a backend's TLS certificates and identifies itself to it.

@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn names_unknown_fields_with_the_closest_known_one() {
         let doc = pool(json!({
-            "matches": [{"pathprefix": "/agents/echo/"}, {"model": "gpt-4o"}],
+            "matches": [{"pathprefix": "/agents/echo/"}, {"modle": "gpt-4o"}],
             "backends": [{"endpoints": ["127.0.0.1:1"], "maxConcurency": 4}],
             "loadBalancing": {"algorith": "Weighted"},
             "queue": {"tierPriorities": {"premium": 10}},
@@ -332,7 +332,7 @@ mod tests {
                 "spec.backends[0].maxConcurency: unknown field; did you mean `maxConcurrency`?",
                 "spec.loadBalancing.algorith: unknown field; did you mean `algorithm`?",
                 "spec.matches[0].pathprefix: unknown field; did you mean `pathPrefix`?",
-                "spec.matches[1].model: unknown field",
+                "spec.matches[1].modle: unknown field; did you mean `model`?",
             ]
         );
     }

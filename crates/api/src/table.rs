@@ -23,7 +23,7 @@ pub use policy::{
 };
 pub use pool::{
     Access, Algorithm, BackendProtocol, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck,
-    Jwt, Outlier, Pool, Queue, RetryPolicy,
+    HttpMethod, Jwt, Outlier, Pool, Queue, RetryPolicy,
 };
 pub use rules::RuleError;
 pub use units::{KeyHash, Millis, Percent, Threshold};
@@ -63,6 +63,53 @@ pub struct Route {
     /// Headers that must be present with these exact values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// The method the request must have, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// What the `model` field of the JSON request body must be, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelMatch>,
+}
+
+impl Route {
+    /// A route to `pool` on `path_prefix`, with no other condition.
+    pub fn new(pool: impl Into<String>, path_prefix: impl Into<String>) -> Self {
+        Self {
+            pool: pool.into(),
+            host: None,
+            path_prefix: path_prefix.into(),
+            headers: Vec::new(),
+            method: None,
+            model: None,
+        }
+    }
+}
+
+/// A condition on the OpenAI-style `model` field of a JSON request body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ModelMatch {
+    /// Exactly this name.
+    Exact(String),
+    /// A name beginning with this.
+    Prefix(String),
+}
+
+impl ModelMatch {
+    /// Whether `model` satisfies the condition.
+    pub fn matches(&self, model: &str) -> bool {
+        match self {
+            ModelMatch::Exact(name) => model == name,
+            ModelMatch::Prefix(prefix) => model.starts_with(prefix.as_str()),
+        }
+    }
+
+    /// The name or prefix.
+    pub fn text(&self) -> &str {
+        match self {
+            ModelMatch::Exact(s) | ModelMatch::Prefix(s) => s,
+        }
+    }
 }
 
 /// A header a route requires, with its exact value.
@@ -261,12 +308,7 @@ mod tests {
     }
 
     fn route(pool: &str) -> Route {
-        Route {
-            pool: pool.into(),
-            host: None,
-            path_prefix: "/".into(),
-            headers: vec![],
-        }
+        Route::new(pool, "/")
     }
 
     #[test]
@@ -326,6 +368,20 @@ mod tests {
         assert!(matches!(
             broken(&|t| t.routes[0].path_prefix = "/a/".into()),
             Err(TableError::Inconsistent { .. })
+        ));
+        assert!(matches!(
+            broken(&|t| t.routes[0].model = Some(ModelMatch::Prefix(String::new()))),
+            Err(TableError::Rule {
+                error: RuleError::BadModel(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            broken(&|t| t.pools[0].backends[0].model_rewrite = Some("a\u{0}".into())),
+            Err(TableError::Rule {
+                error: RuleError::BadModel(_),
+                ..
+            })
         ));
         assert!(matches!(
             broken(&|t| t.pools[0].capabilities = vec!["a b".into()]),

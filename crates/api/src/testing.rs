@@ -20,11 +20,6 @@ pub fn one_pool_table(prefix: &str) -> RouteTable {
         request_timeout: Millis::MIN,
         ..Default::default()
     };
-    let route = Route {
-        pool: "d/p".into(),
-        host: None,
-        path_prefix: prefix.into(),
-        headers: vec![],
-    };
+    let route = Route::new("d/p", prefix);
     RouteTable::new(vec![route], vec![pool])
 }

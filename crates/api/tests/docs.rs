@@ -262,6 +262,15 @@ const TABLE: &[(&str, Compiled)] = &[
     ),
     ("spec.matches[].host", Compiled::Absent("/routes/0/host")),
     (
+        "spec.matches[].method",
+        Compiled::Absent("/routes/0/method"),
+    ),
+    ("spec.matches[].model", Compiled::Absent("/routes/0/model")),
+    (
+        "spec.matches[].modelPrefix",
+        Compiled::Absent("/routes/0/model"),
+    ),
+    (
         "spec.backends[].maxConcurrency",
         Compiled::Absent("/pools/0/backends/1/maxConcurrency"),
     ),

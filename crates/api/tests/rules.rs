@@ -56,6 +56,13 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "a match on both a model and a model prefix",
+        base: POOL,
+        spec: "matches: [{pathPrefix: /v1, model: gpt-4o, modelPrefix: gpt-4}]",
+        message: "set at most one of model and modelPrefix",
+        field: "spec.matches[0].modelPrefix",
+    },
+    Case {
         name: "backend with neither service nor endpoints",
         base: POOL,
         spec: "backends: [{weight: 2}]",

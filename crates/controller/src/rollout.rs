@@ -127,12 +127,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let route = |key: &str| Route {
-            pool: key.into(),
-            host: None,
-            path_prefix: format!("/{key}"),
-            headers: vec![],
-        };
+        let route = |key: &str| Route::new(key, format!("/{key}"));
         RouteTable::new(
             vec![route("a"), route("b")],
             vec![pool("a", a), pool("b", b)],

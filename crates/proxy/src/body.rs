@@ -58,6 +58,18 @@ impl RequestBody {
     }
 }
 
+/// Whether a request body is JSON (where `model` and `max_tokens` may be).
+pub fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
+
 /// A deadline expired while the body was still streaming.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyTimeout {

@@ -26,6 +26,7 @@ pub mod hygiene;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod model;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 pub mod pool;

@@ -1,15 +1,67 @@
 //! Which pool serves a request: the first route of the table, in precedence order,
-//! whose host, path prefix and headers all match, and whose pool has the capability
-//! the request names (when it names one).
+//! whose host, path prefix, headers, method and model all match, and whose pool has
+//! the capability the request names (when it names one).
+//!
+//! The model is the `model` field of a JSON body ([`crate::model`]). The body is read
+//! for it (within [`MAX_BUFFERED_BODY`], the bound the limits use for `max_tokens`)
+//! only when a route that fits the request otherwise asks for a model: a table without
+//! model routes costs nothing, and neither does a request none of them could match.
 
-use http::{HeaderMap, Uri};
+use http::request::Parts;
+use http::{HeaderMap, Method, Uri};
 use sluice_api::table::Route;
 
+use crate::body::{RequestBody, is_json};
+use crate::client_body::CountedBody;
 use crate::error::ProxyError;
+use crate::limits::MAX_BUFFERED_BODY;
+use crate::model::requested_model;
 use crate::store::Runtime;
 
-/// The index in `runtime` of the pool that serves a request for `uri` with `headers`,
-/// asking for `capability` if any.
+/// Routes a request with head `parts`: the index in `runtime` of the pool that serves
+/// it, and its body, read in full when routing needed its `model`.
+///
+/// # Errors
+///
+/// As [`route`]; [`ProxyError::BodyTooLarge`] or [`ProxyError::BadRequest`] when the
+/// body that had to be read could not be.
+pub async fn route_request(
+    runtime: &Runtime,
+    parts: &Parts,
+    body: CountedBody,
+    capability: Option<&str>,
+) -> Result<(usize, RequestBody), ProxyError> {
+    let (uri, headers, method) = (&parts.uri, &parts.headers, &parts.method);
+    let mut body = RequestBody::Streaming(body);
+    let mut model = None;
+    if runtime.routes_on_model() && is_json(headers) && needs_model(runtime, uri, headers, method) {
+        let bytes = body.into_bytes(MAX_BUFFERED_BODY).await?;
+        model = requested_model(&bytes);
+        body = RequestBody::Buffered(bytes);
+    }
+    let index = route(runtime, uri, headers, method, model.as_deref(), capability)?;
+    Ok((index, body))
+}
+
+/// Whether a route that fits a request in all but its model asks for a model.
+pub fn needs_model(runtime: &Runtime, uri: &Uri, headers: &HeaderMap, method: &Method) -> bool {
+    let mut host_buf = String::new();
+    let req = RouteRequest {
+        host: request_host(uri, headers, &mut host_buf),
+        path: uri.path(),
+        headers,
+        method,
+        model: None,
+    };
+    runtime
+        .table
+        .routes
+        .iter()
+        .any(|r| r.model.is_some() && matches_but_model(r, &req))
+}
+
+/// The index in `runtime` of the pool that serves a request for `uri` with `headers`
+/// and `method`, whose body names `model` (if known), asking for `capability` if any.
 ///
 /// # Errors
 ///
@@ -19,6 +71,8 @@ pub fn route(
     runtime: &Runtime,
     uri: &Uri,
     headers: &HeaderMap,
+    method: &Method,
+    model: Option<&str>,
     capability: Option<&str>,
 ) -> Result<usize, ProxyError> {
     let mut host_buf = String::new();
@@ -26,6 +80,8 @@ pub fn route(
         host: request_host(uri, headers, &mut host_buf),
         path: uri.path(),
         headers,
+        method,
+        model,
     };
     let mut candidates = matching(&runtime.table.routes, &req)
         .filter_map(|i| runtime.pool_index_for_route(i))
@@ -54,6 +110,10 @@ pub struct RouteRequest<'a> {
     pub path: &'a str,
     /// The request headers.
     pub headers: &'a HeaderMap,
+    /// The request method.
+    pub method: &'a Method,
+    /// The `model` of the JSON body, when it was read and has one.
+    pub model: Option<&'a str>,
 }
 
 /// Returns the index of the first route that matches.
@@ -74,12 +134,26 @@ pub fn matching<'a>(
 }
 
 fn matches(route: &Route, req: &RouteRequest<'_>) -> bool {
+    matches_but_model(route, req)
+        && route
+            .model
+            .as_ref()
+            .is_none_or(|m| req.model.is_some_and(|model| m.matches(model)))
+}
+
+fn matches_but_model(route: &Route, req: &RouteRequest<'_>) -> bool {
     if let Some(host) = &route.host
         && req.host != Some(host.as_str())
     {
         return false;
     }
     if !prefix_matches(&route.path_prefix, req.path) {
+        return false;
+    }
+    if route
+        .method
+        .is_some_and(|m| m.as_str() != req.method.as_str())
+    {
         return false;
     }
     route.headers.iter().all(|h| {
@@ -132,9 +206,7 @@ mod tests {
 
     fn route(pool: &str, host: Option<&str>, prefix: &str, headers: &[(&str, &str)]) -> Route {
         Route {
-            pool: pool.into(),
             host: host.map(Into::into),
-            path_prefix: prefix.into(),
             headers: headers
                 .iter()
                 .map(|(n, v)| HeaderMatch {
@@ -142,6 +214,7 @@ mod tests {
                     value: (*v).into(),
                 })
                 .collect(),
+            ..Route::new(pool, prefix)
         }
     }
 
@@ -160,7 +233,43 @@ mod tests {
             host,
             path,
             headers,
+            method: &Method::GET,
+            model: None,
         }
+    }
+
+    #[test]
+    fn method_and_model_narrow_a_route() {
+        use sluice_api::table::{HttpMethod, ModelMatch};
+        let routes = vec![
+            Route {
+                model: Some(ModelMatch::Exact("gpt-4o".into())),
+                ..route("exact", None, "/v1", &[])
+            },
+            Route {
+                model: Some(ModelMatch::Prefix("gpt-4".into())),
+                ..route("family", None, "/v1", &[])
+            },
+            Route {
+                method: Some(HttpMethod::Post),
+                ..route("post", None, "/v1", &[])
+            },
+            route("any", None, "/v1", &[]),
+        ];
+        let headers = HeaderMap::new();
+        let with = |method: &'static Method, model: Option<&'static str>| RouteRequest {
+            method,
+            model,
+            ..req(None, "/v1/chat/completions", &headers)
+        };
+        assert_eq!(find(&routes, &with(&Method::POST, Some("gpt-4o"))), Some(0));
+        assert_eq!(
+            find(&routes, &with(&Method::POST, Some("gpt-4-turbo"))),
+            Some(1)
+        );
+        assert_eq!(find(&routes, &with(&Method::POST, Some("llama"))), Some(2));
+        assert_eq!(find(&routes, &with(&Method::POST, None)), Some(2));
+        assert_eq!(find(&routes, &with(&Method::GET, None)), Some(3));
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct Runtime {
     fallbacks: Vec<Option<usize>>,
     by_key: HashMap<String, usize>,
     route_pool: Vec<usize>,
+    /// Some route matches on the `model` of the body.
+    model_routes: bool,
     /// The table's consumers.
     pub auth: Authenticator,
     /// The table's rate limits.
@@ -92,6 +94,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Whether some route matches on the `model` of a JSON body (else no body is
+    /// ever read to route).
+    pub fn routes_on_model(&self) -> bool {
+        self.model_routes
+    }
+
     /// The index of the pool route `index` sends to.
     pub fn pool_index_for_route(&self, index: usize) -> Option<usize> {
         self.route_pool
@@ -478,8 +486,10 @@ impl TableStore {
             .iter()
             .map(|r| by_key.get(r.pool.as_str()).copied().unwrap_or(usize::MAX))
             .collect();
+        let model_routes = table.routes.iter().any(|r| r.model.is_some());
         Ok(Runtime {
             applied: self.env.clock.now_nanos(),
+            model_routes,
             auth,
             limits,
             table,
@@ -645,12 +655,7 @@ mod tests {
         q.key = "d/q".into();
         q.backends[0].endpoints = vec![Endpoint::new(q_endpoint)];
         t.pools.push(q);
-        t.routes.push(Route {
-            pool: "d/q".into(),
-            host: None,
-            path_prefix: "/q".into(),
-            headers: vec![],
-        });
+        t.routes.push(Route::new("d/q", "/q"));
         let mut t = RouteTable::new(t.routes, t.pools);
         t.version = version;
         t

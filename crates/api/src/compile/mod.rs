@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::diagnostics::{Diagnostic, Diagnostics, ObjectRef, Severity};
-use crate::table::{Pool, Route, RouteTable};
+use crate::table::{ModelMatch, Pool, Route, RouteTable};
 use crate::{AgentPool, RatePolicy};
 
 pub use consumer::{CONSUMER_LABEL, hash_api_key};
@@ -133,13 +133,17 @@ pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
         compiled.push(pool);
     }
     // Precedence: host-specific before any host, longer prefixes first, more header
-    // conditions first; the pool key breaks ties so the order is deterministic.
+    // conditions first, then a model match (an exact name before a prefix, a longer
+    // prefix first) before none, a method before none; the pool key breaks ties so the
+    // order is deterministic.
     routes.sort_by(|(a, ai): &(Route, usize), (b, bi)| {
         b.host
             .is_some()
             .cmp(&a.host.is_some())
             .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
             .then(b.headers.len().cmp(&a.headers.len()))
+            .then(model_rank(b).cmp(&model_rank(a)))
+            .then(b.method.is_some().cmp(&a.method.is_some()))
             .then(a.pool.cmp(&b.pool))
             .then(ai.cmp(bi))
     });
@@ -270,10 +274,24 @@ fn resolve_fallbacks(pools: &mut Vec<Compiled<'_>>, diags: &mut Vec<Diagnostic>)
 }
 
 /// Warns about a match that an earlier route with the same conditions always wins.
+/// How specific a route's model condition is: an exact name, then prefixes by
+/// length, then none.
+fn model_rank(route: &Route) -> (bool, usize) {
+    match &route.model {
+        Some(ModelMatch::Exact(_)) => (true, usize::MAX),
+        Some(ModelMatch::Prefix(p)) => (true, p.len()),
+        None => (false, 0),
+    }
+}
+
 fn report_shadowed(routes: &[(Route, usize)], pools: &[&AgentPool], diags: &mut Vec<Diagnostic>) {
     for (i, (route, match_index)) in routes.iter().enumerate() {
         let winner = routes[..i].iter().find(|(r, _)| {
-            r.host == route.host && r.path_prefix == route.path_prefix && r.headers == route.headers
+            r.host == route.host
+                && r.path_prefix == route.path_prefix
+                && r.headers == route.headers
+                && r.method == route.method
+                && r.model == route.model
         });
         let Some((winner, _)) = winner else { continue };
         if winner.pool == route.pool {

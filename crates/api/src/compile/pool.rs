@@ -547,6 +547,16 @@ fn compile_backend(
         "capability",
         cx,
     );
+    let model_rewrite = b
+        .model
+        .as_ref()
+        .and_then(|m| match rules::model_name(&m.rewrite) {
+            Ok(()) => Some(m.rewrite.clone()),
+            Err(e) => {
+                cx.error(&format!("{field}.model.rewrite"), e.to_string());
+                None
+            }
+        });
     let url = b
         .url
         .as_ref()
@@ -591,6 +601,7 @@ fn compile_backend(
         host,
         tls: tls.clone(),
         auth: auth.clone(),
+        model_rewrite: model_rewrite.clone(),
     };
     let kinds = usize::from(b.service.is_some())
         + usize::from(!b.endpoints.is_empty())

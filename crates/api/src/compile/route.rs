@@ -3,7 +3,7 @@
 use super::Cx;
 use super::pool::header_name;
 use crate::agent_pool::RouteMatch;
-use crate::table::{HeaderMatch, Route, is_host_port};
+use crate::table::{HeaderMatch, ModelMatch, Route, is_host_port, rules};
 
 /// The route of match `m` (at `field`) of pool `pool`, or `None` (with errors in `cx`).
 pub(super) fn compile_match(m: &RouteMatch, pool: &str, field: &str, cx: &mut Cx) -> Option<Route> {
@@ -67,10 +67,38 @@ pub(super) fn compile_match(m: &RouteMatch, pool: &str, field: &str, cx: &mut Cx
             .then(a.value.cmp(&b.value))
     });
 
+    let model = match (&m.model, &m.model_prefix) {
+        (Some(_), Some(_)) => {
+            cx.error(
+                &format!("{field}.modelPrefix"),
+                "set at most one of model and modelPrefix",
+            );
+            None
+        }
+        (Some(name), None) => model(name, &format!("{field}.model"), cx).map(ModelMatch::Exact),
+        (None, Some(prefix)) => {
+            model(prefix, &format!("{field}.modelPrefix"), cx).map(ModelMatch::Prefix)
+        }
+        (None, None) => None,
+    };
+
     (cx.diags.len() == errors_before).then(|| Route {
         pool: pool.to_owned(),
         host,
         path_prefix,
         headers,
+        method: m.method,
+        model,
     })
+}
+
+/// A model name or prefix, checked.
+fn model(name: &str, field: &str, cx: &mut Cx) -> Option<String> {
+    match rules::model_name(name) {
+        Ok(()) => Some(name.to_owned()),
+        Err(e) => {
+            cx.error(field, e.to_string());
+            None
+        }
+    }
 }

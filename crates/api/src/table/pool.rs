@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{Millis, Percent, header_name, millis};
 use super::upstream::{UpstreamAuth, UpstreamTls};
-pub use crate::agent_pool::{Algorithm, BackendProtocol};
+pub use crate::agent_pool::{Algorithm, BackendProtocol, HttpMethod};
 
 /// A compiled AgentPool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,6 +106,11 @@ impl Default for Pool {
 }
 
 impl Pool {
+    /// Whether some backend rewrites the `model` field.
+    pub fn rewrites_model(&self) -> bool {
+        self.backends.iter().any(|b| b.model_rewrite.is_some())
+    }
+
     /// All endpoints of all backends, in order.
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.backends.iter().flat_map(|b| b.endpoints.iter())
@@ -169,6 +174,9 @@ pub struct BackendTarget {
     /// Protocol spoken to the endpoints.
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: BackendProtocol,
+    /// The name the `model` field of a JSON request body is rewritten to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_rewrite: Option<String>,
     /// Endpoints (ready, or terminating ones still draining), sorted, no duplicates.
     pub endpoints: Vec<Endpoint>,
     /// The `Host` every request carries (a backend by URL); `None`: the client's.
@@ -191,6 +199,7 @@ impl Default for BackendTarget {
             capabilities: Vec::new(),
             max_concurrency: None,
             protocol: BackendProtocol::default(),
+            model_rewrite: None,
             endpoints: Vec::new(),
             host: None,
             tls: None,

@@ -21,6 +21,8 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MAX_WINDOW_REQUESTS: u32 = (1 << 24) - 1;
 /// Longest capability, tier or consumer name.
 pub const MAX_NAME_LEN: usize = 63;
+/// Longest model name (or prefix) a route matches or a backend rewrites to.
+pub const MAX_MODEL_LEN: usize = 256;
 
 /// A value that breaks a rule. The message is what a user reads beside the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -65,6 +67,10 @@ pub enum RuleError {
     /// The longest ejection is shorter than the first.
     #[error("is shorter than baseEjectionTime")]
     EjectionTimes,
+    /// A model name that is empty, longer than [`MAX_MODEL_LEN`] or holds a control
+    /// character.
+    #[error("{0:?} is not a model name (1-256 characters, no control characters)")]
+    BadModel(String),
 }
 
 /// Whether `name` is a valid capability, tier or consumer name: 1 to
@@ -121,6 +127,19 @@ pub fn consumer(consumer: &str) -> Result<(), RuleError> {
             name: consumer.to_owned(),
             what: "consumer",
         })
+    }
+}
+
+/// A model name or prefix, as a route matches it or a backend rewrites to it.
+///
+/// # Errors
+///
+/// [`RuleError::BadModel`] when empty, too long or holding a control character.
+pub fn model_name(name: &str) -> Result<(), RuleError> {
+    if (1..=MAX_MODEL_LEN).contains(&name.len()) && !name.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(RuleError::BadModel(name.to_owned()))
     }
 }
 
@@ -281,5 +300,8 @@ mod tests {
             Err(RuleError::MinRetries(100_001))
         );
         assert_eq!(bounded_load(0.5), Err(RuleError::BoundedLoad(0.5)));
+        assert_eq!(model_name("gpt-4o"), Ok(()));
+        assert!(model_name("").is_err() && model_name("a\nb").is_err());
+        assert!(model_name(&"m".repeat(257)).is_err());
     }
 }

@@ -56,6 +56,12 @@ impl RouteTable {
             if let Err(problem) = route_form(route) {
                 return Err(inconsistent(format!("route {index}"), problem));
             }
+            if let Some(m) = &route.model {
+                rule(
+                    || format!("route {index} model"),
+                    rules::model_name(m.text()),
+                )?;
+            }
         }
         for pool in &self.pools {
             if let Some(f) = &pool.fallback
@@ -96,6 +102,16 @@ fn validate_pool(pool: &Pool) -> Result<(), TableError> {
         rule(
             || format!("pool {key} capabilities"),
             rules::name(c, "capability"),
+        )?;
+    }
+    for rewrite in pool
+        .backends
+        .iter()
+        .filter_map(|b| b.model_rewrite.as_deref())
+    {
+        rule(
+            || format!("pool {key} backends model.rewrite"),
+            rules::model_name(rewrite),
         )?;
     }
     if (pool.algorithm == Algorithm::ConsistentHash) != pool.balancer.hash_on.is_some() {

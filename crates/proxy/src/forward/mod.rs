@@ -21,9 +21,11 @@
 //! * **log**: every response, the proxy's own refusals included,
 //!   counted once under the pool that served it.
 //!
-//! Bodies are never buffered but to read `max_tokens`: the client's request body
-//! goes upstream as it arrives (a pool with retries keeps its first 64 KiB to replay)
-//! and the agent's response frames reach the client one by one.
+//! Bodies are never buffered but to read `model` (a table that routes on it) or
+//! `max_tokens` (a token budget), or to rewrite `model` (a backend that knows the
+//! model by another name): the client's request body goes upstream as it arrives (a
+//! pool with retries keeps its first 64 KiB to replay) and the agent's response
+//! frames reach the client one by one.
 
 mod context;
 mod log;
@@ -106,7 +108,7 @@ struct Outbound {
 /// The parts of a routed request the later phases use.
 struct Routed {
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     /// The `Upgrade` value and the client connection's upgrade, for an upgrade request.
     upgrade: Option<(HeaderValue, OnUpgrade)>,
     /// The authority routing used, which the agent receives as `Host`.
@@ -163,7 +165,7 @@ impl Forwarder {
         if self.access_log.is_on() || self.spans.is_some() {
             ctx.line = Some(self.request_line(&req));
         }
-        let (index, routed) = self.route(ctx, &runtime, req)?;
+        let (index, routed) = self.route(ctx, &runtime, req).await?;
         let serving = serving.insert(Serving::new(runtime, index, ctx.start));
         let Routed {
             parts,
@@ -172,10 +174,7 @@ impl Forwarder {
             authority,
         } = routed;
         self.admit(ctx, serving, &parts.headers).await?;
-        let body = CountedBody::new(body, ctx.body.clone(), self.config.client_body_rate);
-        let body = self
-            .limit(ctx, serving, &parts.headers, RequestBody::Streaming(body))
-            .await?;
+        let body = self.limit(ctx, serving, &parts.headers, body).await?;
         let (slot, body) = self.reserve(ctx, serving, &parts.headers, body).await?;
         let (protocol, on_upgrade) = upgrade.unzip();
         let head = UpstreamHead::new(
@@ -208,7 +207,7 @@ impl Forwarder {
 
     /// Route: normalises the path, reads the client address and capability, sets an
     /// upgrade aside, and finds the pool (its index in `runtime`).
-    fn route(
+    async fn route(
         &self,
         ctx: &mut RequestCtx,
         runtime: &Runtime,
@@ -231,8 +230,10 @@ impl Forwarder {
             .get(&self.config.capability_header)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let index = router::route(runtime, req.uri(), req.headers(), ctx.capability.as_deref())?;
         let (parts, body) = req.into_parts();
+        let body = CountedBody::new(body, ctx.body.clone(), self.config.client_body_rate);
+        let (index, body) =
+            router::route_request(runtime, &parts, body, ctx.capability.as_deref()).await?;
         Ok((
             index,
             Routed {

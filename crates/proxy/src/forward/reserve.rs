@@ -11,15 +11,16 @@ use http::HeaderMap;
 
 use super::Forwarder;
 use super::context::{RequestCtx, Serving};
-use crate::body::RequestBody;
+use crate::body::{RequestBody, is_json};
 use crate::error::ProxyError;
+use crate::limits::MAX_BUFFERED_BODY;
 use crate::pool::{Slot, Unavailable};
 use crate::store::Runtime;
 
 impl Forwarder {
     /// Reserves a slot for the request, moving it between pools as the module docs
     /// say. Returns the slot and the body (read in full if a fallback's token budget
-    /// needed it).
+    /// needed it, or the pool rewrites the `model` of JSON bodies).
     pub(super) async fn reserve(
         &self,
         ctx: &mut RequestCtx,
@@ -38,7 +39,17 @@ impl Forwarder {
             let acquired = pool.acquire(&pick, serving.deadline()).await;
             ctx.queue_wait += asked.elapsed();
             match acquired {
-                Ok(slot) => return Ok((slot, body)),
+                Ok(slot) => {
+                    // A backend that knows the model by another name gets the body
+                    // rewritten: a JSON body is read in full (bounded) to do it.
+                    if pool.spec.rewrites_model()
+                        && is_json(headers)
+                        && let RequestBody::Streaming(_) = body
+                    {
+                        body = RequestBody::Buffered(body.into_bytes(MAX_BUFFERED_BODY).await?);
+                    }
+                    return Ok((slot, body));
+                }
                 Err(Unavailable::Queue(e)) => return Err(e),
                 Err(Unavailable::Replaced) => {
                     // A new table came while the request waited: wait on in its pool

@@ -202,7 +202,7 @@ async fn attempt(
         deadline,
     } = *to;
     let endpoint = &pool.endpoints[slot.index];
-    let Some(body) = source.next() else {
+    let Some((body, length)) = source.next(endpoint.model_rewrite.as_deref()) else {
         // Unreachable: a retry is only chosen while the body can be replayed.
         return Attempt::Fatal(ProxyError::Upstream {
             endpoint: endpoint.address.clone(),
@@ -214,6 +214,12 @@ async fn attempt(
         Err(e) => return Attempt::Fatal(e),
     };
     trace.inject(upstream.headers_mut(), span);
+    if let Some(length) = length {
+        // The `model` was rewritten: the body has a new length.
+        upstream
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, length.into());
+    }
     let started = Instant::now();
     let first_byte = pool
         .spec
@@ -336,13 +342,22 @@ impl Source {
         }
     }
 
-    fn next(&mut self) -> Option<ProxyBody> {
+    /// The body of the next attempt, with its `model` set to `rewrite` when given
+    /// (only a body read in full can be), and the new length of a rewritten body.
+    fn next(&mut self, rewrite: Option<&str>) -> Option<(ProxyBody, Option<u64>)> {
+        let full = |b: Bytes| Full::new(b).map_err(|never| match never {}).boxed();
         match self {
-            Source::Once(body) => body.take().map(|b| b.map_err(Into::into).boxed()),
-            Source::Replay(r) => r.attempt().map(BodyExt::boxed),
-            Source::Buffered(b) => {
-                Some(Full::new(b.clone()).map_err(|never| match never {}).boxed())
-            }
+            Source::Once(body) => body.take().map(|b| (b.map_err(Into::into).boxed(), None)),
+            Source::Replay(r) => r.attempt().map(|b| (BodyExt::boxed(b), None)),
+            Source::Buffered(b) => Some(
+                match rewrite.and_then(|name| crate::model::rewrite_model(b, name)) {
+                    Some(rewritten) => {
+                        let length = rewritten.len() as u64;
+                        (full(rewritten), Some(length))
+                    }
+                    None => (full(b.clone()), None),
+                },
+            ),
         }
     }
 

@@ -2,11 +2,11 @@
 //! budget needs it, check every limit of the pool, and turn the verdict into the
 //! response headers of an admitted request or the refusal of a limited one.
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderName, HeaderValue};
 
 use super::tokens::TokenSettlement;
 use super::{Charged, MAX_BUFFERED_BODY, Subject, TableLimits, Verdict};
-use crate::body::RequestBody;
+use crate::body::{RequestBody, is_json};
 use crate::error::ProxyError;
 
 /// What the rate limits add to an admitted request: response headers and token
@@ -101,18 +101,6 @@ pub async fn check_request(
             retry_after,
         }),
     }
-}
-
-/// Whether a request body is JSON (where `max_tokens` may be).
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        })
 }
 
 /// `max_tokens` (or `max_completion_tokens`) of an OpenAI-style request body.

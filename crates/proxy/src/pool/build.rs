@@ -58,6 +58,7 @@ pub fn build(
                 max_concurrency: backend.max_concurrency,
                 capabilities: capabilities.clone(),
                 upstream: upstream.clone(),
+                model_rewrite: backend.model_rewrite.as_deref().map(Arc::from),
                 selections: metrics.endpoint_requests.with_label_values(&labels),
                 in_flight: metrics.endpoint_in_flight.with_label_values(&labels),
                 latency: metrics.endpoint_latency.with_label_values(&labels),

@@ -42,6 +42,8 @@ pub struct EndpointRt {
     pub capabilities: Vec<String>,
     /// How its backend is reached: the client, the scheme, `Host` and credential.
     pub upstream: Arc<Upstream>,
+    /// The name its backend knows the request's `model` by, if it rewrites it.
+    pub model_rewrite: Option<Arc<str>>,
     /// Requests sent to it (`sluice_endpoint_requests_total`).
     pub selections: prometheus::IntCounter,
     /// Its in-flight gauge.

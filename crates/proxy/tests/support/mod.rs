@@ -519,10 +519,8 @@ pub fn backend(name: &str, weight: u32, addresses: &[String]) -> BackendTarget {
 /// A route on `path_prefix` (and `host`, if given) to `pool`.
 pub fn route(pool: &str, host: Option<&str>, path_prefix: &str) -> Route {
     Route {
-        pool: pool.into(),
         host: host.map(Into::into),
-        path_prefix: path_prefix.into(),
-        headers: vec![],
+        ..Route::new(pool, path_prefix)
     }
 }
 
