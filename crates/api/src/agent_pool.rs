@@ -88,10 +88,11 @@ pub struct AgentPoolSpec {
     /// Passive outlier ejection: endpoints that keep failing are taken out for a while.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
-    /// Another AgentPool in this namespace that takes the requests when this one has no
-    /// healthy capacity.
+    /// Another AgentPool in this namespace that takes the requests this one cannot
+    /// serve: when it has no healthy capacity, and, as `when` and `statuses` say, when
+    /// it is saturated or an agent answers with a status such as 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<PoolRef>,
+    pub fallback: Option<Fallback>,
     /// Who may call this pool. Without it the pool is public.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<Access>,
@@ -590,6 +591,41 @@ pub struct PoolRef {
     /// The AgentPool's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// The pool that takes a pool's requests when it cannot serve them, and when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Fallback {
+    /// The AgentPool's name, in the same namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// When the pool itself cannot take a request: `Unavailable` (no live endpoint),
+    /// `QueueFull` (every endpoint busy and the queue full), `QueueTimeout` (the request
+    /// waited the queue's timeout). Default `Unavailable` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3))]
+    pub when: Vec<FallbackWhen>,
+    /// Statuses of an agent's answer (after the pool's own retries) that send the
+    /// request on to the fallback instead, for example an LLM provider's 429 or 503;
+    /// only within the pool's retry budget and for a body that can be sent again.
+    /// Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(range(min = 400, max = 599)))]
+    pub statuses: Vec<u16>,
+}
+
+/// A reason the pool cannot take a request itself.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum FallbackWhen {
+    /// No endpoint is alive (none resolved, unhealthy, ejected or draining, or none
+    /// with the requested capability).
+    Unavailable,
+    /// Every endpoint is at its `maxConcurrency` and the queue is full.
+    QueueFull,
+    /// The request waited in the queue until its timeout.
+    QueueTimeout,
 }
 
 /// Who may call a pool. A caller is let in when it is public, or when the consumer is

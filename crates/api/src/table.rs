@@ -22,8 +22,8 @@ pub use policy::{
     TierLimits, TokenLimit,
 };
 pub use pool::{
-    Access, Algorithm, BackendProtocol, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck,
-    HttpMethod, Jwt, Outlier, Pool, Queue, RetryPolicy,
+    Access, Algorithm, BackendProtocol, BackendTarget, Balancer, Endpoint, FallbackWhen, HashOn,
+    HealthCheck, HttpMethod, Jwt, Outlier, Pool, Queue, RetryPolicy,
 };
 pub use rules::RuleError;
 pub use units::{KeyHash, Millis, Percent, Threshold};

@@ -243,6 +243,14 @@ spec:
   healthCheck: {}
   outlierDetection: {}
   authentication: {jwt: {issuer: i, audiences: [a], jwks: '{\"keys\": []}'}}
+  fallback: {name: other}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: AgentPool
+metadata: {name: other, namespace: demo}
+spec:
+  matches: [{}]
+  backends: [{endpoints: [\"127.0.0.1:3\"]}]
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: RatePolicy
@@ -319,6 +327,14 @@ const TABLE: &[(&str, Compiled)] = &[
     (
         "spec.timeouts.streamMaxDuration",
         Compiled::Absent("/pools/0/streamMaxDurationMs"),
+    ),
+    (
+        "spec.fallback.when[]",
+        Compiled::Value("/pools/0/fallbackWhen/0"),
+    ),
+    (
+        "spec.fallback.statuses[]",
+        Compiled::Absent("/pools/0/fallbackStatuses"),
     ),
     (
         "spec.retries.attempts",

@@ -68,8 +68,9 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// `sluice_queue_wait_seconds{pool, result}`: time spent in the queue.
     pub queue_wait: HistogramVec,
-    /// `sluice_retries_total{pool, result}`: retries `sent` or refused
-    /// (`budget_exhausted`, `not_replayable`, `no_endpoint`).
+    /// `sluice_retries_total{pool, result}`: retries `sent`, requests sent on to the
+    /// fallback after an agent's answer (`fallback`), or refused (`budget_exhausted`,
+    /// `not_replayable`, `no_endpoint`).
     pub retries: IntCounterVec,
     /// `sluice_outlier_ejections_total{pool, reason, result}`: ejections `ejected` or
     /// `skipped` (over the pool's maximum share).
@@ -86,7 +87,8 @@ pub struct Metrics {
     /// The `ok` and `anonymous` series of `auth_results`, resolved once.
     auth_counters: std::sync::Arc<[(&'static str, prometheus::IntCounter)]>,
     /// `sluice_ratelimit_decisions_total{policy, tier, result}`: `allowed`, `denied`,
-    /// `soft_warning`, `unavailable`.
+    /// `soft_warning`, `unavailable`, and for dry-run policies `dry_run_denied` and
+    /// `dry_run_unavailable`.
     pub rate_decisions: IntCounterVec,
     /// `sluice_ratelimit_tokens_total{policy, tier, kind}`: LLM tokens `reserved` at
     /// admission, `refunded` and `charged` (beyond the reservation) at settlement.

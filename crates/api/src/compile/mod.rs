@@ -269,6 +269,8 @@ fn resolve_fallbacks(pools: &mut Vec<Compiled<'_>>, diags: &mut Vec<Diagnostic>)
             );
             diags.extend(cx.diags);
             pool.fallback = None;
+            pool.fallback_when.clear();
+            pool.fallback_statuses.clear();
         }
     }
 }

@@ -9,7 +9,7 @@ use super::slices::{SliceIndex, resolve_service};
 use super::upstream::{self, SecretIndex};
 use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, millis};
 use crate::AgentPool;
-use crate::agent_pool::{self, Algorithm, Backend, LoadBalancing};
+use crate::agent_pool::{self, Algorithm, Backend, FallbackWhen, LoadBalancing};
 use crate::table::{
     Access, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck, Jwt, Millis, Outlier, Percent,
     Pool, Queue, RetryPolicy, Route, is_host_port, rules,
@@ -108,6 +108,11 @@ pub(super) fn compile_pool(
         }
         format!("{namespace}/{}", f.name)
     });
+    let (fallback_when, fallback_statuses) = spec
+        .fallback
+        .as_ref()
+        .map(|f| compile_fallback_on(f, cx))
+        .unwrap_or_default();
     let has_jwt = spec
         .authentication
         .as_ref()
@@ -141,6 +146,8 @@ pub(super) fn compile_pool(
             health_check,
             outlier,
             fallback,
+            fallback_when,
+            fallback_statuses,
             access,
             jwt,
         },
@@ -322,6 +329,27 @@ fn compile_retries(r: &agent_pool::Retries, cx: &mut Cx) -> RetryPolicy {
         budget_ratio,
         min_retries_per_second,
     }
+}
+
+/// When a pool's fallback takes its requests: the reasons (`Unavailable` alone by
+/// default), sorted, and the answer statuses, sorted.
+fn compile_fallback_on(f: &agent_pool::Fallback, cx: &mut Cx) -> (Vec<FallbackWhen>, Vec<u16>) {
+    let mut when = f.when.clone();
+    if when.is_empty() {
+        when.push(FallbackWhen::Unavailable);
+    }
+    when.sort_unstable();
+    when.dedup();
+    let mut statuses = Vec::new();
+    for (i, s) in f.statuses.iter().enumerate() {
+        match rules::retry_status(*s) {
+            Ok(()) => statuses.push(*s),
+            Err(e) => cx.error(&format!("spec.fallback.statuses[{i}]"), e.to_string()),
+        }
+    }
+    statuses.sort_unstable();
+    statuses.dedup();
+    (when, statuses)
 }
 
 fn compile_health_check(h: &agent_pool::HealthCheck, cx: &mut Cx) -> HealthCheck {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{Millis, Percent, header_name, millis};
 use super::upstream::{UpstreamAuth, UpstreamTls};
-pub use crate::agent_pool::{Algorithm, BackendProtocol, HttpMethod};
+pub use crate::agent_pool::{Algorithm, BackendProtocol, FallbackWhen, HttpMethod};
 
 /// A compiled AgentPool.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +71,13 @@ pub struct Pool {
     /// Key of the pool that takes requests when this one has no healthy capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// When the fallback takes requests the pool cannot (empty: `Unavailable` alone,
+    /// as tables written before this field meant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_when: Vec<FallbackWhen>,
+    /// Agent answer statuses that send a request on to the fallback, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_statuses: Vec<u16>,
     /// Who may call.
     #[serde(default)]
     pub access: Access,
@@ -99,6 +106,8 @@ impl Default for Pool {
             health_check: None,
             outlier: None,
             fallback: None,
+            fallback_when: Vec::new(),
+            fallback_statuses: Vec::new(),
             access: Access::default(),
             jwt: None,
         }
@@ -106,6 +115,21 @@ impl Default for Pool {
 }
 
 impl Pool {
+    /// Whether requests go to the fallback (if any) for `reason`.
+    pub fn falls_back_when(&self, reason: FallbackWhen) -> bool {
+        self.fallback.is_some()
+            && if self.fallback_when.is_empty() {
+                reason == FallbackWhen::Unavailable
+            } else {
+                self.fallback_when.contains(&reason)
+            }
+    }
+
+    /// Whether an agent's answer with `status` goes on to the fallback (if any).
+    pub fn falls_back_on_status(&self, status: u16) -> bool {
+        self.fallback.is_some() && self.fallback_statuses.binary_search(&status).is_ok()
+    }
+
     /// Whether some backend rewrites the `model` field.
     pub fn rewrites_model(&self) -> bool {
         self.backends.iter().any(|b| b.model_rewrite.is_some())

@@ -155,7 +155,7 @@ pub fn retry_attempts(attempts: u32) -> Result<(), RuleError> {
     Ok(())
 }
 
-/// A status a pool retries on.
+/// A status a pool retries on, or sends on to its fallback.
 ///
 /// # Errors
 ///

@@ -72,6 +72,20 @@ impl RouteTable {
                     format!("pool {f:?} is not in the table"),
                 ));
             }
+            if pool.fallback.is_none()
+                && !(pool.fallback_when.is_empty() && pool.fallback_statuses.is_empty())
+            {
+                return Err(inconsistent(
+                    format!("pool {} fallback", pool.key),
+                    "when and statuses are only set with a fallback",
+                ));
+            }
+            for s in &pool.fallback_statuses {
+                rule(
+                    || format!("pool {} fallback.statuses", pool.key),
+                    rules::retry_status(*s),
+                )?;
+            }
         }
         for policy in &self.policies {
             validate_policy(policy, &keys)?;

@@ -193,13 +193,12 @@ impl Forwarder {
             upgrade: on_upgrade,
             rate: std::mem::take(&mut ctx.rate),
         };
-        let pick = ctx.pick(serving.pool(), &parts.headers);
         let mut upstream = UpstreamLog {
             attempts: self.spans.as_ref().map(|_| Vec::new()),
             ..UpstreamLog::default()
         };
         let result = self
-            .send(ctx, serving, &pick, slot, outbound, &mut upstream)
+            .send(ctx, serving, &parts.headers, slot, outbound, &mut upstream)
             .await;
         ctx.upstream = upstream;
         result

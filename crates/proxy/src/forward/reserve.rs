@@ -1,7 +1,9 @@
 //! Reserve: a slot on an endpoint of the serving pool, waiting in its queue when every
 //! endpoint is full. Where the pool cannot serve, the request moves: to the same pool
 //! in a newer table (the pool was replaced, or is shared unchanged by a newer table
-//! whose fallbacks and consumers may differ), or to the pool's fallback, which must
+//! whose fallbacks and consumers may differ), or to the pool's fallback (when the pool
+//! has no live endpoint, or, as its `fallback.when` says, its queue is full or timed
+//! out), which must
 //! admit the caller and whose own rate limits apply (the pool left behind gives back
 //! what its limits charged: a request counts against the pool that serves it).
 
@@ -16,12 +18,28 @@ use crate::error::ProxyError;
 use crate::limits::MAX_BUFFERED_BODY;
 use crate::pool::{Slot, Unavailable};
 use crate::store::Runtime;
+use sluice_api::table::FallbackWhen;
 
 impl Forwarder {
     /// Reserves a slot for the request, moving it between pools as the module docs
     /// say. Returns the slot and the body (read in full if a fallback's token budget
-    /// needed it, or the pool rewrites the `model` of JSON bodies).
+    /// needed it, or the pool rewrites the `model` of JSON bodies). A request no pool
+    /// can take is refused, and what the limits charged it goes back.
     pub(super) async fn reserve(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &mut Serving,
+        headers: &HeaderMap,
+        body: RequestBody,
+    ) -> Result<(Slot, RequestBody), ProxyError> {
+        let reserved = self.find_slot(ctx, serving, headers, body).await;
+        if reserved.is_err() {
+            ctx.rate.give_back();
+        }
+        reserved
+    }
+
+    async fn find_slot(
         &self,
         ctx: &mut RequestCtx,
         serving: &mut Serving,
@@ -50,7 +68,24 @@ impl Forwarder {
                     }
                     return Ok((slot, body));
                 }
-                Err(Unavailable::Queue(e)) => return Err(e),
+                Err(Unavailable::Queue(e)) => {
+                    // A saturated pool sends on to its fallback when told to.
+                    let reason = match &e {
+                        ProxyError::QueueFull { .. } => FallbackWhen::QueueFull,
+                        ProxyError::QueueTimeout { .. } => FallbackWhen::QueueTimeout,
+                        _ => return Err(e),
+                    };
+                    if !pool.spec.falls_back_when(reason) {
+                        return Err(e);
+                    }
+                    let Some(fallback) = self.fallback(serving, ctx.fallbacks, headers).await
+                    else {
+                        return Err(e);
+                    };
+                    body = self
+                        .fall_back(ctx, serving, headers, fallback, body)
+                        .await?;
+                }
                 Err(Unavailable::Replaced) => {
                     // A new table came while the request waited: wait on in its pool
                     // of the same key.
@@ -66,28 +101,46 @@ impl Forwarder {
                         serving.move_to(runtime, index, ctx.start);
                         continue;
                     }
+                    if !pool.spec.falls_back_when(FallbackWhen::Unavailable) {
+                        return Err(no_endpoints());
+                    }
                     let fallback = self
                         .fallback(serving, ctx.fallbacks, headers)
                         .await
                         .ok_or_else(no_endpoints)?;
-                    if ctx.fallback_from.is_none() {
-                        ctx.fallback_from = Some(pool.key().to_owned());
-                    }
-                    serving.move_to(serving.runtime().clone(), fallback, ctx.start);
-                    // The pool left behind does not serve the request: what its
-                    // limits charged goes back. The fallback's own limits apply
-                    // instead, so fallback traffic cannot overrun the pool it lands
-                    // on, and a refusal there charges nothing anywhere.
-                    ctx.rate.give_back();
-                    body = self.limit(ctx, serving, headers, body).await?;
-                    self.metrics
-                        .fallbacks
-                        .with_label_values(&[pool.key(), serving.pool().key()])
-                        .inc();
-                    ctx.fallbacks += 1;
+                    body = self
+                        .fall_back(ctx, serving, headers, fallback, body)
+                        .await?;
                 }
             }
         }
+    }
+
+    /// Moves the request to pool `fallback` of the serving table. The pool left behind
+    /// does not serve it: what its limits charged goes back. The fallback's own limits
+    /// apply instead, so fallback traffic cannot overrun the pool it lands on, and a
+    /// refusal there charges nothing anywhere.
+    pub(super) async fn fall_back(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &mut Serving,
+        headers: &HeaderMap,
+        fallback: usize,
+        body: RequestBody,
+    ) -> Result<RequestBody, ProxyError> {
+        let from = serving.pool().clone();
+        if ctx.fallback_from.is_none() {
+            ctx.fallback_from = Some(from.key().to_owned());
+        }
+        serving.move_to(serving.runtime().clone(), fallback, ctx.start);
+        ctx.rate.give_back();
+        let body = self.limit(ctx, serving, headers, body).await?;
+        self.metrics
+            .fallbacks
+            .with_label_values(&[from.key(), serving.pool().key()])
+            .inc();
+        ctx.fallbacks += 1;
+        Ok(body)
     }
 
     /// The table in force and the index of its pool `key`, unless that table is the
@@ -104,7 +157,12 @@ impl Forwarder {
     /// The index of the serving pool's fallback, when it has one that admits the
     /// caller (a fallback serves only the callers it would admit itself). After
     /// `hops` fallbacks, a chain as long as the table has pools ends here.
-    async fn fallback(&self, serving: &Serving, hops: usize, headers: &HeaderMap) -> Option<usize> {
+    pub(super) async fn fallback(
+        &self,
+        serving: &Serving,
+        hops: usize,
+        headers: &HeaderMap,
+    ) -> Option<usize> {
         let runtime = serving.runtime();
         let f = runtime.fallback(serving.index())?;
         if hops >= runtime.pools.len() {

@@ -8,11 +8,14 @@
 //! (RFC 9110 section 9.2.2): a POST that reached an agent is never sent twice. A
 //! timeout is never retried: the agent may be working on the request. A client whose
 //! own body broke gets 400, and the endpoint is not blamed for it.
+//!
+//! An answer whose status the pool's `fallback.statuses` names (an LLM provider's 429)
+//! sends the request on to the fallback pool, under the same conditions as a retry.
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::Response;
+use http::{HeaderMap, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use sluice_api::table::RetryPolicy;
@@ -25,6 +28,7 @@ use super::{Forwarder, Outbound};
 use crate::body::{BodyStats, CountedBody, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::upstream::UpstreamHead;
+use crate::limits::{MAX_BUFFERED_BODY, RateOutcome};
 use crate::pool::{PickRequest, PoolRuntime, Slot};
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 use crate::trace::{AttemptSpan, SpanId, TraceContext};
@@ -47,13 +51,14 @@ enum Attempt {
 }
 
 impl Forwarder {
-    /// Sends the request, retrying as the serving pool allows, and returns the
-    /// response to stream back.
+    /// Sends the request, retrying as the serving pool allows and sending it on to
+    /// the pool's fallback on the statuses it names, and returns the response to
+    /// stream back.
     pub(super) async fn send(
         &self,
-        ctx: &RequestCtx,
-        serving: &Serving,
-        pick: &PickRequest<'_>,
+        ctx: &mut RequestCtx,
+        serving: &mut Serving,
+        headers: &HeaderMap,
         mut slot: Slot,
         outbound: Outbound,
         log: &mut UpstreamLog,
@@ -62,15 +67,63 @@ impl Forwarder {
             head,
             body,
             upgrade,
-            rate,
+            mut rate,
         } = outbound;
         let pool = serving.pool();
-        let retry = pool.spec.retries.as_ref().filter(|_| upgrade.is_none());
+        let keep = pool.spec.retries.as_ref().is_some_and(|r| r.attempts > 0)
+            || !pool.spec.fallback_statuses.is_empty();
+        let mut source = Source::new(body, keep && upgrade.is_none());
+        loop {
+            // An error drops `rate`: its token reservation goes back.
+            let (resp, answered) = self
+                .attempts(
+                    ctx,
+                    serving,
+                    headers,
+                    slot,
+                    &head,
+                    &mut source,
+                    upgrade.is_some(),
+                    log,
+                )
+                .await?;
+            let status = resp.status().as_u16();
+            if upgrade.is_none()
+                && serving.pool().spec.falls_back_on_status(status)
+                && let Some(next) = self
+                    .fall_back_on_status(ctx, serving, headers, &mut source, &mut rate)
+                    .await?
+            {
+                // The agent's answer is dropped, its endpoint freed.
+                drop((resp, answered));
+                slot = next;
+                continue;
+            }
+            return Ok(respond(ctx, serving, resp, answered, upgrade, rate));
+        }
+    }
+
+    /// Attempts on the serving pool: the first endpoint's, and others' as the pool
+    /// retries. The answer to pass on, with the slot of the endpoint that gave it.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        ctx: &RequestCtx,
+        serving: &Serving,
+        headers: &HeaderMap,
+        mut slot: Slot,
+        head: &UpstreamHead,
+        source: &mut Source,
+        upgrade: bool,
+        log: &mut UpstreamLog,
+    ) -> Result<(Response<Incoming>, Slot), ProxyError> {
+        let pool = serving.pool();
+        let pick = ctx.pick(pool, headers);
+        let retry = pool.spec.retries.as_ref().filter(|_| !upgrade);
         let attempts = retry.map_or(0, |r| r.attempts);
         if let Some(budget) = &pool.retry_budget {
             budget.deposit(pool.now());
         }
-        let mut source = Source::new(body, attempts > 0);
         let mut tried = Vec::new();
         loop {
             log.endpoint = Some(slot.index);
@@ -81,8 +134,7 @@ impl Forwarder {
                 deadline: serving.deadline(),
             };
             let sent = log.attempts.as_ref().map(|_| SystemTime::now());
-            let outcome =
-                attempt(&to, &head, &ctx.trace, span, &mut source, retry, &ctx.body).await;
+            let outcome = attempt(&to, head, &ctx.trace, span, source, retry, &ctx.body).await;
             if let Attempt::Answered(resp) | Attempt::Failed(Failure::Status(resp)) = &outcome {
                 log.status = Some(resp.status().as_u16());
             }
@@ -105,32 +157,82 @@ impl Forwarder {
                 });
             }
             let failure = match outcome {
-                Attempt::Answered(resp) => {
-                    return Ok(respond(ctx, serving, resp, slot, upgrade, rate));
-                }
-                // `rate` is dropped: its token reservation goes back.
+                Attempt::Answered(resp) => return Ok((resp, slot)),
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::Failed(failure) => failure,
             };
             tried.push(slot.index);
             let attempts_left = tried.len() <= attempts as usize;
-            match self.next_attempt(pool, pick, &tried, attempts_left, &source) {
+            match self.next_attempt(pool, &pick, &tried, attempts_left, source) {
                 Some(next) => {
                     slot = next;
                     log.retries += 1;
                 }
                 None => {
                     return match failure {
-                        Failure::Status(resp) => {
-                            Ok(respond(ctx, serving, resp, slot, upgrade, rate))
-                        }
-                        // Nothing reached an agent that answered: dropping `rate`
-                        // gives the token reservation back.
+                        Failure::Status(resp) => Ok((resp, slot)),
+                        // Nothing reached an agent that answered.
                         Failure::Error(e) => Err(e),
                     };
                 }
             }
         }
+    }
+
+    /// Sends the request on to the serving pool's fallback after an agent's answer
+    /// with one of its `fallback.statuses`: within the pool's retry budget, and only
+    /// with a body that can be sent again (read in full now, within the bound of
+    /// bodies the proxy reads). The fallback must admit the caller and its limits
+    /// apply; the primary's charges go back. `None`: the answer stands.
+    async fn fall_back_on_status(
+        &self,
+        ctx: &mut RequestCtx,
+        serving: &mut Serving,
+        headers: &HeaderMap,
+        source: &mut Source,
+        rate: &mut RateOutcome,
+    ) -> Result<Option<Slot>, ProxyError> {
+        let pool = serving.pool().clone();
+        let Some(fallback) = self.fallback(serving, ctx.fallbacks, headers).await else {
+            return Ok(None);
+        };
+        let count = |result: &str| {
+            self.metrics
+                .retries
+                .with_label_values(&[pool.key(), result])
+                .inc()
+        };
+        if !source.replayable() {
+            count("not_replayable");
+            return Ok(None);
+        }
+        if pool
+            .retry_budget
+            .as_ref()
+            .is_some_and(|b| !b.withdraw(pool.now()))
+        {
+            count("budget_exhausted");
+            return Ok(None);
+        }
+        let Some(bytes) = source.read_all(MAX_BUFFERED_BODY).await else {
+            count("not_replayable");
+            return Ok(None);
+        };
+        count("fallback");
+        rate.give_back();
+        let body = self
+            .fall_back(
+                ctx,
+                serving,
+                headers,
+                fallback,
+                RequestBody::Buffered(bytes),
+            )
+            .await?;
+        let (slot, body) = self.reserve(ctx, serving, headers, body).await?;
+        *rate = std::mem::take(&mut ctx.rate);
+        *source = Source::new(body, true);
+        Ok(Some(slot))
     }
 
     /// A slot for a retry, on an endpoint not tried yet, when the attempts, the body
@@ -358,6 +460,23 @@ impl Source {
                     None => (full(b.clone()), None),
                 },
             ),
+        }
+    }
+
+    /// The whole body, when it can be sent again: kept in full, or kept in part with
+    /// the rest still to come, read now up to `limit` bytes.
+    async fn read_all(&mut self, limit: usize) -> Option<Bytes> {
+        match self {
+            Source::Once(_) => None,
+            Source::Buffered(b) => Some(b.clone()),
+            Source::Replay(r) => {
+                let body = r.attempt()?;
+                http_body_util::Limited::new(body, limit)
+                    .collect()
+                    .await
+                    .ok()
+                    .map(http_body_util::Collected::to_bytes)
+            }
         }
     }
 

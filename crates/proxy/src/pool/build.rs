@@ -1,7 +1,7 @@
 //! Building a pool's runtime from its compiled form, carrying over the state of the
 //! pool it replaces.
 
-use sluice_api::table::{Algorithm, Pool};
+use sluice_api::table::{Algorithm, Pool, RetryPolicy};
 use sluice_balance::{
     ConsistentHash, HashConfig, HealthConfig, LeastRequest, LoadConfig, LoadFactor, OutlierConfig,
     OutlierDetector, PeakEwma, PoolLoad, RetryBudget, RetryBudgetConfig, RoundRobin, Selector,
@@ -138,15 +138,30 @@ pub fn build(
         Some(p) if p.queue.max_depth() == depth => p.queue.clone(),
         _ => Arc::new(WaitQueue::new(depth)),
     };
-    let retry_budget = spec.retries.as_ref().and_then(|r| {
+    // Retries draw on the budget, and so does sending a request on to the fallback
+    // after an agent's answer: a pool that does that without a `retries` block has
+    // the default budget.
+    let default_retries = RetryPolicy {
+        budget_ratio: 0.2,
+        min_retries_per_second: 10,
+        ..RetryPolicy::default()
+    };
+    let budget_of = spec
+        .retries
+        .as_ref()
+        .or_else(|| (!spec.fallback_statuses.is_empty()).then_some(&default_retries));
+    let retry_budget = budget_of.and_then(|r| {
         let config = RetryBudgetConfig {
             ratio: r.budget_ratio,
             min_per_second: r.min_retries_per_second,
             ..RetryBudgetConfig::default()
         };
+        let same = previous.is_some_and(|p| {
+            p.spec.retries == spec.retries && p.spec.fallback_statuses == spec.fallback_statuses
+        });
         match previous
             .and_then(|p| p.retry_budget.clone())
-            .filter(|_| previous.and_then(|p| p.spec.retries.as_ref()) == Some(r))
+            .filter(|_| same)
         {
             Some(b) => Some(b),
             None => RetryBudget::new(&config).ok().map(Arc::new),
