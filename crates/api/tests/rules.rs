@@ -448,6 +448,41 @@ fn the_base_objects_and_the_examples_pass_the_rules() {
         assert_eq!(cel_errors(&schemas, &object), Vec::<String>::new());
         assert!(!compiled(text).has_errors(), "{text}");
     }
+    // Every example in deploy/examples: each object passes the rules, and each folder
+    // (what `kubectl apply -f` takes at once) compiles without an error.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    let mut folders = 0;
+    for folder in std::fs::read_dir(&examples).expect("deploy/examples") {
+        let folder = folder.expect("entry").path();
+        if !folder.is_dir() {
+            continue;
+        }
+        let mut objects = Objects::default();
+        let mut files = 0;
+        for file in std::fs::read_dir(&folder).expect("example folder") {
+            let file = file.expect("entry").path();
+            let text = std::fs::read_to_string(&file).expect("example");
+            if file.extension().is_none_or(|e| e != "yaml") || !text.contains("sluice.dev/") {
+                continue;
+            }
+            files += 1;
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let object = Value::deserialize(doc).expect("YAML");
+                if object["apiVersion"].as_str() == Some("sluice.dev/v1alpha1") {
+                    let errors = cel_errors(&schemas, &object);
+                    assert!(errors.is_empty(), "{}: {errors:?}", file.display());
+                }
+            }
+            manifest::parse_into(&text, &file.to_string_lossy(), &mut objects)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+        if files > 0 {
+            folders += 1;
+            let (_, diags) = compile(&objects);
+            assert!(!diags.has_errors(), "{}: {diags}", folder.display());
+        }
+    }
+    assert!(folders >= 5, "the seed's examples are all there");
 }
 
 /// Over every compile fixture: an object the rules refuse is one compile refuses.
