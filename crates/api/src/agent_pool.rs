@@ -55,6 +55,18 @@ use crate::duration::Duration;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.queue) || self.backends.exists(b, has(b.maxConcurrency))",
+        "message": "queue is only used with backends[].maxConcurrency: without it no endpoint is ever full",
+        "fieldPath": ".queue",
+    },
+    {
+        "rule": "!has(self.fallback) || !has(self.fallback.when) || self.fallback.when.all(w, w == 'Unavailable') || self.backends.exists(b, has(b.maxConcurrency))",
+        "message": "fallback.when QueueFull and QueueTimeout are only used with backends[].maxConcurrency",
+        "fieldPath": ".fallback.when",
+    },
+]))]
 pub struct AgentPoolSpec {
     /// Which requests this pool serves. A request matches when it matches any entry.
     #[schemars(length(min = 1, max = 16))]
@@ -514,6 +526,11 @@ pub struct QueueSpec {
 /// When and how often a failed attempt is retried on another endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.statuses) || size(self.statuses) == 0 || !has(self.attempts) || self.attempts > 0",
+    "message": "statuses are only retried with attempts above 0",
+    "fieldPath": ".statuses",
+}]))]
 pub struct Retries {
     /// Most attempts after the first. Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]

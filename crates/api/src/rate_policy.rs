@@ -55,6 +55,11 @@ use crate::duration::Duration;
         "fieldPath": ".defaultTier",
     },
     {
+        "rule": "!has(self.tokenEstimate) || self.tiers.exists(t, has(t.tokenLimits) && size(t.tokenLimits) > 0)",
+        "message": "tokenEstimate is only used with tokenLimits",
+        "fieldPath": ".tokenEstimate",
+    },
+    {
         "rule": "self.scope == 'Global' || self.failureMode == 'Open'",
         "message": "failureMode Closed is only used with scope Global: local counters need no store",
         "fieldPath": ".failureMode",

@@ -56,6 +56,34 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "a queue no endpoint ever fills",
+        base: POOL,
+        spec: "queue: {maxDepth: 10}",
+        message: "queue is only used with backends[].maxConcurrency: without it no endpoint is ever full",
+        field: "spec.queue",
+    },
+    Case {
+        name: "a fallback on a queue no endpoint ever fills",
+        base: POOL,
+        spec: "fallback: {name: other, when: [QueueFull]}",
+        message: "fallback.when QueueFull and QueueTimeout are only used with backends[].maxConcurrency",
+        field: "spec.fallback.when",
+    },
+    Case {
+        name: "retried statuses without retries",
+        base: POOL,
+        spec: "retries: {attempts: 0, statuses: [503]}",
+        message: "statuses are only retried with attempts above 0",
+        field: "spec.retries.statuses",
+    },
+    Case {
+        name: "a token estimate without token limits",
+        base: POLICY,
+        spec: "tokenEstimate: 500",
+        message: "tokenEstimate is only used with tokenLimits",
+        field: "spec.tokenEstimate",
+    },
+    Case {
         name: "a match on both a model and a model prefix",
         base: POOL,
         spec: "matches: [{pathPrefix: /v1, model: gpt-4o, modelPrefix: gpt-4}]",

@@ -61,7 +61,8 @@ fn pool(name: &str, queue: &Value) -> Value {
         "metadata": {"name": name, "namespace": "agents"},
         "spec": {
             "matches": [{"pathPrefix": format!("/{name}")}],
-            "backends": [{"endpoints": ["10.0.0.1:8080"]}],
+            // A queue is only accepted where an endpoint can be full.
+            "backends": [{"endpoints": ["10.0.0.1:8080"], "maxConcurrency": 4}],
             "queue": queue,
         },
     })

@@ -200,6 +200,9 @@ fn compile_policy(policy: &RatePolicy, pool_keys: &BTreeSet<&str>, cx: &mut Cx) 
             "Closed is only used with scope Global: local counters need no store",
         );
     }
+    if spec.token_estimate.is_some() && spec.tiers.iter().all(|t| t.token_limits.is_empty()) {
+        cx.error("spec.tokenEstimate", "is only used with tokenLimits");
+    }
     let token_estimate = match NonZeroU32::new(spec.token_estimate.unwrap_or(1000)) {
         Some(n) => n,
         None => {

@@ -86,6 +86,24 @@ pub(super) fn compile_pool(
 
     // Requests over `maxConcurrency` wait in the queue: a pool that sets it without
     // a queue block queues with the defaults (`maxDepth: 0` refuses at once).
+    let limited = spec.backends.iter().any(|b| b.max_concurrency.is_some());
+    if spec.queue.is_some() && !limited {
+        cx.error(
+            "spec.queue",
+            "is only used with backends[].maxConcurrency: without it no endpoint is ever full",
+        );
+    }
+    if spec.fallback.as_ref().is_some_and(|f| {
+        f.when
+            .iter()
+            .any(|w| *w != agent_pool::FallbackWhen::Unavailable)
+    }) && !limited
+    {
+        cx.error(
+            "spec.fallback.when",
+            "QueueFull and QueueTimeout are only used with backends[].maxConcurrency",
+        );
+    }
     let queue = match &spec.queue {
         Some(q) => Some(compile_queue(q, cx)),
         None if spec.backends.iter().any(|b| b.max_concurrency.is_some()) => {
@@ -304,6 +322,12 @@ fn compile_retries(r: &agent_pool::Retries, cx: &mut Cx) -> RetryPolicy {
     let attempts = r.attempts.unwrap_or(2);
     if let Err(e) = rules::retry_attempts(attempts) {
         cx.error("spec.retries.attempts", e.to_string());
+    }
+    if attempts == 0 && !r.statuses.is_empty() {
+        cx.error(
+            "spec.retries.statuses",
+            "are only retried with attempts above 0",
+        );
     }
     let mut statuses = Vec::new();
     for (i, s) in r.statuses.iter().enumerate() {
