@@ -311,3 +311,21 @@ async fn a_dry_run_policy_is_not_charged_by_a_refused_request() {
         "refused requests never reach the dry run"
     );
 }
+
+#[tokio::test]
+async fn a_dry_run_policy_warns_from_its_soft_limit() {
+    let agent = Agent::named("echo").await;
+    let trial = policy(
+        "trial",
+        "  key: {type: Pool}\n  enforcement: DryRun\n  softLimit: {percent: 50}\n  \
+         tiers: [{name: all, limits: [{requests: 4, period: 1h}]}]\n",
+    );
+    let proxy = proxy(&agent, &trial).await;
+    let first = get_as(&proxy, "203.0.113.1", &[]).await;
+    assert!(!first.headers.contains_key("x-sluice-ratelimit-warning"));
+    let second = get_as(&proxy, "203.0.113.1", &[]).await;
+    assert_eq!(
+        second.headers["x-sluice-ratelimit-warning"],
+        "\"demo/trial/all\";q=4;reached=50%"
+    );
+}

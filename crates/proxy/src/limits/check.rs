@@ -354,12 +354,16 @@ struct Admitted<'a> {
     report: Report<'a>,
 }
 
-impl Admitted<'_> {
+impl<'a> Admitted<'a> {
     /// Adds what a dry-run policy charged: its reservations settle and its charges
-    /// go back with the rest; it adds nothing to the headers but a refusal.
-    fn join(&mut self, other: Admitted<'_>) {
+    /// go back with the rest. It adds to the headers only its soft-limit warning (a
+    /// refusal it would have made is reported apart), never its `RateLimit` values.
+    fn join(&mut self, other: Admitted<'a>) {
         self.tokens.join(other.tokens);
         self.charged.join(other.charged);
+        if let Some(soft) = other.report.soft_reached() {
+            self.report.soft(soft);
+        }
     }
 }
 
