@@ -317,10 +317,11 @@ async fn attempt(
     };
     trace.inject(upstream.headers_mut(), span);
     if let Some(length) = length {
-        // The `model` was rewritten: the body has a new length.
-        upstream
-            .headers_mut()
-            .insert(http::header::CONTENT_LENGTH, length.into());
+        // A body read in full (its `model` perhaps rewritten) goes with its length,
+        // even where the client's came chunked.
+        let headers = upstream.headers_mut();
+        headers.remove(http::header::TRANSFER_ENCODING);
+        headers.insert(http::header::CONTENT_LENGTH, length.into());
     }
     let started = Instant::now();
     let first_byte = pool
@@ -445,21 +446,21 @@ impl Source {
     }
 
     /// The body of the next attempt, with its `model` set to `rewrite` when given
-    /// (only a body read in full can be), and the new length of a rewritten body.
+    /// (only a body read in full can be), and the length of a body read in full.
     fn next(&mut self, rewrite: Option<&str>) -> Option<(ProxyBody, Option<u64>)> {
-        let full = |b: Bytes| Full::new(b).map_err(|never| match never {}).boxed();
         match self {
             Source::Once(body) => body.take().map(|b| (b.map_err(Into::into).boxed(), None)),
             Source::Replay(r) => r.attempt().map(|b| (BodyExt::boxed(b), None)),
-            Source::Buffered(b) => Some(
-                match rewrite.and_then(|name| crate::model::rewrite_model(b, name)) {
-                    Some(rewritten) => {
-                        let length = rewritten.len() as u64;
-                        (full(rewritten), Some(length))
-                    }
-                    None => (full(b.clone()), None),
-                },
-            ),
+            Source::Buffered(b) => {
+                let bytes = rewrite
+                    .and_then(|name| crate::model::rewrite_model(b, name))
+                    .unwrap_or_else(|| b.clone());
+                let length = bytes.len() as u64;
+                Some((
+                    Full::new(bytes).map_err(|never| match never {}).boxed(),
+                    Some(length),
+                ))
+            }
         }
     }
 
