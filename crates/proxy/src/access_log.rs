@@ -96,7 +96,8 @@ pub struct LimitRecord {
     pub policy: String,
     /// The tier.
     pub tier: String,
-    /// Requests left in the window (0 for a refusal).
+    /// What the limit has left: requests in the window (tokens for a token budget
+    /// that is the only limit), 0 for a refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u32>,
 }
@@ -134,9 +135,14 @@ pub struct Record {
     /// `ok`, `anonymous`, or the reason authentication refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<&'static str>,
-    /// The binding rate-limit decision.
+    /// The binding rate-limit decision: the limit that refused, or the one the
+    /// `RateLimit` headers of an admitted request report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratelimit: Option<LimitRecord>,
+    /// The dry-run policy that would have refused the request, as in the
+    /// `x-sluice-ratelimit-dry-run` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<String>,
     /// Time spent waiting for an endpoint, in milliseconds.
     #[serde(serialize_with = "millis")]
     pub queue_ms: Duration,
@@ -256,7 +262,13 @@ impl Record {
             field("auth", v);
         }
         if let Some(l) = &self.ratelimit {
-            field("policy", &l.policy);
+            field("policy", &format_args!("{}/{}", l.policy, l.tier));
+            if let Some(r) = l.remaining {
+                field("remaining", &r);
+            }
+        }
+        if let Some(v) = &self.dry_run {
+            field("dry_run", v);
         }
         if let Some(v) = &self.fallback_from {
             field("fallback_from", v);
@@ -271,6 +283,9 @@ impl Record {
         field("duration_ms", &round_ms(self.duration_ms));
         field("bytes_in", &self.bytes_in);
         field("bytes_out", &self.bytes_out);
+        if let Some(v) = &self.tokens_reserved {
+            field("tokens_reserved", v);
+        }
         if let Some(v) = &self.tokens_used {
             field("tokens_used", v);
         }
@@ -431,7 +446,12 @@ mod tests {
             consumer: Some("acme".into()),
             tier: Some("premium".into()),
             auth: Some("ok"),
-            ratelimit: None,
+            ratelimit: Some(LimitRecord {
+                policy: "demo/chat-limits".into(),
+                tier: "premium".into(),
+                remaining: Some(57),
+            }),
+            dry_run: None,
             queue_ms: Duration::from_micros(1500),
             retries: 1,
             fallback_from: None,
@@ -457,7 +477,11 @@ mod tests {
         assert_eq!(v["trace_id"], "ab".repeat(16));
         assert_eq!(v["queue_ms"], 1.5);
         assert_eq!(v["duration_ms"], 40000.0);
+        assert_eq!(v["tokens_reserved"], 400);
         assert_eq!(v["tokens_used"], 9);
+        assert_eq!(v["ratelimit"]["policy"], "demo/chat-limits");
+        assert_eq!(v["ratelimit"]["remaining"], 57);
+        assert!(v.get("dry_run").is_none());
         assert_eq!(v["completion"], "complete");
         assert!(v.get("reason").is_none());
         assert_eq!(out.last(), Some(&b'\n'));
@@ -480,6 +504,14 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(" reason=rate_limited"), "{line}");
+        assert!(
+            line.contains(" policy=demo/chat-limits/premium remaining=57"),
+            "{line}"
+        );
+        assert!(
+            line.contains(" tokens_reserved=400 tokens_used=9"),
+            "{line}"
+        );
         assert_eq!(line.matches('\n').count(), 1);
     }
 

@@ -101,7 +101,8 @@ pub struct Metrics {
     /// requests admitted `untracked`.
     pub key_events: IntCounterVec,
     /// `sluice_llm_tokens_total{pool, tier, kind}`: LLM tokens `reserved` for and
-    /// `used` by (as the agent reported) the requests a pool served.
+    /// `used` by (as the agent reported) the requests a pool served, by the caller's
+    /// tier (empty for an anonymous caller), in pools with a token budget.
     pub llm_tokens: IntCounterVec,
     /// `sluice_access_log_lines_total`: access log lines written.
     pub access_log_lines: IntCounter,

@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use sluice_proxy::access_log::{AccessLogConfig, Format};
 use support::{
-    Agent, PoolYaml, Proxy, client, empty, full, get, next_chunk, open_stream, send,
+    Agent, PoolYaml, Proxy, client, compile_yaml, empty, full, get, next_chunk, open_stream, send,
     streaming_agent,
 };
 
@@ -212,4 +212,39 @@ async fn successes_are_sampled_and_refusals_always_logged() {
     assert!(line.contains(" reason=no_route"), "{line}");
     assert_eq!(proxy.metric("sluice_access_log_lines_total"), Some(1.0));
     assert_eq!(proxy.metric("sluice_access_log_dropped_total"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_line_names_the_binding_limit_with_what_it_has_left_and_a_dry_run_refusal() {
+    let agent = Agent::named("echo").await;
+    let policy = |name: &str, spec: &str| {
+        format!(
+            "---\napiVersion: sluice.dev/v1alpha1\nkind: RatePolicy\n\
+             metadata: {{name: {name}, namespace: demo}}\n\
+             spec:\n  targetRefs: [{{kind: AgentPool, name: echo}}]\n  key: {{type: Pool}}\n{spec}"
+        )
+    };
+    let yaml = PoolYaml::new("echo").agents(&[&agent]).yaml()
+        + &policy(
+            "enforced",
+            "  tiers: [{name: all, limits: [{requests: 5, period: 1h}]}]\n",
+        )
+        + &policy(
+            "trial",
+            "  enforcement: DryRun\n  tiers: [{name: all, limits: [{requests: 1, period: 1h}]}]\n",
+        );
+    let (proxy, mut lines) = Proxy::with_access_log(compile_yaml(&yaml), json_log()).await;
+    for left in [4, 3] {
+        assert_eq!(get(&client(), &proxy.url("/")).await.status, StatusCode::OK);
+        let line = lines.next_json().await;
+        assert_eq!(line["ratelimit"]["policy"], "demo/enforced");
+        assert_eq!(line["ratelimit"]["remaining"], left);
+        if left == 4 {
+            assert!(line.get("dry_run").is_none(), "{line}");
+        } else {
+            // The dry-run policy would have refused the second request.
+            assert_eq!(line["dry_run"], "\"demo/trial/all\";q=1;w=3600");
+        }
+        assert!(line.get("tokens_reserved").is_none(), "{line}");
+    }
 }

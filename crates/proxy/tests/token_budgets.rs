@@ -10,6 +10,7 @@ mod support;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
+use sluice_proxy::access_log::AccessLogConfig;
 use support::{Agent, PoolYaml, Proxy, TestClient, client, compile_yaml, full, h2_client, send};
 
 /// 1000 tokens a minute for the whole pool `demo/chat`.
@@ -76,6 +77,14 @@ async fn five_requests_fit(client: TestClient, content_type: &'static str, body:
     }
     assert_eq!(tokens(&proxy, "reserved"), 2000.0);
     assert_eq!(tokens(&proxy, "refunded"), 5.0 * 391.0);
+    // The pool's LLM tokens, for an anonymous caller (no tier).
+    let llm = |kind: &str| {
+        proxy.metric(&format!(
+            "sluice_llm_tokens_total{{kind=\"{kind}\",pool=\"demo/chat\",tier=\"\"}}"
+        ))
+    };
+    assert_eq!(llm("reserved"), Some(2000.0));
+    assert_eq!(llm("used"), Some(45.0));
 }
 
 #[tokio::test]
@@ -126,4 +135,37 @@ async fn a_soft_limit_warns_from_its_share_of_a_token_budget() {
         third.headers["x-sluice-ratelimit-warning"],
         "\"demo/tokens/all\";q=1000;reached=50%"
     );
+}
+
+#[tokio::test]
+async fn the_access_log_has_the_tokens_reserved_and_used_and_the_budget_left() {
+    let agent = agent("application/json", JSON_ANSWER).await;
+    let yaml = PoolYaml::new("chat").agents(&[&agent]).yaml() + BUDGET;
+    let (proxy, mut lines) =
+        Proxy::with_access_log(compile_yaml(&yaml), AccessLogConfig::default()).await;
+    let reply = send(&client(), completion(&proxy, false)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let line = lines.next_json().await;
+    assert_eq!(line["tokens_reserved"], 400);
+    assert_eq!(line["tokens_used"], 9);
+    // The token budget is the binding limit: 600 of 1000 were left at admission.
+    assert_eq!(line["ratelimit"]["policy"], "demo/tokens");
+    assert_eq!(line["ratelimit"]["tier"], "all");
+    assert_eq!(line["ratelimit"]["remaining"], 600);
+    // A stream whose agent reports no usage keeps its reservation, and says so.
+    let silent = Agent::start(|_req| async {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(full("data: {}\n\ndata: [DONE]\n\n"))
+            .expect("response")
+    })
+    .await;
+    let yaml = PoolYaml::new("chat").agents(&[&silent]).yaml() + BUDGET;
+    let (proxy, mut lines) =
+        Proxy::with_access_log(compile_yaml(&yaml), AccessLogConfig::default()).await;
+    let reply = send(&client(), completion(&proxy, true)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let line = lines.next_json().await;
+    assert_eq!(line["tokens_reserved"], 400);
+    assert!(line.get("tokens_used").is_none(), "{line}");
 }

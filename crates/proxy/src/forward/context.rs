@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime};
 use http::HeaderMap;
 use tokio::time::Instant;
 
+use crate::access_log::LimitRecord;
 use crate::body::BodyStats;
 use crate::identity::Caller;
-use crate::limits::{RateOutcome, Subject};
+use crate::limits::{RateOutcome, Subject, TokenStats};
 use crate::pool::{PickRequest, PoolRuntime};
 use crate::store::Runtime;
 use crate::trace::{AttemptSpan, TraceContext};
@@ -49,6 +50,11 @@ pub(super) struct RequestCtx {
     pub rate: RateOutcome,
     /// The dry-run policy that would have refused the request (for the access log).
     pub dry_run: Option<String>,
+    /// The limit the `RateLimit` headers of the admitted request report (for the
+    /// access log).
+    pub limit: Option<LimitRecord>,
+    /// The LLM tokens reserved for the request and used by it.
+    pub tokens: Arc<TokenStats>,
     /// Fallback hops taken so far.
     pub fallbacks: usize,
 }
@@ -90,6 +96,8 @@ impl RequestCtx {
             caller: None,
             rate: RateOutcome::default(),
             dry_run: None,
+            limit: None,
+            tokens: Arc::default(),
             fallbacks: 0,
         }
     }

@@ -16,7 +16,7 @@ use super::context::{RequestCtx, Serving};
 use crate::access_log::{AccessLog, Completion, LimitRecord, Record};
 use crate::body::{BodyEnd, BodyStats, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
 use crate::error::ProxyError;
-use crate::limits::WARNING_HEADER;
+use crate::limits::{TokenStats, WARNING_HEADER};
 use crate::metrics::{NO_POOL, code_class};
 use crate::pool::PoolRuntime;
 use crate::top::Event;
@@ -64,6 +64,18 @@ impl Forwarder {
             .access_log
             .is_on()
             .then(|| record(&ctx, pool.as_deref(), status.as_u16(), refusal));
+        // The tokens of a request an agent took: known in part now, in full when its
+        // body ends.
+        let llm_tokens = pool.as_ref().and_then(|p| {
+            ctx.tokens.counts().reserved?;
+            let tier = ctx.tier().unwrap_or_default();
+            let counter = |kind| {
+                self.metrics
+                    .llm_tokens
+                    .with_label_values(&[p.key(), tier, kind])
+            };
+            Some([counter("reserved"), counter("used")])
+        });
         let watch = LogWatch {
             start: ctx.start,
             first_byte: None,
@@ -73,6 +85,8 @@ impl Forwarder {
             span,
             log: self.access_log.clone(),
             body_in: ctx.body,
+            tokens: ctx.tokens,
+            llm_tokens,
         };
         resp.map(|body| WatchedBody::new(body, None, None, watch).boxed())
     }
@@ -152,7 +166,7 @@ fn record(
         .and_then(|(p, i)| p.endpoints.get(i).map(|e| e.address.clone()));
     let (reason, ratelimit) = match refusal {
         Some(r) => (Some(r.reason), r.limit),
-        None => (None, None),
+        None => (None, ctx.limit.clone()),
     };
     Record {
         time: ctx.arrived,
@@ -167,6 +181,7 @@ fn record(
         tier: ctx.caller.as_ref().map(|c| c.tier.clone()),
         auth: ctx.auth,
         ratelimit,
+        dry_run: ctx.dry_run.clone(),
         queue_ms: ctx.queue_wait,
         retries: ctx.upstream.retries,
         fallback_from: ctx.fallback_from.clone(),
@@ -230,6 +245,10 @@ struct LogWatch {
     span: Option<(SpanQueue, RequestSpan)>,
     log: AccessLog,
     body_in: Arc<BodyStats>,
+    tokens: Arc<TokenStats>,
+    /// `sluice_llm_tokens_total` `reserved` and `used` for the pool and the caller's
+    /// tier, when the request holds a token reservation.
+    llm_tokens: Option<[prometheus::IntCounter; 2]>,
 }
 
 impl BodyWatch for LogWatch {
@@ -252,7 +271,14 @@ impl BodyWatch for LogWatch {
             }
             m.response_bytes.inc_by(self.bytes);
         }
+        let tokens = self.tokens.counts();
+        if let Some([reserved, used]) = &self.llm_tokens {
+            reserved.inc_by(tokens.reserved.unwrap_or(0));
+            used.inc_by(tokens.used.unwrap_or(0));
+        }
         if let Some(mut record) = self.record.take() {
+            record.tokens_reserved = tokens.reserved;
+            record.tokens_used = tokens.used;
             record.duration_ms = duration;
             record.ttfb_ms = self.first_byte;
             record.bytes_out = self.bytes;

@@ -285,8 +285,10 @@ impl Forwarder {
         let limits = &serving.runtime().limits;
         let subject = serving.subject(ctx, headers);
         let (body, outcome) = limits::check_request(limits, &subject, body).await?;
+        // A fallback's limits replace the primary's, none included.
+        ctx.dry_run = outcome.as_ref().and_then(|o| o.dry_run.clone());
+        ctx.limit = outcome.as_ref().and_then(|o| o.binding.clone());
         if let Some(outcome) = outcome {
-            ctx.dry_run.clone_from(&outcome.dry_run);
             ctx.rate.absorb(outcome);
         }
         Ok(body)

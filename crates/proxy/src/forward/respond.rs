@@ -53,7 +53,8 @@ pub(super) fn respond(
     for (name, value) in rate.headers {
         parts.headers.insert(name, value);
     }
-    let usage = (!rate.tokens.is_empty()).then(|| UsageWatch::new(rate.tokens, stream));
+    let usage =
+        (!rate.tokens.is_empty()).then(|| UsageWatch::new(rate.tokens, stream, ctx.tokens.clone()));
     let watch = (
         SlotWatch {
             slot,

@@ -123,6 +123,7 @@ impl TableLimits {
             tokens,
             charged,
             dry_run: report.dry_run_refusal(),
+            binding: report.binding(),
         }
     }
 
@@ -398,6 +399,7 @@ impl Verdict {
             tokens: TokenSettlement::default(),
             charged: Charged::default(),
             dry_run: None,
+            binding: None,
         }
     }
 }

@@ -48,8 +48,9 @@ use sluice_ratelimit::{
 
 pub use refund::Charged;
 pub use request::{RateOutcome, check_request, requested_tokens};
-pub use tokens::{TokenSettlement, UsageWatch, usage_total};
+pub use tokens::{TokenCounts, TokenSettlement, TokenStats, UsageWatch, usage_total};
 
+use crate::access_log::LimitRecord;
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 
@@ -388,6 +389,8 @@ pub enum Verdict {
         /// The dry-run policy that would have refused the request, as its
         /// `RateLimit-Policy` item (`"ns/policy/tier";q=50;w=60`).
         dry_run: Option<String>,
+        /// The limit the `RateLimit` headers report, with what it has left.
+        binding: Option<LimitRecord>,
     },
     /// 429: the headers, the wait and what refused.
     Limited {

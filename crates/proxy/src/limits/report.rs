@@ -8,6 +8,7 @@ use http::{HeaderName, HeaderValue};
 use sluice_ratelimit::Decision;
 
 use super::{DRY_RUN_HEADER, PolicyRt, Verdict, WARNING_HEADER};
+use crate::access_log::LimitRecord;
 
 /// A limit of a policy's tier, as the headers describe it: `q` per `w_ms`.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +76,18 @@ impl<'a> Report<'a> {
     /// The dry-run refusal, for the access log.
     pub fn dry_run_refusal(&self) -> Option<String> {
         self.dry_run.clone()
+    }
+
+    /// The binding limit the headers report, with what it has left, for the access
+    /// log.
+    pub fn binding(&self) -> Option<LimitRecord> {
+        self.requests
+            .or(self.tokens)
+            .map(|(owner, decision)| LimitRecord {
+                policy: owner.policy.key.clone(),
+                tier: owner.tier.to_owned(),
+                remaining: Some(decision.remaining()),
+            })
     }
 
     /// The soft limit reached, if any.

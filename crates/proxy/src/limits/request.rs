@@ -6,6 +6,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::tokens::TokenSettlement;
 use super::{Charged, MAX_BUFFERED_BODY, Subject, TableLimits, Verdict};
+use crate::access_log::LimitRecord;
 use crate::body::{RequestBody, is_json};
 use crate::error::ProxyError;
 
@@ -22,6 +23,9 @@ pub struct RateOutcome {
     /// The dry-run policy that would have refused the request, for the access log
     /// (`"ns/policy/tier";q=50;w=60`, as in the `x-sluice-ratelimit-dry-run` header).
     pub dry_run: Option<String>,
+    /// The limit the `RateLimit` headers report, with what it has left, for the
+    /// access log.
+    pub binding: Option<LimitRecord>,
 }
 
 impl RateOutcome {
@@ -39,6 +43,7 @@ impl RateOutcome {
     pub fn give_back(&mut self) {
         self.headers.clear();
         self.dry_run = None;
+        self.binding = None;
         self.charged.refund();
         drop(std::mem::take(&mut self.tokens));
     }
@@ -73,6 +78,7 @@ pub async fn check_request(
             tokens,
             charged,
             dry_run,
+            binding,
         } => Ok((
             body,
             Some(RateOutcome {
@@ -80,6 +86,7 @@ pub async fn check_request(
                 tokens,
                 charged,
                 dry_run,
+                binding,
             }),
         )),
         Verdict::Limited {

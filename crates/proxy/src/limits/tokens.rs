@@ -3,7 +3,7 @@
 //! server-sent event that carries one). A reservation in a global budget settles in
 //! Redis, in a task of its own: off the response's path.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use sluice_ratelimit::{
@@ -103,6 +103,16 @@ impl TokenSettlement {
         self.held.is_empty()
     }
 
+    /// The tokens reserved for the request: the largest of its reservations (each
+    /// budget reserves its own estimate, capped by its size).
+    pub fn reserved(&self) -> u64 {
+        self.held
+            .iter()
+            .map(|(held, _)| u64::from(held.tokens()))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Settles every reservation with `actual` tokens used.
     pub fn settle(&mut self, actual: u64) {
         self.settle_all(actual);
@@ -152,12 +162,51 @@ impl Held {
     }
 }
 
+/// A request's LLM tokens as the access log and `sluice_llm_tokens_total` see them:
+/// what its budgets reserved once an agent took it, and what the agent reported using.
+#[derive(Debug, Default)]
+pub struct TokenStats {
+    counts: Mutex<TokenCounts>,
+}
+
+/// The tokens of one request; `None` where nothing is known.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCounts {
+    /// Reserved at admission, for the request an agent took.
+    pub reserved: Option<u64>,
+    /// Used, as the agent reported.
+    pub used: Option<u64>,
+}
+
+impl TokenStats {
+    /// What is known so far.
+    pub fn counts(&self) -> TokenCounts {
+        *self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The request an agent took holds `tokens` reserved.
+    pub fn set_reserved(&self, tokens: u64) {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reserved = Some(tokens);
+    }
+
+    fn set_used(&self, tokens: u64) {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .used = Some(tokens);
+    }
+}
+
 /// Watches a response body for the `usage` an agent reports (in a JSON body, or in
-/// the last server-sent event that carries one) and settles the token reservations
-/// with it. Without a report, the reservation stands as charged.
+/// the last server-sent event that carries one), settles the token reservations with
+/// it and tells `stats`. Without a report, the reservation stands as charged.
 #[derive(Debug)]
 pub struct UsageWatch {
     tokens: TokenSettlement,
+    stats: Arc<TokenStats>,
     buffer: Vec<u8>,
     overflowed: bool,
     usage: Option<u64>,
@@ -165,10 +214,13 @@ pub struct UsageWatch {
 }
 
 impl UsageWatch {
-    /// Watches a response whose content type is `content_type`.
-    pub fn new(tokens: TokenSettlement, sse: bool) -> Self {
+    /// Watches a response, a stream of server-sent events when `sse`, for the
+    /// reservations `tokens`; what they reserved and the usage go to `stats`.
+    pub fn new(tokens: TokenSettlement, sse: bool, stats: Arc<TokenStats>) -> Self {
+        stats.set_reserved(tokens.reserved());
         Self {
             tokens,
+            stats,
             buffer: Vec::new(),
             overflowed: false,
             usage: None,
@@ -182,6 +234,8 @@ impl UsageWatch {
             if let Some(data) = line.strip_prefix(b"data:")
                 && let Some(total) = usage_total(data.trim_ascii())
             {
+                // Known before the stream ends, which a client may not wait for.
+                self.stats.set_used(total);
                 self.usage = Some(total);
             }
         }
@@ -215,6 +269,7 @@ impl BodyWatch for UsageWatch {
             self.usage = usage_total(&self.buffer);
         }
         if let Some(total) = self.usage {
+            self.stats.set_used(total);
             self.tokens.settle(total);
         }
         // No report: the reservation stays charged in full.
@@ -297,9 +352,17 @@ mod tests {
             panic!("the dropped reservation came back");
         };
         // One kept by a response without a usage report stays charged.
-        let mut watch = UsageWatch::new(tokens, false);
+        let stats = Arc::new(TokenStats::default());
+        let mut watch = UsageWatch::new(tokens, false, stats.clone());
         watch.on_end(BodyEnd::Dropped);
         drop(watch);
+        assert_eq!(
+            stats.counts(),
+            TokenCounts {
+                reserved: Some(90),
+                used: None
+            }
+        );
         assert!(matches!(
             limits.check(&subject, Some(1)).await,
             Verdict::Limited { .. }
@@ -317,12 +380,15 @@ mod tests {
             Some(7)
         );
         assert_eq!(usage_total(br#"{"choices":[]}"#), None);
-        let mut w = UsageWatch::new(TokenSettlement::default(), true);
+        let stats = Arc::new(TokenStats::default());
+        let mut w = UsageWatch::new(TokenSettlement::default(), true, stats.clone());
         w.on_data(&Bytes::from_static(
             b"data: {\"usage\":null}\n\ndata: {\"usage\":{\"total_to",
         ));
         w.on_data(&Bytes::from_static(b"kens\":12}}\n\ndata: [DONE]\n\n"));
         assert_eq!(w.usage, Some(12));
+        // Known to the access log before the stream ends.
+        assert_eq!(stats.counts().used, Some(12));
         assert_eq!(requested_tokens(br#"{"max_tokens": 64}"#), Some(64));
         assert_eq!(
             requested_tokens(br#"{"max_completion_tokens": 9}"#),
