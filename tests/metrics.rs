@@ -1,7 +1,8 @@
 //! `sluice metrics` lists what the binaries export: every metric family that a proxy and
 //! a controller serve on `/metrics` after some traffic is in the list, with the labels it
 //! lists. (The dashboard, alert and autoscaling rules of the chart are checked against
-//! that list by `scripts/validate-manifests.sh`.)
+//! that list by `scripts/validate-manifests.sh`.) The README's metrics table names
+//! every listed metric with the labels it has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -171,5 +172,85 @@ fn sluice_metrics_lists_every_family_the_proxy_and_the_controller_serve() -> Res
         &controller_families,
         &listed("controller")?,
     );
+    Ok(())
+}
+
+/// The README's metrics table: each row's metric names (`sluice_x_total`, or
+/// `_y_total` for `sluice_x` + `_y_total`) with the label names of its second column
+/// (each the first word in backquotes of an item of the comma list, outside
+/// parentheses).
+fn documented() -> Result<Vec<(Vec<String>, BTreeSet<String>)>> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
+    let table = readme
+        .split("\n## Metrics\n")
+        .nth(1)
+        .context("a Metrics section")?
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2);
+    let quoted = |item: &str| item.split('`').nth(1).map(str::to_owned);
+    let mut rows = Vec::new();
+    for line in table {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (names_cell, labels_cell) = (cells[1], cells[2]);
+        let mut names: Vec<String> = Vec::new();
+        for item in names_cell.split(", ") {
+            let name = quoted(item).context("a metric name in backquotes")?;
+            let name = match (name.strip_prefix('_'), names.first()) {
+                (Some(_), Some(first)) => {
+                    let family: Vec<&str> = first.splitn(3, '_').take(2).collect();
+                    format!("{}{name}", family.join("_"))
+                }
+                _ => name,
+            };
+            names.push(name);
+        }
+        let mut labels = BTreeSet::new();
+        let (mut depth, mut item) = (0, String::new());
+        for c in labels_cell.chars().chain([',']) {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    labels.extend(quoted(&item));
+                    item.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            if depth == 0 {
+                item.push(c);
+            }
+        }
+        rows.push((names, labels));
+    }
+    Ok(rows)
+}
+
+#[test]
+fn the_readme_names_every_metric_with_its_labels() -> Result<()> {
+    let mut exported = listed("proxy")?;
+    exported.extend(listed("controller")?);
+    let mut seen = BTreeSet::new();
+    for (names, labels) in documented()? {
+        // A row's metrics have the labels it names between them (a label noted for
+        // one of them, such as `result` (exports), is not the others').
+        let mut union = BTreeSet::new();
+        for name in &names {
+            let Some(have) = exported.get(name) else {
+                panic!("the README documents {name}, which no binary exports");
+            };
+            assert!(
+                have.is_subset(&labels),
+                "{name}: the README says {labels:?}, the code has {have:?}"
+            );
+            union.extend(have.iter().cloned());
+            seen.insert(name.clone());
+        }
+        assert_eq!(union, labels, "the labels of {names:?}");
+    }
+    let missing: Vec<&String> = exported.keys().filter(|n| !seen.contains(*n)).collect();
+    assert!(missing.is_empty(), "not in the README: {missing:?}");
     Ok(())
 }
