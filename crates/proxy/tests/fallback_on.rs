@@ -190,3 +190,68 @@ async fn a_status_fallback_keeps_to_the_budget_and_never_replays_a_lost_body() {
     assert_eq!(retries(&proxy, "not_replayable"), 1.0);
     assert_eq!(backup.requests(), 0);
 }
+
+#[tokio::test]
+async fn the_primarys_endpoint_is_free_while_a_request_waits_for_the_fallback() {
+    let (arrived, mut seen) = mpsc::unbounded_channel();
+    let provider = Agent::start(move |_req: Request<Incoming>| {
+        let arrived = arrived.clone();
+        async move {
+            arrived.send(()).expect("test is listening");
+            Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .body(full("provider"))
+                .expect("response")
+        }
+    })
+    .await;
+    let (backup_arrived, mut backup_seen) = mpsc::unbounded_channel();
+    let (gate, gate_rx) = watch::channel(false);
+    let backup = holding_agent("backup", backup_arrived, gate_rx).await;
+    // One request at a time on each side; the primary's queue gives up after 2 s.
+    let primary = PoolYaml::new("primary")
+        .agents(&[&provider])
+        .backend("maxConcurrency: 1")
+        .spec("queue: {timeout: 2s}")
+        .spec("fallback: {name: backup, statuses: [429]}")
+        .yaml();
+    let backup_pool = PoolYaml::new("backup")
+        .prefix("/backup-only")
+        .agents(&[&backup])
+        .backend("maxConcurrency: 1")
+        .yaml();
+    let proxy = Proxy::with_table(compile_yaml(&format!("{primary}---\n{backup_pool}"))).await;
+    let c = client();
+    // The backup's one endpoint is held.
+    let hold = Request::get(proxy.url("/backup-only"))
+        .header("x-hold", "1")
+        .body(empty())
+        .expect("request");
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move { send(&c, hold).await }
+    });
+    backup_seen.recv().await.expect("the held request arrived");
+    // The provider's 429 sends the first request on to the backup, where it waits.
+    let first = tokio::spawn({
+        let (c, req) = (c.clone(), get(&proxy, false));
+        async move { send(&c, req).await }
+    });
+    seen.recv()
+        .await
+        .expect("the first request reached the provider");
+    // The second reaches the provider at once: the first no longer holds its endpoint.
+    let second = send(&c, get(&proxy, false));
+    tokio::select! {
+        arrived = seen.recv() => arrived.expect("the second request reached the provider"),
+        reply = second => panic!(
+            "the second request was answered {} without reaching the provider",
+            reply.status
+        ),
+    }
+    gate.send(true).expect("gate");
+    assert_eq!(held.await.expect("held").text(), "backup");
+    let first = first.await.expect("first");
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.text(), "backup");
+}

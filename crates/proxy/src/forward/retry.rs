@@ -28,7 +28,7 @@ use super::{Forwarder, Outbound};
 use crate::body::{BodyStats, CountedBody, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::upstream::UpstreamHead;
-use crate::limits::{MAX_BUFFERED_BODY, RateOutcome};
+use crate::limits::MAX_BUFFERED_BODY;
 use crate::pool::{PickRequest, PoolRuntime, Slot};
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 use crate::trace::{AttemptSpan, SpanId, TraceContext};
@@ -90,12 +90,22 @@ impl Forwarder {
             let status = resp.status().as_u16();
             if upgrade.is_none()
                 && serving.pool().spec.falls_back_on_status(status)
-                && let Some(next) = self
-                    .fall_back_on_status(ctx, serving, headers, &mut source, &mut rate)
-                    .await?
+                && let Some((fallback, bytes)) = self
+                    .status_fallback(ctx, serving, headers, &mut source)
+                    .await
             {
-                // The agent's answer is dropped, its endpoint freed.
+                // The agent's answer is dropped and its endpoint freed before the
+                // request waits for the fallback. The fallback must admit the caller
+                // and its limits apply; the primary's charges go back.
                 drop((resp, answered));
+                rate.give_back();
+                let body = RequestBody::Buffered(bytes);
+                let body = self
+                    .fall_back(ctx, serving, headers, fallback, body)
+                    .await?;
+                let (next, body) = self.reserve(ctx, serving, headers, body).await?;
+                rate = std::mem::take(&mut ctx.rate);
+                source = Source::new(body, true);
                 slot = next;
                 continue;
             }
@@ -179,23 +189,20 @@ impl Forwarder {
         }
     }
 
-    /// Sends the request on to the serving pool's fallback after an agent's answer
-    /// with one of its `fallback.statuses`: within the pool's retry budget, and only
-    /// with a body that can be sent again (read in full now, within the bound of
-    /// bodies the proxy reads). The fallback must admit the caller and its limits
-    /// apply; the primary's charges go back. `None`: the answer stands.
-    async fn fall_back_on_status(
+    /// Whether an agent's answer with one of the pool's `fallback.statuses` sends the
+    /// request on to the pool's fallback: there is one that admits the caller, the
+    /// pool's retry budget allows it, and the body can be sent again (read in full
+    /// now, within the bound of bodies the proxy reads). The fallback's index and the
+    /// body; `None`: the answer stands.
+    async fn status_fallback(
         &self,
-        ctx: &mut RequestCtx,
-        serving: &mut Serving,
+        ctx: &RequestCtx,
+        serving: &Serving,
         headers: &HeaderMap,
         source: &mut Source,
-        rate: &mut RateOutcome,
-    ) -> Result<Option<Slot>, ProxyError> {
-        let pool = serving.pool().clone();
-        let Some(fallback) = self.fallback(serving, ctx.fallbacks, headers).await else {
-            return Ok(None);
-        };
+    ) -> Option<(usize, Bytes)> {
+        let pool = serving.pool();
+        let fallback = self.fallback(serving, ctx.fallbacks, headers).await?;
         let count = |result: &str| {
             self.metrics
                 .retries
@@ -204,7 +211,7 @@ impl Forwarder {
         };
         if !source.replayable() {
             count("not_replayable");
-            return Ok(None);
+            return None;
         }
         if pool
             .retry_budget
@@ -212,27 +219,14 @@ impl Forwarder {
             .is_some_and(|b| !b.withdraw(pool.now()))
         {
             count("budget_exhausted");
-            return Ok(None);
+            return None;
         }
         let Some(bytes) = source.read_all(MAX_BUFFERED_BODY).await else {
             count("not_replayable");
-            return Ok(None);
+            return None;
         };
         count("fallback");
-        rate.give_back();
-        let body = self
-            .fall_back(
-                ctx,
-                serving,
-                headers,
-                fallback,
-                RequestBody::Buffered(bytes),
-            )
-            .await?;
-        let (slot, body) = self.reserve(ctx, serving, headers, body).await?;
-        *rate = std::mem::take(&mut ctx.rate);
-        *source = Source::new(body, true);
-        Ok(Some(slot))
+        Some((fallback, bytes))
     }
 
     /// A slot for a retry, on an endpoint not tried yet, when the attempts, the body
