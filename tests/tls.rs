@@ -81,6 +81,12 @@ fn the_proxy_terminates_tls_by_sni_beside_cleartext_and_picks_up_renewed_files()
     let resp = answer.response.expect("a response");
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.header("x-demo-agent"), Some("agent"));
+    // The demo agent echoes the headers it got: the agent is told the client used TLS.
+    assert!(
+        resp.body.contains(r#""x-forwarded-proto":"https""#),
+        "{}",
+        resp.body
+    );
     let answer = tls_get(
         tls,
         "api.b.example",
@@ -95,11 +101,13 @@ fn the_proxy_terminates_tls_by_sni_beside_cleartext_and_picks_up_renewed_files()
         tls_get(tls, "c.example", &ca_file, &[], None, &[]).is_err(),
         "a name no certificate holds"
     );
-    assert_eq!(
-        get(plain, "/agents/echo/x")?.status,
-        200,
-        "cleartext beside TLS"
+    let cleartext = get(plain, "/agents/echo/x")?;
+    assert!(
+        cleartext.body.contains(r#""x-forwarded-proto":"http""#),
+        "{}",
+        cleartext.body
     );
+    assert_eq!(cleartext.status, 200, "cleartext beside TLS");
 
     // cert-manager renews the Secret: the new certificate is served, no restart.
     let renewed = ca.leaf(&["a.example"]);

@@ -21,6 +21,11 @@ use crate::activity::{Activity, Tracked};
 use crate::detection::Detection;
 use crate::{ConnectionMetrics, ServerConfig};
 
+/// A request extension: the request came over a TLS connection (the handler tells
+/// agents `X-Forwarded-Proto: https`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverTls;
+
 /// What every connection of a listener shares.
 pub(crate) struct Shared<H> {
     pub(crate) builder: auto::Builder<TokioExecutor>,
@@ -41,7 +46,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(tls) = &shared.config.tls else {
-        return serve_io(stream, peer, &shared).await;
+        return serve_io(stream, peer, false, &shared).await;
     };
     let timeout = shared.config.tls_handshake_timeout;
     match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
@@ -55,13 +60,14 @@ where
         }
         Ok(Ok(stream)) => {
             shared.metrics.handshake_ok.inc();
-            serve_io(stream, peer, &shared).await;
+            serve_io(stream, peer, true, &shared).await;
         }
     }
 }
 
-/// HTTP over `io` (plain or TLS) until the connection ends.
-async fn serve_io<I, H, F, B>(io: I, peer: SocketAddr, shared: &Shared<H>)
+/// HTTP over `io` (plain or TLS: each request then carries [`OverTls`]) until the
+/// connection ends.
+async fn serve_io<I, H, F, B>(io: I, peer: SocketAddr, tls: bool, shared: &Shared<H>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -80,7 +86,10 @@ where
     let activity = Activity::new();
     let handler = shared.handler.clone();
     let requests = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        if tls {
+            req.extensions_mut().insert(OverTls);
+        }
         let busy = requests.begin();
         // Boxed: hyper keeps room for one request's future in every connection,
         // idle or not, and the handler's is several kilobytes.

@@ -51,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use crate::connection::OverTls;
 use crate::connection::Shared;
 use crate::limits::{Limits, Refused};
 pub use crate::metrics::{ConnectionMetrics, ListenerMetrics};

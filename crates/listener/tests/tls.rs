@@ -22,7 +22,12 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
 async fn handler(req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
-    Response::new(Full::new(Bytes::from(format!("{:?}", req.version()))))
+    let tls = req.extensions().get::<sluice_listener::OverTls>().is_some();
+    Response::new(Full::new(Bytes::from(format!(
+        "{:?}{}",
+        req.version(),
+        if tls { " over TLS" } else { "" }
+    ))))
 }
 
 struct Server {
@@ -137,7 +142,7 @@ async fn the_certificate_is_chosen_by_sni_and_alpn_picks_the_http_version() {
         (&[&b"http/1.1"[..]][..], Version::HTTP_11),
     ] {
         let answer = request_over(&ca, server.addr, "a.test", alpn).await;
-        assert_eq!(answer, format!("{version:?}"));
+        assert_eq!(answer, format!("{version:?} over TLS"));
     }
     assert!(
         server.metric(

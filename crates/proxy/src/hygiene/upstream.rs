@@ -82,7 +82,12 @@ impl UpstreamHead {
             }
         }
         append_forwarded_for(&mut headers, peer);
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let proto = if parts.extensions.get::<sluice_listener::OverTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         let is_upgrade = upgrade.is_some();
         if let Some(protocol) = upgrade {
             upgrade::restore_upgrade_headers(&mut headers, protocol);
