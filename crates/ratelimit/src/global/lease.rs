@@ -270,7 +270,12 @@ impl<C: Clock> GlobalLimiter<C> {
             match tokio::time::timeout(deadline, self.refill(key, &lease, n.get())).await {
                 Ok(Ok(decided)) => decided,
                 Ok(Err(error)) => self.failed(key, n, now, error),
-                Err(_) => self.failed(key, n, now, GlobalError::Timeout { deadline }),
+                Err(_) => {
+                    // The call inside has the same deadline and may not have seen it
+                    // yet: count it and open the circuit here.
+                    self.backend.timed_out();
+                    self.failed(key, n, now, GlobalError::Timeout { deadline })
+                }
             },
         )
     }

@@ -188,13 +188,20 @@ impl RedisBackend {
                 Err(GlobalError::Redis { source })
             }
             Err(_) => {
-                self.stats.timeout();
-                self.trip(now);
+                self.timed_out();
                 Err(GlobalError::Timeout {
                     deadline: self.config.deadline,
                 })
             }
         }
+    }
+
+    /// Counts a call cut off at the deadline and opens the circuit for the retry
+    /// backoff. Also called by a caller whose own deadline (which may fire just
+    /// before this one's) cut the call short.
+    pub(crate) fn timed_out(&self) {
+        self.stats.timeout();
+        self.trip(self.clock.now_nanos());
     }
 
     /// How long callers should wait after a failure.
