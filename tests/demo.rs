@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use sluice_e2e::{bin, eventually, get, get_with};
+use sluice_e2e::{bin, eventually, free_port, get, get_with};
 
 /// The demo script, killed (with everything it started) when dropped.
 struct Demo {
@@ -83,21 +83,14 @@ impl Drop for Demo {
     }
 }
 
-/// Five ports that were free a moment ago (bound together, then released).
-fn free_ports() -> Result<[u16; 5]> {
-    let listeners = (0..5)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut ports = [0; 5];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
-    }
-    Ok(ports)
+/// Five free ports, below the ephemeral range (see [`free_port`]).
+fn free_ports() -> [u16; 5] {
+    std::array::from_fn(|_| free_port())
 }
 
 #[test]
 fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
-    let ports = free_ports()?;
+    let ports = free_ports();
     let mut demo = Demo::start(ports, false)?;
     let banner = demo.wait_for_banner("Sluice is up on")?;
     assert!(
@@ -222,7 +215,7 @@ fn make_demo_serves_echo_and_streams_chat() -> Result<()> {
 
 #[test]
 fn a_taken_port_stops_the_demo_with_a_message() -> Result<()> {
-    let ports = free_ports()?;
+    let ports = free_ports();
     // Another server holds the traffic port, as a second `make demo` would find it.
     let holder = TcpListener::bind(("127.0.0.1", ports[0]))?;
     let mut demo = Demo::start(ports, true)?;

@@ -468,17 +468,43 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// A port free on 127.0.0.1 a moment ago, for a server that must come back on the
-/// same address after it was stopped.
+/// A port free on 127.0.0.1, for a server the test starts later or that must come back
+/// on the same address after it was stopped.
+///
+/// The port is taken below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`): a port that `bind(:0)` handed out and the
+/// test released can be given to any outgoing connection in the meantime (the proxy's
+/// own connections to its agents, say), and the server that wanted it then finds it
+/// taken. Below the range only an explicit bind takes a port; a process never hands out
+/// the same port twice.
 ///
 /// # Panics
 ///
 /// When no port can be bound.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 15000.min(first_ephemeral / 2);
+    let span = u32::from(first_ephemeral - low);
+    // Another test process looks for ports at the same time: start where it is unlikely to.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = (std::process::id().wrapping_mul(7919) ^ nanos) % span;
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for i in 0..span {
+        let port = low + u16::try_from((start + i) % span).expect("within the span");
+        if !taken.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {first_ephemeral}")
 }
 
 /// A fresh, empty temporary folder for one test.
