@@ -26,7 +26,7 @@ async fn replicas(redis: &RedisServer, agent: &Agent, spec: &str) -> [Proxy; 2] 
     for _ in 0..2 {
         let metrics = Metrics::new();
         let store = TableStore::builder(metrics.clone())
-            .redis(Some(redis.backend()))
+            .redis(Some(support::redis::backend(redis)))
             .build();
         store.apply(table.clone()).expect("table applies");
         out.push(Proxy::over(Arc::new(store), metrics, ForwardConfig::default()).await);

@@ -157,7 +157,7 @@ async fn a_local_refusal_spends_no_global_token() {
     let yaml = PoolYaml::new("echo").agents(&[&agent]).yaml() + &global + &local;
     let metrics = Metrics::new();
     let store = TableStore::builder(metrics.clone())
-        .redis(Some(redis.backend()))
+        .redis(Some(support::redis::backend(&redis)))
         .build();
     store.apply(compile_yaml(&yaml)).expect("table applies");
     let proxy = Proxy::over(Arc::new(store), metrics, ForwardConfig::default()).await;

@@ -116,6 +116,8 @@ pub mod quota;
 pub mod sliding_window;
 pub mod soft;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use admission::{Admission, Charges, Limit, check_all, check_all_charged, peek_all};
 pub use algorithm::Algorithm;

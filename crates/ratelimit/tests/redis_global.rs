@@ -17,7 +17,7 @@ use sluice_ratelimit::{
     DecisionSource, FailureMode, GlobalConfig, GlobalDecision, GlobalKey, ManualClock,
     MonotonicClock, Quota,
 };
-use support::{RedisServer, nz, total};
+use support::{Limiters, RedisServer, nz, total};
 
 /// Three proxies (own connection, own clock, skewed by hours) share a budget of
 /// 100 per hour; 3 × 400 concurrent requests.
@@ -328,7 +328,7 @@ async fn a_stalled_redis_is_cut_off_at_the_deadline() {
             .unwrap()
             .is_allowed()
     );
-    let pid = server.child.id().to_string();
+    let pid = server.pid().to_string();
     assert!(
         Command::new("kill")
             .args(["-STOP", &pid])

@@ -1,15 +1,10 @@
-//! What the Redis tests share: a private `redis-server` on a free port (Debian
-//! package `redis-server`; without it on PATH the tests fail, unless
-//! `SLUICE_SKIP_REDIS=1` says to skip them), limiters and backends on it, and
-//! counter sums.
+//! What the Redis tests share: a private `redis-server`
+//! ([`sluice_ratelimit::testing`]), limiters and backends on it, and counter sums.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_ratelimit::global::GlobalStatsSnapshot;
 use sluice_ratelimit::{
@@ -17,83 +12,22 @@ use sluice_ratelimit::{
     RedisConfig,
 };
 
-/// A private `redis-server` on a free port, killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    pub child: Child,
-}
+pub use sluice_ratelimit::testing::RedisServer;
 
-impl RedisServer {
-    /// Starts a server, or returns `None` if `SLUICE_SKIP_REDIS=1` and there is
-    /// no `redis-server` on PATH.
-    pub fn start() -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    pub fn start_on(port: u16) -> Option<Self> {
-        let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(error) if std::env::var("SLUICE_SKIP_REDIS").as_deref() == Ok("1") => {
-                eprintln!("skipping: cannot start redis-server ({error}) and SLUICE_SKIP_REDIS=1");
-                return None;
-            }
-            Err(error) => panic!(
-                "cannot start redis-server ({error}): install it (Debian: apt-get install \
-                 redis-server) or set SLUICE_SKIP_REDIS=1 to skip the Redis tests"
-            ),
-        };
-        let server = Self { port, child };
-        let started = Instant::now();
-        while !server.answers_ping() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(server)
-    }
-
-    pub fn answers_ping(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
+/// Limiters on a test server.
+pub trait Limiters {
     /// A limiter of `quota` on this server, as one proxy has it: a connection of its
     /// own whose calls are cut at `deadline`, and its own clock.
-    pub fn limiter<C: Clock>(
+    fn limiter<C: Clock>(
         &self,
         deadline: Duration,
         quota: Quota,
         config: GlobalConfig,
         clock: C,
-    ) -> GlobalLimiter<C> {
-        GlobalLimiter::new(backend(&self.url(), deadline), quota, config, clock)
-    }
+    ) -> GlobalLimiter<C>;
 
     /// One limiter per clock: proxies sharing `quota` through this server.
-    pub fn proxies(
+    fn proxies(
         &self,
         clocks: &[Arc<ManualClock>],
         quota: Quota,
@@ -106,18 +40,17 @@ impl RedisServer {
             })
             .collect()
     }
-
-    pub fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Limiters for RedisServer {
+    fn limiter<C: Clock>(
+        &self,
+        deadline: Duration,
+        quota: Quota,
+        config: GlobalConfig,
+        clock: C,
+    ) -> GlobalLimiter<C> {
+        GlobalLimiter::new(backend(&self.url(), deadline), quota, config, clock)
     }
 }
 
