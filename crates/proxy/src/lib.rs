@@ -20,6 +20,7 @@ pub mod body;
 pub mod client_body;
 pub mod clock;
 pub mod dns;
+pub mod endpoint_metrics;
 pub mod error;
 pub mod forward;
 pub mod hygiene;

@@ -17,7 +17,7 @@ use crate::top::{self, TopLimited};
 pub const NO_POOL: &str = "";
 
 /// Latency buckets in seconds: agents answer in 20 ms to minutes.
-const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     120.0, 300.0,
 ];
@@ -42,11 +42,6 @@ pub struct Metrics {
     pub response_bytes: IntCounterVec,
     /// `sluice_requests_in_flight{pool}`: requests whose response has not ended.
     pub in_flight: IntGaugeVec,
-    /// `sluice_endpoint_requests_total{pool, endpoint}`: requests sent to each endpoint.
-    pub endpoint_requests: IntCounterVec,
-    /// `sluice_endpoint_response_seconds{pool, endpoint}`: time from sending an
-    /// attempt to its response headers, per endpoint.
-    pub endpoint_latency: HistogramVec,
     /// `sluice_proxy_errors_total{reason}`: requests the proxy answered itself.
     pub errors: IntCounterVec,
     /// `sluice_route_table_version`: version of the table in force (0 before the first).
@@ -55,12 +50,6 @@ pub struct Metrics {
     pub table_age: Gauge,
     /// `sluice_route_table_updates_total{result}`: tables `applied` or `rejected`.
     pub table_updates: IntCounterVec,
-    /// `sluice_endpoint_in_flight{pool, endpoint}`: requests in flight per endpoint.
-    pub endpoint_in_flight: IntGaugeVec,
-    /// `sluice_endpoint_healthy{pool, endpoint}`: 1 when the active health check
-    /// says healthy (or there is none) and the endpoint accepts connections; 0 when
-    /// unhealthy, or from a refused connection until one succeeds.
-    pub endpoint_healthy: IntGaugeVec,
     /// `sluice_pool_utilisation{pool}`: requests in flight over the pool's capacity
     /// (the `maxConcurrency` of its live endpoints), when every endpoint has one.
     pub utilisation: GaugeVec,
@@ -131,7 +120,8 @@ impl Metrics {
 
     /// Every metric a proxy can export, whether or not it has a series yet, sorted by
     /// name: those of [`Metrics`], recorded as each is registered, then those registered
-    /// beside them: the callers limited most ([`TopLimited`]) and, with `--redis-url`,
+    /// beside them: the endpoints' ([`crate::endpoint_metrics`]), the callers limited
+    /// most ([`TopLimited`]) and, with `--redis-url`,
     /// the Redis backend's. `sluice metrics` prints them, so that dashboards, alerts and
     /// autoscaling rules can be checked against what exists.
     ///
@@ -142,6 +132,7 @@ impl Metrics {
         let descs = RefCell::default();
         Self::register(Registry::new(), &descs)?;
         let mut descs = descs.into_inner();
+        descs.extend(crate::endpoint_metrics::descs()?);
         let top = TopLimited::new(TokioClock::shared(), top::DEFAULT_WINDOW, 0)?;
         descs.extend(top.desc().into_iter().cloned());
         let (redis_ops, redis_latency) = RedisCollector::metrics()?;
@@ -215,16 +206,6 @@ impl Metrics {
                 "Requests whose response has not ended",
                 &["pool"],
             )?,
-            endpoint_requests: counter(
-                "sluice_endpoint_requests_total",
-                "Requests sent to each endpoint",
-                &["pool", "endpoint"],
-            )?,
-            endpoint_latency: histogram(
-                "sluice_endpoint_response_seconds",
-                "Time from sending an attempt to an endpoint to its response headers",
-                &["pool", "endpoint"],
-            )?,
             errors: counter(
                 "sluice_proxy_errors_total",
                 "Requests the proxy answered itself, by reason",
@@ -248,16 +229,6 @@ impl Metrics {
                 "sluice_route_table_updates_total",
                 "Route tables applied or rejected",
                 &["result"],
-            )?,
-            endpoint_in_flight: gauge(
-                "sluice_endpoint_in_flight",
-                "Requests in flight per endpoint",
-                &["pool", "endpoint"],
-            )?,
-            endpoint_healthy: gauge(
-                "sluice_endpoint_healthy",
-                "1 when the endpoint passes its health checks and accepts connections",
-                &["pool", "endpoint"],
             )?,
             utilisation: reg(
                 &registry,

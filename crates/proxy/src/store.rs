@@ -34,10 +34,11 @@ use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
 use crate::clock::{Entropy, SharedClock, TokioClock};
 use crate::dns::{DEFAULT_DNS_TTL, DnsCache, Resolve, SystemResolver};
+use crate::endpoint_metrics::{EndpointCollector, EndpointStats};
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 use crate::metrics::Metrics;
-use crate::pool::{self, EndpointHealth, HEALTH_START, PoolEnv, PoolRuntime, Upstream};
+use crate::pool::{self, EndpointHealth, HEALTH_START, Kept, PoolEnv, PoolRuntime, Upstream};
 use crate::top::{self, TopLimited};
 
 /// Registers a shared [`TopLimited`] with a registry.
@@ -138,10 +139,11 @@ impl Runtime {
 /// Holds the runtime in force and builds new ones.
 #[derive(Debug)]
 pub struct TableStore {
-    current: ArcSwapOption<Runtime>,
+    current: Arc<ArcSwapOption<Runtime>>,
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
     dns: DnsCache,
-    health: Mutex<HashMap<(String, String), Arc<EndpointHealth>>>,
+    /// What each endpoint keeps across tables while it stays in its pool.
+    kept: Mutex<HashMap<(String, String), Kept>>,
     jwks: Mutex<HashMap<String, Arc<RemoteJwks>>>,
     limits: Arc<LimitsContext>,
     env: PoolEnv,
@@ -269,12 +271,22 @@ impl StoreBuilder {
             self.metrics.clone(),
             clock.clone(),
         );
+        let current = Arc::new(ArcSwapOption::empty());
+        match EndpointCollector::new(Arc::clone(&current)) {
+            Ok(c) => {
+                if let Err(e) = self.metrics.registry().register(Box::new(c)) {
+                    // A second store on the same metrics: the first one's endpoints stand.
+                    tracing::warn!(error = %e, "sluice_endpoint_* not exported");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sluice_endpoint_* not exported"),
+        }
         TableStore {
             limits: Arc::new(limits),
-            current: ArcSwapOption::empty(),
+            current,
             clients: Mutex::new(HashMap::new()),
             dns: DnsCache::new(self.resolver, self.dns_ttl, clock.clone()),
-            health: Mutex::new(HashMap::new()),
+            kept: Mutex::new(HashMap::new()),
             jwks: Mutex::new(HashMap::new()),
             env: PoolEnv {
                 metrics: self.metrics.clone(),
@@ -398,30 +410,20 @@ impl TableStore {
         Ok(Applied::Swapped)
     }
 
-    /// Drops the health state and metric series of endpoints that left, so that
-    /// neither grows with every rollout. (Requests still in flight on them keep
-    /// their own handles.)
+    /// Drops the health state and counters of endpoints that left, so that neither
+    /// grows with every rollout. (Their series went with the table that held them.)
     fn forget_removed(&self, old: &Runtime, new: &Runtime) {
-        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         for pool in &old.pools {
             if new.shares(pool) {
                 continue;
             }
             let successor = new.pool(pool.key());
             for e in &pool.endpoints {
-                let labels = [pool.key(), e.address.as_str()];
                 if successor.is_some_and(|s| s.endpoints.iter().any(|n| n.address == e.address)) {
                     continue;
                 }
-                health.remove(&(labels[0].to_owned(), labels[1].to_owned()));
-                for vec in [
-                    &self.metrics.endpoint_in_flight,
-                    &self.metrics.endpoint_healthy,
-                ] {
-                    let _ = vec.remove_label_values(&labels);
-                }
-                let _ = self.metrics.endpoint_requests.remove_label_values(&labels);
-                let _ = self.metrics.endpoint_latency.remove_label_values(&labels);
+                kept.remove(&(pool.key().to_owned(), e.address.clone()));
             }
         }
     }
@@ -461,8 +463,8 @@ impl TableStore {
                 if let Some(same) = before.filter(|b| b.spec == *p) {
                     return same.clone();
                 }
-                let health = |address: &str| self.health_state(&p.key, address);
-                let mut pool = pool::build(p, before.map(Arc::as_ref), clients, &health, &self.env);
+                let kept = |address: &str| self.kept(&p.key, address);
+                let mut pool = pool::build(p, before.map(Arc::as_ref), clients, &kept, &self.env);
                 pool.jwt = p.jwt.as_ref().and_then(|j| self.jwt_auth(&p.key, j));
                 let pool = Arc::new(pool);
                 pool::start_health_checks(&pool);
@@ -548,11 +550,17 @@ impl TableStore {
         Some(remote)
     }
 
-    fn health_state(&self, pool: &str, address: &str) -> Arc<EndpointHealth> {
-        let mut states = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        states
-            .entry((pool.to_owned(), address.to_owned()))
-            .or_insert_with(|| Arc::new(EndpointHealth::new(HEALTH_START)))
+    /// The health and counters of the endpoint at `address` of `pool`: those it had
+    /// in the table before, or new ones.
+    fn kept(&self, pool: &str, address: &str) -> Kept {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.entry((pool.to_owned(), address.to_owned()))
+            .or_insert_with(|| {
+                (
+                    Arc::new(EndpointHealth::new(HEALTH_START)),
+                    Arc::new(EndpointStats::default()),
+                )
+            })
             .clone()
     }
 
@@ -726,7 +734,9 @@ mod tests {
         let store = TableStore::new(metrics.clone());
         store.apply(two_pools("127.0.0.1:10", 1)).unwrap();
         let first = store.load().unwrap();
-        first.pool("d/q").unwrap().endpoints[0].selections.inc();
+        first.pool("d/q").unwrap().endpoints[0]
+            .stats
+            .count_request();
         store.apply(one_pool("/p", 2)).unwrap();
 
         assert!(store.load().unwrap().pool("d/q").is_none());

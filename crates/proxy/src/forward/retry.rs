@@ -338,7 +338,7 @@ async fn attempt(
             };
             pool.record_outcome(slot.index, outcome);
             let latency = started.elapsed();
-            endpoint.latency.observe(latency.as_secs_f64());
+            endpoint.stats.observe(latency);
             if retry.is_some_and(|r| r.statuses.contains(&status.as_u16())) {
                 return Attempt::Failed(Failure::Status(resp));
             }

@@ -10,17 +10,17 @@ use sluice_balance::{
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
-use super::{EndpointHealth, EndpointRt, PoolEnv, PoolRuntime, Upstream};
+use super::{EndpointRt, Kept, PoolEnv, PoolRuntime, Upstream};
 use crate::metrics::PoolMetrics;
 
 /// Builds a pool runtime; `previous` is the pool of the same key in the runtime being
 /// replaced, whose state carries over; `upstreams` says how each backend is reached,
-/// in order.
+/// in order; `kept` gives the health and counters an endpoint keeps across tables.
 pub fn build(
     spec: &Pool,
     previous: Option<&PoolRuntime>,
     upstreams: &[Arc<Upstream>],
-    health: &dyn Fn(&str) -> Arc<EndpointHealth>,
+    kept: &dyn Fn(&str) -> Kept,
     env: &PoolEnv,
 ) -> PoolRuntime {
     let metrics = &env.metrics;
@@ -51,7 +51,7 @@ pub fn build(
         capabilities.dedup();
         let share = u64::from(backend.weight.get()) * lcm / (backend.endpoints.len().max(1) as u64);
         for ep in &backend.endpoints {
-            let labels = [key, ep.address.as_str()];
+            let (health, stats) = kept(&ep.address);
             endpoints.push(EndpointRt {
                 address: ep.address.clone(),
                 terminating: ep.terminating,
@@ -59,20 +59,14 @@ pub fn build(
                 capabilities: capabilities.clone(),
                 upstream: upstream.clone(),
                 model_rewrite: backend.model_rewrite.as_deref().map(Arc::from),
-                selections: metrics.endpoint_requests.with_label_values(&labels),
-                in_flight: metrics.endpoint_in_flight.with_label_values(&labels),
-                latency: metrics.endpoint_latency.with_label_values(&labels),
-                healthy_gauge: metrics.endpoint_healthy.with_label_values(&labels),
-                health: health(&ep.address),
+                stats,
+                health,
             });
             weights.push(
                 NonZeroU32::new(u32::try_from(share).unwrap_or(u32::MAX))
                     .unwrap_or(NonZeroU32::MIN),
             );
         }
-    }
-    for e in &endpoints {
-        e.healthy_gauge.set(i64::from(e.health.reported()));
     }
     let addresses: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
     let load_config = LoadConfig {

@@ -185,11 +185,11 @@ impl PoolRuntime {
             return;
         };
         let e = &self.endpoints[i];
-        if result == CheckResult::Success && e.health.connected() {
-            e.healthy_gauge.set(i64::from(e.health.reported()));
+        if result == CheckResult::Success {
+            // A passing check shows that it accepts connections again.
+            e.health.connected();
         }
         if let Some(to) = e.health.checks.record(config, result) {
-            e.healthy_gauge.set(i64::from(e.health.reported()));
             self.metrics_all
                 .health_transitions
                 .with_label_values(&[self.key(), to.as_str()])
@@ -209,7 +209,6 @@ impl PoolRuntime {
     /// [`CONNECT_WARNING_INTERVAL`].
     pub fn connect_failed(&self, i: usize, error: &(dyn Error + 'static)) {
         let e = &self.endpoints[i];
-        e.healthy_gauge.set(0);
         if let Some(failures) = e.health.connect_failed(self.now()) {
             let mut message = error.to_string();
             let mut source = error.source();
@@ -231,7 +230,6 @@ impl PoolRuntime {
     pub fn connected(&self, i: usize) {
         let e = &self.endpoints[i];
         if e.health.connected() {
-            e.healthy_gauge.set(i64::from(e.health.reported()));
             tracing::info!(pool = self.key(), endpoint = %e.address, "endpoint accepts connections again");
         }
     }

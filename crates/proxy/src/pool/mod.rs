@@ -25,6 +25,7 @@ pub use health::{CONNECT_WARNING_INTERVAL, EndpointHealth, start_health_checks};
 pub use slot::Slot;
 
 use crate::clock::{Entropy, SharedClock};
+use crate::endpoint_metrics::EndpointStats;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::store::UpstreamClient;
@@ -44,17 +45,16 @@ pub struct EndpointRt {
     pub upstream: Arc<Upstream>,
     /// The name its backend knows the request's `model` by, if it rewrites it.
     pub model_rewrite: Option<Arc<str>>,
-    /// Requests sent to it (`sluice_endpoint_requests_total`).
-    pub selections: prometheus::IntCounter,
-    /// Its in-flight gauge.
-    pub in_flight: prometheus::IntGauge,
-    /// Time from sending an attempt to its response headers.
-    pub latency: prometheus::Histogram,
-    /// Its health gauge.
-    pub healthy_gauge: prometheus::IntGauge,
+    /// Its request count and latency, kept across tables (its
+    /// `sluice_endpoint_*` series, read at scrape with its load and health).
+    pub stats: Arc<EndpointStats>,
     /// Its health: active checks and whether it accepts connections.
     pub health: Arc<EndpointHealth>,
 }
+
+/// What an endpoint keeps across tables while it stays in its pool: its health and
+/// its counters.
+pub type Kept = (Arc<EndpointHealth>, Arc<EndpointStats>);
 
 /// How the endpoints of one backend are reached.
 #[derive(Debug, Clone)]
@@ -182,6 +182,11 @@ pub struct PoolEnv {
 }
 
 impl PoolRuntime {
+    /// Requests in flight on endpoint `i` (on its slots, in every table that holds it).
+    pub fn endpoint_in_flight(&self, i: usize) -> u64 {
+        self.load.get(i).map_or(0, |l| l.in_flight())
+    }
+
     /// The pool key.
     pub fn key(&self) -> &str {
         &self.spec.key

@@ -16,7 +16,6 @@ pub struct Slot {
     /// Index of the endpoint in the pool.
     pub index: usize,
     guard: Option<InFlight>,
-    gauge: prometheus::IntGauge,
     pool_gauge: prometheus::IntGauge,
     queue: Arc<WaitQueue>,
     /// Wake every waiter, not the first, when freed (see [`PoolRuntime`]'s
@@ -37,7 +36,6 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.guard.take();
-        self.gauge.dec();
         self.pool_gauge.dec();
         if self.wake_all {
             self.queue.notify_all();
@@ -68,13 +66,11 @@ impl PoolRuntime {
             // A concurrent request may have taken the last slot since `accept`.
             if let Some(guard) = guard {
                 let e = &self.endpoints[i];
-                e.selections.inc();
-                e.in_flight.inc();
+                e.stats.count_request();
                 self.metrics.in_flight.inc();
                 return Some(Slot {
                     index: i,
                     guard: Some(guard),
-                    gauge: e.in_flight.clone(),
                     pool_gauge: self.metrics.in_flight.clone(),
                     queue: self.queue.clone(),
                     wake_all: self.mixed_capabilities,
