@@ -401,7 +401,12 @@ fn a_backend_by_url_gets_the_credential_of_its_upstream_secret_and_its_rotation(
             },
         }),
     )?;
-    let (_controller, addr) = controller("ctl-1", &kubeconfig, &[])?;
+    // The Secrets backends name are read in `agents` only, as the chart sets it.
+    let (_controller, addr) = controller(
+        "ctl-1",
+        &kubeconfig,
+        &["--upstream-secret-namespace", "agents"],
+    )?;
     let (_proxy, traffic) = proxy(addr)?;
     let seen = |expected: &'static str| {
         eventually(WAIT, expected, || {

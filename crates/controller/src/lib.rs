@@ -11,8 +11,8 @@
 //! holder of the [`lease`] writes.
 //!
 //! The Kubernetes API calls each module makes are declared next to the code, as its
-//! `RBAC` constant; [`cluster_rbac`], [`lease_rbac`], [`token_review_rbac`] and
-//! [`consumer_rbac`] gather them (`sluice controller --print-rbac` prints
+//! `RBAC` constant; [`cluster_rbac`], [`lease_rbac`], [`token_review_rbac`],
+//! [`consumer_rbac`] and [`upstream_secret_rbac`] gather them (`sluice controller --print-rbac` prints
 //! [`rbac_json`]), and the chart's roles are checked against them.
 
 pub mod auth;
@@ -37,7 +37,8 @@ pub use publisher::{Published, Publisher};
 pub type Rule = (&'static str, &'static str, &'static [&'static str]);
 
 /// The rules the controller needs in every namespace it watches (the chart's
-/// ClusterRole): watching objects, writing their status, publishing events.
+/// ClusterRole): watching objects, writing their status, publishing events. No Secret:
+/// [`consumer_rbac`] and [`upstream_secret_rbac`] are granted in a few namespaces only.
 pub fn cluster_rbac() -> Vec<Rule> {
     [watch::RBAC, status_writer::RBAC, events::RBAC].concat()
 }
@@ -60,9 +61,17 @@ pub fn consumer_rbac() -> Vec<Rule> {
     watch::CONSUMER_RBAC.to_vec()
 }
 
-/// [`cluster_rbac`], [`lease_rbac`], [`token_review_rbac`] and [`consumer_rbac`] as
-/// Kubernetes `PolicyRule`s, one per resource: `{"clusterRole": [...], "leaseRole":
-/// [...], "tokenReviewRole": [...], "consumerRole": [...]}`.
+/// The rules the controller needs in each namespace whose pools may name Secrets for
+/// their backends (`--upstream-secret-namespace`; the chart's upstream Secret Role), and
+/// only there.
+pub fn upstream_secret_rbac() -> Vec<Rule> {
+    watch::UPSTREAM_SECRET_RBAC.to_vec()
+}
+
+/// [`cluster_rbac`], [`lease_rbac`], [`token_review_rbac`], [`consumer_rbac`] and
+/// [`upstream_secret_rbac`] as Kubernetes `PolicyRule`s, one per resource:
+/// `{"clusterRole": [...], "leaseRole": [...], "tokenReviewRole": [...],
+/// "consumerRole": [...], "upstreamSecretRole": [...]}`.
 pub fn rbac_json() -> serde_json::Value {
     fn rules(rules: &[Rule]) -> serde_json::Value {
         rules
@@ -81,5 +90,6 @@ pub fn rbac_json() -> serde_json::Value {
         "leaseRole": rules(&lease_rbac()),
         "tokenReviewRole": rules(&token_review_rbac()),
         "consumerRole": rules(&consumer_rbac()),
+        "upstreamSecretRole": rules(&upstream_secret_rbac()),
     })
 }

@@ -11,10 +11,10 @@ use sluice_api::RouteTable;
 use sluice_controller::Publisher;
 use sluice_controller::events::EventPublisher;
 use sluice_controller::status::{
-    CONDITION_ACCEPTED, CONDITION_READY, REASON_INVALID_SPEC, REASON_NOT_ACCEPTED,
+    CONDITION_ACCEPTED, CONDITION_READY, REASON_INVALID, REASON_INVALID_SPEC, REASON_NOT_ACCEPTED,
 };
 use sluice_controller::status_writer::{StatusBatch, StatusWriter};
-use sluice_controller::watch::{Watch, WatchMetrics, kube_sources};
+use sluice_controller::watch::{Scope, Watch, WatchMetrics, kube_sources};
 use sluice_fake_apiserver::FakeApiServer;
 
 const POOLS: &str = "/apis/sluice.dev/v1alpha1/namespaces/agents/agentpools";
@@ -86,9 +86,14 @@ struct Controller {
 
 impl Controller {
     fn start(server: &FakeApiServer) -> Self {
+        Self::start_in(server, &Scope::default())
+    }
+
+    /// A replica watching what `scope` says.
+    fn start_in(server: &FakeApiServer, scope: &Scope<'_>) -> Self {
         let client = server.client();
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let sources = kube_sources(&client, &[], &[], &[], &metrics);
+        let sources = kube_sources(&client, scope, &metrics);
         let publisher = Publisher::new();
         let (tx, rx) = tokio::sync::watch::channel(StatusBatch::default());
         let writer = StatusWriter::new(client.clone())
@@ -119,7 +124,12 @@ async fn run_for(seconds: u64) {
 
 /// `type → (status, reason, message, lastTransitionTime)` of a stored object.
 fn conditions(server: &FakeApiServer, name: &str) -> BTreeMap<String, [String; 4]> {
-    let object = server.call("GET", &format!("{POOLS}/{name}"), None).body;
+    conditions_at(server, &format!("{POOLS}/{name}"))
+}
+
+/// [`conditions`] of the object at `path`.
+fn conditions_at(server: &FakeApiServer, path: &str) -> BTreeMap<String, [String; 4]> {
+    let object = server.call("GET", path, None).body;
     object["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -399,4 +409,126 @@ async fn the_controller_lists_only_the_referenced_services_slices_from_the_watch
             "from the watch cache: {list}"
         );
     }
+}
+
+/// AgentPool `name` of `namespace`: a backend by URL whose credential is Secret
+/// `provider` of its namespace.
+fn url_pool(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "matches": [{"pathPrefix": format!("/{namespace}")}],
+            "backends": [{
+                "url": "http://10.0.0.9:8080",
+                "auth": {"secretRef": {"name": "provider"}, "prefix": "Bearer "},
+            }],
+        },
+    })
+}
+
+/// Secret `provider` of `namespace`, labelled `sluice.dev/upstream`.
+fn upstream_secret(namespace: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": "provider", "namespace": namespace,
+            "labels": {"sluice.dev/upstream": ""},
+        },
+        "stringData": {"api-key": format!("sk-{namespace}-0123456789")},
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn secrets_are_read_only_where_a_role_grants_them_and_a_pool_elsewhere_is_refused() {
+    let server = server();
+    // RBAC as the chart sets it: Roles on Secrets in the consumer namespace and in the
+    // one upstream Secret namespace, nothing cluster-wide.
+    server.grant_only_in("", "secrets", &["sluice", "agents"]);
+    for ns in ["agents", "teams"] {
+        create_in(
+            &server,
+            &format!("/api/v1/namespaces/{ns}/secrets"),
+            upstream_secret(ns),
+        );
+        create_in(
+            &server,
+            &format!("/apis/sluice.dev/v1alpha1/namespaces/{ns}/agentpools"),
+            url_pool(ns, "provider"),
+        );
+    }
+    let (consumers, upstream) = (["sluice".to_owned()], ["agents".to_owned()]);
+    let controller = Controller::start_in(
+        &server,
+        &Scope {
+            consumer_namespaces: &consumers,
+            upstream_secret_namespaces: &upstream,
+            ..Scope::default()
+        },
+    );
+    run_for(5).await;
+
+    // It synced with only the namespaced Secret permissions: no request was refused.
+    let table = controller.table().expect("synced and published");
+    let secrets: Vec<String> = server
+        .requests()
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/secrets")))
+        .map(|r| r["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(!secrets.is_empty());
+    for path in &secrets {
+        assert!(
+            path == "/api/v1/namespaces/sluice/secrets"
+                || path == "/api/v1/namespaces/agents/secrets",
+            "{path}"
+        );
+    }
+    // The pool of the upstream Secret namespace has its credential.
+    let pools: Vec<&str> = table.pools.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(pools, ["agents/provider"]);
+    let auth = table.pools[0].backends[0]
+        .auth
+        .as_ref()
+        .expect("the credential");
+    assert_eq!(
+        auth.header_value().expect("a header value"),
+        "Bearer sk-agents-0123456789"
+    );
+    // The other one names a Secret the controller does not read: refused, naming the
+    // field and the flag.
+    let teams = conditions_at(
+        &server,
+        "/apis/sluice.dev/v1alpha1/namespaces/teams/agentpools/provider",
+    );
+    let [status, reason, message, _] = &teams[CONDITION_ACCEPTED];
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", REASON_INVALID)
+    );
+    assert!(
+        message.contains("spec.backends[0].auth.secretRef")
+            && message.contains("teams/provider")
+            && message.contains("--upstream-secret-namespace"),
+        "{message}"
+    );
+
+    // The stand-in refuses what RBAC would: a replica that lists upstream Secrets
+    // cluster-wide (no --upstream-secret-namespace, every namespace watched) never syncs.
+    let everywhere = Controller::start_in(
+        &server,
+        &Scope {
+            consumer_namespaces: &consumers,
+            ..Scope::default()
+        },
+    );
+    run_for(5).await;
+    assert!(everywhere.table().is_none(), "refused, never synced");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r["path"] == "/api/v1/secrets"),
+        "it asked cluster-wide"
+    );
 }

@@ -689,6 +689,7 @@ async fn only_the_leaders_watch_loop_sends_statuses() {
         slices: vec![listed(Vec::new())],
         secrets: vec![listed(Vec::new())],
         slice_services: None,
+        upstream_secret_namespaces: None,
     };
     let publisher = Publisher::new();
     let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");

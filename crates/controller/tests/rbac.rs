@@ -23,8 +23,10 @@ use sluice_api::{AgentPoolStatus, Objects, RatePolicyStatus, manifest};
 use sluice_controller::events::{self, EventPublisher, Transition};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig, Observed};
 use sluice_controller::status_writer::{self, StatusWriter, Written};
-use sluice_controller::watch::{self, SliceLabel, WatchMetrics, kube_sources};
-use sluice_controller::{Rule, cluster_rbac, consumer_rbac, lease_rbac, rbac_json};
+use sluice_controller::watch::{self, Scope, SliceLabel, WatchMetrics, kube_sources};
+use sluice_controller::{
+    Rule, cluster_rbac, consumer_rbac, lease_rbac, rbac_json, upstream_secret_rbac,
+};
 
 /// What RBAC checks for one request.
 type Access = (String, String, String);
@@ -277,7 +279,11 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
     // The watchers, over every namespace and over one.
     for namespaces in [Vec::new(), vec!["agents".to_owned()]] {
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
-        let sources = kube_sources(&client, &namespaces, &[], &[], &metrics);
+        let scope = Scope {
+            namespaces: &namespaces,
+            ..Scope::default()
+        };
+        let sources = kube_sources(&client, &scope, &metrics);
         let services = sources.slice_services.expect("slices selected by Service");
         services.send_replace(BTreeSet::from([("agents".to_owned(), "chat".to_owned())]));
         for s in sources.pools {
@@ -292,14 +298,17 @@ async fn each_module_declares_exactly_the_api_calls_it_makes() {
         for s in sources.secrets {
             list_and_watch(s).await;
         }
-        // Secrets: the consumer watchers' (CONSUMER_RBAC) and the upstream ones' (RBAC)
-        // calls are the same.
-        assert_eq!(server.take(), declared(watch::RBAC), "watch::RBAC");
-        assert!(
-            declared(watch::CONSUMER_RBAC)
-                .keys()
-                .all(|k| declared(watch::RBAC).contains_key(k)),
-            "watch::CONSUMER_RBAC"
+        // Secrets: the consumer watchers' (CONSUMER_RBAC) and the upstream ones'
+        // (UPSTREAM_SECRET_RBAC) calls are the same, and granted apart from the rest.
+        assert_eq!(
+            server.take(),
+            declared(&[watch::RBAC, watch::CONSUMER_RBAC].concat()),
+            "watch::RBAC and watch::CONSUMER_RBAC"
+        );
+        assert_eq!(
+            declared(watch::UPSTREAM_SECRET_RBAC),
+            declared(watch::CONSUMER_RBAC),
+            "watch::UPSTREAM_SECRET_RBAC"
         );
     }
 
@@ -389,8 +398,17 @@ fn the_printed_rules_are_the_declared_ones() {
     assert_eq!(rules("clusterRole"), declared(&cluster_rbac()));
     assert_eq!(rules("leaseRole"), declared(&lease_rbac()));
     assert_eq!(rules("consumerRole"), declared(&consumer_rbac()));
+    assert_eq!(
+        rules("upstreamSecretRole"),
+        declared(&upstream_secret_rbac())
+    );
+    // Secrets are read only where a Role grants it, never cluster-wide.
+    assert!(
+        !rules("clusterRole").keys().any(|(_, r)| r == "secrets"),
+        "the ClusterRole grants no Secret"
+    );
     // Nothing the controller does needs more than reading and writing its own objects.
-    let all = declared(&[cluster_rbac(), lease_rbac()].concat());
+    let all = declared(&[cluster_rbac(), lease_rbac(), consumer_rbac()].concat());
     for ((group, resource), verbs) in &all {
         assert!(
             !verbs.contains("delete") && !verbs.contains("deletecollection"),
@@ -415,7 +433,11 @@ async fn the_watchers_ask_only_for_the_referenced_services_slices_and_labelled_s
         .iter()
         .map(|l| l.parse().expect("valid label"))
         .collect();
-    let sources = kube_sources(&client, &[], &[], &labels, &metrics);
+    let scope = Scope {
+        slice_labels: &labels,
+        ..Scope::default()
+    };
+    let sources = kube_sources(&client, &scope, &metrics);
     let services = sources.slice_services.expect("slices selected by Service");
     services.send_replace(BTreeSet::from([
         ("agents".to_owned(), "chat".to_owned()),
@@ -472,12 +494,23 @@ fn endpointslice_labels_must_be_kubernetes_labels() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn consumer_secrets_are_read_in_the_consumer_namespaces_only() {
+async fn secrets_are_read_in_the_consumer_and_upstream_secret_namespaces_only() {
     let server = ApiServer::new();
     let client = server.client();
     let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
     let consumers = ["consumers".to_owned(), "partners".to_owned()];
-    let sources = kube_sources(&client, &[], &consumers, &[], &metrics);
+    let upstream = ["agents".to_owned()];
+    let scope = Scope {
+        consumer_namespaces: &consumers,
+        upstream_secret_namespaces: &upstream,
+        ..Scope::default()
+    };
+    let sources = kube_sources(&client, &scope, &metrics);
+    assert_eq!(
+        sources.upstream_secret_namespaces,
+        Some(BTreeSet::from(["agents".to_owned()])),
+        "the compile step is told where pools may name Secrets"
+    );
     for s in sources.pools {
         list_and_watch(s).await;
     }
@@ -496,10 +529,31 @@ async fn consumer_secrets_are_read_in_the_consumer_namespaces_only() {
         secrets("sluice.dev/consumer"),
         BTreeSet::from(["consumers", "partners"])
     );
-    // The Secrets backends name are read where the pools are.
-    assert_eq!(secrets("sluice.dev/upstream"), BTreeSet::from(["*"]));
+    assert_eq!(secrets("sluice.dev/upstream"), BTreeSet::from(["agents"]));
+    assert!(
+        !scopes.iter().any(|(r, ns, _)| r == "secrets" && ns == "*"),
+        "no cluster-wide Secret request: {scopes:?}"
+    );
+    // The pools are still watched everywhere.
     assert!(
         scopes.contains(&("agentpools".to_owned(), "*".to_owned(), String::new())),
+        "{scopes:?}"
+    );
+
+    // Without --upstream-secret-namespace: where the pools are, and any pool may.
+    let server = ApiServer::new();
+    let sources = kube_sources(&server.client(), &Scope::default(), &metrics);
+    assert_eq!(sources.upstream_secret_namespaces, None);
+    for s in sources.secrets {
+        list_and_watch(s).await;
+    }
+    let scopes = server.scopes.lock().expect("lock").clone();
+    assert!(
+        scopes.contains(&(
+            "secrets".to_owned(),
+            "*".to_owned(),
+            "sluice.dev/upstream".to_owned()
+        )),
         "{scopes:?}"
     );
 }

@@ -37,6 +37,15 @@ pub struct Args {
     /// of --namespace (all when none). Ignored with --from-dir.
     #[arg(long = "consumer-namespace", value_name = "NAMESPACE")]
     consumer_namespaces: Vec<String>,
+    /// Let the AgentPools of this namespace name Secrets (labelled
+    /// `sluice.dev/upstream`) for their backends' TLS and credentials, read there only
+    /// (repeat for several); a pool of another namespace that names one is refused
+    /// (`Accepted=False`, naming the field). RBAC cannot restrict a Secret watch by
+    /// label: the controller needs `list` and `watch` on every Secret of these
+    /// namespaces. Default: the namespaces of --namespace (all when none), where any pool
+    /// may. Ignored with --from-dir.
+    #[arg(long = "upstream-secret-namespace", value_name = "NAMESPACE")]
+    upstream_secret_namespaces: Vec<String>,
     /// Watch only the EndpointSlices with this label, `KEY` or `KEY=VALUE` (repeat for
     /// several; all must match). Kubernetes copies a Service's labels to its slices:
     /// label the agents' Services, say `sluice.dev/agent=true`, and the controller no
@@ -149,7 +158,8 @@ pub struct Args {
     #[arg(long, default_value_t = sluice_listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Print the RBAC rules the controller needs (JSON: the ClusterRole's, the Lease
-    /// Role's and the TokenReview ClusterRole's) and exit.
+    /// Role's, the TokenReview ClusterRole's, and the Roles' of each consumer namespace
+    /// and each upstream Secret namespace) and exit.
     #[arg(long)]
     print_rbac: bool,
 }
@@ -287,13 +297,13 @@ pub async fn run(args: Args) -> Result<()> {
             })),
         ));
         let watch_metrics = WatchMetrics::new(&registry).context("registering metrics")?;
-        let sources = watch::kube_sources(
-            &client,
-            &args.namespaces,
-            &args.consumer_namespaces,
-            &args.endpointslice_labels,
-            &watch_metrics,
-        );
+        let scope = watch::Scope {
+            namespaces: &args.namespaces,
+            consumer_namespaces: &args.consumer_namespaces,
+            upstream_secret_namespaces: &args.upstream_secret_namespaces,
+            slice_labels: &args.endpointslice_labels,
+        };
+        let sources = watch::kube_sources(&client, &scope, &watch_metrics);
         let (status_tx, status_rx) = tokio::sync::watch::channel(StatusBatch::default());
         let burst = args
             .status_write_rate

@@ -25,9 +25,15 @@
 //! * **Server-side apply** (`application/apply-patch+yaml`) with field managers, list
 //!   maps and conflicts ([`apply`]); JSON merge patches.
 //!
+//! * **RBAC, for one resource**: [`FakeApiServer::grant_only_in`] lets the HTTP
+//!   clients (the controller) reach a resource only in the namespaces named, as Roles
+//!   bound there and no ClusterRole would: any other request for it, a cluster-wide list
+//!   or watch included, is `403 Forbidden`. [`FakeApiServer::call`] (a test acting as
+//!   `kubectl`, a cluster admin) is not restricted.
+//!
 //! `GET /fake/requests` lists the requests served (method, path, query). Not a
-//! conformance-grade server: no authentication or authorization, no admission
-//! webhooks, no defaulting, no table output, no bookmarks, no compaction.
+//! conformance-grade server: no authentication, authorization only as above, no
+//! admission webhooks, no defaulting, no table output, no bookmarks, no compaction.
 
 pub mod apply;
 pub mod schema;
@@ -113,6 +119,17 @@ impl FakeApiServer {
         self.lock().watch_delay = delay;
         // Wake the watches, which wait with the old delay.
         self.latest.send_modify(|_| {});
+    }
+
+    /// From now on, serves `resource` of `group` (`""`: the core group) to HTTP clients
+    /// only in `namespaces`, as when the caller's only grants on it are Roles there: a
+    /// request elsewhere, or cluster-wide, is `403 Forbidden` (and recorded in
+    /// [`Self::requests`]).
+    pub fn grant_only_in(&self, group: &str, resource: &str, namespaces: &[&str]) {
+        self.lock().grants.insert(
+            (group.to_owned(), resource.to_owned()),
+            namespaces.iter().map(|n| (*n).to_owned()).collect(),
+        );
     }
 
     /// Installs (or replaces) a CRD, as `kubectl apply -f crd.yaml` would.
@@ -222,7 +239,11 @@ impl FakeApiServer {
                 }
             }
         };
-        if parts.method == Method::GET && query.get("watch").is_some_and(|w| w == "true") {
+        let watch = parts.method == Method::GET && query.get("watch").is_some_and(|w| w == "true");
+        if let Some(refused) = self.forbidden(&parts.method, &path, watch) {
+            return respond(refused.code, &refused.body());
+        }
+        if watch {
             return self.watch(&path, &query);
         }
         let content_type = parts
@@ -242,6 +263,45 @@ impl FakeApiServer {
             ),
             Err(e) => respond(e.code, &e.body()),
         }
+    }
+
+    /// The refusal of a request that no grant of [`Self::grant_only_in`] allows.
+    fn forbidden(&self, method: &Method, path: &str, watch: bool) -> Option<ApiError> {
+        let target = Target::parse(path)?;
+        let store = self.lock();
+        let allowed = store
+            .grants
+            .get(&(target.group.clone(), target.resource.clone()))?;
+        if target
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| allowed.contains(ns))
+        {
+            return None;
+        }
+        let verb = match *method {
+            Method::GET if target.name.is_some() => "get",
+            Method::GET if watch => "watch",
+            Method::GET => "list",
+            Method::POST => "create",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::DELETE => "delete",
+            _ => "other",
+        };
+        let scope = match &target.namespace {
+            Some(ns) => format!("in the namespace {ns:?}"),
+            None => "at the cluster scope".to_owned(),
+        };
+        Some(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{resource} is forbidden: User \"system:serviceaccount:sluice:sluice-controller\" cannot {verb} resource {resource:?} in API group {group:?} {scope}",
+                resource = target.resource,
+                group = target.group,
+            ),
+        ))
     }
 
     fn answer(

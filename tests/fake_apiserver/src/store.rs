@@ -2,7 +2,7 @@
 //! what it does on each write (names, resource versions, generations, the status
 //! subresource, CRD pruning and validation, server-side apply).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -151,6 +151,8 @@ pub struct Store {
     crds: BTreeMap<(String, String), Crd>,
     /// How long after a write its watch event is delivered.
     pub watch_delay: Duration,
+    /// `(group, resource)` served to HTTP clients only in these namespaces.
+    pub grants: BTreeMap<(String, String), BTreeSet<String>>,
     generated: u64,
 }
 

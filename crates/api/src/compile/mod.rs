@@ -45,6 +45,11 @@ pub struct Objects {
     /// Secrets labelled `sluice.dev/consumer` or `sluice.dev/upstream` (others are
     /// ignored). One Secret with both labels is listed once.
     pub secrets: Vec<Secret>,
+    /// The namespaces whose pools may name Secrets labelled `sluice.dev/upstream`
+    /// (the controller's `--upstream-secret-namespace`, where it reads them): a pool of
+    /// another namespace that names one is refused with an error on the field. `None`:
+    /// every namespace (files, `sluice compile`).
+    pub upstream_secret_namespaces: Option<BTreeSet<String>>,
 }
 
 /// Compiles `objects` into a table (version 0; the publisher stamps the version).
@@ -54,7 +59,10 @@ pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
     let mut diags = Vec::new();
     let refs = pool::Refs {
         slices: slices::SliceIndex::new(&objects.slices),
-        secrets: upstream::SecretIndex::new(&objects.secrets),
+        secrets: upstream::SecretIndex::new(
+            &objects.secrets,
+            objects.upstream_secret_namespaces.as_ref(),
+        ),
     };
 
     let mut sorted: Vec<(String, &AgentPool)> =

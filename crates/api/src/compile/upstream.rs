@@ -2,11 +2,13 @@
 //! Secrets they name read from Secrets labelled `sluice.dev/upstream`.
 //!
 //! Only labelled Secrets are read, so that the controller watches those and no other
-//! Secret of the cluster. A reference that does not resolve is an error on the pool:
+//! Secret of the cluster; on Kubernetes, only in the namespaces the controller reads
+//! them in ([`crate::Objects::upstream_secret_namespaces`]), so that it needs no
+//! cluster-wide access to Secrets. A reference that does not resolve is an error on the pool:
 //! sending without the credential, or verifying against other roots than the ones
 //! named, is never what was asked. No diagnostic quotes a Secret's value.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Secret;
 
@@ -19,13 +21,15 @@ use crate::table::{Endpoint, is_host_port};
 /// The label that lets Sluice read a Secret for its backends (any value).
 pub const UPSTREAM_LABEL: &str = "sluice.dev/upstream";
 
-/// The Secrets labelled [`UPSTREAM_LABEL`], by `(namespace, name)`.
+/// The Secrets labelled [`UPSTREAM_LABEL`], by `(namespace, name)`, and the
+/// namespaces whose pools may name them (`None`: all).
 pub(super) struct SecretIndex<'a> {
     by_key: BTreeMap<(&'a str, &'a str), &'a Secret>,
+    allowed: Option<&'a BTreeSet<String>>,
 }
 
 impl<'a> SecretIndex<'a> {
-    pub(super) fn new(secrets: &'a [Secret]) -> Self {
+    pub(super) fn new(secrets: &'a [Secret], allowed: Option<&'a BTreeSet<String>>) -> Self {
         let by_key = secrets
             .iter()
             .filter(|s| is_upstream_secret(s))
@@ -35,7 +39,7 @@ impl<'a> SecretIndex<'a> {
                 ((ns, name), s)
             })
             .collect();
-        Self { by_key }
+        Self { by_key, allowed }
     }
 
     /// The value of `key` in Secret `name` of `namespace` (`stringData` over `data`,
@@ -48,6 +52,15 @@ impl<'a> SecretIndex<'a> {
         field: &str,
         cx: &mut Cx,
     ) -> Option<String> {
+        if self.allowed.is_some_and(|a| !a.contains(namespace)) {
+            cx.error(
+                field,
+                format!(
+                    "Secret {namespace}/{name} is not read: the controller reads Secrets for backends only in the namespaces of --upstream-secret-namespace (the chart's controller.upstreamSecretNamespaces), and {namespace} is not one of them"
+                ),
+            );
+            return None;
+        }
         let Some(secret) = self.by_key.get(&(namespace, name)) else {
             cx.error(
                 field,

@@ -79,8 +79,9 @@ pub use self::metrics::WatchMetrics;
 use self::pacer::Pacer;
 use self::sources::Input;
 pub use self::sources::{
-    CONSUMER_RBAC, EventStream, MAX_SELECTED_SERVICES, RBAC, Services, SliceLabel, SliceLabelError,
-    Sources, erased, kube_sources, services_selector, slice_selector,
+    CONSUMER_RBAC, EventStream, MAX_SELECTED_SERVICES, RBAC, Scope, Services, SliceLabel,
+    SliceLabelError, Sources, UPSTREAM_SECRET_RBAC, erased, kube_sources, services_selector,
+    slice_selector,
 };
 use crate::lease::Leadership;
 use crate::object::{Custom, Parsed};
@@ -126,6 +127,8 @@ pub struct Watch {
     referenced: BTreeSet<Key>,
     /// Where the EndpointSlice watchers learn [`Self::referenced`].
     slice_services: Option<channel::Sender<Services>>,
+    /// See [`Sources::upstream_secret_namespaces`].
+    upstream_secret_namespaces: Option<BTreeSet<String>>,
     publisher: Publisher,
     statuses: Option<channel::Sender<StatusBatch>>,
     written: LastWritten,
@@ -165,6 +168,7 @@ impl Watch {
             secrets: Cache::new(secrets),
             referenced: BTreeSet::new(),
             slice_services: sources.slice_services.take(),
+            upstream_secret_namespaces: sources.upstream_secret_namespaces.take(),
             publisher,
             statuses: None,
             written: LastWritten::default(),
@@ -409,6 +413,7 @@ impl Watch {
                 .into_values()
                 .cloned()
                 .collect(),
+            upstream_secret_namespaces: self.upstream_secret_namespaces.clone(),
         }
     }
 

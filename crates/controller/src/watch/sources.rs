@@ -39,15 +39,13 @@ use super::WatchMetrics;
 pub type EventStream<K> = BoxStream<'static, Event<K>>;
 
 /// The API calls the watchers make, as RBAC rules `(group, resource, verbs)`: in every
-/// watched namespace. kube's watcher lists, then watches; it never gets one object.
-/// Secrets labelled `sluice.dev/upstream` (what backends name for TLS and credentials)
-/// are read in every watched namespace, where the pools that name them are; RBAC cannot
-/// restrict by label, so the controller may read every Secret there.
+/// watched namespace. kube's watcher lists, then watches; it never gets one object. No
+/// Secret: those are read only where [`CONSUMER_RBAC`] and [`UPSTREAM_SECRET_RBAC`] are
+/// granted.
 pub const RBAC: &[(&str, &str, &[&str])] = &[
     ("sluice.dev", "agentpools", &["list", "watch"]),
     ("sluice.dev", "ratepolicies", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
-    ("", "secrets", &["list", "watch"]),
 ];
 
 /// The API calls the consumer Secret watchers make: in each consumer namespace only.
@@ -56,6 +54,27 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
 /// consumers from, so those are namespaces that hold consumer Secrets and nothing else
 /// of value (`--consumer-namespace`).
 pub const CONSUMER_RBAC: &[(&str, &str, &[&str])] = &[("", "secrets", &["list", "watch"])];
+
+/// The API calls the watchers of the Secrets backends name (TLS, credentials; labelled
+/// `sluice.dev/upstream`) make: in each namespace of `--upstream-secret-namespace` only,
+/// whose pools may name such Secrets (a pool elsewhere that names one is refused, see
+/// [`sluice_api::Objects::upstream_secret_namespaces`]). As for consumers, RBAC cannot
+/// restrict by label: the controller may read every Secret of these namespaces.
+pub const UPSTREAM_SECRET_RBAC: &[(&str, &str, &[&str])] = &[("", "secrets", &["list", "watch"])];
+
+/// Where the production watchers look ([`kube_sources`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope<'a> {
+    /// The namespaces of AgentPools, RatePolicies and EndpointSlices; empty: all.
+    pub namespaces: &'a [String],
+    /// The namespaces of consumer Secrets; empty: those of `namespaces`.
+    pub consumer_namespaces: &'a [String],
+    /// The namespaces whose pools may name Secrets for their backends, read there
+    /// only; empty: those of `namespaces`, and a pool anywhere may.
+    pub upstream_secret_namespaces: &'a [String],
+    /// The labels the watched EndpointSlices must carry.
+    pub slice_labels: &'a [SliceLabel],
+}
 
 /// The event streams the controller consumes: one per watcher, so that each watcher's
 /// re-list (`Init` … `InitDone`) replaces exactly the objects it listed.
@@ -69,6 +88,10 @@ pub struct Sources {
     pub slices: Vec<EventStream<EndpointSlice>>,
     /// Secret watchers: consumer Secrets, then the Secrets backends may name.
     pub secrets: Vec<EventStream<Secret>>,
+    /// The namespaces whose pools may name Secrets for their backends, when the
+    /// Secret watchers read them there only (see [`Scope::upstream_secret_namespaces`]);
+    /// `None`: any namespace.
+    pub upstream_secret_namespaces: Option<BTreeSet<String>>,
     /// Where the watch loop publishes the Services the pools reference, when the
     /// EndpointSlice watchers select by them (see the module's documentation); `None`
     /// when the slice streams send what they send (tests, files).
@@ -91,6 +114,10 @@ impl Debug for Sources {
             .field("slices", &self.slices.len())
             .field("secrets", &self.secrets.len())
             .field("slice_services", &self.slice_services.is_some())
+            .field(
+                "upstream_secret_namespaces",
+                &self.upstream_secret_namespaces,
+            )
             .finish()
     }
 }
@@ -246,31 +273,27 @@ pub fn services_selector(services: &BTreeSet<String>, extra: &[SliceLabel]) -> O
     }
 }
 
-/// Builds the production [`Sources`]: kube watchers (with kube's default backoff) over
-/// every namespace when `namespaces` is empty, else one per kind and namespace; the
-/// EndpointSlice watchers select the slices of the Services the pools reference and
-/// `slice_labels`; consumer Secrets are watched in `consumer_namespaces`, or where the
-/// rest is when it is empty.
+/// Builds the production [`Sources`] of `scope`: kube watchers (with kube's default
+/// backoff) over every namespace when `scope.namespaces` is empty, else one per kind and
+/// namespace; the EndpointSlice watchers select the slices of the Services the pools
+/// reference and `scope.slice_labels`; consumer Secrets are watched in
+/// `scope.consumer_namespaces` and the Secrets backends name in
+/// `scope.upstream_secret_namespaces`, each where the rest is when it is empty.
 /// Watch errors are logged and counted; the watcher retries on its own.
-pub fn kube_sources(
-    client: &Client,
-    namespaces: &[String],
-    consumer_namespaces: &[String],
-    slice_labels: &[SliceLabel],
-    metrics: &WatchMetrics,
-) -> Sources {
-    let consumer_namespaces = if consumer_namespaces.is_empty() {
-        namespaces
-    } else {
-        consumer_namespaces
+pub fn kube_sources<'a>(client: &Client, scope: &Scope<'a>, metrics: &WatchMetrics) -> Sources {
+    let namespaces = scope.namespaces;
+    let or_watched = |given: &'a [String]| {
+        if given.is_empty() { namespaces } else { given }
     };
+    let consumer_namespaces = or_watched(scope.consumer_namespaces);
+    let upstream_namespaces = or_watched(scope.upstream_secret_namespaces);
     let all = cache_read();
     let (services, rx) = channel::channel(Services::new());
     let slices = if namespaces.is_empty() {
         vec![slice_stream(
             Api::all(client.clone()),
             None,
-            slice_labels,
+            scope.slice_labels,
             rx,
             metrics,
         )]
@@ -281,7 +304,7 @@ pub fn kube_sources(
                 slice_stream(
                     Api::namespaced(client.clone(), ns),
                     Some(ns.clone()),
-                    slice_labels,
+                    scope.slice_labels,
                     rx.clone(),
                     metrics,
                 )
@@ -294,7 +317,7 @@ pub fn kube_sources(
         slices,
         secrets: [
             (consumer_namespaces, CONSUMER_LABEL),
-            (namespaces, UPSTREAM_LABEL),
+            (upstream_namespaces, UPSTREAM_LABEL),
         ]
         .into_iter()
         .flat_map(|(namespaces, label)| {
@@ -307,6 +330,8 @@ pub fn kube_sources(
             )
         })
         .collect(),
+        upstream_secret_namespaces: (!scope.upstream_secret_namespaces.is_empty())
+            .then(|| scope.upstream_secret_namespaces.iter().cloned().collect()),
         slice_services: Some(services),
     }
 }

@@ -82,6 +82,7 @@ impl Harness {
             slices: vec![slice_stream],
             secrets: vec![secret_stream],
             slice_services,
+            upstream_secret_namespaces: None,
         };
         let publisher = Publisher::new();
         let metrics = WatchMetrics::new(&prometheus::Registry::new()).expect("metrics");
