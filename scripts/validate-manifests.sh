@@ -21,7 +21,8 @@
 #    ServiceAccount token; it must get POD_NAME and POD_NAMESPACE from the downward API,
 #    and its ServiceAccount must be bound to one ClusterRole (cluster-wide, or in each
 #    --namespace it watches), to one Role on its Lease, and to a Role in each
-#    --consumer-namespace (and may read Secrets nowhere else); with SLUICE_BIN, the rules
+#    --consumer-namespace and each --upstream-secret-namespace (its ClusterRole may read
+#    no Secret unless it is given neither flag); with SLUICE_BIN, the rules
 #    of each must be exactly `sluice controller --print-rbac` (the rules declared next to
 #    the code, which crates/controller/tests/rbac.rs checks against the calls it makes). ServiceMonitors (monitoring.coreos.com/v1), for which
 #    kubernetes-validate has no schema, are checked structurally instead. The
@@ -870,6 +871,18 @@ def check_controller_rbac(where, w, container, by_kind, docs):
     for cns in consumer_ns:
         if cns not in consumer_roles:
             error(where, f"{cw} reads consumer Secrets in {cns} (--consumer-namespace), but no Role there lets it")
+    # The Secrets backends name: a Role in each --upstream-secret-namespace (without one,
+    # where it watches: then the ClusterRole holds the rules).
+    upstream_ns = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--upstream-secret-namespace"]
+    upstream_roles = {}
+    for s, r in grants:
+        if r["kind"] == "Role" and s in upstream_ns and s not in upstream_roles and about(r, "secrets"):
+            upstream_roles[s] = r
+    for uns in upstream_ns:
+        if uns not in upstream_roles:
+            error(where, f"{cw} reads the Secrets backends name in {uns} (--upstream-secret-namespace), but no Role there lets it")
+    if consumer_ns and upstream_ns and about(cluster_role, "secrets"):
+        error(where, f"{describe(cluster_role)} grants Secrets, but {cw} reads them only in its consumer and upstream Secret namespaces")
     if len(lease_roles) != 1:
         error(where, f"{cw}: expected one Role in the Lease's namespace {lease_ns} bound to {sa}, found {len(lease_roles)}")
         return
@@ -881,10 +894,13 @@ def check_controller_rbac(where, w, container, by_kind, docs):
         return
     compared = [("ClusterRole", cluster_role, "clusterRole"), ("Lease Role", lease_roles[0], "leaseRole")]
     compared += [("consumer Role", r, "consumerRole") for r in consumer_roles.values()]
+    compared += [("upstream Secret Role", r, "upstreamSecretRole") for r in upstream_roles.values()]
     for label, role, key in compared:
         have, want = rule_triples(role.get("rules")), printed_rbac.get(key, set())
         if key == "clusterRole" and not consumer_ns:
             want = want | printed_rbac.get("consumerRole", set())
+        if key == "clusterRole" and not upstream_ns:
+            want = want | printed_rbac.get("upstreamSecretRole", set())
         for g, r, v in sorted(want - have):
             error(where, f"{describe(role)} lacks {v} on {r} ({g or 'core'}), which `sluice controller --print-rbac` lists: the controller would be refused")
         for g, r, v in sorted(have - want):
@@ -1115,7 +1131,8 @@ if printed_rbac is None:
 elif rbac_compared:
     print(f"ok   controller RBAC of {len(rbac_compared)} render(s) is exactly `sluice controller --print-rbac` "
           f"({len(printed_rbac.get('clusterRole', ()))} cluster-wide, {len(printed_rbac.get('leaseRole', ()))} on the Lease, "
-          f"{len(printed_rbac.get('tokenReviewRole', ()))} for TokenReviews, {len(printed_rbac.get('consumerRole', ()))} in each consumer namespace)")
+          f"{len(printed_rbac.get('tokenReviewRole', ()))} for TokenReviews, {len(printed_rbac.get('consumerRole', ()))} in each consumer namespace, "
+          f"{len(printed_rbac.get('upstreamSecretRole', ()))} in each upstream Secret namespace)")
 else:
     error("controller RBAC", "no render has a controller watching the API with RBAC: nothing was compared")
 

@@ -615,3 +615,12 @@ or the release namespace.
 {{- $ns := .Values.controller.consumerNamespaces | default (list .Release.Namespace) -}}
 {{- toJson $ns -}}
 {{- end }}
+
+{{/*
+The namespaces whose AgentPools may name Secrets for their backends, read there only:
+controller.upstreamSecretNamespaces, or the release namespace.
+*/}}
+{{- define "sluice.upstreamSecretNamespaces" -}}
+{{- $ns := .Values.controller.upstreamSecretNamespaces | default (list .Release.Namespace) -}}
+{{- toJson $ns -}}
+{{- end }}
