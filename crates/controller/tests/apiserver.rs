@@ -532,3 +532,64 @@ async fn secrets_are_read_only_where_a_role_grants_them_and_a_pool_elsewhere_is_
         "it asked cluster-wide"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_about_a_pool_named_at_the_length_limit_are_published_and_folded_into_series() {
+    let server = server();
+    // 253 characters, the most a name may have; the event name keeps 236 of them, and
+    // the `-` at the cut is dropped (a DNS subdomain's parts end alphanumeric).
+    let name = format!("{}-{}", "a".repeat(235), "b".repeat(17));
+    assert_eq!(name.len(), 253);
+    let mut object = url_pool("agents", &name);
+    object["spec"]["matches"][0]["pathPrefix"] = json!("/long");
+    create(&server, object);
+    let _controller = Controller::start(&server);
+    let secret = "/api/v1/namespaces/agents/secrets";
+    // No Secret yet: refused. The Secret comes: accepted. It goes: refused again.
+    run_for(2).await;
+    assert_eq!(conditions(&server, &name)[CONDITION_ACCEPTED][0], "False");
+    create_in(&server, secret, upstream_secret("agents"));
+    run_for(2).await;
+    assert_eq!(conditions(&server, &name)[CONDITION_ACCEPTED][0], "True");
+    let answer = server.call("DELETE", &format!("{secret}/provider"), None);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    run_for(2).await;
+    assert_eq!(conditions(&server, &name)[CONDITION_ACCEPTED][0], "False");
+
+    let mut seen = events(&server, &name);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("Accepted".to_owned(), 1),
+            (REASON_INVALID.to_owned(), 2),
+            (REASON_NOT_ACCEPTED.to_owned(), 2),
+            ("Ready".to_owned(), 1),
+        ],
+        "every transition published; the repeats folded into their series"
+    );
+    let list = server.call("GET", EVENTS, None).body;
+    for event in list["items"].as_array().into_iter().flatten() {
+        let event_name = event["metadata"]["name"].as_str().unwrap_or_default();
+        let (prefix, suffix) = event_name.rsplit_once('.').expect("a suffix");
+        assert!(event_name.len() <= 253, "{event_name}");
+        assert_eq!(prefix, "a".repeat(235));
+        assert!(
+            !suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_hexdigit()),
+            "{suffix}"
+        );
+        assert_eq!(event["regarding"]["name"], name.as_str());
+    }
+    let invalid = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["reason"] == REASON_INVALID)
+        .and_then(|e| e["metadata"]["name"].as_str())
+        .expect("the Invalid event");
+    assert_eq!(
+        requests(&server, "PATCH", &format!("{EVENTS}/{invalid}")),
+        1,
+        "the repeat is a PATCH of the first event"
+    );
+}

@@ -13,7 +13,8 @@ use kube::client::Body;
 use kube::runtime::events::EventType;
 use sluice_api::{AgentPool, AgentPoolStatus, RatePolicy, RatePolicyStatus, manifest};
 use sluice_controller::events::{
-    EventPublisher, MAX_NOTE_LEN, REPORTING_CONTROLLER, Transition, transitions,
+    EventPublisher, MAX_NAME_LEN, MAX_NOTE_LEN, REPORTING_CONTROLLER, Transition, event_name,
+    transitions,
 };
 use sluice_controller::lease::Leadership;
 use sluice_controller::object::Parsed;
@@ -384,4 +385,76 @@ async fn a_standby_writes_no_status_and_publishes_no_event() {
         ],
         "the status, then Accepted and Ready, set for the first time"
     );
+}
+
+#[test]
+fn event_names_are_dns_subdomains_within_the_length_limit() {
+    assert_eq!(event_name("chat", 0xabc), "chat.abc");
+    let suffix = u64::MAX;
+    for object in [
+        "a".repeat(253),
+        format!("{}-{}", "a".repeat(235), "b".repeat(17)),
+        format!("{}.{}", "a".repeat(235), "b".repeat(17)),
+        format!("{}-.-{}", "a".repeat(233), "b".repeat(17)),
+    ] {
+        let name = event_name(&object, suffix);
+        assert!(name.len() <= MAX_NAME_LEN, "{name}");
+        assert!(name.ends_with(".ffffffffffffffff"), "{name}");
+        let valid = name.split('.').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+        assert!(valid, "{name}");
+    }
+    assert_eq!(event_name("", 1), "sluice.1");
+    assert_eq!(event_name("---", 1), "sluice.1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_repeat_of_an_event_the_api_server_no_longer_has_is_a_new_event() {
+    let server = sluice_fake_apiserver::FakeApiServer::new();
+    let publisher = EventPublisher::new(server.client(), "controller-0");
+    let (chat, _) = fixture();
+    let regarding = kube::Resource::object_ref(&chat, &());
+    let flip = &transitions(&healthy(), &drained())[0];
+    publisher.publish(&regarding, flip).await.expect("created");
+    publisher.publish(&regarding, flip).await.expect("patched");
+    let names = || -> Vec<(String, u64)> {
+        server.call("GET", EVENTS, None).body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    e["series"]["count"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect()
+    };
+    let first = names();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1, 2, "folded into the series");
+    // Gone (the API server's TTL): the next repeat creates a new event.
+    let answer = server.call("DELETE", &format!("{EVENTS}/{}", first[0].0), None);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    publisher
+        .publish(&regarding, flip)
+        .await
+        .expect("created again");
+    let second = names();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].1, 1);
+    assert_ne!(second[0].0, first[0].0);
+    // Past the series window, a repeat is a new event too.
+    tokio::time::advance(std::time::Duration::from_secs(7 * 60)).await;
+    publisher.publish(&regarding, flip).await.expect("created");
+    assert_eq!(names().len(), 2);
 }

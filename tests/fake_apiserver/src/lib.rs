@@ -15,7 +15,8 @@
 //!   as a loaded API server does; reads and writes answer at once.
 //! * **Objects**: `GET`, `PUT` (optimistic concurrency on `metadata.resourceVersion`),
 //!   `DELETE`, `POST` (with `generateName`); names are DNS subdomains of at most 253
-//!   characters; one resource version counter; `metadata.generation` grows when
+//!   characters; `events.k8s.io` Events are validated as the API server does (required
+//!   fields, lengths, type); one resource version counter; `metadata.generation` grows when
 //!   anything but metadata and status changes.
 //! * **CRDs**: a CustomResourceDefinition created (or [`FakeApiServer::install_crd`])
 //!   makes its objects pruned and validated as [`schema`] describes (formats ignored,

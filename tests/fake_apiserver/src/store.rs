@@ -179,6 +179,50 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// What the API server's validation of an `events.k8s.io/v1` Event checks besides its
+/// name: `eventTime`, `reportingController`, `reportingInstance`, `action` and `reason`
+/// present, the last four of at most 128 characters, `note` of at most 1 KiB, `type`
+/// `Normal` or `Warning`.
+fn check_event(event: &Value) -> Result<(), ApiError> {
+    let mut violations = Vec::new();
+    if event["eventTime"].as_str().is_none_or(str::is_empty) {
+        violations.push("eventTime: Required value".to_owned());
+    }
+    for field in [
+        "reportingController",
+        "reportingInstance",
+        "action",
+        "reason",
+    ] {
+        match event[field].as_str() {
+            None | Some("") => violations.push(format!("{field}: Required value")),
+            Some(v) if v.len() > 128 => {
+                violations.push(format!("{field}: Too long: may not be more than 128 bytes"))
+            }
+            Some(_) => {}
+        }
+    }
+    if event["note"].as_str().is_some_and(|n| n.len() > 1024) {
+        violations.push("note: Too long: may not be more than 1024 bytes".to_owned());
+    }
+    if !matches!(event["type"].as_str(), Some("Normal" | "Warning")) {
+        violations
+            .push("type: Unsupported value: supported values: \"Normal\", \"Warning\"".to_owned());
+    }
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let name = event["metadata"]["name"].as_str().unwrap_or_default();
+    Err(ApiError::new(
+        422,
+        "Invalid",
+        format!(
+            "Event.events.k8s.io {name:?} is invalid: {}",
+            violations.join(", ")
+        ),
+    ))
+}
+
 /// The object without metadata and status: what `generation` counts changes of.
 fn spec_of(object: &Value) -> Value {
     let mut v = object.clone();
@@ -275,6 +319,9 @@ impl Store {
         object: &mut Value,
         old: Option<&Value>,
     ) -> Result<(), ApiError> {
+        if (target.group.as_str(), target.resource.as_str()) == ("events.k8s.io", "events") {
+            return check_event(object);
+        }
         let Some(crd) = self.crd(target) else {
             return Ok(());
         };
