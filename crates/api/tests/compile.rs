@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use sluice_api::compile::ServiceSlice;
 use sluice_api::{Objects, compile, manifest};
 
 fn render(objects: &Objects) -> String {
@@ -70,6 +71,17 @@ fn fixtures() {
             render(&objects),
             actual,
             "{name}: compile depends on input order"
+        );
+        // Slices in the controller's compact form compile as the slices they are.
+        objects.service_slices = objects
+            .slices
+            .drain(..)
+            .map(|s| std::sync::Arc::new(ServiceSlice::from(&s)))
+            .collect();
+        assert_eq!(
+            render(&objects),
+            actual,
+            "{name}: compact slices compile differently"
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

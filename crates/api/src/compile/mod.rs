@@ -16,6 +16,7 @@ mod slices;
 mod upstream;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -25,7 +26,7 @@ use crate::table::{ModelMatch, Pool, Route, RouteTable};
 use crate::{AgentPool, RatePolicy};
 
 pub use consumer::{CONSUMER_LABEL, hash_api_key};
-pub use slices::SERVICE_NAME_LABEL;
+pub use slices::{SERVICE_NAME_LABEL, ServiceSlice, SliceEndpoint, SlicePort};
 pub use upstream::{UPSTREAM_LABEL, is_upstream_secret};
 
 /// Connect timeout when a pool does not set one.
@@ -42,6 +43,9 @@ pub struct Objects {
     pub policies: Vec<RatePolicy>,
     /// EndpointSlices of the Services pools refer to (others are ignored).
     pub slices: Vec<EndpointSlice>,
+    /// More EndpointSlices, already in the form the compile step reads (the
+    /// controller's cache, shared rather than copied for each compile).
+    pub service_slices: Vec<Arc<ServiceSlice>>,
     /// Secrets labelled `sluice.dev/consumer` or `sluice.dev/upstream` (others are
     /// ignored). One Secret with both labels is listed once.
     pub secrets: Vec<Secret>,
@@ -57,8 +61,13 @@ pub struct Objects {
 /// Deterministic: the same objects in any order give the same table and diagnostics.
 pub fn compile(objects: &Objects) -> (RouteTable, Diagnostics) {
     let mut diags = Vec::new();
+    let converted: Vec<ServiceSlice> = objects.slices.iter().map(ServiceSlice::from).collect();
     let refs = pool::Refs {
-        slices: slices::SliceIndex::new(&objects.slices),
+        slices: slices::SliceIndex::new(
+            converted
+                .iter()
+                .chain(objects.service_slices.iter().map(|s| &**s)),
+        ),
         secrets: upstream::SecretIndex::new(
             &objects.secrets,
             objects.upstream_secret_namespaces.as_ref(),

@@ -12,24 +12,101 @@ use crate::table::{Endpoint, is_host_port};
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// EndpointSlices grouped by `(namespace, service)`.
+/// An EndpointSlice in the form the compile step reads: its name, namespace and
+/// Service, its ports, and its endpoints' addresses, conditions and zones; nothing else
+/// (no metadata, owners, target references, topology). The controller keeps its cache
+/// of slices in this form, shared with each compile ([`crate::Objects::service_slices`]):
+/// a few hundred bytes a slice instead of the whole object, and no copy per compile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSlice {
+    /// The slice's namespace (`default` when it has none).
+    pub namespace: Box<str>,
+    /// The slice's name.
+    pub name: Box<str>,
+    /// Its Service (the `kubernetes.io/service-name` label); empty without the label,
+    /// and then no Service's.
+    pub service: Box<str>,
+    /// Whether its addresses are IPv6 (`addressType: IPv6`).
+    pub ipv6: bool,
+    /// Its ports.
+    pub ports: Box<[SlicePort]>,
+    /// Its endpoints.
+    pub endpoints: Box<[SliceEndpoint]>,
+}
+
+/// One port of a [`ServiceSlice`]: `(name, port)`.
+pub type SlicePort = (Option<Box<str>>, Option<i32>);
+
+/// One endpoint of a [`ServiceSlice`], its conditions resolved as the EndpointSlice
+/// API says (missing: ready and serving, not terminating).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// Its addresses.
+    pub addresses: Box<[Box<str>]>,
+    /// `conditions.ready`.
+    pub ready: bool,
+    /// `conditions.serving`.
+    pub serving: bool,
+    /// `conditions.terminating`.
+    pub terminating: bool,
+    /// Its zone.
+    pub zone: Option<Box<str>>,
+}
+
+impl From<&EndpointSlice> for ServiceSlice {
+    fn from(slice: &EndpointSlice) -> Self {
+        let boxed = |s: &str| Box::<str>::from(s);
+        Self {
+            namespace: boxed(slice.metadata.namespace.as_deref().unwrap_or("default")),
+            name: boxed(slice.metadata.name.as_deref().unwrap_or_default()),
+            service: boxed(
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .map_or("", String::as_str),
+            ),
+            ipv6: slice.address_type == "IPv6",
+            ports: slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.as_deref().map(boxed), p.port))
+                .collect(),
+            endpoints: slice
+                .endpoints
+                .iter()
+                .map(|ep| {
+                    let conditions = ep.conditions.as_ref();
+                    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+                    SliceEndpoint {
+                        addresses: ep.addresses.iter().map(|a| boxed(a)).collect(),
+                        ready,
+                        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+                        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                        zone: ep.zone.as_deref().map(boxed),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// EndpointSlices grouped by namespace, then Service.
 pub(super) struct SliceIndex<'a> {
-    by_service: BTreeMap<(String, String), Vec<&'a EndpointSlice>>,
+    by_service: BTreeMap<&'a str, BTreeMap<&'a str, Vec<&'a ServiceSlice>>>,
 }
 
 impl<'a> SliceIndex<'a> {
-    pub(super) fn new(slices: &'a [EndpointSlice]) -> Self {
-        let mut by_service: BTreeMap<_, Vec<_>> = BTreeMap::new();
+    pub(super) fn new(slices: impl IntoIterator<Item = &'a ServiceSlice>) -> Self {
+        let mut by_service: BTreeMap<&str, BTreeMap<&str, Vec<_>>> = BTreeMap::new();
         for slice in slices {
-            let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-            if let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
+            if !slice.service.is_empty() {
                 by_service
-                    .entry((ns.to_owned(), service.clone()))
+                    .entry(&slice.namespace)
+                    .or_default()
+                    .entry(&slice.service)
                     .or_default()
                     .push(slice);
             }
@@ -37,9 +114,10 @@ impl<'a> SliceIndex<'a> {
         Self { by_service }
     }
 
-    fn for_service(&self, namespace: &str, service: &str) -> &[&'a EndpointSlice] {
+    fn for_service(&self, namespace: &str, service: &str) -> &[&'a ServiceSlice] {
         self.by_service
-            .get(&(namespace.to_owned(), service.to_owned()))
+            .get(namespace)
+            .and_then(|services| services.get(service))
             .map(Vec::as_slice)
             .unwrap_or_default()
     }
@@ -93,24 +171,21 @@ pub(super) fn resolve_service(
         let Some(port) = slice
             .ports
             .iter()
-            .flatten()
-            .find_map(|p| match &service.port {
-                IntOrString::Int(n) => (p.port == Some(*n)).then_some(*n),
-                IntOrString::String(name) => (p.name.as_deref() == Some(name))
-                    .then_some(p.port)
+            .find_map(|(port_name, port)| match &service.port {
+                IntOrString::Int(n) => (*port == Some(*n)).then_some(*n),
+                IntOrString::String(name) => (port_name.as_deref() == Some(name.as_str()))
+                    .then_some(*port)
                     .flatten(),
             })
         else {
             continue;
         };
         port_seen = true;
-        let ipv6 = slice.address_type == "IPv6";
+        let ipv6 = slice.ipv6;
         for ep in &slice.endpoints {
-            // Missing conditions mean ready and serving, as the EndpointSlice API says.
-            let conditions = ep.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+            // Missing conditions mean ready and serving, as the EndpointSlice API says
+            // (resolved in `ServiceSlice`).
+            let (ready, terminating, serving) = (ep.ready, ep.terminating, ep.serving);
             if !(ready || (terminating && serving)) {
                 continue;
             }
@@ -123,7 +198,7 @@ pub(super) fn resolve_service(
                 endpoints.push(Endpoint {
                     address,
                     terminating: terminating && !ready,
-                    zone: ep.zone.clone(),
+                    zone: ep.zone.as_deref().map(str::to_owned),
                 });
             }
         }
