@@ -7,11 +7,12 @@
 //! change of status only ([`Change::Status`]) and from nothing it reads.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
+use sluice_api::compile::ServiceSlice;
 
 use crate::object::{Custom, Parsed};
 
@@ -60,15 +61,12 @@ impl<K: Custom> Content for Parsed<K> {
     }
 }
 
-impl Content for EndpointSlice {
+impl Content for Arc<ServiceSlice> {
     fn key(&self) -> Key {
-        key(self)
+        (self.namespace.to_string(), self.name.to_string())
     }
     fn same_content(&self, other: &Self) -> bool {
-        self.endpoints == other.endpoints
-            && self.ports == other.ports
-            && self.address_type == other.address_type
-            && self.metadata.labels == other.metadata.labels
+        **self == **other
     }
 }
 
