@@ -1,6 +1,8 @@
 //! The stand-in through kube's own client, as the controller uses it: pages of a list,
 //! set-based selectors, watches delayed on demand (paused time), server-side apply with
-//! two field managers on a list map, and a schema that bounds what it declares only.
+//! two field managers on a list map, a schema that bounds what it declares only, a
+//! resource granted in some namespaces only, and Events validated as the API server
+//! does.
 
 use std::time::Duration;
 
@@ -232,4 +234,74 @@ async fn a_schema_bounds_what_it_declares_and_keeps_what_it_stored() {
         None,
     );
     assert_eq!(raw.body["spec"]["size"], 5_000_000_000u64);
+}
+
+#[tokio::test]
+async fn a_resource_granted_in_some_namespaces_is_forbidden_elsewhere_and_cluster_wide() {
+    let server = FakeApiServer::new();
+    server.grant_only_in("", "configmaps", &["ns"]);
+    let client = server.client();
+    let here: Api<ConfigMap> = Api::namespaced(client.clone(), "ns");
+    here.create(&PostParams::default(), &config_map("a", json!({})))
+        .await
+        .expect("granted here");
+    assert_eq!(
+        here.list(&Default::default())
+            .await
+            .expect("listed")
+            .items
+            .len(),
+        1
+    );
+    let forbidden = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code == 403,
+        _ => false,
+    };
+    let all: Api<ConfigMap> = Api::all(client.clone());
+    let err = all
+        .list(&Default::default())
+        .await
+        .expect_err("cluster-wide");
+    assert!(forbidden(err));
+    let other: Api<ConfigMap> = Api::namespaced(client, "other");
+    let err = other
+        .list(&Default::default())
+        .await
+        .expect_err("elsewhere");
+    assert!(forbidden(err));
+    // A test acting as kubectl is not restricted.
+    assert_eq!(server.call("GET", "/api/v1/configmaps", None).status, 200);
+}
+
+#[tokio::test]
+async fn events_are_validated_as_the_api_server_does() {
+    let server = FakeApiServer::new();
+    let path = "/apis/events.k8s.io/v1/namespaces/ns/events";
+    let event = |name: &str, reason: &str| {
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "ns"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "sluice.dev/controller", "reportingInstance": "c-0",
+            "action": "Ready", "reason": reason, "type": "Normal", "note": "ok",
+        })
+    };
+    assert_eq!(
+        server
+            .call("POST", path, Some(event("a.1", "Ready")))
+            .status,
+        201
+    );
+    let too_long = format!("{}.1", "a".repeat(252));
+    let answer = server.call("POST", path, Some(event(&too_long, "Ready")));
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let answer = server.call("POST", path, Some(event("a.2", &"R".repeat(129))));
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert!(
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reason")),
+        "{}",
+        answer.body
+    );
 }
