@@ -672,6 +672,35 @@ pub struct Access {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub consumer_namespaces: Vec<String>,
+    /// Require a client certificate (mutual TLS) signed by this CA, with one of these
+    /// subjects, on every request; the subject identifies the caller. Only the TLS
+    /// listener can see certificates: over the plaintext listener the pool refuses
+    /// every request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificates>,
+}
+
+/// The client certificates a pool requires.
+///
+/// A subject with a `:` is a URI (`spiffe://cluster.local/ns/agents/sa/planner`),
+/// equal, byte for byte, to one of the certificate's URI subject alternative names;
+/// any other is a name, equal to one of its DNS subject alternative names (ignoring
+/// ASCII case) or to its subject common name (exactly). No wildcards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.subjects.all(s, !s.contains('*'))",
+    "message": "subjects are matched exactly: no wildcards, list each subject",
+    "fieldPath": ".subjects",
+}]))]
+pub struct ClientCertificates {
+    /// A Secret labelled `sluice.dev/upstream` holding the CA certificates (PEM) that
+    /// sign the clients' certificates, under `key` (default `ca.crt`).
+    pub ca_secret_ref: SecretKeyRef,
+    /// The subjects let in; the first a certificate holds becomes the caller's
+    /// consumer name. Visible ASCII, no spaces.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 256)))]
+    pub subjects: Vec<String>,
 }
 
 /// How callers of a pool authenticate.

@@ -10,6 +10,7 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod client_cert;
 mod policy;
 mod pool;
 pub mod rules;
@@ -17,6 +18,7 @@ pub mod units;
 pub mod upstream;
 mod validate;
 
+pub use client_cert::{ClientCertificates, ClientSubject};
 pub use policy::{
     Consumer, Enforcement, FailureMode, Policy, RateAlgorithm, RateKeyType, RequestLimit, Scope,
     TierLimits, TokenLimit,

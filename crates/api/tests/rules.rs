@@ -126,6 +126,13 @@ const CASES: &[Case] = &[
         field: "spec.backends[0].tls.insecureSkipVerify",
     },
     Case {
+        name: "a wildcard client certificate subject",
+        base: POOL,
+        spec: "access: {clientCertificates: {caSecretRef: {name: ca}, subjects: [a.example.com, \"*.example.com\"]}}",
+        message: "subjects are matched exactly: no wildcards, list each subject",
+        field: "spec.access.clientCertificates.subjects[1]",
+    },
+    Case {
         name: "port 0",
         base: POOL,
         spec: "backends: [{service: {name: a, port: 0}}]",

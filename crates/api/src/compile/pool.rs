@@ -11,8 +11,9 @@ use super::{Cx, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_REQUEST_TIMEOUT_MS, millis};
 use crate::AgentPool;
 use crate::agent_pool::{self, Algorithm, Backend, FallbackWhen, LoadBalancing};
 use crate::table::{
-    Access, BackendTarget, Balancer, Endpoint, HashOn, HealthCheck, Jwt, Millis, Outlier, Percent,
-    Pool, Queue, RetryPolicy, Route, is_host_port, rules,
+    Access, BackendTarget, Balancer, ClientCertificates, ClientSubject, Endpoint, HashOn,
+    HealthCheck, Jwt, Millis, Outlier, Percent, Pool, Queue, RetryPolicy, Route, is_host_port,
+    rules,
 };
 
 /// What a pool's backends refer to: Services' EndpointSlices and Secrets.
@@ -136,7 +137,7 @@ pub(super) fn compile_pool(
         .as_ref()
         .is_some_and(|a| a.jwt.is_some());
     let access = spec.access.as_ref().map_or_else(Access::default, |a| {
-        compile_access(a, namespace, has_jwt, cx)
+        compile_access(a, namespace, has_jwt, &refs.secrets, cx)
     });
     let jwt = spec
         .authentication
@@ -453,7 +454,13 @@ pub(super) fn qualify_consumer(entry: &str, namespace: &str) -> Option<String> {
     rules::consumer(&qualified).is_ok().then_some(qualified)
 }
 
-fn compile_access(a: &agent_pool::Access, namespace: &str, has_jwt: bool, cx: &mut Cx) -> Access {
+fn compile_access(
+    a: &agent_pool::Access,
+    namespace: &str,
+    has_jwt: bool,
+    secrets: &SecretIndex<'_>,
+    cx: &mut Cx,
+) -> Access {
     let tiers = names(&a.tiers, "spec.access.tiers", "tier", cx);
     let mut consumers = Vec::new();
     for (i, entry) in a.consumers.iter().enumerate() {
@@ -495,10 +502,14 @@ fn compile_access(a: &agent_pool::Access, namespace: &str, has_jwt: bool, cx: &m
             "admits the tiers of other namespaces' consumers, but no tier is listed",
         );
     }
-    if !a.public && tiers.is_empty() && consumers.is_empty() {
+    let client_certificates = a
+        .client_certificates
+        .as_ref()
+        .and_then(|c| compile_client_certificates(c, namespace, secrets, cx));
+    if !a.public && tiers.is_empty() && consumers.is_empty() && a.client_certificates.is_none() {
         cx.warning(
             "spec.access",
-            "allows no one: set public: true, tiers or consumers",
+            "allows no one: set public: true, tiers, consumers or clientCertificates",
         );
     }
     Access {
@@ -506,7 +517,44 @@ fn compile_access(a: &agent_pool::Access, namespace: &str, has_jwt: bool, cx: &m
         tiers,
         consumers,
         namespaces,
+        client_certificates,
     }
+}
+
+/// The client certificates a pool requires, its CA read from its Secret.
+fn compile_client_certificates(
+    c: &agent_pool::ClientCertificates,
+    namespace: &str,
+    secrets: &SecretIndex<'_>,
+    cx: &mut Cx,
+) -> Option<ClientCertificates> {
+    const FIELD: &str = "spec.access.clientCertificates";
+    let mut ok = true;
+    if c.subjects.is_empty() {
+        cx.error(&format!("{FIELD}.subjects"), "needs at least one entry");
+        ok = false;
+    }
+    for (i, subject) in c.subjects.iter().enumerate() {
+        if let Err(e) = ClientSubject::parse(subject) {
+            cx.error(&format!("{FIELD}.subjects[{i}]"), e.to_string());
+            ok = false;
+        }
+    }
+    let field = format!("{FIELD}.caSecretRef");
+    let ca_pem =
+        upstream::secret_value(&c.ca_secret_ref, "ca.crt", namespace, secrets, &field, cx)?;
+    let mut subjects = c.subjects.clone();
+    // The first listed is the name a certificate holding several gets: keep the order,
+    // drop repeats.
+    let mut seen = std::collections::HashSet::new();
+    subjects.retain(|s| seen.insert(s.clone()));
+    let compiled = ClientCertificates { ca_pem, subjects };
+    if let Err(e) = compiled.verifier() {
+        let message = e.strip_prefix("caPem: ").unwrap_or(&e);
+        cx.error(&field, message);
+        return None;
+    }
+    ok.then_some(compiled)
 }
 
 fn compile_jwt(j: &agent_pool::JwtSpec, cx: &mut Cx) -> Jwt {

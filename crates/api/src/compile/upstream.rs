@@ -1,5 +1,6 @@
 //! A backend's way out: an external URL, TLS and an injected credential, with the
-//! Secrets they name read from Secrets labelled `sluice.dev/upstream`.
+//! Secrets they name read from Secrets labelled `sluice.dev/upstream` (as is the CA a
+//! pool's `access.clientCertificates` names).
 //!
 //! Only labelled Secrets are read, so that the controller watches those and no other
 //! Secret of the cluster; on Kubernetes, only in the namespaces the controller reads
@@ -283,7 +284,9 @@ pub(super) fn compile_auth(
     Some(compiled)
 }
 
-fn secret_value(
+/// The value of `r` (its key, or `default_key`) in a Secret of `namespace` labelled
+/// [`UPSTREAM_LABEL`], or an error on `field`.
+pub(super) fn secret_value(
     r: &SecretKeyRef,
     default_key: &str,
     namespace: &str,

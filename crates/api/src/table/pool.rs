@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
+use super::client_cert::ClientCertificates;
 use super::units::{Millis, Percent, header_name, millis};
 use super::upstream::{UpstreamAuth, UpstreamTls};
 pub use crate::agent_pool::{Algorithm, BackendProtocol, FallbackWhen, HttpMethod};
@@ -342,6 +343,9 @@ pub struct Access {
     /// every namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// The client certificates every request must present, when required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificates: Option<ClientCertificates>,
 }
 
 impl Default for Access {
@@ -351,6 +355,7 @@ impl Default for Access {
             tiers: Vec::new(),
             consumers: Vec::new(),
             namespaces: Vec::new(),
+            client_certificates: None,
         }
     }
 }

@@ -71,6 +71,14 @@ pub enum RuleError {
     /// character.
     #[error("{0:?} is not a model name (1-256 characters, no control characters)")]
     BadModel(String),
+    /// A client certificate subject that cannot be matched exactly.
+    #[error("{subject:?} {why}")]
+    BadSubject {
+        /// The subject.
+        subject: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// Whether `name` is a valid capability, tier or consumer name: 1 to

@@ -216,6 +216,13 @@ fn validate_pool(pool: &Pool) -> Result<(), TableError> {
             ));
         }
     }
+    if let Some(certs) = &pool.access.client_certificates {
+        let field = || format!("pool {key} access.clientCertificates");
+        certs
+            .parsed_subjects()
+            .map_err(|e| inconsistent(field(), e))?;
+        certs.verifier().map_err(|e| inconsistent(field(), e))?;
+    }
     Ok(())
 }
 
