@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::activity::{Activity, Tracked};
 use crate::detection::Detection;
+use crate::tls::PeerCertificates;
 use crate::{ConnectionMetrics, ServerConfig};
 
 /// A request extension: the request came over a TLS connection (the handler tells
@@ -46,7 +47,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(tls) = &shared.config.tls else {
-        return serve_io(stream, peer, false, &shared).await;
+        return serve_io(stream, peer, None, &shared).await;
     };
     let timeout = shared.config.tls_handshake_timeout;
     match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
@@ -60,15 +61,28 @@ where
         }
         Ok(Ok(stream)) => {
             shared.metrics.handshake_ok.inc();
-            serve_io(stream, peer, true, &shared).await;
+            let certificates = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .filter(|chain| !chain.is_empty())
+                .map(|chain| {
+                    PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect())
+                });
+            serve_io(stream, peer, Some(certificates), &shared).await;
         }
     }
 }
 
-/// HTTP over `io` (plain or TLS: each request then carries [`OverTls`]) until the
-/// connection ends.
-async fn serve_io<I, H, F, B>(io: I, peer: SocketAddr, tls: bool, shared: &Shared<H>)
-where
+/// HTTP over `io` until the connection ends. Over TLS (`tls` is the client's
+/// certificates, if any), each request carries [`OverTls`], and [`PeerCertificates`]
+/// when the client presented some.
+async fn serve_io<I, H, F, B>(
+    io: I,
+    peer: SocketAddr,
+    tls: Option<Option<PeerCertificates>>,
+    shared: &Shared<H>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
@@ -87,8 +101,11 @@ where
     let handler = shared.handler.clone();
     let requests = activity.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
-        if tls {
+        if let Some(certificates) = &tls {
             req.extensions_mut().insert(OverTls);
+            if let Some(certificates) = certificates {
+                req.extensions_mut().insert(certificates.clone());
+            }
         }
         let busy = requests.begin();
         // Boxed: hyper keeps room for one request's future in every connection,

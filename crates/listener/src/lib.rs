@@ -55,7 +55,7 @@ pub use crate::connection::OverTls;
 use crate::connection::Shared;
 use crate::limits::{Limits, Refused};
 pub use crate::metrics::{ConnectionMetrics, ListenerMetrics};
-pub use crate::tls::{CertificateFiles, TlsConfig, TlsError};
+pub use crate::tls::{CertificateFiles, PeerCertificates, TlsConfig, TlsError};
 
 /// The pause after a failed `accept()` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);

@@ -1,12 +1,16 @@
 //! Throwaway certificates for tests (feature `testing`): a CA, leaf certificates for
-//! given names signed by it (valid, or expired), their PEM files, and a rustls client
-//! that trusts the CA.
+//! given names signed by it (valid, or expired), client certificates, their PEM files,
+//! and a rustls client that trusts the CA (presenting a client certificate or not).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use crate::CertificateFiles;
 
@@ -77,6 +81,66 @@ impl TestCa {
             key_pem: key.serialize_pem(),
             der: cert.der().clone(),
         }
+    }
+
+    /// A client certificate (extended key usage `clientAuth`) with subject common name
+    /// `cn`, DNS subject alternative names `dns` and URI ones `uris`, valid from a day
+    /// ago for a year.
+    ///
+    /// # Panics
+    ///
+    /// When a name is not ASCII.
+    pub fn client_leaf(&self, cn: &str, dns: &[&str], uris: &[&str]) -> TestCert {
+        let key = KeyPair::generate().expect("a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let ia5 = |s: &&str| rcgen::string::Ia5String::try_from((*s).to_owned()).expect("ASCII");
+        params.subject_alt_names = dns
+            .iter()
+            .map(|d| SanType::DnsName(ia5(d)))
+            .chain(uris.iter().map(|u| SanType::URI(ia5(u))))
+            .collect();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time_now();
+        params.not_before = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs((now - 86_400).unsigned_abs());
+        params.not_after = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::Duration::from_secs((now + 365 * 86_400).unsigned_abs());
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("a client certificate");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A rustls client configuration that trusts this CA only, offers `alpn` and
+    /// presents `cert` when asked for a certificate.
+    pub fn client_config_presenting(
+        &self,
+        alpn: &[&[u8]],
+        cert: &TestCert,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.der.clone()).expect("a CA certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())
+            .expect("a key");
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert.der.clone()], key)
+            .expect("a client certificate");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// The CA certificate, DER.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
     }
 
     /// Writes the CA certificate to `dir/NAME` and returns its path.

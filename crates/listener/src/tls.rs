@@ -18,10 +18,22 @@
 //! cert-manager renews it). New files that do not make a valid set (unreadable, not
 //! PEM, a key that does not match its certificate) are logged and counted once, and the
 //! certificates in use stay; handshakes never wait for a reload.
+//!
+//! # Client certificates
+//!
+//! [`TlsConfig::request_client_certificates`] makes the listener ask clients for a
+//! certificate, naming the given CAs as hints, without requiring one: a client
+//! without a certificate is served as before. A client that presents one must prove
+//! it holds its key (the handshake's signature is checked), but the chain is not
+//! verified here: each request carries it as [`PeerCertificates`], and whoever admits
+//! the request verifies it against the CA that matters for it (a proxy pool, its own).
+//! A certificate from an unknown CA therefore fails the request that needs it, with a
+//! reason the client can read, rather than the handshake.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,8 +41,10 @@ use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 
 /// How often certificate files are read for changes, by default.
@@ -107,7 +121,11 @@ struct Inner {
     files: Vec<CertificateFiles>,
     provider: Arc<CryptoProvider>,
     resolver: Arc<Resolver>,
-    acceptor: TlsAcceptor,
+    /// The configuration handshakes use: replaced whole when the client certificate
+    /// hints change.
+    server: ArcSwap<rustls::ServerConfig>,
+    /// Whether `server` asks for client certificates.
+    requesting: AtomicBool,
     reload_interval: Duration,
     /// The bytes of the files in use, and of the last set refused: a change is what
     /// differs from both.
@@ -137,18 +155,14 @@ impl TlsConfig {
         let resolver = Arc::new(Resolver {
             certs: ArcSwap::from_pointee(certs),
         });
-        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::Config)?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        let server = server_config(&provider, &resolver, None, None)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 files,
                 provider,
                 resolver,
-                acceptor: TlsAcceptor::from(Arc::new(server)),
+                server: ArcSwap::from_pointee(server),
+                requesting: AtomicBool::new(false),
                 reload_interval,
                 seen: Mutex::new((raw, None)),
             }),
@@ -165,8 +179,42 @@ impl TlsConfig {
         &self.inner.files
     }
 
-    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
-        &self.inner.acceptor
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.inner.server.load_full())
+    }
+
+    /// Asks clients for a certificate from now on, naming the subjects of `cas` as
+    /// the CAs the server accepts (certificates that do not parse are left out of the
+    /// hints); with no CA, stops asking. Never requires one, and never verifies the
+    /// chain (see the [module docs](self)). Handshakes under way finish with the
+    /// settings they started with; resumed sessions carry on.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::Config`] when rustls refuses the configuration (a build problem);
+    /// the settings in use stay.
+    pub fn request_client_certificates(&self, cas: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+        let requesting = !cas.is_empty();
+        let hints = requesting.then(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let _ = roots.add_parsable_certificates(cas.iter().map(|c| c.clone().into_owned()));
+            roots.subjects()
+        });
+        let old = self.inner.server.load();
+        let server = server_config(
+            &self.inner.provider,
+            &self.inner.resolver,
+            hints,
+            Some(&old),
+        )?;
+        self.inner.server.store(Arc::new(server));
+        self.inner.requesting.store(requesting, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether clients are asked for a certificate.
+    pub fn requests_client_certificates(&self) -> bool {
+        self.inner.requesting.load(Ordering::Relaxed)
     }
 
     /// Reads the files and puts new certificates in use when they changed and load.
@@ -224,6 +272,109 @@ impl fmt::Debug for TlsConfig {
             .field("files", &self.inner.files)
             .field("reload_interval", &self.inner.reload_interval)
             .finish_non_exhaustive()
+    }
+}
+
+/// The server configuration: the certificates of `resolver`, TLS 1.3 and 1.2, ALPN,
+/// and with `hints`, a request for an optional client certificate. The session cache
+/// of `previous` is kept, so that clients resume across a change.
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    resolver: &Arc<Resolver>,
+    hints: Option<Vec<DistinguishedName>>,
+    previous: Option<&rustls::ServerConfig>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?;
+    let builder = match hints {
+        None => builder.with_no_client_auth(),
+        Some(hints) => builder.with_client_cert_verifier(Arc::new(OptionalClientCert {
+            hints,
+            provider: provider.clone(),
+        })),
+    };
+    let mut server = builder.with_cert_resolver(resolver.clone());
+    server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if let Some(previous) = previous {
+        server.session_storage = previous.session_storage.clone();
+    }
+    Ok(server)
+}
+
+/// A request extension: the certificate chain (leaf first) the client presented in
+/// the TLS handshake. The client proved it holds the leaf's key; the chain itself is
+/// not verified (see the [module docs](self)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+
+/// Asks for a client certificate, requires none, checks the handshake signature of
+/// one presented and leaves its chain to the requests' admission.
+#[derive(Debug)]
+struct OptionalClientCert {
+    hints: Vec<DistinguishedName>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for OptionalClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Only that it is a certificate: the chain is checked per request, against
+        // the CA of the pool the request goes to.
+        webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

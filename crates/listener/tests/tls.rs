@@ -14,7 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use prometheus::{Encoder, Registry};
 use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_listener::testing::{TestCa, write_atomically};
-use sluice_listener::{CertificateFiles, ListenerMetrics, ServerConfig, TlsConfig, serve};
+use sluice_listener::{
+    CertificateFiles, ListenerMetrics, PeerCertificates, ServerConfig, TlsConfig, serve,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -23,8 +25,13 @@ use tokio_rustls::TlsConnector;
 
 async fn handler(req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
     let tls = req.extensions().get::<sluice_listener::OverTls>().is_some();
+    let presented = req
+        .extensions()
+        .get::<PeerCertificates>()
+        .map(|c| format!(" presenting {}", c.0.len()))
+        .unwrap_or_default();
     Response::new(Full::new(Bytes::from(format!(
-        "{:?}{}",
+        "{:?}{}{presented}",
         req.version(),
         if tls { " over TLS" } else { "" }
     ))))
@@ -157,8 +164,17 @@ async fn the_certificate_is_chosen_by_sni_and_alpn_picks_the_http_version() {
 /// One GET over a TLS connection to `addr` for `name`, speaking what ALPN agreed: the
 /// body.
 async fn request_over(ca: &TestCa, addr: SocketAddr, name: &str, alpn: &[&[u8]]) -> String {
+    request_with(ca.client_config(alpn), addr, name).await
+}
+
+/// One GET over a TLS connection to `addr` for `name` made with `config`: the body.
+async fn request_with(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    name: &str,
+) -> String {
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = TlsConnector::from(ca.client_config(alpn));
+    let connector = TlsConnector::from(config);
     let server_name = ServerName::try_from(name.to_owned()).expect("a server name");
     let tls = connector
         .connect(server_name, tcp)
@@ -316,5 +332,73 @@ fn files_that_do_not_load_are_refused_at_start() {
     assert!(err(vec![missing]).contains("missing.crt"));
     assert!(err(vec![swapped]).contains("good.key"));
     assert!(TlsConfig::new(vec![good], hour).is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Client certificates are asked for once CAs are given, never required, and carried
+/// to each request unverified (a certificate of another CA too); with no CA, none is
+/// asked for.
+#[tokio::test]
+async fn client_certificates_are_requested_optional_and_carried_to_requests() {
+    let dir = temp_dir("client-certs");
+    let ca = TestCa::new("test CA");
+    let clients = TestCa::new("clients CA");
+    let other = TestCa::new("other CA");
+    let files = ca.leaf(&["a.test"]).write(&dir, "a");
+    let tls = TlsConfig::new(vec![files], Duration::from_secs(3600)).expect("loads");
+    let server = start(tls.clone(), ServerConfig::default()).await;
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let alice = clients.client_leaf("alice", &["alice.test"], &[]);
+    let mallory = other.client_leaf("mallory", &[], &[]);
+
+    // Not asked for: a client with a certificate does not send it.
+    assert!(!tls.requests_client_certificates());
+    let answer = request_with(
+        ca.client_config_presenting(alpn, &alice),
+        server.addr,
+        "a.test",
+    )
+    .await;
+    assert_eq!(answer, "HTTP/2.0 over TLS");
+
+    tls.request_client_certificates(std::slice::from_ref(clients.der()))
+        .expect("asks");
+    assert!(tls.requests_client_certificates());
+    for alpn in [alpn, &[&b"http/1.1"[..]][..]] {
+        let version = if alpn.len() == 2 {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        let answer = request_with(
+            ca.client_config_presenting(alpn, &alice),
+            server.addr,
+            "a.test",
+        )
+        .await;
+        assert_eq!(answer, format!("{version} over TLS presenting 1"));
+        // Optional: no certificate, served all the same.
+        let answer = request_over(&ca, server.addr, "a.test", alpn).await;
+        assert_eq!(answer, format!("{version} over TLS"));
+        // Another CA's certificate reaches the request, for its admission to refuse.
+        let answer = request_with(
+            ca.client_config_presenting(alpn, &mallory),
+            server.addr,
+            "a.test",
+        )
+        .await;
+        assert_eq!(answer, format!("{version} over TLS presenting 1"));
+    }
+
+    // No CA: no longer asked for.
+    tls.request_client_certificates(&[]).expect("stops asking");
+    let answer = request_with(
+        ca.client_config_presenting(alpn, &alice),
+        server.addr,
+        "a.test",
+    )
+    .await;
+    assert_eq!(answer, "HTTP/2.0 over TLS");
+    server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
