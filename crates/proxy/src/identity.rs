@@ -5,17 +5,23 @@
 //! accepts them, a JWT. An invalid credential is refused with 401, never downgraded to
 //! anonymous. Then the pool's access rules and the consumer's own pool list decide
 //! (403 when they say no).
+//!
+//! A pool that requires client certificates checks the request's certificate first
+//! ([`crate::auth::client_cert`]); a request without an API key or JWT is then
+//! identified by it (its matched subject, of the default tier) and let in.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use sluice_api::table::{self, Pool};
+use rustls::pki_types::UnixTime;
+use sluice_api::table;
 
 use crate::auth::api_key::{ApiKeyError, Consumer, KeyStore};
+use crate::auth::client_cert::Transport;
 use crate::auth::jwks::JwksSource;
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{AuthError, extract_credential};
+use crate::pool::PoolRuntime;
 
 /// The tier of a consumer whose Secret names none.
 pub const DEFAULT_TIER: &str = "standard";
@@ -66,18 +72,26 @@ impl Authenticator {
         })
     }
 
-    /// Identifies the caller of `pool` and checks its access.
+    /// Identifies the caller of `pool`, which came over `transport`, and checks its
+    /// access.
     ///
     /// # Errors
     ///
-    /// The [`AuthError`] that refuses the request: 401 reasons for missing or invalid
-    /// credentials, [`AuthError::Forbidden`] for a caller without access.
+    /// The [`AuthError`] that refuses the request: the client certificate reasons of
+    /// a pool that requires one, 401 reasons for missing or invalid credentials,
+    /// [`AuthError::Forbidden`] for a caller without access.
     pub async fn admit(
         &self,
-        pool: &Pool,
-        jwt: Option<&Arc<JwtAuth>>,
+        pool: &PoolRuntime,
         headers: &HeaderMap,
+        transport: &Transport,
     ) -> Result<Option<Caller>, AuthError> {
+        let certified = match &pool.client_certs {
+            None => None,
+            Some(required) => Some(required.check(transport, UnixTime::now())?),
+        };
+        let jwt = pool.jwt.as_ref();
+        let pool = &pool.spec;
         let mut allowed_pools = None;
         // A consumer from a Secret belongs to a namespace; a JWT's is the pool's issuer's.
         let mut by_key = false;
@@ -109,6 +123,16 @@ impl Authenticator {
             && !pools.contains(&pool.key)
         {
             return Err(AuthError::Forbidden);
+        }
+        // Without a credential, the certificate identifies the caller; its subject is
+        // on the pool's list.
+        if caller.is_none()
+            && let Some(subject) = certified
+        {
+            return Ok(Some(Caller {
+                consumer: subject.to_owned(),
+                tier: DEFAULT_TIER.to_owned(),
+            }));
         }
         let access = &pool.access;
         if access.public {

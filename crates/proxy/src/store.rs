@@ -22,13 +22,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_api::table::upstream::{self, UpstreamTls};
 use sluice_api::table::{BackendProtocol, BackendTarget, Jwt};
 use sluice_api::{RouteTable, TableError};
+use sluice_listener::TlsConfig;
 use sluice_ratelimit::RedisBackend;
 
 use crate::auth::api_key::ApiKeyError;
+use crate::auth::client_cert::ClientCertAuth;
 use crate::auth::jwks::{JwksSource, KeySet, RemoteConfig, RemoteJwks};
 use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
@@ -90,6 +92,9 @@ pub struct Runtime {
     pub auth: Authenticator,
     /// The table's rate limits.
     pub limits: TableLimits,
+    /// The CAs of every pool that requires client certificates, each once: what the
+    /// TLS listeners name as hints.
+    pub client_cas: Vec<CertificateDer<'static>>,
     /// When the table was put in force, on the store's clock.
     pub applied: u64,
 }
@@ -149,6 +154,8 @@ pub struct TableStore {
     env: PoolEnv,
     top: Arc<TopLimited>,
     metrics: Metrics,
+    /// TLS listeners that ask for client certificates as the table's pools require.
+    listeners: Mutex<Vec<TlsConfig>>,
 }
 
 /// Why [`TableStore::apply`] refused a table; the runtime in force stays.
@@ -171,6 +178,14 @@ pub enum ApplyError {
         pool: String,
         /// The backend's name.
         backend: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A pool's client certificate CA or subjects cannot be used. Not retryable.
+    #[error("pool {pool} access.clientCertificates: {message}")]
+    ClientCertificates {
+        /// The pool.
+        pool: String,
         /// What is wrong.
         message: String,
     },
@@ -295,6 +310,7 @@ impl StoreBuilder {
             },
             top,
             metrics: self.metrics,
+            listeners: Mutex::new(Vec::new()),
         }
     }
 }
@@ -387,6 +403,12 @@ impl TableStore {
         }
         let runtime = Arc::new(self.build(table, previous.as_deref()).map_err(rejected)?);
         self.current.store(Some(runtime.clone()));
+        if previous
+            .as_deref()
+            .is_none_or(|old| old.client_cas != runtime.client_cas)
+        {
+            self.request_client_certificates(&runtime.client_cas);
+        }
         if let Some(old) = previous {
             for pool in &old.pools {
                 if !runtime.shares(pool) {
@@ -408,6 +430,40 @@ impl TableStore {
             .with_label_values(&["applied"])
             .inc();
         Ok(Applied::Swapped)
+    }
+
+    /// Has `tls` ask clients for a certificate whenever a pool of the table in force
+    /// requires one, naming the pools' CAs, from now on and with every table that
+    /// changes them.
+    pub fn request_client_certificates_on(&self, tls: TlsConfig) {
+        let cas = self
+            .load()
+            .map(|r| r.client_cas.clone())
+            .unwrap_or_default();
+        if let Err(e) = tls.request_client_certificates(&cas) {
+            tracing::error!(error = %e, "client certificates cannot be asked for");
+        }
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tls);
+    }
+
+    /// Tells every registered listener the CAs of the table in force.
+    fn request_client_certificates(&self, cas: &[CertificateDer<'static>]) {
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for tls in listeners.iter() {
+            match tls.request_client_certificates(cas) {
+                Ok(()) => tracing::info!(
+                    cas = cas.len(),
+                    "TLS listener: client certificate authorities changed"
+                ),
+                Err(e) => tracing::error!(error = %e, "client certificates cannot be asked for"),
+            }
+        }
     }
 
     /// Drops the health state and counters of endpoints that left, so that neither
@@ -454,11 +510,36 @@ impl TableStore {
                     .collect::<Result<Vec<_>, _>>()
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let client_certs = table
+            .pools
+            .iter()
+            .map(|p| {
+                p.access
+                    .client_certificates
+                    .as_ref()
+                    .map(|c| {
+                        ClientCertAuth::new(c).map(Arc::new).map_err(|message| {
+                            ApplyError::ClientCertificates {
+                                pool: p.key.clone(),
+                                message,
+                            }
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut client_cas: Vec<CertificateDer<'static>> = Vec::new();
+        for ca in client_certs.iter().flatten().flat_map(|c| c.roots()) {
+            if !client_cas.contains(ca) {
+                client_cas.push(ca.clone());
+            }
+        }
         let pools: Vec<Arc<PoolRuntime>> = table
             .pools
             .iter()
             .zip(&clients)
-            .map(|(p, clients)| {
+            .zip(client_certs)
+            .map(|((p, clients), client_certs)| {
                 let before = previous.and_then(|r| r.pool(&p.key));
                 if let Some(same) = before.filter(|b| b.spec == *p) {
                     return same.clone();
@@ -466,6 +547,7 @@ impl TableStore {
                 let kept = |address: &str| self.kept(&p.key, address);
                 let mut pool = pool::build(p, before.map(Arc::as_ref), clients, &kept, &self.env);
                 pool.jwt = p.jwt.as_ref().and_then(|j| self.jwt_auth(&p.key, j));
+                pool.client_certs = client_certs;
                 let pool = Arc::new(pool);
                 pool::start_health_checks(&pool);
                 pool
@@ -494,6 +576,7 @@ impl TableStore {
             model_routes,
             auth,
             limits,
+            client_cas,
             table,
             pools,
             fallbacks,

@@ -3,7 +3,9 @@
 //! * [`extract_credential`] finds the credential a request presents, if any;
 //! * [`api_key`] identifies it as an API key, looked up by its SHA-256 hash;
 //! * [`jwt`] verifies it as a JWT against keys from [`jwks`] (or a configured HMAC
-//!   secret) and maps its claims to a consumer and tier.
+//!   secret) and maps its claims to a consumer and tier;
+//! * [`client_cert`] checks the client certificate of a request to a pool that
+//!   requires one (mutual TLS).
 //!
 //! Every refusal is an [`AuthError`]: a bounded reason code for metrics and the JSON
 //! body, a status (401, 403 or 503) and the `WWW-Authenticate` challenge. Nothing in
@@ -31,6 +33,7 @@
 //! JWT verifier when the pool has one, anything else to the API key store.
 
 pub mod api_key;
+pub mod client_cert;
 pub mod jwks;
 pub mod jwt;
 
@@ -110,11 +113,22 @@ pub enum AuthError {
     /// A valid consumer that may not call this pool. 403.
     #[error("the consumer may not call this pool")]
     Forbidden,
+    /// The pool requires a client certificate and the request came without one: the
+    /// client presented none, or came over the plaintext listener. 403.
+    #[error("this pool requires a client certificate, over TLS")]
+    ClientCertificateRequired,
+    /// The client certificate is not signed by the pool's CA, has expired or is not
+    /// valid yet, or is not for client authentication. 403.
+    #[error("the client certificate is not valid for this pool")]
+    ClientCertificateInvalid,
+    /// The client certificate holds none of the pool's subjects. 403.
+    #[error("the client certificate's subject may not call this pool")]
+    ClientCertificateForbidden,
 }
 
 impl AuthError {
     /// Every variant, for pre-registering metric label values.
-    pub const ALL: [AuthError; 17] = [
+    pub const ALL: [AuthError; 20] = [
         AuthError::Missing,
         AuthError::MultipleCredentials,
         AuthError::UnsupportedScheme,
@@ -132,6 +146,9 @@ impl AuthError {
         AuthError::InvalidClaim,
         AuthError::KeysUnavailable,
         AuthError::Forbidden,
+        AuthError::ClientCertificateRequired,
+        AuthError::ClientCertificateInvalid,
+        AuthError::ClientCertificateForbidden,
     ];
 
     /// The reason code: a bounded metric label and the `code` of the JSON body.
@@ -154,14 +171,22 @@ impl AuthError {
             AuthError::InvalidClaim => "invalid_claim",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::Forbidden => "forbidden",
+            AuthError::ClientCertificateRequired => "client_certificate_required",
+            AuthError::ClientCertificateInvalid => "client_certificate_invalid",
+            AuthError::ClientCertificateForbidden => "client_certificate_forbidden",
         }
     }
 
     /// The HTTP status: 401 for missing or invalid credentials, 403 for
-    /// [`AuthError::Forbidden`], 503 for [`AuthError::KeysUnavailable`].
+    /// [`AuthError::Forbidden`] and the client certificate reasons (a certificate is
+    /// not an HTTP authentication scheme: there is no challenge to answer), 503 for
+    /// [`AuthError::KeysUnavailable`].
     pub fn status(&self) -> http::StatusCode {
         match self {
-            AuthError::Forbidden => http::StatusCode::FORBIDDEN,
+            AuthError::Forbidden
+            | AuthError::ClientCertificateRequired
+            | AuthError::ClientCertificateInvalid
+            | AuthError::ClientCertificateForbidden => http::StatusCode::FORBIDDEN,
             AuthError::KeysUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Missing
             | AuthError::MultipleCredentials

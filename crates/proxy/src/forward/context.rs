@@ -9,6 +9,7 @@ use http::HeaderMap;
 use tokio::time::Instant;
 
 use crate::access_log::LimitRecord;
+use crate::auth::client_cert::Transport;
 use crate::body::BodyStats;
 use crate::identity::Caller;
 use crate::limits::{RateOutcome, Subject, TokenStats};
@@ -44,6 +45,8 @@ pub(super) struct RequestCtx {
     pub client_ip: IpAddr,
     /// The capability the request names, if any.
     pub capability: Option<String>,
+    /// How the request came: over TLS or not, with the client's certificates.
+    pub transport: Transport,
     /// The identified caller; `None` for an anonymous request.
     pub caller: Option<Caller>,
     /// What the rate limits added: response headers and token reservations.
@@ -93,6 +96,7 @@ impl RequestCtx {
             peer,
             client_ip: peer.ip(),
             capability: None,
+            transport: Transport::default(),
             caller: None,
             rate: RateOutcome::default(),
             dry_run: None,

@@ -7,7 +7,8 @@
 //!
 //! * **route**: normalise the path, find the client address,
 //!   set aside an upgrade, and pick the pool ([`crate::router`]);
-//! * **admit**: identify the caller and check the pool's access ([`crate::identity`]);
+//! * **admit**: check the client certificate of a pool that requires one, identify the
+//!   caller and check the pool's access ([`crate::identity`]);
 //! * **limit**: every rate limit of the pool at once, reading the body's
 //!   `max_tokens` when a token budget needs it ([`crate::limits::request`]);
 //! * **reserve** (`reserve.rs`): a slot on an endpoint, waiting in the pool's queue,
@@ -45,6 +46,7 @@ use hyper::upgrade::OnUpgrade;
 
 use self::context::{RequestCtx, RequestLine, Serving, UpstreamLog};
 use crate::access_log::AccessLog;
+use crate::auth::client_cert::Transport;
 use crate::body::{CountedBody, MinRate, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::client_ip::TrustedProxies;
@@ -223,6 +225,7 @@ impl Forwarder {
             .config
             .trusted_proxies
             .client_ip(ctx.peer.ip(), req.headers());
+        ctx.transport = Transport::from_extensions(req.extensions());
         let upgrade = upgrade::take_upgrade(&mut req);
         ctx.capability = req
             .headers()
@@ -255,7 +258,7 @@ impl Forwarder {
         match serving
             .runtime()
             .auth
-            .admit(&pool.spec, pool.jwt.as_ref(), headers)
+            .admit(pool, headers, &ctx.transport)
             .await
         {
             Ok(caller) => {

@@ -13,6 +13,7 @@ use http::HeaderMap;
 
 use super::Forwarder;
 use super::context::{RequestCtx, Serving};
+use crate::auth::client_cert::Transport;
 use crate::body::{RequestBody, is_json};
 use crate::error::ProxyError;
 use crate::limits::MAX_BUFFERED_BODY;
@@ -78,7 +79,9 @@ impl Forwarder {
                     if !pool.spec.falls_back_when(reason) {
                         return Err(e);
                     }
-                    let Some(fallback) = self.fallback(serving, ctx.fallbacks, headers).await
+                    let Some(fallback) = self
+                        .fallback(serving, ctx.fallbacks, headers, &ctx.transport)
+                        .await
                     else {
                         return Err(e);
                     };
@@ -105,7 +108,7 @@ impl Forwarder {
                         return Err(no_endpoints());
                     }
                     let fallback = self
-                        .fallback(serving, ctx.fallbacks, headers)
+                        .fallback(serving, ctx.fallbacks, headers, &ctx.transport)
                         .await
                         .ok_or_else(no_endpoints)?;
                     body = self
@@ -162,6 +165,7 @@ impl Forwarder {
         serving: &Serving,
         hops: usize,
         headers: &HeaderMap,
+        transport: &Transport,
     ) -> Option<usize> {
         let runtime = serving.runtime();
         let f = runtime.fallback(serving.index())?;
@@ -171,7 +175,7 @@ impl Forwarder {
         let pool = &runtime.pools[f];
         runtime
             .auth
-            .admit(&pool.spec, pool.jwt.as_ref(), headers)
+            .admit(pool, headers, transport)
             .await
             .is_ok()
             .then_some(f)

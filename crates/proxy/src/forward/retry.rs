@@ -202,7 +202,9 @@ impl Forwarder {
         source: &mut Source,
     ) -> Option<(usize, Bytes)> {
         let pool = serving.pool();
-        let fallback = self.fallback(serving, ctx.fallbacks, headers).await?;
+        let fallback = self
+            .fallback(serving, ctx.fallbacks, headers, &ctx.transport)
+            .await?;
         let count = |result: &str| {
             self.metrics
                 .retries

@@ -174,6 +174,7 @@ pub fn build(
         replaced: std::sync::atomic::AtomicBool::new(false),
         retry_budget,
         jwt: None,
+        client_certs: None,
         checker: Mutex::new(None),
         metrics_all: metrics.clone(),
         clock: env.clock.clone(),

@@ -163,6 +163,8 @@ pub struct PoolRuntime {
     pub retry_budget: Option<Arc<RetryBudget>>,
     /// JWT verification, when the pool accepts tokens.
     pub jwt: Option<Arc<crate::identity::JwtAuth>>,
+    /// The client certificates the pool requires, if it does.
+    pub client_certs: Option<Arc<crate::auth::client_cert::ClientCertAuth>>,
     /// The task probing the endpoints, while the pool is in force.
     checker: Mutex<Option<AbortHandle>>,
     metrics_all: Metrics,

@@ -143,6 +143,56 @@ impl Proxy {
         (proxy, LogLines(Arc::new(std::sync::Mutex::new(rx))))
     }
 
+    /// Starts a proxy with a plaintext listener and a TLS one (`tls`, asking for the
+    /// client certificates the table's pools require, as the binary does), writing a
+    /// JSON access log, and applies `table`: the proxy (its `addr` the plaintext
+    /// listener's), the TLS listener's address and the log lines.
+    pub async fn with_tls(
+        table: RouteTable,
+        tls: sluice_proxy::server::TlsConfig,
+    ) -> (Self, SocketAddr, LogLines) {
+        let metrics = Metrics::new();
+        let store = Arc::new(TableStore::new(metrics.clone()));
+        store.apply(table).expect("table applies");
+        store.request_client_certificates_on(tls.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = AccessLog::start(
+            &AccessLogConfig::default(),
+            &metrics,
+            Box::new(LineSink(tx, Vec::new())),
+        )
+        .expect("log");
+        let forwarder = Forwarder::new(store.clone(), metrics.clone()).with_access_log(log);
+        let mut addrs = Vec::new();
+        for tls in [None, Some(tls)] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+            addrs.push(listener.local_addr().expect("proxy address"));
+            let forwarder = forwarder.clone();
+            tokio::spawn(server::serve(
+                listener,
+                ServerConfig {
+                    tls,
+                    ..ServerConfig::default()
+                },
+                move |req, peer| {
+                    let f = forwarder.clone();
+                    async move { f.handle(req, peer).await }
+                },
+                std::future::pending::<()>(),
+            ));
+        }
+        let proxy = Self {
+            addr: addrs[0],
+            store,
+            metrics,
+        };
+        (
+            proxy,
+            addrs[1],
+            LogLines(Arc::new(std::sync::Mutex::new(rx))),
+        )
+    }
+
     /// Starts a proxy and applies `table`.
     pub async fn with_table(table: RouteTable) -> Self {
         let proxy = Self::start().await;
