@@ -289,6 +289,10 @@ pub async fn run(args: Args) -> Result<()> {
             Some(TlsConfig::new(files, args.tls_reload_interval).context("--tls-cert/--tls-key")?)
         }
     };
+    if let Some(tls) = &tls {
+        // Pools that require client certificates have the TLS listener ask for them.
+        store.request_client_certificates_on(tls.clone());
+    }
     if matches!(args.listen, Listen::Off) && tls.is_none() {
         bail!("--listen off with no --tls-cert: the proxy would serve nothing");
     }
