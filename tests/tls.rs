@@ -2,13 +2,15 @@
 //! by SNI, ALPN, renewed files served without a restart) beside its cleartext
 //! listener; the controller serves its push channel over TLS to proxies that check its
 //! certificate and present the shared token, and a proxy with another token, or a
-//! caller with none, gets nothing of the table.
+//! caller with none, gets nothing of the table. A pool that requires client
+//! certificates, from a standalone manifest with its CA Secret, serves the clients its
+//! CA signed as their subject and follows a new CA in the file.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
-use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir, tls_get};
+use anyhow::{Context, Result};
+use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir, tls_get, tls_get_with};
 use sluice_listener::testing::TestCa;
 
 fn pool(endpoint: &str) -> String {
@@ -223,6 +225,119 @@ fn the_control_channel_is_tls_and_only_proxies_with_the_token_get_the_table() ->
     assert_eq!(resp.status, 200);
     assert!(resp.body.contains("proxy-good"), "{}", resp.body);
     assert!(!resp.body.contains("proxy-bad"), "{}", resp.body);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// Pool `echo` requiring client certificates of `ca` with subject
+/// `spiffe://e2e/planner`, its CA in a Secret manifest of the same file.
+fn mtls_manifest(endpoint: &str, ca: &TestCa) -> Result<String> {
+    Ok(format!(
+        "apiVersion: v1\nkind: Secret\n\
+         metadata: {{name: clients-ca, namespace: e2e, labels: {{sluice.dev/upstream: \"\"}}}}\n\
+         stringData:\n  ca.crt: {}\n---\n{}  \
+         access: {{clientCertificates: {{caSecretRef: {{name: clients-ca}}, subjects: [\"spiffe://e2e/planner\"]}}}}\n",
+        serde_json::to_string(&ca.pem)?,
+        pool(endpoint)
+    ))
+}
+
+#[test]
+fn a_pool_requiring_client_certificates_serves_its_subjects_over_tls_only() -> Result<()> {
+    let (_agent, agent) = demo_agent("agent")?;
+    let dir = temp_dir("mtls-proxy");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    let server_ca = TestCa::new("e2e server CA");
+    let server = server_ca.leaf(&["proxy.example"]).write(&certs, "proxy");
+    let clients = TestCa::new("e2e clients CA");
+    let routes = dir.join("pool.yaml");
+    std::fs::write(&routes, mtls_manifest(&agent.to_string(), &clients)?)?;
+    let mut proxy = Process::start(
+        "proxy",
+        "sluice",
+        &[
+            "proxy",
+            "--config",
+            &arg(&routes),
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &arg(&server.cert),
+            "--tls-key",
+            &arg(&server.key),
+            "--poll-interval",
+            "100ms",
+        ],
+    )?;
+    let plain = proxy.logged_addr("proxy started", "listen")?;
+    let tls = proxy.logged_addr("proxy started", "tls_listen")?;
+    let admin = proxy.logged_addr("proxy started", "admin")?;
+    let wait = Duration::from_secs(20);
+    eventually(wait, "the proxy ready", || {
+        Ok((get(admin, "/readyz")?.status == 200).then_some(()))
+    })?;
+    let alpn: &[&[u8]] = &[b"http/1.1"];
+    let call = |cert: Option<&sluice_listener::testing::TestCert>| {
+        let config = match cert {
+            Some(cert) => server_ca.client_config_presenting(alpn, cert),
+            None => server_ca.client_config(alpn),
+        };
+        let answer = tls_get_with(tls, "proxy.example", config, Some("/agents/echo/x"), &[])?;
+        answer.response.context("a response")
+    };
+
+    let planner = clients.client_leaf("planner", &[], &["spiffe://e2e/planner"]);
+    let resp = call(Some(&planner))?;
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(
+        resp.body
+            .contains(r#""x-sluice-consumer":"spiffe://e2e/planner""#),
+        "the subject is the consumer: {}",
+        resp.body
+    );
+    let resp = call(None)?;
+    assert_eq!(resp.status, 403);
+    assert!(
+        resp.body.contains("client_certificate_required"),
+        "{}",
+        resp.body
+    );
+    let resp = get(plain, "/agents/echo/x")?;
+    assert_eq!(resp.status, 403, "the plaintext listener: {resp:?}");
+    assert!(
+        resp.body.contains("client_certificate_required"),
+        "{}",
+        resp.body
+    );
+    let stranger =
+        TestCa::new("someone else's CA").client_leaf("planner", &[], &["spiffe://e2e/planner"]);
+    let resp = call(Some(&stranger))?;
+    assert_eq!(resp.status, 403);
+    assert!(
+        resp.body.contains("client_certificate_invalid"),
+        "{}",
+        resp.body
+    );
+
+    // A new CA in the manifest: its certificates are served, the old CA's refused.
+    let rotated = TestCa::new("e2e clients CA, renewed");
+    std::fs::write(&routes, mtls_manifest(&agent.to_string(), &rotated)?)?;
+    let renewed = rotated.client_leaf("planner", &[], &["spiffe://e2e/planner"]);
+    eventually(wait, "the new CA", || {
+        Ok((call(Some(&renewed))?.status == 200).then_some(()))
+    })?;
+    let resp = call(Some(&planner))?;
+    assert_eq!(resp.status, 403);
+    assert!(
+        resp.body.contains("client_certificate_invalid"),
+        "{}",
+        resp.body
+    );
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

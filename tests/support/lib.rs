@@ -546,8 +546,24 @@ pub fn tls_get(
     headers: &[(&str, &str)],
 ) -> Result<TlsAnswer> {
     let config = sluice_listener::tls::client_config(ca, alpn)?;
+    tls_get_with(addr, name, std::sync::Arc::new(config), path, headers)
+}
+
+/// [`tls_get`] with a client configuration of the test's (one that presents a client
+/// certificate, say).
+///
+/// # Errors
+///
+/// When the handshake fails or the exchange does.
+pub fn tls_get_with(
+    addr: SocketAddr,
+    name: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    path: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<TlsAnswer> {
     let server_name = rustls::pki_types::ServerName::try_from(name.to_owned())?;
-    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server_name)?;
+    let conn = rustls::ClientConnection::new(config, server_name)?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
