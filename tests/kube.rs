@@ -8,14 +8,18 @@
 //! `--endpointslice-label`, a slice that loses the label is gone for the controller.
 //! With `--peers`, the leader counts the proxies subscribed to the other replica. A
 //! backend by URL gets the credential of its `sluice.dev/upstream` Secret, and the new
-//! one when the Secret is rotated.
+//! one when the Secret is rotated; a pool that requires client certificates checks
+//! them against the CA of its Secret, and the new CA once the Secret is rotated.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use sluice_e2e::{Process, demo_agent, eventually, get, send_json, subscribed_proxy, temp_dir};
+use sluice_e2e::{
+    Process, demo_agent, eventually, get, send_json, subscribed_proxy, temp_dir, tls_get_with,
+};
+use sluice_listener::testing::{TestCa, TestCert};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -427,6 +431,102 @@ fn a_backend_by_url_gets_the_credential_of_its_upstream_secret_and_its_rotation(
         upstream_secret("sk-second-0123456789"),
     )?;
     seen("Bearer sk-second-0123456789")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Secret `clients-ca` labelled for pools, holding `ca` as its `ca.crt`.
+fn client_ca_secret(ca: &TestCa) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": "clients-ca", "namespace": "agents",
+            "labels": {"sluice.dev/upstream": ""},
+        },
+        "stringData": {"ca.crt": ca.pem},
+    })
+}
+
+#[test]
+fn a_pool_requiring_client_certificates_reads_its_ca_secret_and_its_rotation() -> Result<()> {
+    let (_agent, a) = demo_agent("agent")?;
+    let (_apiserver, api, dir, kubeconfig) = fake_cluster("kube-mtls")?;
+    let clients = TestCa::new("clients CA");
+    api.create(SECRETS, &client_ca_secret(&clients))?;
+    api.create(
+        POOLS,
+        &json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "AgentPool",
+            "metadata": {"name": "planner", "namespace": "agents"},
+            "spec": {
+                "matches": [{"pathPrefix": "/planner"}],
+                "backends": [{"endpoints": [a.to_string()]}],
+                "access": {"clientCertificates": {
+                    "caSecretRef": {"name": "clients-ca"},
+                    "subjects": ["planner.agents.example"],
+                }},
+            },
+        }),
+    )?;
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    let server_ca = TestCa::new("server CA");
+    let server = server_ca.leaf(&["proxy.example"]).write(&certs, "proxy");
+    let (_controller, addr) = controller("ctl-1", &kubeconfig, &[])?;
+    let (cert, key) = (
+        server.cert.to_string_lossy().into_owned(),
+        server.key.to_string_lossy().into_owned(),
+    );
+    let (mut proxy, plain, _) = subscribed_proxy(
+        "proxy",
+        addr,
+        "proxy-1",
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ],
+    )?;
+    let tls = proxy.logged_addr("proxy started", "tls_listen")?;
+    let call = |cert: &TestCert| {
+        let config = server_ca.client_config_presenting(&[b"http/1.1"], cert);
+        let answer = tls_get_with(tls, "proxy.example", config, Some("/planner/x"), &[])?;
+        answer.response.context("a response")
+    };
+    let planner = clients.client_leaf("planner", &["planner.agents.example"], &[]);
+    let echo = eventually(WAIT, "the planner served", || {
+        let resp = call(&planner)?;
+        Ok((resp.status == 200).then_some(resp))
+    })?;
+    assert!(
+        echo.body
+            .contains(r#""x-sluice-consumer":"planner.agents.example""#),
+        "{}",
+        echo.body
+    );
+    let resp = get(plain, "/planner/x")?;
+    assert_eq!(resp.status, 403, "over the plaintext listener: {resp:?}");
+
+    // The CA Secret is rotated: the next table checks against the new CA.
+    let renewed_ca = TestCa::new("clients CA, renewed");
+    api.update(
+        &format!("{SECRETS}/clients-ca"),
+        client_ca_secret(&renewed_ca),
+    )?;
+    let renewed = renewed_ca.client_leaf("planner", &["planner.agents.example"], &[]);
+    eventually(WAIT, "the renewed CA", || {
+        Ok((call(&renewed)?.status == 200).then_some(()))
+    })?;
+    let resp = call(&planner)?;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(
+        resp.body.contains("client_certificate_invalid"),
+        "{}",
+        resp.body
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
