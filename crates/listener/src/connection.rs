@@ -67,7 +67,12 @@ where
                 .peer_certificates()
                 .filter(|chain| !chain.is_empty())
                 .map(|chain| {
-                    PeerCertificates(chain.iter().map(|c| c.clone().into_owned()).collect())
+                    PeerCertificates::new(
+                        chain
+                            .iter()
+                            .map(|c| c.clone().into_owned())
+                            .collect::<Vec<_>>(),
+                    )
                 });
             serve_io(stream, peer, Some(certificates), &shared).await;
         }

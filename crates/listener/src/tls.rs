@@ -33,7 +33,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -305,8 +305,58 @@ fn server_config(
 /// A request extension: the certificate chain (leaf first) the client presented in
 /// the TLS handshake. The client proved it holds the leaf's key; the chain itself is
 /// not verified (see the [module docs](self)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+///
+/// Every request of a connection carries the same chain, and a small memo shared by
+/// them: whoever verifies the chain can remember a verdict as an opaque token
+/// ([`Self::remember`]) and skip the verification on the connection's next requests
+/// ([`Self::recalls`]). Lock-free: a few atomics per connection.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates {
+    chain: Arc<[CertificateDer<'static>]>,
+    memo: Arc<Memo>,
+}
+
+/// The tokens remembered on one connection, the oldest replaced first.
+#[derive(Debug, Default)]
+struct Memo {
+    slots: [AtomicU64; MEMO_SLOTS],
+    next: AtomicUsize,
+}
+
+/// How many tokens a connection remembers.
+const MEMO_SLOTS: usize = 4;
+
+impl PeerCertificates {
+    /// The chain a client presented, with an empty memo.
+    pub fn new(chain: impl Into<Arc<[CertificateDer<'static>]>>) -> Self {
+        Self {
+            chain: chain.into(),
+            memo: Arc::default(),
+        }
+    }
+
+    /// The chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// Whether `token` was remembered on this connection (0 never is).
+    pub fn recalls(&self, token: u64) -> bool {
+        token != 0
+            && self
+                .memo
+                .slots
+                .iter()
+                .any(|s| s.load(Ordering::Relaxed) == token)
+    }
+
+    /// Remembers `token` for the connection's next requests, forgetting the oldest
+    /// of the last few.
+    pub fn remember(&self, token: u64) {
+        let i = self.memo.next.fetch_add(1, Ordering::Relaxed) % MEMO_SLOTS;
+        self.memo.slots[i].store(token, Ordering::Relaxed);
+    }
+}
 
 /// Asks for a client certificate, requires none, checks the handshake signature of
 /// one presented and leaves its chain to the requests' admission.

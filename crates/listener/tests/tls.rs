@@ -28,7 +28,7 @@ async fn handler(req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Byt
     let presented = req
         .extensions()
         .get::<PeerCertificates>()
-        .map(|c| format!(" presenting {}", c.0.len()))
+        .map(|c| format!(" presenting {}", c.chain().len()))
         .unwrap_or_default();
     Response::new(Full::new(Bytes::from(format!(
         "{:?}{}{presented}",
