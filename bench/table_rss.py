@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Resident memory of a proxy holding a large route table.
 
-The proxy is started in file mode on a generated table, once with a single endpoint
-(the baseline) and once per shape with ENDPOINTS endpoints: one pool holding them all (in backends
-of 1 000),
-and pools of ten endpoints each (each pool with its own route, balancer and metric
-handles). Once `/readyz` answers, a few requests are sent so that the request path
-is warm, and the resident set is read. Endpoints are addresses nothing listens on: the
-table is what is measured, not connections.
+A generated table is served by `sluice controller --from-dir` to one subscribed proxy
+(as in Kubernetes), once with a single endpoint (the baseline) and once per shape with
+ENDPOINTS endpoints: one pool holding them all (in backends of 1 000), and pools of ten
+endpoints each (each pool with its own route, balancer and metrics). Once the proxy's
+`/readyz` answers, its metrics are scraped a few times and its resident set is read.
+Endpoints are addresses nothing listens on: the table is what is measured, not
+connections. With `--standalone` the proxy reads the file itself (`--config`), and
+the one process holds the compiler's state as well.
 
     python3 bench/table_rss.py SLUICE_BINARY [--endpoints 10000] [--port-base 19600]
+                                             [--standalone]
 
 Prints one line per shape: RSS, and the difference from the baseline.
 """
@@ -65,17 +67,27 @@ def table(shape, n):
     return "---\n".join(docs)
 
 
-def measure(binary, shape, n, port_base, workdir):
-    path = os.path.join(workdir, f"{shape.replace(' ', '-')}.yaml")
+def measure(binary, shape, n, port_base, workdir, standalone):
+    folder = os.path.join(workdir, shape.replace(" ", "-"))
+    os.makedirs(folder)
+    path = os.path.join(folder, "pools.yaml")
     with open(path, "w") as f:
         f.write(table(shape, n))
-    listen, admin = port_base, port_base + 1
+    listen, admin, push = port_base, port_base + 1, port_base + 2
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+             "env": {**os.environ, "RUST_LOG": "warn"}}
+    started = []
+    if standalone:
+        source = ["--config", path]
+    else:
+        started.append(subprocess.Popen(
+            [binary, "controller", "--from-dir", folder, "--listen", f"127.0.0.1:{push}"],
+            **quiet))
+        source = ["--controller", f"http://127.0.0.1:{push}"]
     proc = subprocess.Popen(
-        [binary, "proxy", "--config", path, "--listen", f"127.0.0.1:{listen}",
-         "--admin", f"127.0.0.1:{admin}", "--access-log", "off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": "warn"},
-    )
+        [binary, "proxy", *source, "--listen", f"127.0.0.1:{listen}",
+         "--admin", f"127.0.0.1:{admin}", "--access-log", "off"], **quiet)
+    started.append(proc)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -93,11 +105,13 @@ def measure(binary, shape, n, port_base, workdir):
         time.sleep(1)
         return rss_kb(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p in started:
+            p.send_signal(signal.SIGTERM)
+        for p in started:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def main():
@@ -105,12 +119,15 @@ def main():
     parser.add_argument("binary")
     parser.add_argument("--endpoints", type=int, default=10000)
     parser.add_argument("--port-base", type=int, default=19600)
+    parser.add_argument("--standalone", action="store_true",
+                        help="the proxy reads the file itself (--config)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        base = measure(args.binary, "baseline", 1, args.port_base, workdir)
+        base = measure(args.binary, "baseline", 1, args.port_base, workdir, args.standalone)
         print(f"{'one endpoint':<40} {base / 1024:8.1f} MiB")
         for shape in ["one pool", "pools of ten"]:
-            kb = measure(args.binary, shape, args.endpoints, args.port_base, workdir)
+            kb = measure(args.binary, shape, args.endpoints, args.port_base, workdir,
+                         args.standalone)
             label = f"{args.endpoints} endpoints, {shape}"
             print(f"{label:<40} {kb / 1024:8.1f} MiB  (+{(kb - base) / 1024:.1f} MiB, "
                   f"{(kb - base) * 1024 / args.endpoints:.0f} B per endpoint)")
