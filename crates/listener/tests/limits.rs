@@ -14,12 +14,12 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use prometheus::{Encoder, Registry};
-use sluice_listener::{ListenerMetrics, ServerConfig, serve};
+use sluice_listener::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+
+mod support;
+use support::Server;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -31,57 +31,8 @@ async fn handler(req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
     Response::new(Full::new(Bytes::from_static(b"ok")).boxed())
 }
 
-struct Server {
-    addr: SocketAddr,
-    registry: Registry,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Server {
-    async fn start(config: ServerConfig) -> Self {
-        let registry = Registry::new();
-        let metrics = ListenerMetrics::new(&registry).expect("metrics");
-        let config = ServerConfig {
-            metrics: metrics.listener("test"),
-            ..config
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, config, handler, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            registry,
-            stop,
-            task,
-        }
-    }
-
-    /// The value of metric `name` with labels `labels` (`k="v"` pairs), 0 if absent.
-    fn metric(&self, name: &str, labels: &str) -> f64 {
-        let mut text = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut text)
-            .expect("encode");
-        let wanted = format!("{name}{{{labels}}} ");
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&wanted)
-                    .map(|v| v.parse().expect("a number"))
-            })
-            .unwrap_or(0.0)
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.expect("stops");
-    }
+async fn start(config: ServerConfig) -> Server {
+    Server::start(config, "test", handler).await
 }
 
 /// Whether the server closed `conn` (end of stream or reset) rather than leaving it
@@ -111,7 +62,7 @@ async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
 #[tokio::test(start_paused = true)]
 async fn many_silent_connections_are_all_closed() {
     let timeout = Duration::from_secs(10);
-    let server = Server::start(ServerConfig {
+    let server = start(ServerConfig {
         header_read_timeout: timeout,
         ..ServerConfig::default()
     })
@@ -150,7 +101,7 @@ async fn many_silent_connections_are_all_closed() {
 
 #[tokio::test]
 async fn connections_over_the_listener_cap_are_closed_and_counted() {
-    let server = Server::start(ServerConfig {
+    let server = start(ServerConfig {
         max_connections: NonZeroUsize::new(2),
         ..ServerConfig::default()
     })
@@ -203,7 +154,7 @@ async fn connections_over_the_listener_cap_are_closed_and_counted() {
 
 #[tokio::test]
 async fn connections_over_the_per_client_cap_are_closed_and_counted() {
-    let server = Server::start(ServerConfig {
+    let server = start(ServerConfig {
         max_connections_per_client: NonZeroUsize::new(2),
         ..ServerConfig::default()
     })
@@ -245,7 +196,7 @@ async fn connections_over_the_per_client_cap_are_closed_and_counted() {
 #[tokio::test(start_paused = true)]
 async fn idle_connections_are_closed_busy_ones_are_not() {
     let idle = Duration::from_secs(20);
-    let server = Server::start(ServerConfig {
+    let server = start(ServerConfig {
         idle_timeout: idle,
         header_read_timeout: Duration::from_secs(300),
         h2_keep_alive: Duration::from_secs(300),

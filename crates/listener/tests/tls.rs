@@ -11,17 +11,15 @@ use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
-use prometheus::{Encoder, Registry};
 use rustls::pki_types::{CertificateDer, ServerName};
 use sluice_listener::testing::{TestCa, write_atomically};
-use sluice_listener::{
-    CertificateFiles, ListenerMetrics, PeerCertificates, ServerConfig, TlsConfig, serve,
-};
+use sluice_listener::{CertificateFiles, PeerCertificates, ServerConfig, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
+
+mod support;
+use support::Server;
 
 async fn handler(req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
     let tls = req.extensions().get::<sluice_listener::OverTls>().is_some();
@@ -37,57 +35,12 @@ async fn handler(req: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Byt
     ))))
 }
 
-struct Server {
-    addr: SocketAddr,
-    registry: Registry,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
 async fn start(tls: TlsConfig, config: ServerConfig) -> Server {
-    let registry = Registry::new();
-    let metrics = ListenerMetrics::new(&registry).expect("metrics");
     let config = ServerConfig {
         tls: Some(tls),
-        metrics: metrics.listener("tls"),
         ..config
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, config, handler, async {
-        let _ = stopped.await;
-    }));
-    Server {
-        addr,
-        registry,
-        stop,
-        task,
-    }
-}
-
-impl Server {
-    fn metric(&self, name: &str, labels: &str) -> f64 {
-        let mut text = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut text)
-            .expect("encode");
-        let wanted = format!("{name}{{{labels}}} ");
-        String::from_utf8_lossy(&text)
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&wanted)
-                    .map(|v| v.parse().expect("a number"))
-            })
-            .unwrap_or(0.0)
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.expect("stops");
-    }
+    Server::start(config, "tls", handler).await
 }
 
 fn temp_dir(name: &str) -> PathBuf {
