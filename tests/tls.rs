@@ -6,11 +6,13 @@
 //! certificates, from a standalone manifest with its CA Secret, serves the clients its
 //! CA signed as their subject and follows a new CA in the file.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sluice_e2e::{Process, demo_agent, eventually, get, temp_dir, tls_get, tls_get_with};
+use sluice_listener::CertificateFiles;
 use sluice_listener::testing::TestCa;
 
 fn pool(endpoint: &str) -> String {
@@ -22,6 +24,41 @@ fn pool(endpoint: &str) -> String {
 
 fn arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// `sluice proxy --config routes` with a plaintext and a TLS listener serving `certs`,
+/// and `extra` flags, once ready: the process and its plaintext, TLS and admin
+/// addresses.
+fn tls_proxy(
+    routes: &Path,
+    certs: &[&CertificateFiles],
+    extra: &[&str],
+) -> Result<(Process, [SocketAddr; 3])> {
+    let routes = arg(routes);
+    let files: Vec<[String; 2]> = certs.iter().map(|c| [arg(&c.cert), arg(&c.key)]).collect();
+    let mut args = vec![
+        "proxy",
+        "--config",
+        &routes,
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    for [cert, key] in &files {
+        args.extend(["--tls-cert", cert.as_str(), "--tls-key", key.as_str()]);
+    }
+    args.extend_from_slice(extra);
+    let mut proxy = Process::start("proxy", "sluice", &args)?;
+    let plain = proxy.logged_addr("proxy started", "listen")?;
+    let tls = proxy.logged_addr("proxy started", "tls_listen")?;
+    let admin = proxy.logged_addr("proxy started", "admin")?;
+    eventually(Duration::from_secs(20), "the proxy ready", || {
+        Ok((get(admin, "/readyz")?.status == 200).then_some(()))
+    })?;
+    Ok((proxy, [plain, tls, admin]))
 }
 
 #[test]
@@ -38,38 +75,12 @@ fn the_proxy_terminates_tls_by_sni_beside_cleartext_and_picks_up_renewed_files()
     let a_files = a.write(&certs, "a");
     let b_files = b.write(&certs, "b");
     let routes = dir.join("pool.yaml");
-    let mut proxy = Process::start(
-        "proxy",
-        "sluice",
-        &[
-            "proxy",
-            "--config",
-            &arg(&routes),
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &arg(&a_files.cert),
-            "--tls-key",
-            &arg(&a_files.key),
-            "--tls-cert",
-            &arg(&b_files.cert),
-            "--tls-key",
-            &arg(&b_files.key),
-            "--tls-reload-interval",
-            "100ms",
-        ],
-    )?;
-    let plain = proxy.logged_addr("proxy started", "listen")?;
-    let tls = proxy.logged_addr("proxy started", "tls_listen")?;
-    let admin = proxy.logged_addr("proxy started", "admin")?;
     let wait = Duration::from_secs(20);
-    eventually(wait, "the proxy ready", || {
-        Ok((get(admin, "/readyz")?.status == 200).then_some(()))
-    })?;
+    let (mut proxy, [plain, tls, admin]) = tls_proxy(
+        &routes,
+        &[&a_files, &b_files],
+        &["--tls-reload-interval", "100ms"],
+    )?;
 
     let answer = tls_get(
         tls,
@@ -253,34 +264,8 @@ fn a_pool_requiring_client_certificates_serves_its_subjects_over_tls_only() -> R
     let clients = TestCa::new("e2e clients CA");
     let routes = dir.join("pool.yaml");
     std::fs::write(&routes, mtls_manifest(&agent.to_string(), &clients)?)?;
-    let mut proxy = Process::start(
-        "proxy",
-        "sluice",
-        &[
-            "proxy",
-            "--config",
-            &arg(&routes),
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--tls-cert",
-            &arg(&server.cert),
-            "--tls-key",
-            &arg(&server.key),
-            "--poll-interval",
-            "100ms",
-        ],
-    )?;
-    let plain = proxy.logged_addr("proxy started", "listen")?;
-    let tls = proxy.logged_addr("proxy started", "tls_listen")?;
-    let admin = proxy.logged_addr("proxy started", "admin")?;
     let wait = Duration::from_secs(20);
-    eventually(wait, "the proxy ready", || {
-        Ok((get(admin, "/readyz")?.status == 200).then_some(()))
-    })?;
+    let (_proxy, [plain, tls, _]) = tls_proxy(&routes, &[&server], &["--poll-interval", "100ms"])?;
     let alpn: &[&[u8]] = &[b"http/1.1"];
     let call = |cert: Option<&sluice_listener::testing::TestCert>| {
         let config = match cert {
