@@ -39,12 +39,15 @@ pub mod jwt;
 
 use std::fmt;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub use api_key::{Consumer, KeyLookup, KeyStore, hash_key};
 
 /// The header an API key may also be sent in.
 pub const X_API_KEY: &str = "x-api-key";
+
+// Built at compile time: a name given as a string is parsed on every lookup.
+const X_API_KEY_NAME: HeaderName = HeaderName::from_static(X_API_KEY);
 
 /// The longest credential accepted, in bytes.
 pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
@@ -287,10 +290,10 @@ impl fmt::Debug for Credential<'_> {
 /// [`AuthError::Malformed`] (empty, longer than [`MAX_CREDENTIAL_LEN`], or characters
 /// other than visible ASCII).
 pub fn extract_credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, AuthError> {
-    let api_key = single(headers, X_API_KEY)?
+    let api_key = single(headers, &X_API_KEY_NAME)?
         .map(|v| validate(v.trim_matches(' ')))
         .transpose()?;
-    let bearer = match single(headers, header::AUTHORIZATION.as_str())? {
+    let bearer = match single(headers, &header::AUTHORIZATION)? {
         None => None,
         Some(value) => match bearer_token(value) {
             Some(token) => Some(validate(token)?),
@@ -314,7 +317,7 @@ pub fn extract_credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>,
 }
 
 /// The one value of header `name`; `Malformed` when it is not ASCII text.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, AuthError> {
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, AuthError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);

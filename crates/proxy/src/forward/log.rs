@@ -17,6 +17,9 @@ use crate::access_log::{AccessLog, Completion, LimitRecord, Record};
 use crate::body::{BodyEnd, BodyStats, BodyWatch, ProxyBody, TimeoutKind, WatchedBody};
 use crate::error::ProxyError;
 use crate::limits::{TokenStats, WARNING_HEADER};
+
+// Built at compile time: a name given as a string is parsed on every lookup.
+const WARNING: http::HeaderName = http::HeaderName::from_static(WARNING_HEADER);
 use crate::metrics::{NO_POOL, code_class};
 use crate::pool::PoolRuntime;
 use crate::top::Event;
@@ -98,7 +101,7 @@ impl Forwarder {
     fn note_limited(&self, ctx: &RequestCtx, refusal: Option<&RefusalLog>, headers: &HeaderMap) {
         let limited = refusal.and_then(|r| r.limit.as_ref());
         let warned = headers
-            .get(WARNING_HEADER)
+            .get(&WARNING)
             .and_then(|v| v.to_str().ok())
             .and_then(warned_policy);
         if limited.is_none() && warned.is_none() {

@@ -39,6 +39,7 @@ pub const MAX_CONNECTION_TOKENS: usize = 32;
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1),
 /// plus the non-standard `Keep-Alive` and `Proxy-Connection`.
 static HOP_BY_HOP: [HeaderName; 9] = [
+    // First: [`strip_hop_by_hop`] reads its bit.
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -81,22 +82,39 @@ pub struct Identity<'a> {
 /// Removes the hop-by-hop headers and every header `Connection` names (except
 /// `Host` and `Content-Length`; at most [`MAX_CONNECTION_TOKENS`] names).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none of them: one pass over the names finds out, cheaper
-    // than looking each one up.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names finds which are present (most requests carry none, an
+    // agent's answer often `Connection: keep-alive`): cheaper than looking each one up,
+    // and only those are removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .take(MAX_CONNECTION_TOKENS)
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !PROTECTED.contains(name))
-        .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    // `Connection` is the first of them: the names it lists go too.
+    let named: Vec<HeaderName> = if present & 1 == 0 {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .take(MAX_CONNECTION_TOKENS)
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !PROTECTED.contains(name) && !HOP_BY_HOP.contains(name))
+            .collect()
+    };
+    for name in &named {
         headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
