@@ -15,6 +15,7 @@ pub mod compile;
 pub mod conditions;
 pub mod diagnostics;
 pub mod duration;
+pub mod load;
 pub mod manifest;
 pub mod push;
 pub mod rate_policy;

@@ -6,7 +6,9 @@
 //! ([`HEARTBEAT`]) whenever the stream is otherwise idle. The proxy reads the stream
 //! with a [`LineDecoder`], and acknowledges each table it applied with `POST`
 //! [`ACK_PATH`] and an [`Ack`] as the JSON body. Controller replicas list the proxies
-//! they track on [`PROXIES_PATH`], and the current table on [`ROUTES_PATH`].
+//! they track on [`PROXIES_PATH`], and the current table on [`ROUTES_PATH`]. Every few
+//! seconds the proxy also posts the load of its pools ([`LoadReport`](crate::load::LoadReport))
+//! on [`REPORT_PATH`], over the same connection.
 //!
 //! Every call but the health checks carries `Authorization: Bearer TOKEN`
 //! ([`bearer_token`] reads it): a shared token, or on Kubernetes the caller's projected
@@ -33,6 +35,8 @@ use crate::RouteTable;
 pub const WATCH_PATH: &str = "/v1/routes/watch";
 /// The path proxies acknowledge tables on.
 pub const ACK_PATH: &str = "/v1/routes/ack";
+/// The path proxies post their pools' load on ([`crate::load::LoadReport`]).
+pub const REPORT_PATH: &str = "/v1/proxies/report";
 /// The path that lists the proxies a controller replica tracks.
 pub const PROXIES_PATH: &str = "/v1/proxies";
 /// The path that serves the current table (one JSON object).
