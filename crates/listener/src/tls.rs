@@ -126,6 +126,9 @@ struct Inner {
     server: ArcSwap<rustls::ServerConfig>,
     /// Whether `server` asks for client certificates.
     requesting: AtomicBool,
+    /// Client certificates are checked by a verifier given at construction
+    /// ([`TlsConfig::with_client_verifier`]), which the hints never replace.
+    fixed: bool,
     reload_interval: Duration,
     /// The bytes of the files in use, and of the last set refused: a change is what
     /// differs from both.
@@ -150,19 +153,55 @@ impl TlsConfig {
     ///
     /// When `files` is empty or a certificate cannot be loaded ([`TlsError`]).
     pub fn new(files: Vec<CertificateFiles>, reload_interval: Duration) -> Result<Self, TlsError> {
+        Self::build(files, reload_interval, None)
+    }
+
+    /// Loads `files`, read again every `reload_interval`, and asks each client for a
+    /// certificate that `verifier` checks: a client it refuses (or that has none, unless
+    /// the verifier allows that) fails the handshake.
+    ///
+    /// # Errors
+    ///
+    /// When `files` is empty or a certificate cannot be loaded ([`TlsError`]).
+    pub fn with_client_verifier(
+        files: Vec<CertificateFiles>,
+        reload_interval: Duration,
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Result<Self, TlsError> {
+        Self::build(files, reload_interval, Some(verifier))
+    }
+
+    fn build(
+        files: Vec<CertificateFiles>,
+        reload_interval: Duration,
+        verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (raw, certs) = load(&files, &provider)?;
         let resolver = Arc::new(Resolver {
             certs: ArcSwap::from_pointee(certs),
         });
-        let server = server_config(&provider, &resolver, None, None)?;
+        let fixed = verifier.is_some();
+        let server = match verifier {
+            None => server_config(&provider, &resolver, None, None)?,
+            Some(verifier) => {
+                let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                    .map_err(TlsError::Config)?
+                    .with_client_cert_verifier(verifier)
+                    .with_cert_resolver(resolver.clone());
+                server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+                server
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 files,
                 provider,
                 resolver,
                 server: ArcSwap::from_pointee(server),
-                requesting: AtomicBool::new(false),
+                requesting: AtomicBool::new(fixed),
+                fixed,
                 reload_interval,
                 seen: Mutex::new((raw, None)),
             }),
@@ -191,9 +230,15 @@ impl TlsConfig {
     ///
     /// # Errors
     ///
-    /// [`TlsError::Config`] when rustls refuses the configuration (a build problem);
-    /// the settings in use stay.
+    /// [`TlsError::Config`] when rustls refuses the configuration (a build problem),
+    /// or the configuration was made with [`TlsConfig::with_client_verifier`]; the
+    /// settings in use stay.
     pub fn request_client_certificates(&self, cas: &[CertificateDer<'_>]) -> Result<(), TlsError> {
+        if self.inner.fixed {
+            return Err(TlsError::Config(rustls::Error::General(
+                "client certificates are checked by the verifier given at construction".into(),
+            )));
+        }
         let requesting = !cas.is_empty();
         let hints = requesting.then(|| {
             let mut roots = rustls::RootCertStore::empty();
@@ -555,17 +600,12 @@ pub(crate) async fn watch(
     }
 }
 
-/// The client side of Sluice's own TLS channels (a proxy to its controller, a
-/// controller replica to its peers): the same provider and versions as the server
-/// side, trusting only the CA certificates in the PEM file `ca`, offering `alpn`.
+/// The CA certificates of the PEM file `ca`.
 ///
 /// # Errors
 ///
 /// When the file cannot be read or holds no valid certificate.
-pub fn client_config(
-    ca: &std::path::Path,
-    alpn: &[&[u8]],
-) -> Result<rustls::ClientConfig, TlsError> {
+pub fn ca_roots(ca: &std::path::Path) -> Result<rustls::RootCertStore, TlsError> {
     let bad = |reason: String| TlsError::Certificate {
         path: ca.to_owned(),
         reason,
@@ -583,6 +623,21 @@ pub fn client_config(
     if roots.is_empty() {
         return Err(bad("the file holds none".to_owned()));
     }
+    Ok(roots)
+}
+
+/// The client side of Sluice's own TLS channels (a proxy to its controller, a
+/// controller replica to its peers): the same provider and versions as the server
+/// side, trusting only the CA certificates in the PEM file `ca`, offering `alpn`.
+///
+/// # Errors
+///
+/// When the file cannot be read or holds no valid certificate.
+pub fn client_config(
+    ca: &std::path::Path,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = ca_roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
