@@ -10,17 +10,15 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+// The latency buckets are defined with the load reports, which carry the request
+// duration histogram to the controller.
+pub(crate) use sluice_api::load::LATENCY_BUCKETS;
+
 use crate::clock::TokioClock;
 use crate::top::{self, TopLimited};
 
 /// The label value used for requests that matched no pool.
 pub const NO_POOL: &str = "";
-
-/// Latency buckets in seconds: agents answer in 20 ms to minutes.
-pub(crate) const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    120.0, 300.0,
-];
 
 /// All metrics of one proxy.
 #[derive(Clone, Debug)]

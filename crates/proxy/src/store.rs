@@ -21,8 +21,10 @@ use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilde
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::core::Metric as _;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, ServerName};
+use sluice_api::load::PoolReport;
 use sluice_api::table::upstream::{self, UpstreamTls};
 use sluice_api::table::{BackendProtocol, BackendTarget, Jwt};
 use sluice_api::{RouteTable, TableError};
@@ -39,6 +41,7 @@ use crate::dns::{DEFAULT_DNS_TTL, DnsCache, Resolve, SystemResolver};
 use crate::endpoint_metrics::{EndpointCollector, EndpointStats};
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
+
 use crate::metrics::Metrics;
 use crate::pool::{self, EndpointHealth, HEALTH_START, Kept, PoolEnv, PoolRuntime, Upstream};
 use crate::top::{self, TopLimited};
@@ -370,6 +373,37 @@ impl TableStore {
                 }
             }
         }
+    }
+
+    /// The load of each pool of the table in force, as reported to the controller:
+    /// the same gauges and histogram `/metrics` exports (`sluice_requests_in_flight`,
+    /// `sluice_queue_depth`, the capacity behind `sluice_pool_utilisation`,
+    /// `sluice_request_duration_seconds`). Empty before the first table.
+    pub fn load_report(&self) -> Vec<PoolReport> {
+        let Some(rt) = self.load() else {
+            return Vec::new();
+        };
+        rt.pools
+            .iter()
+            .map(|pool| {
+                let m = &pool.metrics;
+                let histogram = m.duration.metric();
+                let h = histogram.get_histogram();
+                let mut latency: Vec<u64> = h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| b.cumulative_count())
+                    .collect();
+                latency.push(h.get_sample_count());
+                PoolReport {
+                    pool: pool.key().to_owned(),
+                    in_flight: u64::try_from(m.in_flight.get()).unwrap_or(0),
+                    queued: u64::try_from(m.queue_depth.get()).unwrap_or(0),
+                    capacity: pool.capacity(),
+                    latency,
+                }
+            })
+            .collect()
     }
 
     /// The runtime in force, if any.

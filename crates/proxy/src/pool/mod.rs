@@ -228,6 +228,13 @@ impl PoolRuntime {
     /// Requests in flight over the capacity of the live endpoints (the sum of their
     /// `maxConcurrency`); `None` when an endpoint has no limit, or none is live.
     pub fn utilisation(&self) -> Option<f64> {
+        let capacity = self.capacity()?;
+        Some(self.metrics.in_flight.get() as f64 / capacity as f64)
+    }
+
+    /// The sum of the `maxConcurrency` of the live endpoints; `None` when an endpoint
+    /// has no limit, or none is live.
+    pub fn capacity(&self) -> Option<u64> {
         let now = self.now();
         let mut capacity = 0u64;
         for (i, e) in self.endpoints.iter().enumerate() {
@@ -236,7 +243,7 @@ impl PoolRuntime {
             }
             capacity += u64::from(e.max_concurrency?.get());
         }
-        (capacity > 0).then(|| self.metrics.in_flight.get() as f64 / capacity as f64)
+        (capacity > 0).then_some(capacity)
     }
 
     /// Whether some endpoint could take a request if it had room.

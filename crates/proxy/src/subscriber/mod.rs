@@ -7,7 +7,9 @@
 //! knowledge, so the acknowledgements share the subscription's connection and reach
 //! the controller replica that streams to it. Acknowledgements go out from a task of
 //! their own (`ack`), the latest only when several are due, so a slow answer never
-//! holds up the stream (`stream`).
+//! holds up the stream (`stream`). Every `report_interval` the proxy also posts its
+//! pools' load ([`LoadReport`](sluice_api::load::LoadReport)) the same way (`report`), from
+//! which the controller serves external metrics.
 //!
 //! The proxy keeps the last table it applied while the controller is away, reconnects
 //! with jittered exponential backoff ([`Backoff`], full jitter: each delay is drawn
@@ -23,6 +25,7 @@
 
 mod ack;
 mod backoff;
+mod report;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -48,6 +51,9 @@ use crate::table_cache::TableCache;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// How often a proxy reports its pools' load by default.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Settings of the subscription.
 #[derive(Clone, Debug)]
 pub struct SubscriberConfig {
@@ -65,8 +71,11 @@ pub struct SubscriberConfig {
     pub idle_timeout: Duration,
     /// Deadline to connect and receive the response headers.
     pub connect_timeout: Duration,
-    /// Deadline of one acknowledgement.
+    /// Deadline of one acknowledgement (and of one load report).
     pub ack_timeout: Duration,
+    /// How often the pools' load is reported to the controller (`POST
+    /// /v1/proxies/report`), for the external metrics it serves; `None`: never.
+    pub report_interval: Option<Duration>,
     /// Where the last applied table is saved, and read from at start.
     pub table_cache: Option<TableCache>,
     /// How long a reachable controller may take to send its first table before the
@@ -93,6 +102,7 @@ impl SubscriberConfig {
             idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             ack_timeout: Duration::from_secs(5),
+            report_interval: Some(DEFAULT_REPORT_INTERVAL),
             table_cache: None,
             cache_grace: Duration::from_secs(3),
             token: None,

@@ -5,9 +5,12 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use sluice_api::RouteTable;
-use sluice_api::push::{self, ACK_PATH, Ack, LineDecoder};
+use sluice_api::load::LoadReport;
+use sluice_api::push::{self, ACK_PATH, Ack, LineDecoder, REPORT_PATH};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::ack::Acker;
+use super::report::Reporter;
 use super::{HttpClient, SubscribeError, SubscriberConfig};
 use crate::store::{Applied, TableStore};
 use crate::table_cache::CacheWriter;
@@ -27,6 +30,10 @@ pub(super) async fn subscribe_once(
         Err(e) => return e,
     };
     let ack_uri = match join(&config.controller, ACK_PATH) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let report_uri = match join(&config.controller, REPORT_PATH) {
         Ok(u) => u,
         Err(e) => return e,
     };
@@ -62,14 +69,44 @@ pub(super) async fn subscribe_once(
         config.token.clone(),
         config.ack_timeout,
     );
+    let (reporter, mut ticker) = match config.report_interval {
+        Some(every) => {
+            let reporter = Reporter::spawn(
+                client.clone(),
+                report_uri,
+                config.token.clone(),
+                config.ack_timeout,
+            );
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            (Some(reporter), Some(ticker))
+        }
+        None => (None, None),
+    };
     let mut body = resp.into_body();
     let mut lines = LineDecoder::default();
+    let mut idle_deadline = Instant::now() + config.idle_timeout;
     loop {
-        let frame = match tokio::time::timeout(config.idle_timeout, body.frame()).await {
-            Err(_) => return SubscribeError::Idle(config.idle_timeout),
-            Ok(None) => return SubscribeError::Closed,
-            Ok(Some(Err(e))) => return SubscribeError::Stream(e.to_string()),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = tokio::time::sleep_until(idle_deadline) => {
+                return SubscribeError::Idle(config.idle_timeout);
+            }
+            () = tick(ticker.as_mut()) => {
+                if let Some(r) = &reporter {
+                    r.send(LoadReport {
+                        proxy: config.proxy_id.clone(),
+                        pools: store.load_report(),
+                    });
+                }
+                continue;
+            }
+        };
+        idle_deadline = Instant::now() + config.idle_timeout;
+        let frame = match frame {
+            None => return SubscribeError::Closed,
+            Some(Err(e)) => return SubscribeError::Stream(e.to_string()),
+            Some(Ok(frame)) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -95,6 +132,16 @@ pub(super) async fn subscribe_once(
                 });
             }
         }
+    }
+}
+
+/// The next tick of `ticker`, or never.
+async fn tick(ticker: Option<&mut Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
