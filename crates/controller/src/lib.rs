@@ -17,8 +17,10 @@
 
 pub mod auth;
 pub mod events;
+pub mod external_metrics;
 pub mod from_dir;
 pub mod lease;
+pub mod load;
 pub mod object;
 pub mod peers;
 pub mod proxies;

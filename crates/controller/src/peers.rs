@@ -14,6 +14,10 @@
 //! target (the peers are reached by address: their certificate must hold the name of
 //! the headless Service).
 //!
+//! Each listed proxy comes with its load, when it reported recently
+//! ([`crate::load::ProxyLoad`]): [`run_with_loads`] also keeps the union of those, so
+//! that every replica serves the same external metrics (see [`crate::load::totals`]).
+//!
 //! A peer that stops answering keeps its last answer for [`SILENT_POLLS`] polls (a
 //! restart or a slow answer does not make its proxies flap out of the status), then
 //! its proxies are dropped. A failed DNS lookup keeps the last view.
@@ -35,6 +39,7 @@ use sluice_api::push::PROXIES_PATH;
 use tokio::sync::watch;
 
 use crate::auth::TokenFile;
+use crate::load::{ProxyLoad, ProxyLoads};
 
 type PeerClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -134,6 +139,7 @@ pub fn merge(local: ProxyRevisions, peers: &ProxyRevisions) -> (usize, HashMap<S
 /// What one peer answered last, and how many polls it has missed since.
 struct Answer {
     proxies: ProxyRevisions,
+    loads: ProxyLoads,
     missed: u32,
 }
 
@@ -144,6 +150,20 @@ struct Answer {
 ///
 /// At once, when the TLS settings cannot be used ([`PeerError`]).
 pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) -> Result<(), PeerError> {
+    run_with_loads(config, tx, watch::Sender::new(ProxyLoads::new())).await
+}
+
+/// [`run`], also sending the union of the peers' proxies' loads on `loads` whenever it
+/// changes.
+///
+/// # Errors
+///
+/// At once, when the TLS settings cannot be used ([`PeerError`]).
+pub async fn run_with_loads(
+    config: PeerConfig,
+    tx: watch::Sender<ProxyRevisions>,
+    loads: watch::Sender<ProxyLoads>,
+) -> Result<(), PeerError> {
     let (client, scheme) = config.client()?;
     let mut answers: BTreeMap<SocketAddr, Answer> = BTreeMap::new();
     let mut ticker = tokio::time::interval(config.interval);
@@ -178,15 +198,23 @@ pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) -> Resul
         answers.retain(|addr, _| addrs.contains(addr));
         for (addr, result) in results {
             match result {
-                Ok(proxies) => {
+                Ok((proxies, proxy_loads)) => {
                     if answers.get(&addr).is_some_and(|a| a.missed > 0) {
                         tracing::info!(peer = %addr, "peer answers again");
                     }
-                    answers.insert(addr, Answer { proxies, missed: 0 });
+                    answers.insert(
+                        addr,
+                        Answer {
+                            proxies,
+                            loads: proxy_loads,
+                            missed: 0,
+                        },
+                    );
                 }
                 Err(e) => {
                     let answer = answers.entry(addr).or_insert(Answer {
                         proxies: ProxyRevisions::new(),
+                        loads: ProxyLoads::new(),
                         missed: 0,
                     });
                     answer.missed += 1;
@@ -208,17 +236,36 @@ pub async fn run(config: PeerConfig, tx: watch::Sender<ProxyRevisions>) -> Resul
             }
             changed
         });
+        // A load answered several times (a proxy moving between peers): the freshest.
+        let mut load_union = ProxyLoads::new();
+        for answer in answers.values().filter(|a| a.missed <= SILENT_POLLS) {
+            for (id, load) in &answer.loads {
+                let fresher = load_union
+                    .get(id)
+                    .is_none_or(|kept| load.age_millis < kept.age_millis);
+                if fresher {
+                    load_union.insert(id.clone(), load.clone());
+                }
+            }
+        }
+        loads.send_if_modified(|current| {
+            let changed = *current != load_union;
+            if changed {
+                *current = load_union;
+            }
+            changed
+        });
     }
 }
 
-/// One peer's `GET /v1/proxies`, as proxy name → revision.
+/// One peer's `GET /v1/proxies`, as proxy name → revision, and proxy name → load.
 async fn fetch(
     client: &PeerClient,
     scheme: &str,
     addr: SocketAddr,
     token: Option<&str>,
     timeout: Duration,
-) -> Result<ProxyRevisions, String> {
+) -> Result<(ProxyRevisions, ProxyLoads), String> {
     let mut req = http::Request::get(format!("{scheme}://{addr}{PROXIES_PATH}"));
     if let Some(token) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -236,16 +283,23 @@ async fn fetch(
             .map_err(|e| e.to_string())?
             .to_bytes();
         let listed: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        let proxies = listed["proxies"]
-            .as_array()
-            .ok_or("no \"proxies\" list")?
+        let listed = listed["proxies"].as_array().ok_or("no \"proxies\" list")?;
+        let proxies = listed
             .iter()
             .filter_map(|p| {
                 let id = p["id"].as_str()?.to_owned();
                 Some((id, p["revision"].as_str().map(str::to_owned)))
             })
             .collect();
-        Ok(proxies)
+        let loads = listed
+            .iter()
+            .filter_map(|p| {
+                let id = p["id"].as_str()?.to_owned();
+                let load = serde_json::from_value::<ProxyLoad>(p.get("load")?.clone()).ok()?;
+                Some((id, load))
+            })
+            .collect();
+        Ok((proxies, loads))
     };
     tokio::time::timeout(timeout, request)
         .await

@@ -16,6 +16,10 @@
 //! publication (or from the subscription, for a proxy that subscribed later) to its
 //! acknowledgement.
 //!
+//! Each entry also keeps the proxy's load reports ([`LoadHistory`]; `POST
+//! /v1/proxies/report`, refused like an acknowledgement for a proxy without an open
+//! subscription here): [`ProxyRegistry::loads`] reads them, fresh ones only.
+//!
 //! Exposed as the metrics `sluice_controller_proxies{state="current"|"stale"}` (counts,
 //! computed when scraped) and `sluice_controller_push_latency_seconds` (histogram), as
 //! `GET /v1/proxies` (JSON, for debugging) and as [`ProxyRegistry::summary`] for the
@@ -31,10 +35,12 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
+use sluice_api::load::LoadReport;
 use sluice_api::push::{Ack, ProxyId};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::load::{LoadHistory, LoadSettings, ProxyLoad, ProxyLoads};
 use crate::publisher::Publisher;
 
 /// How many named subscriptions a registry tracks by default.
@@ -78,6 +84,19 @@ pub enum AckError {
     },
 }
 
+/// Why a load report was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    /// No open subscription carries this proxy's name (it ended, or the report
+    /// reached another controller replica). Retryable on the subscription's
+    /// connection.
+    #[error("proxy {0:?} has no open subscription here")]
+    UnknownProxy(String),
+    /// The report is out of bounds or malformed. Not retryable.
+    #[error(transparent)]
+    Invalid(#[from] sluice_api::load::LoadError),
+}
+
 /// What was recorded for an acknowledgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acked {
@@ -109,6 +128,9 @@ pub struct ProxyState {
     /// Publication (or subscription) to acknowledgement of the last table it
     /// acknowledged while that table was current, in seconds.
     pub push_latency_seconds: Option<f64>,
+    /// Its load, when it reported recently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<ProxyLoad>,
 }
 
 /// Counts over the tracked proxies, against the table published now.
@@ -133,6 +155,7 @@ struct Entry {
     peer: SocketAddr,
     subscribed_at: Instant,
     acked: Option<AckedTable>,
+    load: LoadHistory,
 }
 
 #[derive(Debug)]
@@ -147,6 +170,7 @@ struct AckedTable {
 struct Inner {
     publisher: Publisher,
     capacity: usize,
+    load: LoadSettings,
     proxies: Mutex<HashMap<ProxyId, Entry>>,
     next_token: AtomicU64,
     latency: Histogram,
@@ -185,6 +209,16 @@ impl ProxyRegistry {
     ///
     /// Never in practice: the metric names and buckets are constant and valid.
     pub fn with_capacity(publisher: Publisher, capacity: usize) -> Self {
+        Self::with_settings(publisher, capacity, LoadSettings::default())
+    }
+
+    /// A registry of at most `capacity` proxies, windowing their load reports as
+    /// `load` says.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the metric names and buckets are constant and valid.
+    pub fn with_settings(publisher: Publisher, capacity: usize, load: LoadSettings) -> Self {
         let latency = Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_controller_push_latency_seconds",
@@ -205,6 +239,7 @@ impl ProxyRegistry {
             inner: Arc::new(Inner {
                 publisher,
                 capacity,
+                load,
                 proxies: Mutex::new(HashMap::new()),
                 next_token: AtomicU64::new(0),
                 latency,
@@ -265,6 +300,7 @@ impl ProxyRegistry {
                     peer,
                     subscribed_at: Instant::now(),
                     acked: None,
+                    load: LoadHistory::default(),
                 },
             );
         }
@@ -334,6 +370,39 @@ impl ProxyRegistry {
         Ok(Acked::Recorded(result))
     }
 
+    /// Keeps the load proxy `report.proxy` reports now.
+    ///
+    /// # Errors
+    ///
+    /// [`ReportError::UnknownProxy`] when it has no open subscription here, and
+    /// [`ReportError::Invalid`] for a report out of bounds.
+    pub fn report(&self, report: LoadReport) -> Result<(), ReportError> {
+        report.check()?;
+        let now = Instant::now();
+        let mut proxies = self.inner.lock();
+        let entry = proxies
+            .get_mut(&report.proxy)
+            .ok_or_else(|| ReportError::UnknownProxy(report.proxy.to_string()))?;
+        entry.load.record(now, report.pools, self.inner.load.window);
+        Ok(())
+    }
+
+    /// The load of every tracked proxy that reported within the maximum age, by name.
+    pub fn loads(&self) -> ProxyLoads {
+        let now = Instant::now();
+        let settings = self.inner.load;
+        self.inner
+            .lock()
+            .iter()
+            .filter_map(|(id, e)| Some((id.to_string(), e.load.load(now, settings)?)))
+            .collect()
+    }
+
+    /// How reports are windowed and when they go stale.
+    pub fn load_settings(&self) -> LoadSettings {
+        self.inner.load
+    }
+
     /// Every tracked proxy, sorted by name.
     pub fn snapshot(&self) -> Vec<ProxyState> {
         let revision = self
@@ -362,6 +431,7 @@ impl ProxyRegistry {
                     .as_ref()
                     .and_then(|a| a.latency)
                     .map(|l| l.as_secs_f64()),
+                load: e.load.load(now, self.inner.load),
             })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));

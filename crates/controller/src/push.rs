@@ -14,6 +14,11 @@
 //! tracked. The proxy sends its acknowledgements over the HTTP/2 connection of its
 //! subscription, so that behind a Service they reach the replica that streams to it.
 //!
+//! Every few seconds each proxy posts its pools' load on `POST /v1/proxies/report`
+//! (a [`LoadReport`]; `204` when kept, `404` when no subscription of that name is open
+//! here, `400` for a malformed or out-of-bounds report), over the same connection;
+//! the registry keeps it with the proxy's entry ([`crate::load`]).
+//!
 //! Also served: `GET /v1/routes` (the current table), `GET /v1/proxies` (the tracked
 //! proxies and their versions, JSON), `/healthz`, `/readyz` (a table has been
 //! published) and `/metrics`.
@@ -45,19 +50,23 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use sluice_api::load::LoadReport;
 use sluice_api::push::{
-    ACK_PATH, Ack, HEARTBEAT, PROXIES_PATH, PROXY_ID_RULE, ROUTES_PATH, WATCH_PATH, proxy_param,
+    ACK_PATH, Ack, HEARTBEAT, PROXIES_PATH, PROXY_ID_RULE, REPORT_PATH, ROUTES_PATH, WATCH_PATH,
+    proxy_param,
 };
 use sluice_listener::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{AuthError, PushAuth, Role};
-use crate::proxies::{AckError, Acked, ProxyRegistry, RegisterError, Registration};
+use crate::proxies::{AckError, Acked, ProxyRegistry, RegisterError, Registration, ReportError};
 use crate::publisher::{Published, Publisher};
 
 /// The largest acknowledgement body read.
 const MAX_ACK_BYTES: usize = 4096;
+/// The largest load report read (about 200 bytes a pool).
+const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
 /// Longest wait for an acknowledgement's body.
 const ACK_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -276,11 +285,12 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
     }
     match (req.method(), req.uri().path()) {
         (&Method::POST, ACK_PATH) => return ack(req, &state.proxies).await,
+        (&Method::POST, REPORT_PATH) => return report(req, &state.proxies).await,
         (&Method::GET, _) => {}
         _ => {
             return text(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "only GET is served, and POST on /v1/routes/ack\n",
+                "only GET is served, and POST on /v1/routes/ack and /v1/proxies/report\n",
             );
         }
     }
@@ -354,7 +364,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, state: &State) -> Resp
 /// The roles that may take `path`; `None` for the open paths.
 fn roles(path: &str) -> Option<&'static [Role]> {
     match path {
-        WATCH_PATH | ACK_PATH => Some(&[Role::Proxy]),
+        WATCH_PATH | ACK_PATH | REPORT_PATH => Some(&[Role::Proxy]),
         PROXIES_PATH => Some(&[Role::Peer]),
         ROUTES_PATH => Some(&[Role::Proxy, Role::Peer]),
         _ => None,
@@ -408,16 +418,60 @@ async fn authenticate(
     Some(resp)
 }
 
+/// The body of `req`, at most `max` bytes read within [`ACK_READ_TIMEOUT`], or the
+/// answer to give.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Response<Body>> {
+    let body = Limited::new(req.into_body(), max);
+    match tokio::time::timeout(ACK_READ_TIMEOUT, body.collect()).await {
+        Err(_) => Err(text(StatusCode::REQUEST_TIMEOUT, "body too slow\n")),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            Err(text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"))
+        }
+        Ok(Err(_)) => Err(text(StatusCode::BAD_REQUEST, "body unreadable\n")),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// `POST /v1/proxies/report`.
+async fn report(req: Request<Incoming>, proxies: &ProxyRegistry) -> Response<Body> {
+    let bytes = match read_body(req, MAX_REPORT_BYTES).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let report = match serde_json::from_slice::<LoadReport>(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": format!("not a load report: {e}") }),
+            );
+        }
+    };
+    let proxy = report.proxy.clone();
+    match proxies.report(report) {
+        Ok(()) => no_content(),
+        Err(e @ ReportError::UnknownProxy(_)) => {
+            tracing::debug!(error = %e, "load report refused");
+            json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({ "error": e.to_string() }),
+            )
+        }
+        Err(e @ ReportError::Invalid(_)) => {
+            tracing::warn!(%proxy, error = %e, "load report refused");
+            json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": e.to_string() }),
+            )
+        }
+    }
+}
+
 /// `POST /v1/routes/ack`.
 async fn ack(req: Request<Incoming>, proxies: &ProxyRegistry) -> Response<Body> {
-    let body = Limited::new(req.into_body(), MAX_ACK_BYTES);
-    let bytes = match tokio::time::timeout(ACK_READ_TIMEOUT, body.collect()).await {
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "body too slow\n"),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => {
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "acknowledgement too large\n");
-        }
-        Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "body unreadable\n"),
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let bytes = match read_body(req, MAX_ACK_BYTES).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let Ok(ack) = serde_json::from_slice::<Ack>(&bytes) else {
         return text(
