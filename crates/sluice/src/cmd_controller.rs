@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sluice_controller::auth::{PushAuth, TokenFile, TokenReviewConfig, TokenReviewer};
 use sluice_controller::events::EventPublisher;
+use sluice_controller::external_metrics::{self, ExternalMetrics};
 use sluice_controller::from_dir::{DirWatcher, Poll};
 use sluice_controller::lease::{self, LeaderElector, LeaseConfig};
+use sluice_controller::load::{LoadSettings, ProxyLoads};
 use sluice_controller::peers::{self, PeerConfig};
 use sluice_controller::proxies::ProxyRegistry;
 use sluice_controller::publisher::Publisher;
@@ -157,6 +159,48 @@ pub struct Args {
     /// once. 0: no cap.
     #[arg(long, default_value_t = sluice_listener::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Serve the `external.metrics.k8s.io` API (HTTPS, for kube-aggregator) on this
+    /// address: each AgentPool's in-flight requests, queue depth, utilisation and p95
+    /// latency, summed over the proxies' load reports. Needs
+    /// --external-metrics-tls-cert, --external-metrics-tls-key and
+    /// --requestheader-client-ca. Off by default.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        requires_all = ["external_metrics_tls_cert", "external_metrics_tls_key", "requestheader_client_ca"],
+        env = "SLUICE_EXTERNAL_METRICS_LISTEN"
+    )]
+    external_metrics_listen: Option<SocketAddr>,
+    /// The PEM certificate chain of --external-metrics-listen (the APIService's
+    /// caBundle must hold its CA). Read again when the file changes.
+    #[arg(long, value_name = "FILE", requires = "external_metrics_listen")]
+    external_metrics_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --external-metrics-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "external_metrics_listen")]
+    external_metrics_tls_key: Option<PathBuf>,
+    /// The CA (PEM) of kube-aggregator's front-proxy client certificate
+    /// (`requestheader-client-ca-file` of the ConfigMap
+    /// kube-system/extension-apiserver-authentication): a client of
+    /// --external-metrics-listen without a certificate it signed is refused in the
+    /// TLS handshake. Read at start.
+    #[arg(long, value_name = "FILE", requires = "external_metrics_listen")]
+    requestheader_client_ca: Option<PathBuf>,
+    /// A common name the front-proxy client certificate may have
+    /// (`requestheader-allowed-names`; repeat for several). None: any certificate the
+    /// --requestheader-client-ca signed.
+    #[arg(
+        long = "requestheader-allowed-name",
+        value_name = "NAME",
+        requires = "external_metrics_listen"
+    )]
+    requestheader_allowed_names: Vec<String>,
+    /// The window the p95 latency of the external metrics is read over.
+    #[arg(long, default_value = "2m", value_parser = parse_interval)]
+    external_metrics_window: Duration,
+    /// A proxy whose latest load report is older than this counts in no external
+    /// metric (the proxies report every 5s by default).
+    #[arg(long, default_value = "30s", value_parser = parse_interval)]
+    load_report_max_age: Duration,
     /// Print the RBAC rules the controller needs (JSON: the ClusterRole's, the Lease
     /// Role's, the TokenReview ClusterRole's, and the Roles' of each consumer namespace
     /// and each upstream Secret namespace) and exit.
@@ -220,7 +264,15 @@ pub async fn run(args: Args) -> Result<()> {
     let listener_metrics = ListenerMetrics::new(&registry).context("registering metrics")?;
     // Which proxies run which table: /v1/proxies, sluice_controller_proxies and the
     // AgentPools' status.
-    let proxies = ProxyRegistry::new(publisher.clone());
+    let proxies = ProxyRegistry::with_settings(
+        publisher.clone(),
+        sluice_controller::proxies::DEFAULT_CAPACITY,
+        LoadSettings {
+            window: args.external_metrics_window,
+            max_age: args.load_report_max_age,
+        },
+    );
+    let mut external_metrics = ExternalMetrics::new(proxies.clone());
     proxies
         .register_metrics(&registry)
         .context("registering metrics")?;
@@ -322,6 +374,8 @@ pub async fn run(args: Args) -> Result<()> {
         let core = match &args.peers {
             Some(target) => {
                 let (tx, rx) = tokio::sync::watch::channel(peers::ProxyRevisions::new());
+                let (loads_tx, loads_rx) = tokio::sync::watch::channel(ProxyLoads::new());
+                external_metrics = external_metrics.with_peers(loads_rx);
                 let config = PeerConfig {
                     target: target.clone(),
                     interval: args.peers_interval,
@@ -330,7 +384,7 @@ pub async fn run(args: Args) -> Result<()> {
                     ca: args.peers_ca.clone(),
                 };
                 tokio::spawn(async move {
-                    if let Err(e) = peers::run(config, tx).await {
+                    if let Err(e) = peers::run_with_loads(config, tx, loads_tx).await {
                         tracing::error!(error = %e, "the peers are not polled");
                     }
                 });
@@ -349,6 +403,45 @@ pub async fn run(args: Args) -> Result<()> {
             lease = %format!("{}/{}", args.lease_namespace, args.lease_name),
             "controller started, watching Kubernetes"
         );
+    }
+
+    if let Some(addr) = args.external_metrics_listen {
+        let (Some(cert), Some(key), Some(ca)) = (
+            &args.external_metrics_tls_cert,
+            &args.external_metrics_tls_key,
+            &args.requestheader_client_ca,
+        ) else {
+            bail!(
+                "--external-metrics-listen needs --external-metrics-tls-cert, --external-metrics-tls-key and --requestheader-client-ca"
+            );
+        };
+        let verifier =
+            external_metrics::front_proxy_verifier(ca, args.requestheader_allowed_names.clone())
+                .context("--requestheader-client-ca")?;
+        let tls = TlsConfig::with_client_verifier(
+            vec![CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }],
+            args.tls_reload_interval,
+            verifier,
+        )
+        .context("--external-metrics-tls-cert/--external-metrics-tls-key")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "serving external.metrics.k8s.io");
+        let config = ServerConfig {
+            tls: Some(tls),
+            metrics: listener_metrics.listener("external_metrics"),
+            ..ServerConfig::default()
+        };
+        tokio::spawn(external_metrics::serve(
+            listener,
+            config,
+            external_metrics,
+            crate::shutdown_signal(),
+        ));
     }
 
     push::serve_with(

@@ -49,6 +49,10 @@ pub struct Args {
     /// The CA bundle (PEM) an https:// --controller's certificate is checked against.
     #[arg(long, env = "SLUICE_CONTROLLER_CA", requires = "controller")]
     controller_ca: Option<PathBuf>,
+    /// How often the pools' load (in flight, queued, capacity, latency histogram) is
+    /// reported to --controller, which serves it as external metrics. 0s: never.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, requires = "controller")]
+    report_interval: Duration,
     /// Address for agent traffic in clear (HTTP/1.1 and h2c), or `off`.
     #[arg(long, default_value = "0.0.0.0:8080", env = "SLUICE_LISTEN", value_parser = parse_listen)]
     listen: Listen,
@@ -262,6 +266,8 @@ pub async fn run(args: Args) -> Result<()> {
             config.table_cache = args.table_cache.clone().map(TableCache::new);
             config.token = args.controller_token_file.clone();
             config.ca = args.controller_ca.clone();
+            config.report_interval =
+                (!args.report_interval.is_zero()).then_some(args.report_interval);
             if let Err(e) = config.client() {
                 bail!("--controller {controller}: {e}");
             }
