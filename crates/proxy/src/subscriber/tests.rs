@@ -12,7 +12,8 @@ use http::{Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use sluice_api::RouteTable;
-use sluice_api::push::{ACK_PATH, encode_line as line};
+use sluice_api::load::LoadReport;
+use sluice_api::push::{ACK_PATH, REPORT_PATH, encode_line as line};
 use tokio::sync::mpsc;
 
 use super::{SubscriberConfig, run};
@@ -31,6 +32,8 @@ struct Fake {
     subscriptions: mpsc::UnboundedReceiver<(Version, String, Option<String>)>,
     acks: mpsc::UnboundedReceiver<serde_json::Value>,
     ack_tokens: mpsc::UnboundedReceiver<Option<String>>,
+    /// Load reports, with their `Authorization`.
+    reports: mpsc::UnboundedReceiver<(LoadReport, Option<String>)>,
     lines: mpsc::UnboundedSender<Bytes>,
     /// The listener's metrics (TLS handshakes).
     registry: prometheus::Registry,
@@ -56,15 +59,17 @@ async fn fake_controller_with(tls: Option<sluice_listener::TlsConfig>) -> Fake {
     let (sub_tx, subscriptions) = mpsc::unbounded_channel();
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let (ack_token_tx, ack_tokens) = mpsc::unbounded_channel();
+    let (report_tx, reports) = mpsc::unbounded_channel();
     let (lines, line_rx) = mpsc::unbounded_channel::<Bytes>();
     let stream = Arc::new(Mutex::new(Some(line_rx)));
     let registry = prometheus::Registry::new();
     let metrics = sluice_listener::ListenerMetrics::new(&registry).expect("metrics");
     let handler = move |req: Request<hyper::body::Incoming>, _peer: SocketAddr| {
-        let (sub_tx, ack_tx, ack_token_tx, stream) = (
+        let (sub_tx, ack_tx, ack_token_tx, report_tx, stream) = (
             sub_tx.clone(),
             ack_tx.clone(),
             ack_token_tx.clone(),
+            report_tx.clone(),
             stream.clone(),
         );
         async move {
@@ -81,6 +86,11 @@ async fn fake_controller_with(tls: Option<sluice_listener::TlsConfig>) -> Fake {
                 let body = req.into_body().collect().await.expect("body").to_bytes();
                 let _ = ack_token_tx.send(authorization);
                 let _ = ack_tx.send(serde_json::from_slice(&body).expect("json"));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+            } else if req.uri().path() == REPORT_PATH {
+                let body = req.into_body().collect().await.expect("body").to_bytes();
+                let report = serde_json::from_slice(&body).expect("a load report");
+                let _ = report_tx.send((report, authorization));
                 *resp.status_mut() = StatusCode::NO_CONTENT;
             } else {
                 let _ = sub_tx.send((
@@ -115,6 +125,7 @@ async fn fake_controller_with(tls: Option<sluice_listener::TlsConfig>) -> Fake {
         subscriptions,
         acks,
         ack_tokens,
+        reports,
         lines,
         registry,
     }
@@ -353,4 +364,71 @@ async fn refuses_a_controller_whose_certificate_does_not_check_out() {
 fn an_https_controller_needs_a_ca_bundle() {
     let cfg = SubscriberConfig::new("https://controller:9090".parse().expect("url"));
     assert!(matches!(cfg.client(), Err(super::SubscribeError::Tls(_))));
+}
+
+/// The values of the series of `family` for pool `key` in the text exposition, in
+/// order.
+fn series(text: &str, family: &str, key: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{pool=\"{key}\"")))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(_, v)| v.parse().ok())
+                .expect("a count")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn load_reports_carry_what_the_metrics_export() {
+    let mut fake = fake_controller().await;
+    let cache = temp_cache("report");
+    let metrics = Metrics::new();
+    let store = Arc::new(TableStore::new(metrics.clone()));
+    let config = SubscriberConfig {
+        report_interval: Some(Duration::from_millis(20)),
+        ..config(fake.url.clone(), &cache)
+    };
+    let task = tokio::spawn(run(config, store.clone()));
+    recv(&mut fake.subscriptions, "the subscription").await;
+    fake.lines.send(line(&table("/a", 1))).expect("send");
+    recv(&mut fake.acks, "the acknowledgement").await;
+    // Some traffic, as the request path records it.
+    let rt = store.load().expect("a table");
+    let pool = &rt.pools[0];
+    for seconds in [0.003, 0.2, 0.2, 7.0] {
+        pool.metrics.observe(StatusCode::OK, seconds);
+    }
+    pool.metrics.in_flight.add(2);
+    pool.metrics.queue_depth.add(1);
+    let key = pool.key().to_owned();
+    let report = loop {
+        let (report, _) = recv(&mut fake.reports, "a load report").await;
+        assert_eq!(report.proxy.as_str(), "unit-proxy");
+        if report.pools.first().is_some_and(|p| p.in_flight == 2) {
+            break report;
+        }
+    };
+    let text = metrics.render();
+    let reported = &report.pools[0];
+    assert_eq!(reported.pool, key);
+    assert_eq!(
+        reported.latency,
+        series(&text, "sluice_request_duration_seconds_bucket", &key)
+    );
+    assert_eq!(reported.latency.last(), Some(&4));
+    assert_eq!(
+        vec![reported.in_flight],
+        series(&text, "sluice_requests_in_flight", &key)
+    );
+    assert_eq!(
+        vec![reported.queued],
+        series(&text, "sluice_queue_depth", &key)
+    );
+    // No endpoint sets maxConcurrency: no capacity, and no utilisation exported.
+    assert_eq!(reported.capacity, None);
+    assert!(!text.contains("sluice_pool_utilisation{"), "{text}");
+    pool.metrics.in_flight.sub(2);
+    pool.metrics.queue_depth.sub(1);
+    finish(task, &cache);
 }
