@@ -56,8 +56,8 @@ pub struct Args {
     endpointslice_labels: Vec<SliceLabel>,
     /// `HOST:PORT` resolving to every controller replica's push listener (a headless
     /// Service): the proxies subscribed to the other replicas are then counted in the
-    /// AgentPools' status too. Without it, each replica counts its own. Ignored with
-    /// --from-dir.
+    /// AgentPools' status too, and their load in the external metrics. Without it, each
+    /// replica counts its own. With --from-dir, only the external metrics use it.
     #[arg(long, value_name = "HOST:PORT", env = "SLUICE_CONTROLLER_PEERS")]
     peers: Option<String>,
     /// How often the peers are asked for their proxies (with --peers).
@@ -304,6 +304,27 @@ pub async fn run(args: Args) -> Result<()> {
         .or_else(|| args.push_token_file.clone())
         .map(|path| Arc::new(TokenFile::new(path)));
 
+    // The other replicas' proxies: their revisions for the status, their load for the
+    // external metrics.
+    let peer_revisions = args.peers.as_ref().map(|target| {
+        let (tx, rx) = tokio::sync::watch::channel(peers::ProxyRevisions::new());
+        let (loads_tx, loads_rx) = tokio::sync::watch::channel(ProxyLoads::new());
+        external_metrics = external_metrics.clone().with_peers(loads_rx);
+        let config = PeerConfig {
+            target: target.clone(),
+            interval: args.peers_interval,
+            timeout: args.peers_interval.min(Duration::from_secs(2)),
+            token: peers_token.clone(),
+            ca: args.peers_ca.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = peers::run_with_loads(config, tx, loads_tx).await {
+                tracing::error!(error = %e, "the peers are not polled");
+            }
+        });
+        rx
+    });
+
     let mut election = None;
     if let Some(dir) = &args.from_dir {
         tracing::info!(%listen, from_dir = %dir.display(), "controller started");
@@ -371,25 +392,8 @@ pub async fn run(args: Args) -> Result<()> {
             .with_last_written(written)
             .with_leadership(leadership)
             .with_proxies(proxies.clone());
-        let core = match &args.peers {
-            Some(target) => {
-                let (tx, rx) = tokio::sync::watch::channel(peers::ProxyRevisions::new());
-                let (loads_tx, loads_rx) = tokio::sync::watch::channel(ProxyLoads::new());
-                external_metrics = external_metrics.with_peers(loads_rx);
-                let config = PeerConfig {
-                    target: target.clone(),
-                    interval: args.peers_interval,
-                    timeout: args.peers_interval.min(Duration::from_secs(2)),
-                    token: peers_token.clone(),
-                    ca: args.peers_ca.clone(),
-                };
-                tokio::spawn(async move {
-                    if let Err(e) = peers::run_with_loads(config, tx, loads_tx).await {
-                        tracing::error!(error = %e, "the peers are not polled");
-                    }
-                });
-                core.with_peer_proxies(rx)
-            }
+        let core = match peer_revisions {
+            Some(rx) => core.with_peer_proxies(rx),
             None => core,
         };
         tokio::spawn(core.run());
