@@ -624,3 +624,48 @@ controller.upstreamSecretNamespaces, or the release namespace.
 {{- $ns := .Values.controller.upstreamSecretNamespaces | default (list .Release.Namespace) -}}
 {{- toJson $ns -}}
 {{- end }}
+
+{{/*
+The serving certificate of the controller's external metrics port, as a dict with
+"crt", "key" and "ca" (PEM), made once per render: read back from the Secret the chart
+made before (lookup), else a new CA and a certificate for the controller Service.
+*/}}
+{{- define "sluice.externalMetricsCert" -}}
+{{- $em := .Values.controller.externalMetrics }}
+{{- if not $em._rendered }}
+{{- $name := printf "%s-external-metrics-tls" (include "sluice.fullname" .) }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace $name | default dict }}
+{{- $data := dig "data" (dict) $existing }}
+{{- if and (hasKey $data "tls.crt") (hasKey $data "tls.key") (hasKey $data "ca.crt") }}
+{{- $_ := set $em "_rendered" (dict "crt" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "ca" (index $data "ca.crt" | b64dec)) }}
+{{- else }}
+{{- $service := printf "%s-controller" (include "sluice.fullname" .) }}
+{{- $ca := genCA (printf "%s-external-metrics-ca" (include "sluice.fullname" .)) 3650 }}
+{{- $names := list $service (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc" $service .Release.Namespace) }}
+{{- $cert := genSignedCert (printf "%s.%s.svc" $service .Release.Namespace) nil $names 3650 $ca }}
+{{- $_ := set $em "_rendered" (dict "crt" $cert.Cert "key" $cert.Key "ca" $ca.Cert) }}
+{{- end }}
+{{- end }}
+{{- toJson $em._rendered }}
+{{- end }}
+
+{{/*
+The requestheader client CA (PEM) and allowed names of kube-aggregator's front-proxy
+client certificate, as a dict with "ca" and "names": the values, else the ConfigMap
+kube-system/extension-apiserver-authentication read with lookup. Fails when neither
+holds a CA.
+*/}}
+{{- define "sluice.requestheader" -}}
+{{- $em := .Values.controller.externalMetrics }}
+{{- if $em.requestheaderClientCA }}
+{{- toJson (dict "ca" $em.requestheaderClientCA "names" $em.requestheaderAllowedNames) }}
+{{- else }}
+{{- $cm := lookup "v1" "ConfigMap" "kube-system" "extension-apiserver-authentication" | default dict }}
+{{- $ca := dig "data" "requestheader-client-ca-file" "" $cm }}
+{{- if not $ca }}
+{{- fail "controller.externalMetrics.enabled needs the CA of kube-aggregator's front-proxy client certificate: it could not be read from the ConfigMap kube-system/extension-apiserver-authentication (helm template, or no right to read it); set controller.externalMetrics.requestheaderClientCA (kubectl -n kube-system get configmap extension-apiserver-authentication -o jsonpath='{.data.requestheader-client-ca-file}')" }}
+{{- end }}
+{{- $names := dig "data" "requestheader-allowed-names" "[]" $cm | fromJsonArray }}
+{{- toJson (dict "ca" $ca "names" ($em.requestheaderAllowedNames | default $names)) }}
+{{- end }}
+{{- end }}
