@@ -12,7 +12,8 @@
 //!
 //! A history holds at most [`MAX_SAMPLES`] samples, spaced at least a
 //! [`MAX_SAMPLES`]th of the window apart (a report closer than that to the one before
-//! replaces the latest), whatever the reporting interval.
+//! replaces the latest, unless the pools differ: the first report of a pool stays, as
+//! its base), whatever the reporting interval.
 //!
 //! [`totals`] sums the loads of several proxies per pool; with several controller
 //! replicas, the loads of the proxies of the other replicas come from
@@ -78,9 +79,15 @@ impl LoadHistory {
         while self.samples.get(1).is_some_and(|(t, _)| *t + window <= at) {
             self.samples.pop_front();
         }
+        // The latest is replaced by a report too close to the one before it, unless it
+        // is the first of its pools (the base of a pool that appeared).
         let spacing = window / u32::try_from(MAX_SAMPLES).unwrap_or(u32::MAX);
         let n = self.samples.len();
-        if n >= 2 && at.duration_since(self.samples[n - 2].0) < spacing {
+        if n >= 2
+            && at.duration_since(self.samples[n - 2].0) < spacing
+            && same_pools(&self.samples[n - 2].1, &self.samples[n - 1].1)
+            && same_pools(&self.samples[n - 1].1, &pools)
+        {
             self.samples.pop_back();
         }
         self.samples.push_back((at, pools));
@@ -131,6 +138,10 @@ impl LoadHistory {
             pools,
         })
     }
+}
+
+fn same_pools(a: &[PoolReport], b: &[PoolReport]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.pool == b.pool)
 }
 
 /// The loads of `local` and `peers` summed per pool, each proxy once (`local`'s entry
@@ -203,6 +214,24 @@ mod tests {
         // Stale once the latest report is older than max_age.
         assert!(h.load(now + Duration::from_secs(15), settings).is_some());
         assert!(h.load(now + Duration::from_secs(16), settings).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_report_of_a_pool_is_its_base() {
+        let settings = LoadSettings::default();
+        let mut h = LoadHistory::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Subscribed before the table: no pool; then the pool, idle; then traffic,
+        // reported every 100 ms.
+        h.record(at(0), vec![], settings.window);
+        h.record(at(100), vec![report("a/b", 0, 0)], settings.window);
+        for i in 2..50 {
+            h.record(at(100 * i), vec![report("a/b", 1, 10 * i)], settings.window);
+        }
+        let load = h.load(at(4900), settings).expect("fresh");
+        assert_eq!(total(&load, "a/b"), Some(490));
+        assert!(h.samples.len() <= 3, "{}", h.samples.len());
     }
 
     #[test]
