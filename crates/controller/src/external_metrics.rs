@@ -425,7 +425,7 @@ pub fn quantity(value: f64) -> String {
         return "0".to_owned();
     }
     let milli = milli as u64;
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         format!("{milli}m")
