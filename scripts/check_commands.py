@@ -18,7 +18,8 @@ kubectl and helm would:
 * `helm install|upgrade` of charts/sluice renders with the command's values, release name
   and namespace, on a cluster with the Prometheus Operator's PrometheusRule and
   ServiceMonitor CRDs (which the chart's alerts and ServiceMonitor need); a chart from a repository needs a `helm repo add` of it first, and
-  its `-f` files must exist;
+  its `-f` files must exist; a `--set-file KEY=FILE` reads FILE, and a `my-*` FILE that
+  is not in the repository stands for the user's own (a PEM placeholder is rendered);
 * in NOTES.txt, every object named by `kubectl get|describe|rollout|port-forward` in the
   release namespace is one the same render creates (or an existing Secret of the values);
   so in a page, after its `helm install|upgrade` of charts/sluice: one that render creates
@@ -33,6 +34,7 @@ Exits 1 with one ERROR line per problem.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -307,7 +309,8 @@ def check_helm(cmd: Command, repos: set[str]) -> Render | None:
         return None
     checked += 1
     positional, i = [], 1
-    value_flags = ("-n", "--namespace", "--set", "--set-json", "--set-string", "-f", "--values", "--version", "--timeout")
+    value_flags = ("-n", "--namespace", "--set", "--set-json", "--set-string", "--set-file", "-f", "--values",
+                   "--version", "--timeout")
     while i < len(words):
         if words[i] in value_flags:
             i += 2
@@ -344,6 +347,17 @@ def check_helm(cmd: Command, repos: set[str]) -> Render | None:
     for f in flag_values(words, "-f", "--values"):
         if (ROOT / f).is_file():
             args += ["-f", str(ROOT / f)]
+    for v in flag_values(words, "--set-file"):
+        key, _, f = v.partition("=")
+        if (ROOT / f).is_file():
+            content = (ROOT / f).read_text()
+        elif Path(f).name.startswith("my-"):
+            # The user's own file, written by an earlier command of the page.
+            content = f"-----BEGIN CERTIFICATE-----\n(the contents of {f})\n-----END CERTIFICATE-----\n"
+        else:
+            error(cmd.where, f"`{' '.join(cmd.words)}`: --set-file {f} does not exist")
+            continue
+        args += ["--set-json", f"{key}={json.dumps(content)}"]
     out = subprocess.run(args, capture_output=True, text=True)
     try:
         if out.returncode != 0:
