@@ -2,7 +2,8 @@
 //! HTTPS with the front-proxy client certificate, discovery, then the list of
 //! `ExternalMetricValue`s of a namespace, a metric and a label selector, summed over
 //! the load reports the proxies posted on the push channel. Stale reports and proxies
-//! gone count nowhere; bad input is refused.
+//! gone count nowhere; bad input is refused. A replica also answers for the proxies of
+//! its peers, each proxy once.
 
 mod support;
 
@@ -19,7 +20,8 @@ use sluice_api::push::REPORT_PATH;
 use sluice_api::testing::one_pool_table as table;
 use sluice_controller::Publisher;
 use sluice_controller::external_metrics::{self, ExternalMetrics};
-use sluice_controller::load::LoadSettings;
+use sluice_controller::load::{LoadSettings, ProxyLoads};
+use sluice_controller::peers::{self, PeerConfig, ProxyRevisions};
 use sluice_controller::proxies::{DEFAULT_CAPACITY, ProxyRegistry};
 use sluice_controller::push::PushConfig;
 use sluice_listener::testing::{TestCa, TestCert};
@@ -410,4 +412,56 @@ async fn an_hpa_reads_two_proxies_reports_through_the_aggregator() {
     server.await.expect("stops");
     push.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn every_replica_answers_for_the_proxies_of_its_peers() {
+    // Replica A tracks p1 and p2; replica B tracks p3, and p1 too (it moved to B, and A
+    // still lists it until its subscription there ends).
+    let window = Duration::from_secs(60);
+    let max_age = Duration::from_secs(30);
+    let a = registry(window, max_age);
+    let b = registry(window, max_age);
+    let from = "127.0.0.1:1".parse().expect("addr");
+    let _a = ["p1", "p2"].map(|p| a.register(p, from).expect("tracked"));
+    let _b = ["p1", "p3"].map(|p| b.register(p, from).expect("tracked"));
+    a.report(report("p1", 5, 0, latency(0, 0))).expect("kept");
+    a.report(report("p2", 2, 1, latency(0, 0))).expect("kept");
+    b.report(report("p1", 1, 0, latency(0, 0))).expect("kept");
+    b.report(report("p3", 3, 0, latency(0, 0))).expect("kept");
+    let server = PushServer::with_registry(
+        a.clone(),
+        PushConfig {
+            heartbeat: Duration::from_secs(3600),
+            ..PushConfig::default()
+        },
+    )
+    .await;
+
+    // B polls A (its peers resolve to A alone here) and serves both replicas' proxies.
+    let (tx, _revisions) = tokio::sync::watch::channel(ProxyRevisions::new());
+    let (loads_tx, mut loads) = tokio::sync::watch::channel(ProxyLoads::new());
+    let poller = tokio::spawn(peers::run_with_loads(
+        PeerConfig {
+            target: server.base.trim_start_matches("http://").to_owned(),
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(1),
+            token: None,
+            ca: None,
+        },
+        tx,
+        loads_tx,
+    ));
+    tokio::time::timeout(Duration::from_secs(10), loads.wait_for(|l| l.len() == 2))
+        .await
+        .expect("the peer's loads within 10 s")
+        .expect("poller running");
+    let api = ExternalMetrics::new(b.clone()).with_peers(loads);
+    let in_flight = format!("{BASE}/namespaces/d/sluice_requests_in_flight");
+    // p1 once, as B (where it reports now) has it: 1 + 2 + 3.
+    assert_eq!(value(&items(&api, &in_flight)), ["6"]);
+    let queue = format!("{BASE}/namespaces/d/sluice_queue_depth");
+    assert_eq!(value(&items(&api, &queue)), ["1"]);
+    poller.abort();
+    server.stop().await;
 }
