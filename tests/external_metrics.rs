@@ -26,7 +26,7 @@ fn aggregator_get(
     cert: &TestCert,
     path: &str,
 ) -> Result<(u16, Value)> {
-    let config = serving.client_config_with_cert(cert);
+    let config = serving.client_config_presenting(&[], cert);
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
     let conn = rustls::ClientConnection::new(Arc::clone(&config), name)?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
@@ -134,7 +134,7 @@ fn an_hpa_reads_the_load_of_two_proxies_from_the_controller() -> Result<()> {
             &["--report-interval", "100ms"],
         )?);
     }
-    let aggregator = front_proxy.client_leaf("front-proxy-client");
+    let aggregator = front_proxy.client_leaf("front-proxy-client", &[], &[]);
     let metric = |name: &str| -> Result<Value> {
         let path = format!("{BASE}/namespaces/e2e/{name}?labelSelector=pool_name%3Decho");
         let (status, list) = aggregator_get(api, &serving, &aggregator, &path)?;
@@ -233,7 +233,7 @@ fn an_hpa_reads_the_load_of_two_proxies_from_the_controller() -> Result<()> {
         &format!("{BASE}/namespaces/e2e/sluice_queue_depth?labelSelector=a%20b"),
     )?;
     assert_eq!(status, 400);
-    let stranger = TestCa::new("other").client_leaf("front-proxy-client");
+    let stranger = TestCa::new("other").client_leaf("front-proxy-client", &[], &[]);
     assert!(aggregator_get(api, &serving, &stranger, BASE).is_err());
 
     drop(proxies);

@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn common_names_of_subjects() {
         let ca = sluice_listener::testing::TestCa::new("ca");
-        let cert = ca.client_leaf("front-proxy-client");
+        let cert = ca.client_leaf("front-proxy-client", &[], &[]);
         let parsed = webpki::EndEntityCert::try_from(&cert.der).expect("parses");
         assert_eq!(
             common_name(parsed.subject()),

@@ -227,7 +227,7 @@ fn https_client(
     Full<Bytes>,
 > {
     let config = match cert {
-        Some((_, cert)) => server_ca.client_config_with_cert(cert),
+        Some((_, cert)) => server_ca.client_config_presenting(&[], cert),
         None => server_ca.client_config(&[]),
     };
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -325,7 +325,7 @@ async fn an_hpa_reads_two_proxies_reports_through_the_aggregator() {
         },
     ));
 
-    let aggregator = front_ca.client_leaf("front-proxy-client");
+    let aggregator = front_ca.client_leaf("front-proxy-client", &[], &[]);
     let client = https_client(&serving_ca, Some((&front_ca, &aggregator)));
     let get = |url: String| {
         let client = client.clone();
@@ -384,8 +384,8 @@ async fn an_hpa_reads_two_proxies_reports_through_the_aggregator() {
     // Anyone else is refused in the handshake: no certificate, one of another CA, one
     // of the front-proxy CA with a name not allowed.
     let other_ca = TestCa::new("other");
-    let stranger = other_ca.client_leaf("front-proxy-client");
-    let intruder = front_ca.client_leaf("intruder");
+    let stranger = other_ca.client_leaf("front-proxy-client", &[], &[]);
+    let intruder = front_ca.client_leaf("intruder", &[], &[]);
     for (who, client) in [
         ("no certificate", https_client(&serving_ca, None)),
         (
