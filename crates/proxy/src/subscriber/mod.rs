@@ -25,6 +25,7 @@
 
 mod ack;
 mod backoff;
+mod post;
 mod report;
 mod stream;
 #[cfg(test)]

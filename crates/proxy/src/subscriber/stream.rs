@@ -9,8 +9,8 @@ use sluice_api::load::LoadReport;
 use sluice_api::push::{self, ACK_PATH, Ack, LineDecoder, REPORT_PATH};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use super::ack::Acker;
-use super::report::Reporter;
+use super::ack::acker;
+use super::report::reporter;
 use super::{HttpClient, SubscribeError, SubscriberConfig};
 use crate::store::{Applied, TableStore};
 use crate::table_cache::CacheWriter;
@@ -63,7 +63,7 @@ pub(super) async fn subscribe_once(
         return SubscribeError::Status(resp.status());
     }
     tracing::info!(controller = %config.controller, proxy = %config.proxy_id, "subscribed to the controller");
-    let acker = Acker::spawn(
+    let acker = acker(
         client.clone(),
         ack_uri,
         config.token.clone(),
@@ -71,7 +71,7 @@ pub(super) async fn subscribe_once(
     );
     let (reporter, mut ticker) = match config.report_interval {
         Some(every) => {
-            let reporter = Reporter::spawn(
+            let reporter = reporter(
                 client.clone(),
                 report_uri,
                 config.token.clone(),
