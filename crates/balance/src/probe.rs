@@ -110,17 +110,7 @@ pub(crate) fn two_candidates(
             }
         }
     }
-    let start = rng.below(n);
-    for index in (0..n).map(|k| (start + k) % n) {
-        if Some(index) == first || !accept(index) {
-            continue;
-        }
-        match first {
-            None => first = Some(index),
-            Some(taken) => return Candidates::Two(taken, index),
-        }
-    }
-    first.map_or(Candidates::None, Candidates::One)
+    scan_for_pair(n, rng, accept, first)
 }
 
 /// Two accepted endpoints drawn in proportion to their weights in `table`, for a
@@ -151,6 +141,17 @@ pub(crate) fn two_weighted(
             Some(taken) => return Candidates::Two(taken, index),
         }
     }
+    scan_for_pair(n, rng, accept, first)
+}
+
+/// Completes a pair with one scan over the `n` endpoints from a random offset, after
+/// random draws found `first` or nothing: each endpoint is offered to `accept` once.
+fn scan_for_pair(
+    n: usize,
+    rng: &mut Rng,
+    accept: &dyn Fn(usize) -> bool,
+    mut first: Option<usize>,
+) -> Candidates {
     let start = rng.below(n);
     for index in (0..n).map(|k| (start + k) % n) {
         if Some(index) == first || !accept(index) {
