@@ -205,12 +205,7 @@ impl Forwarder {
         let fallback = self
             .fallback(serving, ctx.fallbacks, headers, &ctx.transport)
             .await?;
-        let count = |result: &str| {
-            self.metrics
-                .retries
-                .with_label_values(&[pool.key(), result])
-                .inc()
-        };
+        let count = |result: &str| self.count_retry(pool, result);
         if !source.replayable() {
             count("not_replayable");
             return None;
@@ -231,6 +226,15 @@ impl Forwarder {
         Some((fallback, bytes))
     }
 
+    /// Counts a retry or a fallback of `pool` with its `result`
+    /// (`sluice_retries_total`).
+    fn count_retry(&self, pool: &PoolRuntime, result: &str) {
+        self.metrics
+            .retries
+            .with_label_values(&[pool.key(), result])
+            .inc();
+    }
+
     /// A slot for a retry, on an endpoint not tried yet, when the attempts, the body
     /// and the retry budget allow one.
     fn next_attempt(
@@ -244,12 +248,7 @@ impl Forwarder {
         if !attempts_left {
             return None;
         }
-        let count = |result: &str| {
-            self.metrics
-                .retries
-                .with_label_values(&[pool.key(), result])
-                .inc()
-        };
+        let count = |result: &str| self.count_retry(pool, result);
         if !source.replayable() {
             count("not_replayable");
             return None;
