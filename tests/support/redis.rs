@@ -2,8 +2,6 @@
 //! on a port of the test's choosing, so that it can be stopped and started again on
 //! the same address, and paused with SIGSTOP.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -57,14 +55,7 @@ impl Redis {
 
     /// Whether it answers PING within a second.
     pub fn answers(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+        sluice_ratelimit::testing::answers_ping(self.port)
     }
 
     /// Freezes it (SIGSTOP): connections stay open, nothing is answered.
