@@ -33,6 +33,7 @@ mod metrics;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod workers;
 
 use std::future::Future;
 use std::io;
@@ -56,6 +57,7 @@ use crate::connection::Shared;
 use crate::limits::{Limits, Refused};
 pub use crate::metrics::{ConnectionMetrics, ListenerMetrics};
 pub use crate::tls::{CertificateFiles, PeerCertificates, TlsConfig, TlsError};
+pub use crate::workers::Workers;
 
 /// The pause after a failed `accept()` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -99,6 +101,9 @@ pub struct ServerConfig {
     pub tls_handshake_timeout: Duration,
     /// Where connections are counted (by default, nowhere).
     pub metrics: ConnectionMetrics,
+    /// Accept and serve on these workers, each connection on the worker that accepted
+    /// it; `None`: on the runtime that runs [`serve`].
+    pub workers: Option<Workers>,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +121,7 @@ impl Default for ServerConfig {
             tls: None,
             tls_handshake_timeout: Duration::from_secs(10),
             metrics: ConnectionMetrics::default(),
+            workers: None,
         }
     }
 }
@@ -173,7 +179,9 @@ impl Drop for Open {
 ///
 /// `handler` is called with each request and the address of the peer that sent it.
 /// With [`ServerConfig::tls`], the certificate files are read for changes while this
-/// runs.
+/// runs. With [`ServerConfig::workers`], every worker accepts on the listener and
+/// serves the connections it accepted; otherwise connections are served on the
+/// runtime that runs this.
 pub async fn serve<H, F, B>(
     listener: TcpListener,
     config: ServerConfig,
@@ -192,19 +200,93 @@ pub async fn serve<H, F, B>(
         config.max_connections_per_client,
     ));
     let metrics = config.metrics.clone();
-    let drain_timeout = config.drain_timeout;
     let reloader = config
         .tls
         .clone()
-        .map(|tls| tokio::spawn(tls::watch(tls, metrics.clone(), local)));
+        .map(|tls| AbortOnDrop(tokio::spawn(tls::watch(tls, metrics.clone(), local))));
     let (stop, stopped) = watch::channel(false);
+    let workers = config.workers.clone();
     let shared = Arc::new(Shared {
         builder: config.builder(),
         handler,
         config,
-        metrics: metrics.clone(),
+        metrics,
         stop: stopped,
     });
+    let signal = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    match workers {
+        None => {
+            tokio::join!(signal, accept(listener, local, shared, limits));
+        }
+        Some(workers) => {
+            let listener = match listener.into_std() {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, listener = ?local, "the listener cannot be handed to the workers");
+                    return;
+                }
+            };
+            let mut loops = Vec::with_capacity(workers.len());
+            for handle in workers.handles() {
+                let listener = match listener.try_clone() {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, listener = ?local, "the listener cannot be shared with a worker");
+                        continue;
+                    }
+                };
+                let (shared, limits) = (shared.clone(), limits.clone());
+                loops.push(AbortOnDrop(handle.spawn(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accept(listener, local, shared, limits).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, listener = ?local, "a worker cannot accept on the listener");
+                        }
+                    }
+                })));
+            }
+            drop(listener);
+            let finished = async {
+                for l in &mut loops {
+                    let _ = (&mut l.0).await;
+                }
+            };
+            tokio::join!(signal, finished);
+        }
+    }
+    drop(reloader);
+}
+
+/// Aborts a task when dropped: the tasks `serve` started end with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Accepts on `listener` and serves each connection until `shared.stop` turns true,
+/// then drains as [`serve`] says.
+async fn accept<H, F, B>(
+    listener: TcpListener,
+    local: Option<SocketAddr>,
+    shared: Arc<Shared<H>>,
+    limits: Arc<Limits>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let metrics = &shared.metrics;
+    let drain_timeout = shared.config.drain_timeout;
+    let mut stopped = shared.stop.clone();
+    let shutdown = stopped.wait_for(|stop| *stop);
     let mut connections = JoinSet::new();
     // Failed accepts in a row.
     let mut failing: u64 = 0;
@@ -214,7 +296,7 @@ pub async fn serve<H, F, B>(
             accepted = listener.accept() => accepted,
             // Forget the connections that ended.
             Some(_) = connections.join_next() => continue,
-            () = &mut shutdown => break,
+            _ = &mut shutdown => break,
         };
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
@@ -235,7 +317,7 @@ pub async fn serve<H, F, B>(
                 failing += 1;
                 tokio::select! {
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                    () = &mut shutdown => break,
+                    _ = &mut shutdown => break,
                 }
             }
         };
@@ -274,10 +356,6 @@ pub async fn serve<H, F, B>(
     }
     // New connections are refused from now on, not left waiting in the backlog.
     drop(listener);
-    if let Some(reloader) = reloader {
-        reloader.abort();
-    }
-    let _ = stop.send(true);
     let drained = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(drain_timeout, drained).await.is_err() {
         tracing::warn!(

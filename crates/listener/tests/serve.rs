@@ -141,3 +141,74 @@ async fn shutdown_stops_accepting_and_closes_what_outlives_the_drain() {
         "no longer accepting"
     );
 }
+
+/// The worker that served a request, by [`sluice_listener::workers::current`].
+async fn worker(req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let text = if req.uri().path() == "/forever" {
+        let frames = futures_util::stream::pending::<Result<Frame<Bytes>, Infallible>>();
+        return Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    } else {
+        sluice_listener::workers::current().to_string()
+    };
+    Response::new(Full::new(Bytes::from(text)).boxed())
+}
+
+#[tokio::test]
+async fn workers_accept_serve_share_the_cap_and_drain() {
+    let workers = sluice_listener::Workers::start(std::num::NonZeroUsize::new(2).expect("2"))
+        .expect("workers");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = ServerConfig {
+        workers: Some(workers),
+        max_connections: std::num::NonZeroUsize::new(3),
+        drain_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let task = tokio::spawn(serve(listener, config, worker, async {
+        let _ = stopped.await;
+    }));
+    // Three connections, each served by a worker (never by the test's runtime).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0; 256];
+        let n = conn.read(&mut buf).await.expect("read");
+        let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let worker = answer.rsplit("\r\n").next().expect("body");
+        assert!(worker == "1" || worker == "2", "{answer}");
+        held.push(conn);
+    }
+    // The cap is the listener's, not each worker's: a fourth is closed at once.
+    let mut fourth = TcpStream::connect(addr).await.expect("connect");
+    let mut buf = [0; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(10), fourth.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // A response that never ends is cut by the drain, and every worker stops accepting.
+    let mut forever = held.pop().expect("held");
+    forever
+        .write_all(b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0; 64];
+    let _ = forever.read(&mut head).await.expect("head");
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("drained in time")
+        .expect("stops");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), forever.read_to_end(&mut rest))
+        .await
+        .expect("cut");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
