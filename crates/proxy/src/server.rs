@@ -8,5 +8,6 @@
 //! from the proxy crate.
 
 pub use sluice_listener::{
-    CertificateFiles, ConnectionMetrics, ListenerMetrics, ServerConfig, TlsConfig, TlsError, serve,
+    CertificateFiles, ConnectionMetrics, ListenerMetrics, ServerConfig, TlsConfig, TlsError,
+    Workers, serve,
 };

@@ -43,7 +43,9 @@ use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 
 use crate::metrics::Metrics;
-use crate::pool::{self, EndpointHealth, HEALTH_START, Kept, PoolEnv, PoolRuntime, Upstream};
+use crate::pool::{
+    self, EndpointHealth, HEALTH_START, Kept, PoolEnv, PoolRuntime, Upstream, WorkerClients,
+};
 use crate::top::{self, TopLimited};
 
 /// Registers a shared [`TopLimited`] with a registry.
@@ -148,7 +150,9 @@ impl Runtime {
 #[derive(Debug)]
 pub struct TableStore {
     current: Arc<ArcSwapOption<Runtime>>,
-    clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    clients: Mutex<HashMap<ClientKey, WorkerClients>>,
+    /// How many workers serve traffic (0: none, the shared runtime does).
+    workers: usize,
     dns: DnsCache,
     /// What each endpoint keeps across tables while it stays in its pool.
     kept: Mutex<HashMap<(String, String), Kept>>,
@@ -215,6 +219,7 @@ pub struct StoreBuilder {
     top: usize,
     resolver: Arc<dyn Resolve>,
     dns_ttl: Duration,
+    workers: usize,
 }
 
 impl StoreBuilder {
@@ -254,6 +259,13 @@ impl StoreBuilder {
     /// [`DEFAULT_DNS_TTL`]).
     pub fn dns_ttl(mut self, ttl: Duration) -> Self {
         self.dns_ttl = ttl;
+        self
+    }
+
+    /// How many workers serve traffic (default 0: the shared runtime does): each gets
+    /// its own pooled upstream clients.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
         self
     }
 
@@ -303,6 +315,7 @@ impl StoreBuilder {
             limits: Arc::new(limits),
             current,
             clients: Mutex::new(HashMap::new()),
+            workers: self.workers,
             dns: DnsCache::new(self.resolver, self.dns_ttl, clock.clone()),
             kept: Mutex::new(HashMap::new()),
             jwks: Mutex::new(HashMap::new()),
@@ -336,6 +349,7 @@ impl TableStore {
             top: top::DEFAULT_TOP,
             resolver: Arc::new(SystemResolver),
             dns_ttl: DEFAULT_DNS_TTL,
+            workers: 0,
         }
     }
 
@@ -681,14 +695,15 @@ impl TableStore {
             .clone()
     }
 
-    /// One pooled client per connect timeout, protocol and TLS settings, kept across
-    /// tables so that a new table does not drop the idle connections of the old one.
+    /// Pooled clients per connect timeout, protocol and TLS settings (one per worker
+    /// and one for the rest), kept across tables so that a new table does not drop the
+    /// idle connections of the old one.
     fn client(
         &self,
         connect_timeout: Duration,
         backend: &BackendTarget,
         http1_only: bool,
-    ) -> Result<UpstreamClient, String> {
+    ) -> Result<WorkerClients, String> {
         let key = ClientKey {
             connect_timeout,
             h2c: backend.protocol == BackendProtocol::H2c,
@@ -699,8 +714,19 @@ impl TableStore {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let mut connector = HttpConnector::new_with_resolver(self.dns.clone());
-        connector.set_connect_timeout(Some(connect_timeout));
+        let client = WorkerClients::new(
+            (0..=self.workers)
+                .map(|_| Self::new_client(&key, &self.dns))
+                .collect::<Result<_, _>>()?,
+        );
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// A pooled client with the settings of `key`, resolving names through `dns`.
+    fn new_client(key: &ClientKey, dns: &DnsCache) -> Result<UpstreamClient, String> {
+        let mut connector = HttpConnector::new_with_resolver(dns.clone());
+        connector.set_connect_timeout(Some(key.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
         let mut builder = Client::builder(TokioExecutor::new());
@@ -741,9 +767,7 @@ impl TableStore {
                     .wrap_connector(connector)
             }
         };
-        let client = builder.build(https);
-        clients.insert(key, client.clone());
-        Ok(client)
+        Ok(builder.build(https))
     }
 }
 

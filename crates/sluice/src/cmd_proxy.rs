@@ -16,7 +16,9 @@ use sluice_proxy::body::MinRate;
 use sluice_proxy::clock::TokioClock;
 use sluice_proxy::forward::{DEFAULT_CAPABILITY_HEADER, ForwardConfig};
 use sluice_proxy::hygiene::client_ip::TrustedProxies;
-use sluice_proxy::server::{self, CertificateFiles, ListenerMetrics, ServerConfig, TlsConfig};
+use sluice_proxy::server::{
+    self, CertificateFiles, ListenerMetrics, ServerConfig, TlsConfig, Workers,
+};
 use sluice_proxy::subscriber::{self, SubscriberConfig};
 use sluice_proxy::table_cache::TableCache;
 use sluice_proxy::{Forwarder, Metrics, TableStore};
@@ -86,6 +88,12 @@ pub struct Args {
     /// client addresses, every client shares one.
     #[arg(long, default_value_t = 0)]
     max_connections_per_client: usize,
+    /// Threads that serve traffic, each with its own runtime, accepting on the
+    /// listeners and serving every connection it accepted to its end (as nginx's
+    /// worker processes do). Default: one per CPU the process may use. 0: one
+    /// work-stealing runtime for everything.
+    #[arg(long, env = "SLUICE_WORKERS")]
+    workers: Option<usize>,
     /// Address for /healthz, /readyz, /metrics and /routes.
     #[arg(long, default_value = "127.0.0.1:9901", env = "SLUICE_ADMIN_LISTEN")]
     admin: SocketAddr,
@@ -218,9 +226,17 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let max_keys = NonZeroUsize::new(args.rate_limit_max_keys)
         .context("--rate-limit-max-keys must be at least 1")?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
+    let workers = match NonZeroUsize::new(workers) {
+        None => None,
+        Some(n) => Some(Workers::start(n).context("starting the --workers")?),
+    };
     let metrics = Metrics::new();
     let store = Arc::new(
         TableStore::builder(metrics.clone())
+            .workers(workers.as_ref().map_or(0, Workers::len))
             .redis(redis)
             .max_keys(max_keys)
             .clock(clock)
@@ -341,6 +357,7 @@ pub async fn run(args: Args) -> Result<()> {
         max_connections_per_client: NonZeroUsize::new(args.max_connections_per_client),
         tls_handshake_timeout: args.tls_handshake_timeout,
         metrics: listener_metrics.listener("http"),
+        workers,
         ..ServerConfig::default()
     };
     let mut admin = Admin::new(store.clone(), metrics.clone());
@@ -352,6 +369,7 @@ pub async fn run(args: Args) -> Result<()> {
         max_connections: NonZeroUsize::new(256),
         max_connections_per_client: None,
         metrics: listener_metrics.listener("admin"),
+        workers: None,
         ..config.clone()
     };
     let admin_task = tokio::spawn(async move {

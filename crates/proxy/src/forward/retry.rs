@@ -324,9 +324,9 @@ async fn attempt(
         .first_byte_timeout
         .map_or(deadline, |t| deadline.min(started + t.get()));
     let client = if head.is_upgrade() {
-        &endpoint.upstream.upgrade_client
+        endpoint.upstream.upgrade_client.current()
     } else {
-        &endpoint.upstream.client
+        endpoint.upstream.client.current()
     };
     match tokio::time::timeout_at(first_byte, client.request(upstream)).await {
         Ok(Ok(resp)) => {

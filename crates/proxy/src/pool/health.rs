@@ -121,7 +121,7 @@ pub fn start_health_checks(pool: &Arc<PoolRuntime>) {
                         });
                         let ok = match req {
                             Some(req) => matches!(
-                                tokio::time::timeout(timeout, upstream.client.request(req)).await,
+                                tokio::time::timeout(timeout, upstream.client.current().request(req)).await,
                                 Ok(Ok(resp)) if resp.status().is_success()
                             ),
                             None => false,

@@ -56,14 +56,38 @@ pub struct EndpointRt {
 /// its counters.
 pub type Kept = (Arc<EndpointHealth>, Arc<EndpointStats>);
 
+/// One pooled client per worker and one for the rest of the process: a connection is
+/// driven by the runtime that opened it, so each worker reuses only connections its
+/// own thread drives (see [`sluice_listener::workers`]).
+#[derive(Debug, Clone)]
+pub struct WorkerClients(Arc<[UpstreamClient]>);
+
+impl WorkerClients {
+    /// `clients[0]` off the workers, `clients[n]` on worker `n`.
+    ///
+    /// # Panics
+    ///
+    /// When `clients` is empty.
+    pub fn new(clients: Vec<UpstreamClient>) -> Self {
+        assert!(!clients.is_empty(), "at least the client off the workers");
+        Self(clients.into())
+    }
+
+    /// The client of the thread that calls this.
+    pub fn current(&self) -> &UpstreamClient {
+        let worker = sluice_listener::workers::current();
+        &self.0[worker % self.0.len()]
+    }
+}
+
 /// How the endpoints of one backend are reached.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    /// The pooled client for the backend's protocol and TLS settings.
-    pub client: UpstreamClient,
-    /// The client for upgrade requests: over TLS, one that offers only HTTP/1.1 by
+    /// The pooled clients for the backend's protocol and TLS settings.
+    pub client: WorkerClients,
+    /// The clients for upgrade requests: over TLS, ones that offer only HTTP/1.1 by
     /// ALPN (an upgrade cannot cross HTTP/2); otherwise `client`.
-    pub upgrade_client: UpstreamClient,
+    pub upgrade_client: WorkerClients,
     /// `https` when the backend has TLS, else `http`.
     pub scheme: http::uri::Scheme,
     /// The `Host` every request carries (a backend by URL); `None`: the client's.
@@ -77,8 +101,8 @@ impl Upstream {
     /// How `backend` is reached with `client` (and `upgrade_client` for upgrades).
     pub fn new(
         backend: &sluice_api::table::BackendTarget,
-        client: UpstreamClient,
-        upgrade_client: UpstreamClient,
+        client: WorkerClients,
+        upgrade_client: WorkerClients,
     ) -> Self {
         Self {
             client,
