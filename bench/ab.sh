@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Two Sluice builds head to head: the same manifests, the same static upstream (nginx
 # answering `return 200` on two ports, so the upstream costs almost nothing), wrk
-# against each in turn, rounds interleaved. Prints req/s and CPU per request for each
-# build and the ratio of the second to the first. For "is this change slower?".
+# against each in turn, rounds interleaved. Prints req/s, CPU per request and p99 for
+# each build and the ratio of the second to the first. For "is this change slower?".
+# Either side may be the word `nginx`: nginx as the proxy doing the same work
+# (`least_conn` over the two ports with keep-alive upstream connections; in the limits
+# scenario an API-key check and a `limit_req` keyed by the key), one worker per core.
 #
 #   bash bench/ab.sh BEFORE_SLUICE_BINARY AFTER_SLUICE_BINARY
+#   bash bench/ab.sh nginx SLUICE_BINARY
 #
 # Knobs (environment): AB_ROUNDS (5), AB_DURATION (s, 8), AB_WARMUP (s, 2),
 # AB_CONNECTIONS (64), AB_THREADS (wrk threads, 2), AB_SCENARIO (plain: LeastRequest
@@ -16,8 +20,11 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
 [[ $# -eq 2 ]] || { echo "usage: $0 BEFORE_SLUICE AFTER_SLUICE" >&2; exit 2; }
-A=$(realpath "$1"); B=$(realpath "$2")
-for bin in "$A" "$B"; do [[ -x $bin ]] || { echo "not executable: $bin" >&2; exit 2; }; done
+side_path() { if [[ $1 == nginx ]]; then echo nginx; else realpath "$1"; fi; }
+A=$(side_path "$1"); B=$(side_path "$2")
+for bin in "$A" "$B"; do
+  [[ $bin == nginx || -x $bin ]] || { echo "not executable: $bin" >&2; exit 2; }
+done
 command -v nginx >/dev/null && command -v wrk >/dev/null \
   || { echo "needs nginx and wrk: apt-get install nginx wrk" >&2; exit 2; }
 
@@ -83,20 +90,73 @@ spec:
 EOF
   headers=(-H "Authorization: Bearer $KEY")
 fi
-"$A" compile -f "$run/manifests" > /dev/null
+for bin in "$A" "$B"; do
+  [[ $bin == nginx ]] || "$bin" compile -f "$run/manifests" > /dev/null
+done
+
+# nginx as the proxy, for `nginx` as a side.
+mkdir -p "$run/proxy/tmp"
+limit_conf="" check_conf=""
+if [[ $SCENARIO == limits ]]; then
+  limit_conf="map \$http_authorization \$consumer { \"Bearer $KEY\" bench; default \"\"; }
+  limit_req_zone \$consumer zone=consumers:10m rate=1000000r/s;"
+  check_conf="if (\$consumer = \"\") { return 401; }
+      limit_req zone=consumers burst=1000000 nodelay;"
+fi
+cat > "$run/proxy/nginx.conf" <<EOF
+daemon off;
+worker_processes $(nproc);
+pid nginx.pid;
+error_log error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
+  uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
+  keepalive_requests 1000000;
+  $limit_conf
+  upstream agents {
+    least_conn;
+    server 127.0.0.1:$UP1;
+    server 127.0.0.1:$UP2;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$PROXY;
+    location / {
+      $check_conf
+      proxy_pass http://agents;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server { listen 127.0.0.1:$ADMIN; location / { return 200; } }
+}
+EOF
 
 nginx -p "$run/nginx/" -c "$run/nginx/nginx.conf" &
 pids+=($!)
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { # utime + stime of a process and its children (nginx's workers)
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
 
 # One build at a time on the same ports, so that each runs alone on the machine.
-measure() { # label binary seconds -> "rps cpu_us_per_request"
-  local bin=$2 secs=$3 pid t0 t1 out rps requests extra
+measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
+  local bin=$2 secs=$3 pid t0 t1 out rps requests extra p99
   extra=${AB_ARGS_A:-}; [[ $1 == B ]] && extra=${AB_ARGS_B:-}
-  # shellcheck disable=SC2086 # extra flags are split on purpose
-  RUST_LOG=warn "$bin" proxy --config "$run/manifests" --listen "127.0.0.1:$PROXY" \
-    --admin "127.0.0.1:$ADMIN" $extra > "$run/sluice.log" 2>&1 &
+  if [[ $bin == nginx ]]; then
+    nginx -p "$run/proxy/" -c "$run/proxy/nginx.conf" > "$run/sluice.log" 2>&1 &
+  else
+    # shellcheck disable=SC2086 # extra flags are split on purpose
+    RUST_LOG=warn "$bin" proxy --config "$run/manifests" --listen "127.0.0.1:$PROXY" \
+      --admin "127.0.0.1:$ADMIN" $extra > "$run/sluice.log" 2>&1 &
+  fi
   pid=$!
   for _ in $(seq 100); do
     curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" && break
@@ -105,14 +165,17 @@ measure() { # label binary seconds -> "rps cpu_us_per_request"
   curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" \
     || { cat "$run/sluice.log" >&2; echo "$1 did not start" >&2; exit 1; }
   t0=$(cpu_ticks "$pid")
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" "${headers[@]}" "http://127.0.0.1:$PROXY/")
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency "${headers[@]}" "http://127.0.0.1:$PROXY/")
   t1=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   grep -q "Non-2xx" <<<"$out" && { echo "$1: non-2xx responses" >&2; echo "$out" >&2; exit 1; }
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  awk -v r="$rps" -v n="$requests" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "%.0f %.1f\n", r, t / hz * 1e6 / n }'
+  p99=$(awk '$1 == "99%" { v = $2; n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
+    print n }' <<<"$out")
+  awk -v r="$rps" -v n="$requests" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v p="$p99" \
+    'BEGIN { printf "%.0f %.1f %.2f\n", r, t / hz * 1e6 / n, p }'
 }
 
 echo "scenario $SCENARIO: wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, interleaved"
@@ -122,8 +185,8 @@ measure B "$B" "$WARMUP" > /dev/null
 for r in $(seq "$ROUNDS"); do
   for side in A B; do
     bin=$A; [[ $side == B ]] && bin=$B
-    read -r rps cpu < <(measure "$side" "$bin" "$DURATION")
-    printf '%s %s %s %s\n' "$side" "$r" "$rps" "$cpu" | tee -a "$run/results"
+    read -r rps cpu p99 < <(measure "$side" "$bin" "$DURATION")
+    printf '%s %s %s %s %s\n' "$side" "$r" "$rps" "$cpu" "$p99" | tee -a "$run/results"
   done
 done
 python3 - "$run/results" <<'EOF'
@@ -133,7 +196,9 @@ med = {}
 for side in "AB":
     rps = [float(r[2]) for r in rows if r[0] == side]
     cpu = [float(r[3]) for r in rows if r[0] == side]
-    med[side] = (statistics.median(rps), statistics.median(cpu))
-    print(f"{side}: median {med[side][0]:.0f} req/s, {med[side][1]:.1f} µs CPU per request")
-print(f"B/A: req/s {med['B'][0] / med['A'][0]:.2f}, CPU per request {med['B'][1] / med['A'][1]:.2f}")
+    p99 = [float(r[4]) for r in rows if r[0] == side]
+    med[side] = (statistics.median(rps), statistics.median(cpu), statistics.median(p99))
+    print(f"{side}: median {med[side][0]:.0f} req/s, {med[side][1]:.1f} µs CPU per request, p99 {med[side][2]:.2f} ms")
+b, a = med["B"], med["A"]
+print(f"B/A: req/s {b[0] / a[0]:.2f}, CPU per request {b[1] / a[1]:.2f}, p99 {b[2] / a[2]:.2f}")
 EOF
