@@ -44,7 +44,8 @@ use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 
 use crate::metrics::Metrics;
 use crate::pool::{
-    self, EndpointHealth, HEALTH_START, Kept, PoolEnv, PoolRuntime, Upstream, WorkerClients,
+    self, Connections, EndpointHealth, HEALTH_START, Kept, PoolEnv, PoolRuntime, Upstream,
+    WorkerClients,
 };
 use crate::top::{self, TopLimited};
 
@@ -553,7 +554,13 @@ impl TableStore {
                                 })
                         };
                         let upgrades = client(b.tls.is_some())?;
-                        Ok::<_, ApplyError>(Arc::new(Upstream::new(b, client(false)?, upgrades)))
+                        Ok::<_, ApplyError>(Arc::new(Upstream::new(
+                            b,
+                            client(false)?,
+                            upgrades,
+                            p.connect_timeout.get(),
+                            self.dns.clone(),
+                        )))
                     })
                     .collect::<Result<Vec<_>, _>>()
             })
@@ -690,6 +697,7 @@ impl TableStore {
                 (
                     Arc::new(EndpointHealth::new(HEALTH_START)),
                     Arc::new(EndpointStats::default()),
+                    Arc::new(Connections::new(self.workers)),
                 )
             })
             .clone()

@@ -29,7 +29,7 @@ use crate::body::{BodyStats, CountedBody, ProxyBody, RequestBody};
 use crate::error::ProxyError;
 use crate::hygiene::upstream::UpstreamHead;
 use crate::limits::MAX_BUFFERED_BODY;
-use crate::pool::{PickRequest, PoolRuntime, Slot};
+use crate::pool::{PickRequest, PoolRuntime, SendError, Slot};
 use crate::replay::{DEFAULT_REPLAY_CAP, ReplayBody};
 use crate::trace::{AttemptSpan, SpanId, TraceContext};
 
@@ -306,10 +306,13 @@ async fn attempt(
             message: "the request body cannot be sent again".into(),
         });
     };
-    let mut upstream = match head.request(&endpoint.address, &endpoint.upstream, body) {
-        Ok(r) => r,
-        Err(e) => return Attempt::Fatal(e),
+    let Some(authority) = endpoint.authority.as_ref() else {
+        return Attempt::Fatal(ProxyError::BadRequest(format!(
+            "cannot build the upstream URI: the endpoint {} is no host:port",
+            endpoint.address
+        )));
     };
+    let mut upstream = head.request(authority, &endpoint.upstream, body);
     trace.inject(upstream.headers_mut(), span);
     if let Some(length) = length {
         // A body read in full (its `model` perhaps rewritten) goes with its length,
@@ -323,12 +326,22 @@ async fn attempt(
         .spec
         .first_byte_timeout
         .map_or(deadline, |t| deadline.min(started + t.get()));
-    let client = if head.is_upgrade() {
-        endpoint.upstream.upgrade_client.current()
-    } else {
-        endpoint.upstream.client.current()
+    let via = &endpoint.upstream;
+    let send = async {
+        if head.direct(via) {
+            let connections = &endpoint.connections;
+            connections
+                .send(authority, &via.dns, via.connect_timeout, upstream, started)
+                .await
+        } else if head.is_upgrade() {
+            let client = via.upgrade_client.current();
+            client.request(upstream).await.map_err(SendError::from)
+        } else {
+            let client = via.client.current();
+            client.request(upstream).await.map_err(SendError::from)
+        }
     };
-    match tokio::time::timeout_at(first_byte, client.request(upstream)).await {
+    match tokio::time::timeout_at(first_byte, send).await {
         Ok(Ok(resp)) => {
             pool.connected(slot.index);
             let status = resp.status();

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Uri};
 
 use super::client_ip::X_FORWARDED_FOR;
@@ -24,7 +24,6 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 use super::headers::{Identity, prepare_upstream, strip_credentials, strip_sluice_headers};
 use crate::body::ProxyBody;
-use crate::error::ProxyError;
 use crate::identity::Caller;
 use crate::pool::Upstream;
 use crate::upgrade;
@@ -33,7 +32,7 @@ use crate::upgrade;
 #[derive(Debug)]
 pub struct UpstreamHead {
     method: Method,
-    path: String,
+    path: PathAndQuery,
     headers: HeaderMap,
     upgrade: bool,
 }
@@ -103,7 +102,8 @@ impl UpstreamHead {
             path: parts
                 .uri
                 .path_and_query()
-                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             headers,
             upgrade: is_upgrade,
         }
@@ -128,30 +128,42 @@ impl UpstreamHead {
         )
     }
 
-    /// The request for the agent at `endpoint` (`host:port`) of a backend reached as
-    /// `upstream` says, carrying `body`.
+    /// Whether the request goes over the endpoint's own connections (cleartext
+    /// HTTP/1.1, not an upgrade) rather than the pooled client.
+    pub fn direct(&self, upstream: &Upstream) -> bool {
+        upstream.direct && !self.upgrade
+    }
+
+    /// The request for the agent at `endpoint` of a backend reached as `upstream`
+    /// says, carrying `body`. Over the endpoint's own connections ([`Self::direct`])
+    /// its target is in origin form, with the endpoint as `Host` if the client sent
+    /// none; for the pooled client, in absolute form.
     ///
     /// A backend by URL gets its own `Host` and no `x-sluice-*` identity headers (they
     /// mean nothing outside the cluster); a backend with a credential gets it in place
     /// of the caller's `Authorization` and `x-api-key`, whether or not the gateway
     /// identified the caller.
-    ///
-    /// # Errors
-    ///
-    /// [`ProxyError::BadRequest`] when no URI can be made of the endpoint and path.
     pub fn request(
         &self,
-        endpoint: &str,
+        endpoint: &Authority,
         upstream: &Upstream,
         body: ProxyBody,
-    ) -> Result<Request<ProxyBody>, ProxyError> {
-        let uri: Uri = upstream
-            .uri(endpoint, &self.path)
-            .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URI: {e}")))?;
+    ) -> Request<ProxyBody> {
+        let direct = self.direct(upstream);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
+        *req.uri_mut() = if direct {
+            Uri::from(self.path.clone())
+        } else {
+            upstream.uri(endpoint, &self.path)
+        };
         let mut headers = self.headers.clone();
+        if direct
+            && !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(endpoint.as_str())
+        {
+            headers.insert(header::HOST, host);
+        }
         if let Some(host) = &upstream.host {
             headers.insert(header::HOST, host.clone());
             strip_sluice_headers(&mut headers);
@@ -162,7 +174,7 @@ impl UpstreamHead {
             headers.insert(name.clone(), value.clone());
         }
         *req.headers_mut() = headers;
-        Ok(req)
+        req
     }
 }
 

@@ -51,9 +51,10 @@ pub fn build(
         capabilities.dedup();
         let share = u64::from(backend.weight.get()) * lcm / (backend.endpoints.len().max(1) as u64);
         for ep in &backend.endpoints {
-            let (health, stats) = kept(&ep.address);
+            let (health, stats, connections) = kept(&ep.address);
             endpoints.push(EndpointRt {
                 address: ep.address.clone(),
+                authority: ep.address.parse().ok(),
                 terminating: ep.terminating,
                 max_concurrency: backend.max_concurrency,
                 capabilities: capabilities.clone(),
@@ -61,6 +62,7 @@ pub fn build(
                 model_rewrite: backend.model_rewrite.as_deref().map(Arc::from),
                 stats,
                 health,
+                connections,
             });
             weights.push(
                 NonZeroU32::new(u32::try_from(share).unwrap_or(u32::MAX))

@@ -104,11 +104,13 @@ pub fn start_health_checks(pool: &Arc<PoolRuntime>) {
                 .filter(|(_, e)| !e.terminating)
                 .map(|(i, e)| {
                     let upstream = e.upstream.clone();
-                    let uri = upstream.uri(&e.address, &check.path);
+                    let uri = e.authority.as_ref().zip(check.path.parse().ok()).map(
+                        |(authority, path)| upstream.uri(authority, &path),
+                    );
                     async move {
                         // A backend by URL is probed as it is called: with its
                         // `Host` and its credential.
-                        let req = uri.ok().and_then(|uri| {
+                        let req = uri.and_then(|uri| {
                             let mut req = http::Request::get(uri);
                             if let Some(host) = &upstream.host {
                                 req = req.header(http::header::HOST, host);

@@ -7,6 +7,7 @@
 //! budget) is carried over from the previous runtime's pool of the same key.
 
 mod build;
+pub mod conns;
 mod health;
 mod slot;
 
@@ -25,16 +26,21 @@ pub use health::{CONNECT_WARNING_INTERVAL, EndpointHealth, start_health_checks};
 pub use slot::Slot;
 
 use crate::clock::{Entropy, SharedClock};
+use crate::dns::DnsCache;
 use crate::endpoint_metrics::EndpointStats;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::store::UpstreamClient;
+pub use conns::{Connections, SendError};
 
 /// One endpoint of a pool.
 #[derive(Debug)]
 pub struct EndpointRt {
     /// `host:port`.
     pub address: String,
+    /// `address` as a URI authority, parsed once; `None` if it is not one (requests
+    /// to it then fail, naming the endpoint).
+    pub authority: Option<http::uri::Authority>,
     /// Draining: no new requests.
     pub terminating: bool,
     /// Most requests at once.
@@ -50,11 +56,13 @@ pub struct EndpointRt {
     pub stats: Arc<EndpointStats>,
     /// Its health: active checks and whether it accepts connections.
     pub health: Arc<EndpointHealth>,
+    /// Its kept-alive connections, when its backend is cleartext HTTP/1.1.
+    pub connections: Arc<Connections>,
 }
 
-/// What an endpoint keeps across tables while it stays in its pool: its health and
-/// its counters.
-pub type Kept = (Arc<EndpointHealth>, Arc<EndpointStats>);
+/// What an endpoint keeps across tables while it stays in its pool: its health, its
+/// counters and its kept-alive connections.
+pub type Kept = (Arc<EndpointHealth>, Arc<EndpointStats>, Arc<Connections>);
 
 /// One pooled client per worker and one for the rest of the process: a connection is
 /// driven by the runtime that opened it, so each worker reuses only connections its
@@ -85,6 +93,13 @@ impl WorkerClients {
 pub struct Upstream {
     /// The pooled clients for the backend's protocol and TLS settings.
     pub client: WorkerClients,
+    /// Cleartext HTTP/1.1: requests other than upgrades go over the endpoint's own
+    /// [`Connections`] rather than `client`.
+    pub direct: bool,
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+    /// Where endpoint names are looked up.
+    pub dns: DnsCache,
     /// The clients for upgrade requests: over TLS, ones that offer only HTTP/1.1 by
     /// ALPN (an upgrade cannot cross HTTP/2); otherwise `client`.
     pub upgrade_client: WorkerClients,
@@ -98,15 +113,22 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// How `backend` is reached with `client` (and `upgrade_client` for upgrades).
+    /// How `backend` is reached with `client` (and `upgrade_client` for upgrades), its
+    /// connections opened within `connect_timeout`, names looked up through `dns`.
     pub fn new(
         backend: &sluice_api::table::BackendTarget,
         client: WorkerClients,
         upgrade_client: WorkerClients,
+        connect_timeout: Duration,
+        dns: DnsCache,
     ) -> Self {
         Self {
             client,
             upgrade_client,
+            direct: backend.tls.is_none()
+                && backend.protocol == sluice_api::table::BackendProtocol::Http1,
+            connect_timeout,
+            dns,
             scheme: if backend.tls.is_some() {
                 http::uri::Scheme::HTTPS
             } else {
@@ -124,17 +146,18 @@ impl Upstream {
         }
     }
 
-    /// The URI of `path_and_query` on the endpoint at `address`.
-    ///
-    /// # Errors
-    ///
-    /// When the address and path make no URI.
-    pub fn uri(&self, address: &str, path_and_query: &str) -> Result<http::Uri, http::Error> {
-        http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(address)
-            .path_and_query(path_and_query)
-            .build()
+    /// The URI of `path_and_query` on the endpoint at `authority`.
+    pub fn uri(
+        &self,
+        authority: &http::uri::Authority,
+        path_and_query: &http::uri::PathAndQuery,
+    ) -> http::Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(authority.clone());
+        parts.path_and_query = Some(path_and_query.clone());
+        // A scheme, an authority and a path always make a URI.
+        http::Uri::from_parts(parts).unwrap_or_default()
     }
 }
 
