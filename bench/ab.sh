@@ -14,8 +14,9 @@
 # AB_CONNECTIONS (64), AB_THREADS (wrk threads, 2), AB_SCENARIO (plain: LeastRequest
 # over the two ports, no policy; limits: the same plus API-key authentication and a
 # per-consumer rate limit), AB_PORT_BASE (19000), AB_ARGS_A and AB_ARGS_B (extra
-# `sluice proxy` flags for one side, such as `--access-log off` for a build that logs
-# by default when the other cannot). Needs nginx and wrk (Debian).
+# `sluice proxy` flags for one side), AB_ACCESS_LOG (off: no access log on either side;
+# on: each proxy writes a line per request to a file, Sluice its JSON on stdout, nginx
+# its default format). Needs nginx and wrk (Debian).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
@@ -34,6 +35,10 @@ WARMUP=${AB_WARMUP:-2}
 CONNECTIONS=${AB_CONNECTIONS:-64}
 THREADS=${AB_THREADS:-2}
 SCENARIO=${AB_SCENARIO:-plain}
+ACCESS_LOG=${AB_ACCESS_LOG:-off}
+[[ $ACCESS_LOG == on || $ACCESS_LOG == off ]] || { echo "AB_ACCESS_LOG: on or off" >&2; exit 2; }
+nginx_log="access_log off;"
+[[ $ACCESS_LOG == on ]] && nginx_log="access_log access.log;"
 base=${AB_PORT_BASE:-19000}
 UP1=$((base + 1)) UP2=$((base + 2)) PROXY=$((base + 80)) ADMIN=$((base + 90))
 KEY=bench-consumer-key-0123456789
@@ -110,7 +115,7 @@ pid nginx.pid;
 error_log error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  $nginx_log
   client_body_temp_path tmp/body; proxy_temp_path tmp/proxy; fastcgi_temp_path tmp/fastcgi;
   uwsgi_temp_path tmp/uwsgi; scgi_temp_path tmp/scgi;
   keepalive_requests 1000000;
@@ -155,7 +160,8 @@ measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
   else
     # shellcheck disable=SC2086 # extra flags are split on purpose
     RUST_LOG=warn "$bin" proxy --config "$run/manifests" --listen "127.0.0.1:$PROXY" \
-      --admin "127.0.0.1:$ADMIN" $extra > "$run/sluice.log" 2>&1 &
+      --admin "127.0.0.1:$ADMIN" --access-log "$([[ $ACCESS_LOG == on ]] && echo json || echo off)" \
+      $extra > "$run/sluice.log" 2>&1 &
   fi
   pid=$!
   for _ in $(seq 100); do
@@ -178,7 +184,7 @@ measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
     'BEGIN { printf "%.0f %.1f %.2f\n", r, t / hz * 1e6 / n, p }'
 }
 
-echo "scenario $SCENARIO: wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, interleaved"
+echo "scenario $SCENARIO, access log $ACCESS_LOG: wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, interleaved"
 measure A "$A" "$WARMUP" > /dev/null
 measure B "$B" "$WARMUP" > /dev/null
 : > "$run/results"
