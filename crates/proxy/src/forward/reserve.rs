@@ -137,7 +137,9 @@ impl Forwarder {
         }
         serving.move_to(serving.runtime().clone(), fallback, ctx.start);
         ctx.rate.give_back();
-        let body = self.limit(ctx, serving, headers, body).await?;
+        // Boxed: every request's future has room for what it awaits, and a fallback's
+        // limits (with their Redis round trip) are rarely needed.
+        let body = Box::pin(self.limit(ctx, serving, headers, body)).await?;
         self.metrics
             .fallbacks
             .with_label_values(&[from.key(), serving.pool().key()])

@@ -139,7 +139,9 @@ impl Connections {
                 },
             }
         }
-        let mut sender = connect(endpoint, dns, connect_timeout).await?;
+        // Boxed: every request's future has room for what it awaits, and a new
+        // connection (a lookup, a connect) is the rare case.
+        let mut sender = Box::pin(connect(endpoint, dns, connect_timeout)).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 lock(list).push(Conn { sender, used: now });
