@@ -16,7 +16,9 @@
 # per-consumer rate limit), AB_PORT_BASE (19000), AB_ARGS_A and AB_ARGS_B (extra
 # `sluice proxy` flags for one side), AB_ACCESS_LOG (off: no access log on either side;
 # on: each proxy writes a line per request to a file, Sluice its JSON on stdout, nginx
-# its default format). Needs nginx and wrk (Debian).
+# its default format), AB_RATE (req/s: instead of wrk's as-fast-as-possible load,
+# `oha` sends this many requests a second, each timed from when it was due, for
+# latency at a fixed rate; `cargo install oha`). Needs nginx and wrk (Debian).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
@@ -36,6 +38,8 @@ CONNECTIONS=${AB_CONNECTIONS:-64}
 THREADS=${AB_THREADS:-2}
 SCENARIO=${AB_SCENARIO:-plain}
 ACCESS_LOG=${AB_ACCESS_LOG:-off}
+RATE=${AB_RATE:-}
+[[ -z $RATE ]] || command -v oha >/dev/null || { echo "AB_RATE needs oha: cargo install oha" >&2; exit 2; }
 [[ $ACCESS_LOG == on || $ACCESS_LOG == off ]] || { echo "AB_ACCESS_LOG: on or off" >&2; exit 2; }
 nginx_log="access_log off;"
 [[ $ACCESS_LOG == on ]] && nginx_log="access_log access.log;"
@@ -171,6 +175,23 @@ measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
   curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" \
     || { cat "$run/sluice.log" >&2; echo "$1 did not start" >&2; exit 1; }
   t0=$(cpu_ticks "$pid")
+  if [[ -n $RATE ]]; then
+    out=$(oha -z "${secs}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction --no-tui \
+      --output-format json "${headers[@]}" "http://127.0.0.1:$PROXY/")
+    t1=$(cpu_ticks "$pid")
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+codes = r["statusCodeDistribution"]
+n = sum(codes.values())
+if set(codes) != {"200"}:
+    sys.exit("non-2xx responses: %s" % codes)
+cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / n
+print("%.0f %.1f %.2f" % (r["summary"]["requestsPerSec"], cpu_us, r["latencyPercentiles"]["p99"] * 1000))
+' "$out" $((t1 - t0)) "$(getconf CLK_TCK)" || { echo "$1: $out" >&2; exit 1; }
+    return
+  fi
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency "${headers[@]}" "http://127.0.0.1:$PROXY/")
   t1=$(cpu_ticks "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -184,7 +205,9 @@ measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
     'BEGIN { printf "%.0f %.1f %.2f\n", r, t / hz * 1e6 / n, p }'
 }
 
-echo "scenario $SCENARIO, access log $ACCESS_LOG: wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s x $ROUNDS rounds, interleaved"
+load="wrk -t$THREADS -c$CONNECTIONS"
+[[ -n $RATE ]] && load="oha -q $RATE -c$CONNECTIONS"
+echo "scenario $SCENARIO, access log $ACCESS_LOG: $load, ${DURATION}s x $ROUNDS rounds, interleaved"
 measure A "$A" "$WARMUP" > /dev/null
 measure B "$B" "$WARMUP" > /dev/null
 : > "$run/results"
