@@ -722,17 +722,14 @@ impl TableStore {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        let client = WorkerClients::new(
-            (0..=self.workers)
-                .map(|_| Self::new_client(&key, &self.dns))
-                .collect::<Result<_, _>>()?,
-        );
+        let client = Self::new_clients(&key, &self.dns, self.workers + 1)?;
         clients.insert(key, client.clone());
         Ok(client)
     }
 
-    /// A pooled client with the settings of `key`, resolving names through `dns`.
-    fn new_client(key: &ClientKey, dns: &DnsCache) -> Result<UpstreamClient, String> {
+    /// `count` pooled clients (each with its own pool) with the settings of `key`,
+    /// resolving names through `dns`; the TLS configuration is built once for all.
+    fn new_clients(key: &ClientKey, dns: &DnsCache, count: usize) -> Result<WorkerClients, String> {
         let mut connector = HttpConnector::new_with_resolver(dns.clone());
         connector.set_connect_timeout(Some(key.connect_timeout));
         connector.set_nodelay(true);
@@ -775,7 +772,9 @@ impl TableStore {
                     .wrap_connector(connector)
             }
         };
-        Ok(builder.build(https))
+        Ok(WorkerClients::new(
+            (0..count).map(|_| builder.build(https.clone())).collect(),
+        ))
     }
 }
 
