@@ -5,6 +5,7 @@
 //! It binds to localhost by default. Exposed beyond it, it requires a bearer token for
 //! everything but `/healthz` and `/readyz`, which stay open for probes.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -96,11 +97,8 @@ impl Admin {
             },
             "/metrics" => {
                 self.store.refresh_gauges();
-                reply(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    self.metrics.render(),
-                )
+                let body = self.metrics.exposition();
+                respond(StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             "/limits/top" => {
                 let body = serde_json::json!({
@@ -134,11 +132,14 @@ impl Admin {
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    respond(status, content_type, Full::new(Bytes::from(body)))
+}
+
+fn respond<B>(status: StatusCode, content_type: &'static str, body: B) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
+{
+    let mut resp = Response::new(body.map_err(|never| match never {}).boxed());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

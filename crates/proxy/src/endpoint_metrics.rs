@@ -7,20 +7,19 @@
 //! sharded histogram. Here an endpoint keeps only what cannot be read elsewhere, its
 //! request count and latency buckets as plain atomics ([`EndpointStats`], about 170
 //! bytes); its in-flight count is its balancer load and its health is its
-//! [`EndpointHealth`](crate::pool::EndpointHealth), and [`EndpointCollector`] turns
-//! them into families when Prometheus asks. An endpoint's series live exactly as long
-//! as it is in the table; its counters carry over tables while it stays in its pool.
+//! [`EndpointHealth`](crate::pool::EndpointHealth), and [`EndpointText`] writes
+//! them as text when Prometheus asks, a chunk at a time, without building the client's
+//! objects for them (ten thousand endpoints are 25 MB of text). An endpoint's series
+//! live exactly as long as it is in the table; its counters carry over tables while it
+//! stays in its pool.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use prometheus::core::Desc;
 
 use crate::metrics::LATENCY_BUCKETS;
 use crate::store::Runtime;
@@ -82,123 +81,144 @@ impl EndpointStats {
         self.requests.load(Relaxed)
     }
 
-    fn histogram(&self) -> Histogram {
-        let mut h = Histogram::default();
+    /// Observations at or below each bound of [`LATENCY_BUCKETS`], then in all.
+    pub(crate) fn cumulative(&self) -> [u64; LATENCY_BUCKETS.len() + 1] {
         let mut cumulative = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(&bound, count)| {
-                cumulative += count.load(Relaxed);
-                let mut b = Bucket::default();
-                b.set_upper_bound(bound);
-                b.set_cumulative_count(cumulative);
-                b
-            })
-            .collect();
-        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Relaxed);
-        h.set_bucket(buckets);
-        h.set_sample_count(cumulative);
-        h.set_sample_sum(self.sum_nanos.load(Relaxed) as f64 / 1e9);
-        h
-    }
-}
-
-/// Exports the endpoints of the table in force (see the [module docs](self)).
-#[derive(Debug)]
-pub struct EndpointCollector {
-    current: Arc<ArcSwapOption<Runtime>>,
-    descs: [Desc; 4],
-}
-
-impl EndpointCollector {
-    /// A collector of the endpoints of whatever runtime `current` holds.
-    pub(crate) fn new(current: Arc<ArcSwapOption<Runtime>>) -> prometheus::Result<Self> {
-        Ok(Self {
-            current,
-            descs: descs()?,
+        std::array::from_fn(|i| {
+            cumulative += self.buckets[i].load(Relaxed);
+            cumulative
         })
     }
+
+    /// The sum of the observations, in seconds.
+    pub(crate) fn sum_seconds(&self) -> f64 {
+        self.sum_nanos.load(Relaxed) as f64 / 1e9
+    }
 }
 
-/// The descriptions of the four families.
-pub(crate) fn descs() -> prometheus::Result<[Desc; 4]> {
-    let desc = |(name, help): (&str, &str)| {
-        Desc::new(
-            name.to_owned(),
-            help.to_owned(),
-            vec!["pool".to_owned(), "endpoint".to_owned()],
-            HashMap::new(),
-        )
-    };
-    Ok([
-        desc(REQUESTS)?,
-        desc(LATENCY)?,
-        desc(IN_FLIGHT)?,
-        desc(HEALTHY)?,
-    ])
+/// The four families, sorted by name as the registry's are: `(name, help, type)`.
+const FAMILIES: [(&str, &str, &str); 4] = [
+    (HEALTHY.0, HEALTHY.1, "gauge"),
+    (IN_FLIGHT.0, IN_FLIGHT.1, "gauge"),
+    (REQUESTS.0, REQUESTS.1, "counter"),
+    (LATENCY.0, LATENCY.1, "histogram"),
+];
+
+/// The descriptions of the four families, for `sluice metrics`.
+pub(crate) fn descs() -> prometheus::Result<Vec<Desc>> {
+    FAMILIES
+        .iter()
+        .map(|&(name, help, _)| {
+            Desc::new(
+                name.to_owned(),
+                help.to_owned(),
+                vec!["pool".to_owned(), "endpoint".to_owned()],
+                HashMap::new(),
+            )
+        })
+        .collect()
 }
 
-impl Collector for EndpointCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
+/// The name every endpoint family starts with: where they go among the registry's.
+pub(crate) const PREFIX: &str = "sluice_endpoint_";
+
+/// Writes the endpoint families of one runtime in the Prometheus text format, a few
+/// series at a time, so that a scrape of ten thousand endpoints (25 MB of text) never
+/// holds more than a chunk of it (see [`crate::metrics::Exposition`]).
+#[derive(Debug)]
+pub(crate) struct EndpointText {
+    runtime: Arc<Runtime>,
+    /// Where the next series is: family, pool, endpoint in the pool.
+    family: usize,
+    pool: usize,
+    endpoint: usize,
+    /// The family's `# HELP` and `# TYPE` lines are written.
+    headed: bool,
+}
+
+impl EndpointText {
+    /// The endpoints of `runtime`; `None` when it has none (no family is exported).
+    pub(crate) fn new(runtime: Arc<Runtime>) -> Option<Self> {
+        runtime
+            .pools
+            .iter()
+            .any(|p| !p.endpoints.is_empty())
+            .then_some(Self {
+                runtime,
+                family: 0,
+                pool: 0,
+                endpoint: 0,
+                headed: false,
+            })
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
-        let mut families: [MetricFamily; 4] = std::array::from_fn(|i| {
-            let mut f = MetricFamily::default();
-            f.set_name(self.descs[i].fq_name.clone());
-            f.set_help(self.descs[i].help.clone());
-            f.set_field_type(match i {
-                0 => MetricType::COUNTER,
-                1 => MetricType::HISTOGRAM,
-                _ => MetricType::GAUGE,
-            });
-            f
-        });
-        let Some(runtime) = self.current.load_full() else {
-            return Vec::new();
-        };
-        for pool in &runtime.pools {
-            for (i, e) in pool.endpoints.iter().enumerate() {
-                let labels = || {
-                    let pair = |name: &str, value: &str| {
-                        let mut l = LabelPair::default();
-                        l.set_name(name.to_owned());
-                        l.set_value(value.to_owned());
-                        l
-                    };
-                    // Sorted by name, as the Prometheus client sorts its own.
-                    vec![pair("endpoint", &e.address), pair("pool", pool.key())]
-                };
-                let mut requests = Metric::default();
-                requests.set_label(labels());
-                let mut counter = Counter::default();
-                counter.set_value(e.stats.requests() as f64);
-                requests.set_counter(counter);
-                families[0].mut_metric().push(requests);
-
-                let mut latency = Metric::default();
-                latency.set_label(labels());
-                latency.set_histogram(e.stats.histogram());
-                families[1].mut_metric().push(latency);
-
-                let in_flight = pool.endpoint_in_flight(i);
-                let healthy = u64::from(e.health.reported());
-                for (family, value) in [(2, in_flight), (3, healthy)] {
-                    let mut m = Metric::default();
-                    m.set_label(labels());
-                    let mut gauge = Gauge::default();
-                    gauge.set_value(value as f64);
-                    m.set_gauge(gauge);
-                    families[family].mut_metric().push(m);
-                }
+    /// Appends series to `buf` until it holds `limit` bytes or every series is
+    /// written. Returns whether any remain.
+    pub(crate) fn write(&mut self, buf: &mut Vec<u8>, limit: usize) -> bool {
+        while let Some(&(name, help, kind)) = FAMILIES.get(self.family) {
+            if !self.headed {
+                let _ = write!(buf, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+                self.headed = true;
             }
+            while let Some(pool) = self.runtime.pools.get(self.pool) {
+                while let Some(e) = pool.endpoints.get(self.endpoint) {
+                    if buf.len() >= limit {
+                        return true;
+                    }
+                    let mut labels = b"{endpoint=\"".to_vec();
+                    escape_into(&mut labels, &e.address);
+                    labels.extend_from_slice(b"\",pool=\"");
+                    escape_into(&mut labels, pool.key());
+                    labels.push(b'"');
+                    let sample = |buf: &mut Vec<u8>, suffix: &str, le: Option<&str>, value: f64| {
+                        buf.extend_from_slice(name.as_bytes());
+                        buf.extend_from_slice(suffix.as_bytes());
+                        buf.extend_from_slice(&labels);
+                        // Writing to a Vec cannot fail. Values as the Prometheus client
+                        // writes them: f64's Display.
+                        let _ = match le {
+                            Some(le) => writeln!(buf, ",le=\"{le}\"}} {value}"),
+                            None => writeln!(buf, "}} {value}"),
+                        };
+                    };
+                    let stats = &e.stats;
+                    match self.family {
+                        0 => sample(buf, "", None, u64::from(e.health.reported()) as f64),
+                        1 => sample(buf, "", None, pool.endpoint_in_flight(self.endpoint) as f64),
+                        2 => sample(buf, "", None, stats.requests() as f64),
+                        _ => {
+                            let cumulative = stats.cumulative();
+                            for (bound, count) in LATENCY_BUCKETS.iter().zip(cumulative) {
+                                sample(buf, "_bucket", Some(&bound.to_string()), count as f64);
+                            }
+                            let all = cumulative[LATENCY_BUCKETS.len()] as f64;
+                            sample(buf, "_bucket", Some("+Inf"), all);
+                            sample(buf, "_sum", None, stats.sum_seconds());
+                            sample(buf, "_count", None, all);
+                        }
+                    }
+                    self.endpoint += 1;
+                }
+                self.pool += 1;
+                self.endpoint = 0;
+            }
+            self.family += 1;
+            self.pool = 0;
+            self.headed = false;
         }
-        if families[0].get_metric().is_empty() {
-            return Vec::new();
+        false
+    }
+}
+
+/// Appends a label value escaped as the text format requires: `\\`, `\n` and `\"`.
+fn escape_into(buf: &mut Vec<u8>, value: &str) {
+    for &b in value.as_bytes() {
+        match b {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'"' => buf.extend_from_slice(b"\\\""),
+            _ => buf.push(b),
         }
-        families.into()
     }
 }
 
@@ -212,21 +232,23 @@ mod tests {
         stats.observe(Duration::from_millis(1)); // on the first bound
         stats.observe(Duration::from_millis(30)); // (0.025, 0.05]
         stats.observe(Duration::from_secs(400)); // above every bound
-        let h = stats.histogram();
-        let cumulative: Vec<u64> = h
-            .get_bucket()
-            .iter()
-            .map(|b| b.cumulative_count())
-            .collect();
+        let cumulative = stats.cumulative();
         assert_eq!(cumulative[0], 1);
         assert_eq!(cumulative[4], 1, "0.025 s holds only the first");
         assert_eq!(cumulative[5], 2, "0.05 s holds the 30 ms one");
         assert_eq!(
-            cumulative.last(),
-            Some(&2),
+            cumulative[LATENCY_BUCKETS.len() - 1],
+            2,
             "300 s bucket: not the 400 s one"
         );
-        assert_eq!(h.get_sample_count(), 3);
-        assert!((h.get_sample_sum() - 400.031).abs() < 1e-9);
+        assert_eq!(cumulative[LATENCY_BUCKETS.len()], 3, "in all");
+        assert!((stats.sum_seconds() - 400.031).abs() < 1e-9);
+    }
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        let mut buf = Vec::new();
+        escape_into(&mut buf, "a\\b\"c\nd:1");
+        assert_eq!(String::from_utf8(buf).unwrap(), r#"a\\b\"c\nd:1"#);
     }
 }

@@ -3,6 +3,15 @@
 //! status classes are fixed lists).
 
 use std::cell::RefCell;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body::Frame;
+use prometheus::proto::MetricFamily;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::{
@@ -15,6 +24,8 @@ use prometheus::{
 pub(crate) use sluice_api::load::LATENCY_BUCKETS;
 
 use crate::clock::TokioClock;
+use crate::endpoint_metrics::{self, EndpointText};
+use crate::store::Runtime;
 use crate::top::{self, TopLimited};
 
 /// The label value used for requests that matched no pool.
@@ -101,6 +112,9 @@ pub struct Metrics {
     pub spans_dropped: IntCounter,
     /// `sluice_trace_exports_total{result}`: span batches exported (`ok`, `error`).
     pub span_exports: IntCounterVec,
+    /// The route table whose endpoints are exported (`sluice_endpoint_*`), once a
+    /// store has been given these metrics.
+    endpoints: Arc<OnceLock<Arc<ArcSwapOption<Runtime>>>>,
 }
 
 impl Metrics {
@@ -328,6 +342,7 @@ impl Metrics {
                 &["result"],
             )?,
             registry: registry.registry,
+            endpoints: Arc::default(),
         })
     }
 
@@ -361,12 +376,43 @@ impl Metrics {
             .register(Box::new(RedisCollector::new(backend)?))
     }
 
-    /// The metrics in the Prometheus text format.
+    /// Exports the endpoints of whatever runtime `current` holds: their
+    /// `sluice_endpoint_*` series, read at scrape (see [`crate::endpoint_metrics`]).
+    ///
+    /// # Errors
+    ///
+    /// When another table's endpoints are exported already (a second store on the
+    /// same metrics): the first one's stand.
+    pub(crate) fn export_endpoints(
+        &self,
+        current: Arc<ArcSwapOption<Runtime>>,
+    ) -> Result<(), &'static str> {
+        self.endpoints
+            .set(current)
+            .map_err(|_| "another table's endpoints are exported already")
+    }
+
+    /// The metrics in the Prometheus text format, as a body written a chunk at a time.
+    pub fn exposition(&self) -> Exposition {
+        Exposition {
+            families: self.registry.gather().into_iter(),
+            endpoints: self
+                .endpoints
+                .get()
+                .and_then(|current| current.load_full())
+                .and_then(EndpointText::new),
+        }
+    }
+
+    /// The metrics in the Prometheus text format, whole.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        // Encoding gathered families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        let mut exposition = self.exposition();
+        let mut text = Vec::new();
+        while let Some(chunk) = exposition.next_chunk() {
+            text.extend_from_slice(&chunk);
+        }
+        // Both writers write UTF-8 only.
+        String::from_utf8(text).unwrap_or_default()
     }
 
     /// The registry, for callers that add metrics of their own.
@@ -378,6 +424,62 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The metrics of a proxy in the Prometheus text format, written as the body is sent:
+/// the registry's families one at a time, and the endpoints' series (ten thousand
+/// endpoints are 25 MB of text) a [`Exposition::CHUNK`] at a time, so that a scrape
+/// holds a chunk of the text rather than all of it. The families come sorted by name.
+#[derive(Debug)]
+pub struct Exposition {
+    families: std::vec::IntoIter<MetricFamily>,
+    endpoints: Option<EndpointText>,
+}
+
+impl Exposition {
+    /// About the most text a chunk holds (one family of the registry can be longer).
+    pub const CHUNK: usize = 64 * 1024;
+
+    /// The next piece of text, `None` at the end.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut buf = Vec::new();
+        while buf.len() < Self::CHUNK {
+            // The endpoint families go where their names sort among the registry's.
+            let endpoints_due = self
+                .families
+                .as_slice()
+                .first()
+                .is_none_or(|f| f.name() > endpoint_metrics::PREFIX);
+            if let Some(endpoints) = self.endpoints.as_mut().filter(|_| endpoints_due) {
+                if !endpoints.write(&mut buf, Self::CHUNK) {
+                    self.endpoints = None;
+                }
+                continue;
+            }
+            let Some(family) = self.families.next() else {
+                break;
+            };
+            // Encoding a gathered family into a Vec cannot fail.
+            let _ = TextEncoder::new().encode(std::slice::from_ref(&family), &mut buf);
+        }
+        (!buf.is_empty()).then(|| Bytes::from(buf))
+    }
+}
+
+impl http_body::Body for Exposition {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(
+            self.get_mut()
+                .next_chunk()
+                .map(|chunk| Ok(Frame::data(chunk))),
+        )
     }
 }
 

@@ -38,7 +38,7 @@ use crate::auth::jwt::{JwtConfig, JwtVerifier};
 use crate::body::ProxyBody;
 use crate::clock::{Entropy, SharedClock, TokioClock};
 use crate::dns::{DEFAULT_DNS_TTL, DnsCache, Resolve, SystemResolver};
-use crate::endpoint_metrics::{EndpointCollector, EndpointStats};
+use crate::endpoint_metrics::EndpointStats;
 use crate::identity::{Authenticator, DEFAULT_TIER, JwtAuth};
 use crate::limits::{DEFAULT_MAX_KEYS, LimitError, LimitsContext, TableLimits};
 
@@ -303,14 +303,8 @@ impl StoreBuilder {
             clock.clone(),
         );
         let current = Arc::new(ArcSwapOption::empty());
-        match EndpointCollector::new(Arc::clone(&current)) {
-            Ok(c) => {
-                if let Err(e) = self.metrics.registry().register(Box::new(c)) {
-                    // A second store on the same metrics: the first one's endpoints stand.
-                    tracing::warn!(error = %e, "sluice_endpoint_* not exported");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "sluice_endpoint_* not exported"),
+        if let Err(e) = self.metrics.export_endpoints(Arc::clone(&current)) {
+            tracing::warn!(error = e, "sluice_endpoint_* not exported");
         }
         TableStore {
             limits: Arc::new(limits),
@@ -802,6 +796,7 @@ mod tests {
     use sluice_api::table::{Endpoint, Route};
 
     use super::*;
+    use crate::endpoint_metrics::EndpointText;
     use crate::test_tables::one_pool;
 
     /// A table with pools `d/p` (from [`one_pool`]) and `d/q`, `q_endpoint` in `d/q`.
@@ -888,16 +883,146 @@ mod tests {
         store.apply(one_pool("/p", 2)).unwrap();
 
         assert!(store.load().unwrap().pool("d/q").is_none());
-        let families = metrics.registry().gather();
+        let text = metrics.render();
         let series = |name: &str, pool: &str| {
-            families
-                .iter()
-                .filter(|f| f.name() == name)
-                .flat_map(|f| f.get_metric())
-                .filter(|m| m.get_label().iter().any(|l| l.value() == pool))
+            let pool = format!("pool=\"{pool}\"");
+            text.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&pool))
                 .count()
         };
         assert_eq!(series("sluice_endpoint_requests_total", "d/q"), 0);
         assert_eq!(series("sluice_endpoint_requests_total", "d/p"), 1);
+    }
+
+    /// The endpoint families as the Prometheus client would write them from its own
+    /// objects: the oracle for [`EndpointText`].
+    fn endpoint_families_by_the_client(rt: &Runtime) -> String {
+        use crate::metrics::LATENCY_BUCKETS;
+        use prometheus::proto::{
+            Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+        };
+        use prometheus::{Encoder, TextEncoder};
+        let descs = crate::endpoint_metrics::descs().unwrap();
+        let mut families: Vec<MetricFamily> = descs
+            .iter()
+            .map(|d| {
+                let mut f = MetricFamily::default();
+                f.set_name(d.fq_name.clone());
+                f.set_help(d.help.clone());
+                f.set_field_type(match d.fq_name.as_str() {
+                    "sluice_endpoint_requests_total" => MetricType::COUNTER,
+                    "sluice_endpoint_response_seconds" => MetricType::HISTOGRAM,
+                    _ => MetricType::GAUGE,
+                });
+                f
+            })
+            .collect();
+        for f in &mut families {
+            for pool in &rt.pools {
+                for (i, e) in pool.endpoints.iter().enumerate() {
+                    let mut m = Metric::default();
+                    let pair = |name: &str, value: &str| {
+                        let mut l = LabelPair::default();
+                        l.set_name(name.to_owned());
+                        l.set_value(value.to_owned());
+                        l
+                    };
+                    m.set_label(vec![pair("endpoint", &e.address), pair("pool", pool.key())]);
+                    let gauge = |value: u64| {
+                        let mut g = Gauge::default();
+                        g.set_value(value as f64);
+                        g
+                    };
+                    match f.name() {
+                        "sluice_endpoint_healthy" => {
+                            m.set_gauge(gauge(u64::from(e.health.reported())));
+                        }
+                        "sluice_endpoint_in_flight" => {
+                            m.set_gauge(gauge(pool.endpoint_in_flight(i)))
+                        }
+                        "sluice_endpoint_requests_total" => {
+                            let mut c = Counter::default();
+                            c.set_value(e.stats.requests() as f64);
+                            m.set_counter(c);
+                        }
+                        _ => {
+                            let cumulative = e.stats.cumulative();
+                            let mut h = Histogram::default();
+                            h.set_bucket(
+                                LATENCY_BUCKETS
+                                    .iter()
+                                    .zip(cumulative)
+                                    .map(|(&bound, count)| {
+                                        let mut b = Bucket::default();
+                                        b.set_upper_bound(bound);
+                                        b.set_cumulative_count(count);
+                                        b
+                                    })
+                                    .collect(),
+                            );
+                            h.set_sample_count(cumulative[LATENCY_BUCKETS.len()]);
+                            h.set_sample_sum(e.stats.sum_seconds());
+                            m.set_histogram(h);
+                        }
+                    }
+                    f.mut_metric().push(m);
+                }
+            }
+        }
+        let mut text = Vec::new();
+        TextEncoder::new().encode(&families, &mut text).unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn endpoint_series_are_written_as_the_prometheus_client_writes_them_in_any_chunks() {
+        let metrics = Metrics::new();
+        let store = TableStore::new(metrics.clone());
+        store.apply(two_pools("127.0.0.1:10", 1)).unwrap();
+        let rt = store.load().unwrap();
+        let stats = &rt.pool("d/p").unwrap().endpoints[0].stats;
+        stats.count_request();
+        stats.observe(Duration::from_millis(30));
+        stats.observe(Duration::from_secs(400));
+
+        let expected = endpoint_families_by_the_client(&rt);
+        assert!(expected.contains("le=\"+Inf\"} 2\n"), "{expected}");
+        let mut whole = Vec::new();
+        let mut text = EndpointText::new(Arc::clone(&rt)).unwrap();
+        assert!(!text.write(&mut whole, usize::MAX));
+        assert_eq!(String::from_utf8(whole).unwrap(), expected);
+
+        // A chunk at a time: with a limit of one byte, one endpoint's series (or a
+        // family's header) per chunk.
+        let mut chunked = Vec::new();
+        let mut text = EndpointText::new(Arc::clone(&rt)).unwrap();
+        let mut chunks = 0;
+        loop {
+            let mut chunk = Vec::new();
+            let more = text.write(&mut chunk, 1);
+            assert!(chunk.len() < 2048, "{}", chunk.len());
+            chunked.extend(chunk);
+            chunks += 1;
+            if !more {
+                break;
+            }
+        }
+        assert!(
+            chunks >= 2 * 4,
+            "{chunks} chunks for 2 endpoints in 4 families"
+        );
+        assert_eq!(String::from_utf8(chunked).unwrap(), expected);
+
+        // And in the scrape, where the names sort among the registry's families.
+        let scrape = metrics.render();
+        assert!(scrape.contains(&expected), "{scrape}");
+        let families: Vec<&str> = scrape
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let mut sorted = families.clone();
+        sorted.sort_unstable();
+        assert_eq!(families, sorted);
     }
 }
