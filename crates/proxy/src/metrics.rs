@@ -34,7 +34,10 @@ pub const NO_POOL: &str = "";
 /// All metrics of one proxy.
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    /// What other parts of the proxy register (listeners, top consumers, Redis).
     registry: Registry,
+    /// The metrics below, as collectors: an [`Exposition`] collects them one at a time.
+    own: Collectors,
     /// `sluice_requests_total{pool, code}`: responses by pool and status class (`2xx`...).
     pub requests: IntCounterVec,
     /// `sluice_request_duration_seconds{pool}`: time from receipt to response headers.
@@ -154,16 +157,23 @@ impl Metrics {
         Ok(descs)
     }
 
+    /// Registers every metric of [`Metrics`] in `registry` (which checks them) and
+    /// records each description in `descs`. The metrics are collected from the
+    /// collectors kept in `own`; [`Metrics::registry`] is another, for other callers.
     fn register(registry: Registry, descs: &RefCell<Vec<Desc>>) -> prometheus::Result<Self> {
         fn reg<C: Collector + Clone + 'static>(
             registry: &Recording<'_>,
             c: C,
         ) -> prometheus::Result<C> {
-            registry.register(Box::new(c.clone()))?;
+            registry.register(&c)?;
             Ok(c)
         }
         // Every registration below goes through `reg`, which records what it registers.
-        let registry = Recording { registry, descs };
+        let registry = Recording {
+            registry,
+            descs,
+            collectors: RefCell::default(),
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &registry,
@@ -341,7 +351,8 @@ impl Metrics {
                 "Span batches exported, by result",
                 &["result"],
             )?,
-            registry: registry.registry,
+            own: Collectors(registry.collectors.into_inner().into()),
+            registry: Registry::new(),
             endpoints: Arc::default(),
         })
     }
@@ -394,13 +405,40 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format, as a body written a chunk at a time.
     pub fn exposition(&self) -> Exposition {
+        let mut sources: Vec<(String, Source)> = self
+            .registry
+            .gather()
+            .into_iter()
+            .map(|f| (f.name().to_owned(), Source::Family(f)))
+            .collect();
+        for (i, c) in self.own.0.iter().enumerate() {
+            let name = c
+                .desc()
+                .first()
+                .map(|d| d.fq_name.clone())
+                .unwrap_or_default();
+            sources.push((name, Source::Own(i)));
+        }
+        if let Some(endpoints) = self
+            .endpoints
+            .get()
+            .and_then(|current| current.load_full())
+            .and_then(EndpointText::new)
+        {
+            sources.push((
+                endpoint_metrics::PREFIX.to_owned(),
+                Source::Endpoints(endpoints),
+            ));
+        }
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
         Exposition {
-            families: self.registry.gather().into_iter(),
-            endpoints: self
-                .endpoints
-                .get()
-                .and_then(|current| current.load_full())
-                .and_then(EndpointText::new),
+            own: self.own.clone(),
+            sources: sources
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect::<Vec<_>>()
+                .into_iter(),
+            endpoints: None,
         }
     }
 
@@ -427,44 +465,84 @@ impl Default for Metrics {
     }
 }
 
-/// The metrics of a proxy in the Prometheus text format, written as the body is sent:
-/// the registry's families one at a time, and the endpoints' series (ten thousand
-/// endpoints are 25 MB of text) a [`Exposition::CHUNK`] at a time, so that a scrape
-/// holds a chunk of the text rather than all of it. The families come sorted by name.
+/// The metrics of a proxy in the Prometheus text format, written as the body is sent,
+/// sorted by name: each metric of [`Metrics`] collected when its turn comes (a family
+/// of a thousand pools' histograms is a few MB of objects, freed once written), the
+/// other registry's families, and the endpoints' series (ten thousand endpoints are
+/// 25 MB of text) an [`Exposition::CHUNK`] at a time. A scrape so holds about one
+/// family at once, not all of them and their text.
 #[derive(Debug)]
 pub struct Exposition {
-    families: std::vec::IntoIter<MetricFamily>,
+    own: Collectors,
+    sources: std::vec::IntoIter<Source>,
+    /// The endpoint series being written.
     endpoints: Option<EndpointText>,
 }
 
+/// The collectors of [`Metrics`]' own metrics.
+#[derive(Clone)]
+struct Collectors(Arc<[Box<dyn Collector>]>);
+
+impl std::fmt::Debug for Collectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} collectors", self.0.len())
+    }
+}
+
+/// What an [`Exposition`] writes next.
+#[derive(Debug)]
+enum Source {
+    /// A family gathered from [`Metrics::registry`].
+    Family(MetricFamily),
+    /// The collector of one metric of [`Metrics`], by index.
+    Own(usize),
+    Endpoints(EndpointText),
+}
+
 impl Exposition {
-    /// About the most text a chunk holds (one family of the registry can be longer).
+    /// About the most text a chunk holds (one family can be longer).
     pub const CHUNK: usize = 64 * 1024;
 
     /// The next piece of text, `None` at the end.
     fn next_chunk(&mut self) -> Option<Bytes> {
         let mut buf = Vec::new();
         while buf.len() < Self::CHUNK {
-            // The endpoint families go where their names sort among the registry's.
-            let endpoints_due = self
-                .families
-                .as_slice()
-                .first()
-                .is_none_or(|f| f.name() > endpoint_metrics::PREFIX);
-            if let Some(endpoints) = self.endpoints.as_mut().filter(|_| endpoints_due) {
+            if let Some(endpoints) = &mut self.endpoints {
                 if !endpoints.write(&mut buf, Self::CHUNK) {
                     self.endpoints = None;
                 }
                 continue;
             }
-            let Some(family) = self.families.next() else {
-                break;
-            };
-            // Encoding a gathered family into a Vec cannot fail.
-            let _ = TextEncoder::new().encode(std::slice::from_ref(&family), &mut buf);
+            match self.sources.next() {
+                None => break,
+                Some(Source::Family(family)) => encode(family, &mut buf),
+                Some(Source::Own(i)) => {
+                    for mut family in self.own.0[i].collect() {
+                        // As the registry's gather does: none without series, and the
+                        // series in the order of their label values.
+                        if family.get_metric().is_empty() {
+                            continue;
+                        }
+                        family.mut_metric().sort_by(|a, b| {
+                            let values = |m| prometheus::proto::Metric::get_label(m).iter();
+                            values(a)
+                                .map(|l| l.value())
+                                .cmp(values(b).map(|l| l.value()))
+                        });
+                        encode(family, &mut buf);
+                    }
+                }
+                Some(Source::Endpoints(endpoints)) => self.endpoints = Some(endpoints),
+            }
         }
         (!buf.is_empty()).then(|| Bytes::from(buf))
     }
+}
+
+/// Appends `family` in the text format.
+fn encode(family: MetricFamily, buf: &mut Vec<u8>) {
+    // Encoding a family with series into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(std::slice::from_ref(&family), buf);
 }
 
 impl http_body::Body for Exposition {
@@ -485,16 +563,19 @@ impl http_body::Body for Exposition {
 
 /// A registry that also keeps the description of each metric registered in it: how
 /// [`Metrics::metric_descs`] knows the metrics that have no series yet.
+/// It also keeps the collectors, which [`Exposition`] collects one at a time.
 struct Recording<'a> {
     registry: Registry,
     descs: &'a RefCell<Vec<Desc>>,
+    collectors: RefCell<Vec<Box<dyn Collector>>>,
 }
 
 impl Recording<'_> {
-    fn register(&self, c: Box<dyn Collector>) -> prometheus::Result<()> {
+    fn register<C: Collector + Clone + 'static>(&self, c: &C) -> prometheus::Result<()> {
         let descs: Vec<Desc> = c.desc().into_iter().cloned().collect();
-        self.registry.register(c)?;
+        self.registry.register(Box::new(c.clone()))?;
         self.descs.borrow_mut().extend(descs);
+        self.collectors.borrow_mut().push(Box::new(c.clone()));
         Ok(())
     }
 }
@@ -685,12 +766,60 @@ mod tests {
         PoolMetrics::new(&metrics, "ns/pool").observe(http::StatusCode::OK, 0.1);
         metrics.count_auth("ok");
         metrics.count_rate("ns/policy", "premium", "allowed");
-        for family in metrics.registry().gather() {
+        for family in families(&metrics.render()) {
             assert!(
-                names.contains(&family.name()),
-                "{} is exported but not in metric_descs",
-                family.name()
+                names.contains(&family),
+                "{family} is exported but not in metric_descs"
             );
+        }
+    }
+
+    /// The names of the families in `text`, in order.
+    fn families(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect()
+    }
+
+    #[test]
+    fn the_exposition_sorts_families_by_name_and_series_by_labels_across_both_sources() {
+        let metrics = Metrics::new();
+        for pool in ["ns/b", "ns/a"] {
+            PoolMetrics::new(&metrics, pool).observe(http::StatusCode::OK, 0.1);
+        }
+        metrics.count_auth("ok");
+        for name in ["sluice_zz_other", "aa_other"] {
+            let c = IntCounter::new(name, "registered by another part").unwrap();
+            c.inc();
+            metrics.registry().register(Box::new(c)).unwrap();
+        }
+        let text = metrics.render();
+
+        let names = families(&text);
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted, "sorted, each once");
+        for name in ["aa_other", "sluice_zz_other", "sluice_requests_total"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        // Families without series are left out, as the registry leaves them out.
+        assert!(!names.contains(&"sluice_ratelimit_decisions_total"));
+        let a = text.find("sluice_requests_total{code=\"2xx\",pool=\"ns/a\"} 1");
+        let b = text.find("sluice_requests_total{code=\"2xx\",pool=\"ns/b\"} 1");
+        assert!(a.is_some() && a < b, "{text}");
+        // A family's text is the encoder's whole: every sample line is one of a
+        // family announced just before.
+        let mut current = "";
+        for line in text.lines() {
+            match line.strip_prefix("# TYPE ") {
+                Some(t) => current = t.split(' ').next().unwrap_or_default(),
+                None if !line.starts_with('#') => {
+                    assert!(line.starts_with(current), "{line} outside {current}");
+                }
+                None => {}
+            }
         }
     }
 }
