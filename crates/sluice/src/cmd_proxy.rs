@@ -194,6 +194,23 @@ fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
+impl Args {
+    /// The `--workers`: one per CPU the process may use unless given.
+    fn workers(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+    }
+
+    /// Threads of the runtime `run` runs on. With workers serving traffic, it runs
+    /// only the control side (subscriber, admin, health checks, reports), which one
+    /// thread keeps up with; each more thread is a stack and a malloc arena more,
+    /// which a large table's decoding and scrapes leave partly filled (see
+    /// BENCHMARKS.md, "A proxy holding 10 000 endpoints"). Without workers (`--workers 0`), it serves traffic too: one per CPU.
+    pub fn runtime_threads(&self) -> Option<usize> {
+        (self.workers() > 0).then_some(1)
+    }
+}
+
 /// Runs the proxy until a shutdown signal.
 pub async fn run(args: Args) -> Result<()> {
     if !args.admin.ip().is_loopback() && args.admin_token.as_deref().is_none_or(str::is_empty) {
@@ -226,10 +243,7 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let max_keys = NonZeroUsize::new(args.rate_limit_max_keys)
         .context("--rate-limit-max-keys must be at least 1")?;
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
-    let workers = match NonZeroUsize::new(workers) {
+    let workers = match NonZeroUsize::new(args.workers()) {
         None => None,
         Some(n) => Some(Workers::start(n).context("starting the --workers")?),
     };

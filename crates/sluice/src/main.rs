@@ -66,9 +66,11 @@ fn main() -> ExitCode {
         Command::Crds { out } => crds(&out),
         Command::HashKey => hash_key(),
         Command::Metrics => cmd_metrics::run(),
-        Command::Proxy(args) => runtime().and_then(|rt| rt.block_on(cmd_proxy::run(*args))),
+        Command::Proxy(args) => {
+            runtime(args.runtime_threads()).and_then(|rt| rt.block_on(cmd_proxy::run(*args)))
+        }
         Command::Controller(args) => {
-            runtime().and_then(|rt| rt.block_on(cmd_controller::run(*args)))
+            runtime(None).and_then(|rt| rt.block_on(cmd_controller::run(*args)))
         }
     };
     match result {
@@ -105,11 +107,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// A work-stealing runtime of `threads` worker threads (default: one per CPU).
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
     init_tracing();
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn init_tracing() {
