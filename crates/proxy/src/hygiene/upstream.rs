@@ -52,6 +52,10 @@ impl UpstreamHead {
         upgrade: Option<HeaderValue>,
     ) -> Self {
         let mut headers = parts.headers.clone();
+        // A clone holds no room to spare: made once for the headers added below
+        // (`X-Forwarded-For`, `X-Forwarded-Proto`, the caller's identity), rather than
+        // by the map doubling as they come.
+        headers.reserve(4);
         // A chunked body stays chunked: without the header the client would send a
         // GET's body as no body at all (Transfer-Encoding itself is hop-by-hop).
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
@@ -74,13 +78,23 @@ impl UpstreamHead {
         if caller.is_some() {
             strip_credentials(&mut headers);
         }
-        if !peer_trusted {
-            // What an untrusted peer claims about the path it came by is not passed on.
-            for name in [&X_FORWARDED_FOR_NAME, &FORWARDED, &X_REAL_IP] {
-                headers.remove(name);
+        if peer_trusted {
+            append_forwarded_for(&mut headers, peer);
+        } else {
+            // What an untrusted peer claims about the path it came by is not passed on:
+            // `X-Forwarded-For` starts again from it (inserting replaces every line),
+            // and `Forwarded` and `X-Real-IP` go, looked up only when one of the
+            // names is there (one pass over them costs less than two lookups).
+            if headers.keys().any(|k| *k == FORWARDED || *k == X_REAL_IP) {
+                headers.remove(FORWARDED);
+                headers.remove(X_REAL_IP);
             }
+            // An address's text is always a valid value.
+            match HeaderValue::try_from(peer.ip().to_canonical().to_string()) {
+                Ok(v) => headers.insert(X_FORWARDED_FOR_NAME, v),
+                Err(_) => headers.remove(X_FORWARDED_FOR_NAME),
+            };
         }
-        append_forwarded_for(&mut headers, peer);
         let proto = if parts.extensions.get::<sluice_listener::OverTls>().is_some() {
             "https"
         } else {
@@ -158,6 +172,8 @@ impl UpstreamHead {
             upstream.uri(endpoint, &self.path)
         };
         let mut headers = self.headers.clone();
+        // Room for `traceparent` and `tracestate`, added for the attempt.
+        headers.reserve(2);
         if direct
             && !headers.contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(endpoint.as_str())
@@ -201,6 +217,40 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_peer_replaces_the_forwarding_headers_a_trusted_one_extends_them() {
+        let (parts, ()) = Request::builder()
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-forwarded-for", "198.51.100.2")
+            .header("forwarded", "for=203.0.113.7")
+            .header("x-real-ip", "203.0.113.7")
+            .header("x-other", "kept")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let peer: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let untrusted = UpstreamHead::new(&parts, None, peer, false, None, None).headers;
+        let xff: Vec<_> = untrusted.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["10.0.0.1"]);
+        assert!(!untrusted.contains_key("forwarded"));
+        assert!(!untrusted.contains_key("x-real-ip"));
+        assert_eq!(untrusted["x-other"], "kept");
+        assert_eq!(untrusted["x-forwarded-proto"], "http");
+
+        let trusted = UpstreamHead::new(&parts, None, peer, true, None, None).headers;
+        assert_eq!(
+            trusted["x-forwarded-for"],
+            "203.0.113.7, 198.51.100.2, 10.0.0.1"
+        );
+        assert_eq!(trusted["forwarded"], "for=203.0.113.7");
+        assert_eq!(trusted["x-real-ip"], "203.0.113.7");
+
+        // Without any of them, the peer alone.
+        let (bare, ()) = Request::new(()).into_parts();
+        let head = UpstreamHead::new(&bare, None, peer, false, None, None).headers;
+        assert_eq!(head["x-forwarded-for"], "10.0.0.1");
+    }
 
     #[test]
     fn forwarded_for_joins_every_line_then_appends_the_peer() {
