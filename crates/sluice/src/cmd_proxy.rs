@@ -415,8 +415,10 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(endpoint) = &args.otlp_endpoint {
         forwarder = forwarder.with_spans(otlp_spans(endpoint, &metrics)?);
     }
+    // Shared, not cloned per request: a Forwarder holds every metric handle.
+    let forwarder = Arc::new(forwarder);
     let handler = move |req, peer| {
-        let forwarder = forwarder.clone();
+        let forwarder = Arc::clone(&forwarder);
         async move { forwarder.handle(req, peer).await }
     };
     let delay = args.shutdown_delay;
