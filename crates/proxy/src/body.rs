@@ -141,10 +141,19 @@ impl<W: BodyWatch> BodyWatch for Option<W> {
 
 /// Wraps an upstream body: passes frames through as they come, fails it when the total
 /// deadline passes or no frame arrives within the idle timeout, and tells `watch`.
+///
+/// The timers are armed only when the body has to wait (most bodies of an answer
+/// arrive with it and never do): no timer is registered, reset and cancelled for them.
+/// The idle timeout counts from when the body starts waiting after its last frame.
 pub struct WatchedBody<B, W: BodyWatch> {
     inner: B,
-    deadline: Option<Pin<Box<Sleep>>>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    deadline: Option<Instant>,
+    /// The total deadline's timer, once the body has waited.
+    total: Option<Pin<Box<Sleep>>>,
+    idle: Option<Duration>,
+    /// The idle timer, once the body has waited, and whether a frame came since it
+    /// was set.
+    idle_timer: Option<(Pin<Box<Sleep>>, bool)>,
     watch: Option<W>,
 }
 
@@ -161,8 +170,10 @@ impl<B, W: BodyWatch> WatchedBody<B, W> {
     pub fn new(inner: B, deadline: Option<Instant>, idle: Option<Duration>, watch: W) -> Self {
         Self {
             inner,
-            deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+            deadline,
+            total: None,
+            idle,
+            idle_timer: None,
             watch: Some(watch),
         }
     }
@@ -203,8 +214,8 @@ where
                     if let (Some(data), Some(w)) = (f.data_ref(), this.watch.as_mut()) {
                         w.on_data(data);
                     }
-                    if let Some((d, sleep)) = this.idle.as_mut() {
-                        sleep.as_mut().reset(Instant::now() + *d);
+                    if let Some((_, fed)) = &mut this.idle_timer {
+                        *fed = true;
                     }
                     // A body of known length ends with its last frame: hyper polls
                     // no further once `is_end_stream` says so.
@@ -217,17 +228,26 @@ where
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if let Some(sleep) = this.deadline.as_mut()
-            && sleep.as_mut().poll(cx).is_ready()
-        {
-            this.end(BodyEnd::TimedOut(TimeoutKind::Total));
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout::Total))));
+        if let Some(deadline) = this.deadline {
+            let total = this
+                .total
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if total.as_mut().poll(cx).is_ready() {
+                this.end(BodyEnd::TimedOut(TimeoutKind::Total));
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout::Total))));
+            }
         }
-        if let Some((_, sleep)) = this.idle.as_mut()
-            && sleep.as_mut().poll(cx).is_ready()
-        {
-            this.end(BodyEnd::TimedOut(TimeoutKind::Idle));
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout::Idle))));
+        if let Some(idle) = this.idle {
+            let (timer, fed) = this
+                .idle_timer
+                .get_or_insert_with(|| (Box::pin(tokio::time::sleep(idle)), false));
+            if std::mem::take(fed) {
+                timer.as_mut().reset(Instant::now() + idle);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                this.end(BodyEnd::TimedOut(TimeoutKind::Idle));
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout::Idle))));
+            }
         }
         Poll::Pending
     }
@@ -318,6 +338,31 @@ mod tests {
             *rec.0.lock().expect("lock"),
             (4, vec![BodyEnd::TimedOut(TimeoutKind::Idle)])
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_the_wait_after_the_last_chunk() {
+        let (tx, inner) = channel_body();
+        let rec = Record::default();
+        let mut body = WatchedBody::new(inner, None, Some(Duration::from_secs(5)), rec.clone());
+        let start = Instant::now();
+        // A chunk 4 s into the first wait: the wait after it has 5 s of its own.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .expect("send");
+            tx
+        });
+        assert!(body.frame().await.expect("frame").is_ok());
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+        let _open = sender.await.expect("sender");
+        let err = body.frame().await.expect("some").expect_err("idle");
+        assert!(matches!(
+            err.downcast_ref::<BodyTimeout>(),
+            Some(BodyTimeout::Idle)
+        ));
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
     }
 
     #[tokio::test]
