@@ -64,7 +64,7 @@ impl Forwarder {
         log: &mut UpstreamLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let Outbound {
-            head,
+            mut head,
             body,
             upgrade,
             mut rate,
@@ -81,7 +81,7 @@ impl Forwarder {
                     serving,
                     headers,
                     slot,
-                    &head,
+                    &mut head,
                     &mut source,
                     upgrade.is_some(),
                     log,
@@ -122,7 +122,7 @@ impl Forwarder {
         serving: &Serving,
         headers: &HeaderMap,
         mut slot: Slot,
-        head: &UpstreamHead,
+        head: &mut UpstreamHead,
         source: &mut Source,
         upgrade: bool,
         log: &mut UpstreamLog,
@@ -286,7 +286,7 @@ struct Target<'a> {
 /// histogram.
 async fn attempt(
     to: &Target<'_>,
-    head: &UpstreamHead,
+    head: &mut UpstreamHead,
     trace: &TraceContext,
     span: SpanId,
     source: &mut Source,
@@ -312,7 +312,15 @@ async fn attempt(
             endpoint.address
         )));
     };
-    let mut upstream = head.request(authority, &endpoint.upstream, body);
+    // A body sent as it streams in goes once: no other attempt needs the head.
+    let last = matches!(source, Source::Once(_));
+    let Some(mut upstream) = head.request(authority, &endpoint.upstream, body, last) else {
+        // Unreachable: only a body sent once is sent with the head's last request.
+        return Attempt::Fatal(ProxyError::Upstream {
+            endpoint: endpoint.address.clone(),
+            message: "the request head was sent already".into(),
+        });
+    };
     trace.inject(upstream.headers_mut(), span);
     if let Some(length) = length {
         // A body read in full (its `model` perhaps rewritten) goes with its length,

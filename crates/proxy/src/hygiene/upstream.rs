@@ -1,6 +1,6 @@
 //! The request head an agent receives: the client's, cleaned once per request by
 //! [`super::headers::prepare_upstream`] and the forwarding headers,
-//! then copied for each attempt.
+//! then copied for each attempt, or moved into the only one.
 //!
 //! In order: hop-by-hop headers (and those `Connection` names) go; client-sent
 //! `x-sluice-*` headers go; the caller's identity is set; the gateway's credentials
@@ -33,7 +33,8 @@ use crate::upgrade;
 pub struct UpstreamHead {
     method: Method,
     path: PathAndQuery,
-    headers: HeaderMap,
+    /// `None` once moved into the last request built from the head.
+    headers: Option<HeaderMap>,
     upgrade: bool,
 }
 
@@ -118,7 +119,7 @@ impl UpstreamHead {
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            headers,
+            headers: Some(headers),
             upgrade: is_upgrade,
         }
     }
@@ -157,12 +158,22 @@ impl UpstreamHead {
     /// mean nothing outside the cluster); a backend with a credential gets it in place
     /// of the caller's `Authorization` and `x-api-key`, whether or not the gateway
     /// identified the caller.
+    ///
+    /// `last`: no other request is built from this head (the body can be sent only
+    /// once), so its headers are moved into this one instead of copied. `None` when
+    /// they were moved already: a request never goes out without them.
     pub fn request(
-        &self,
+        &mut self,
         endpoint: &Authority,
         upstream: &Upstream,
         body: ProxyBody,
-    ) -> Request<ProxyBody> {
+        last: bool,
+    ) -> Option<Request<ProxyBody>> {
+        let mut headers = if last {
+            self.headers.take()?
+        } else {
+            self.headers.clone()?
+        };
         let direct = self.direct(upstream);
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
@@ -171,7 +182,6 @@ impl UpstreamHead {
         } else {
             upstream.uri(endpoint, &self.path)
         };
-        let mut headers = self.headers.clone();
         // Room for `traceparent` and `tracestate`, added for the attempt.
         headers.reserve(2);
         if direct
@@ -190,7 +200,7 @@ impl UpstreamHead {
             headers.insert(name.clone(), value.clone());
         }
         *req.headers_mut() = headers;
-        req
+        Some(req)
     }
 }
 
@@ -230,7 +240,9 @@ mod tests {
             .expect("request")
             .into_parts();
         let peer: SocketAddr = "10.0.0.1:80".parse().expect("addr");
-        let untrusted = UpstreamHead::new(&parts, None, peer, false, None, None).headers;
+        let untrusted = UpstreamHead::new(&parts, None, peer, false, None, None)
+            .headers
+            .expect("headers");
         let xff: Vec<_> = untrusted.get_all("x-forwarded-for").iter().collect();
         assert_eq!(xff, ["10.0.0.1"]);
         assert!(!untrusted.contains_key("forwarded"));
@@ -238,7 +250,9 @@ mod tests {
         assert_eq!(untrusted["x-other"], "kept");
         assert_eq!(untrusted["x-forwarded-proto"], "http");
 
-        let trusted = UpstreamHead::new(&parts, None, peer, true, None, None).headers;
+        let trusted = UpstreamHead::new(&parts, None, peer, true, None, None)
+            .headers
+            .expect("headers");
         assert_eq!(
             trusted["x-forwarded-for"],
             "203.0.113.7, 198.51.100.2, 10.0.0.1"
@@ -248,8 +262,48 @@ mod tests {
 
         // Without any of them, the peer alone.
         let (bare, ()) = Request::new(()).into_parts();
-        let head = UpstreamHead::new(&bare, None, peer, false, None, None).headers;
+        let head = UpstreamHead::new(&bare, None, peer, false, None, None)
+            .headers
+            .expect("headers");
         assert_eq!(head["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn the_last_request_takes_the_headers_and_none_is_built_after_it() {
+        use http_body_util::BodyExt;
+        let store = crate::store::TableStore::new(crate::metrics::Metrics::new());
+        store
+            .apply(crate::test_tables::one_pool("/", 1))
+            .expect("table");
+        let rt = store.load().expect("runtime");
+        let endpoint = &rt.pools[0].endpoints[0];
+        let authority = endpoint.authority.clone().expect("authority");
+        let (parts, ()) = Request::builder()
+            .header("x-other", "kept")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let peer = "10.0.0.1:80".parse().expect("addr");
+        let mut head = UpstreamHead::new(&parts, None, peer, false, None, None);
+        let body = || {
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed()
+        };
+        for last in [false, false, true] {
+            let req = head
+                .request(&authority, &endpoint.upstream, body(), last)
+                .expect("a request");
+            assert_eq!(req.headers()["x-other"], "kept");
+            assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1");
+        }
+        for last in [false, true] {
+            assert!(
+                head.request(&authority, &endpoint.upstream, body(), last)
+                    .is_none(),
+                "never without the headers"
+            );
+        }
     }
 
     #[test]
