@@ -8,7 +8,7 @@
 //! or replaced, `Forwarded` and `X-Real-IP` from an untrusted peer go, and
 //! `X-Forwarded-Proto` is set; an upgrade's `Connection`/`Upgrade` are put back.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -61,8 +61,10 @@ impl UpstreamHead {
         // GET's body as no body at all (Transfer-Encoding itself is hop-by-hop).
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
         // The agent is told the host routing used: the target's authority (HTTP/2,
-        // absolute-form) or the one Host line, as the client wrote it.
+        // absolute-form) or the one Host line, as the client wrote it (then it is
+        // there already).
         if let Some(authority) = authority
+            && (parts.uri.authority().is_some() || !headers.contains_key(header::HOST))
             && let Ok(v) = HeaderValue::from_str(authority.as_str())
         {
             headers.insert(header::HOST, v);
@@ -91,9 +93,9 @@ impl UpstreamHead {
                 headers.remove(X_REAL_IP);
             }
             // An address's text is always a valid value.
-            match HeaderValue::try_from(peer.ip().to_canonical().to_string()) {
-                Ok(v) => headers.insert(X_FORWARDED_FOR_NAME, v),
-                Err(_) => headers.remove(X_FORWARDED_FOR_NAME),
+            match peer_value(peer.ip().to_canonical()) {
+                Some(v) => headers.insert(X_FORWARDED_FOR_NAME, v),
+                None => headers.remove(X_FORWARDED_FOR_NAME),
             };
         }
         let proto = if parts.extensions.get::<sluice_listener::OverTls>().is_some() {
@@ -204,6 +206,34 @@ impl UpstreamHead {
     }
 }
 
+/// `ip` as a header value.
+fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+    let mut text = String::with_capacity(15);
+    push_ip(&mut text, ip);
+    HeaderValue::try_from(text).ok()
+}
+
+/// Appends `ip` to `text`. An IPv4 address is written digit by digit: through
+/// `Display` it costs more than the rest of the forwarding headers together.
+fn push_ip(text: &mut String, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        text.push_str(&ip.to_string());
+        return;
+    };
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+}
+
 /// Appends `peer` to `X-Forwarded-For`, joining the lines the client sent into one list
 /// (a list split over several lines means the same as one line, RFC 9110 section 5.3).
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
@@ -218,8 +248,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
         value.push_str(prior);
         value.push_str(", ");
     }
-    value.push_str(&peer.ip().to_canonical().to_string());
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    push_ip(&mut value, peer.ip().to_canonical());
+    if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(X_FORWARDED_FOR_NAME, v);
     }
 }
@@ -303,6 +333,23 @@ mod tests {
                     .is_none(),
                 "never without the headers"
             );
+        }
+    }
+
+    #[test]
+    fn peer_values_read_as_the_address_displays() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.0.1",
+            "99.100.101.255",
+            "192.168.10.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let addr: IpAddr = ip.parse().expect("address");
+            assert_eq!(peer_value(addr).expect("value"), addr.to_string().as_str());
         }
     }
 
