@@ -114,8 +114,11 @@ async fn serve_io<I, H, F, B>(
         }
         let busy = requests.begin();
         // Boxed: hyper keeps room for one request's future in every connection,
-        // idle or not, and the handler's is several kilobytes.
-        let response = Box::pin(handler(req, peer));
+        // idle or not, and the handler's is several kilobytes. The room is taken
+        // before the handler is called, so that its future can be made in place
+        // rather than on the stack and copied in.
+        let slot = Box::new_uninit();
+        let response = Box::into_pin(Box::write(slot, handler(req, peer)));
         async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, busy))) }
     });
     let conn = shared
