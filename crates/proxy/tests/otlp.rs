@@ -70,16 +70,13 @@ async fn a_request_and_its_attempt_are_exported_as_spans() {
         .apply(PoolYaml::new("chat").agents(&[&agent]).table())
         .expect("table applies");
     let queue = otlp::start(&endpoint, &metrics).expect("exporter");
-    let forwarder = Forwarder::new(store, metrics.clone()).with_spans(queue);
+    let forwarder = Arc::new(Forwarder::new(store, metrics.clone()).with_spans(queue));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(sluice_proxy::server::serve(
         listener,
         sluice_proxy::server::ServerConfig::default(),
-        move |req, peer| {
-            let f = forwarder.clone();
-            async move { f.handle(req, peer).await }
-        },
+        move |req, peer| Arc::clone(&forwarder).handle(req, peer),
         std::future::pending::<()>(),
     ));
 

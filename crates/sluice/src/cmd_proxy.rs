@@ -417,10 +417,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     // Shared, not cloned per request: a Forwarder holds every metric handle.
     let forwarder = Arc::new(forwarder);
-    let handler = move |req, peer| {
-        let forwarder = Arc::clone(&forwarder);
-        async move { forwarder.handle(req, peer).await }
-    };
+    let handler = move |req, peer| Arc::clone(&forwarder).handle(req, peer);
     let delay = args.shutdown_delay;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

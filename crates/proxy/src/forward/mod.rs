@@ -147,8 +147,15 @@ impl Forwarder {
         self
     }
 
-    /// Handles one request from `peer`, always producing a response.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// Handles one request from `peer`, always producing a response. The future owns
+    /// its share of the forwarder, so that a server's handler returns it as it is
+    /// (`move |req, peer| Arc::clone(&forwarder).handle(req, peer)`) rather than
+    /// wrapping it in a future of its own, which would move it again.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
         let trace = TraceContext::from_headers(req.headers(), self.store.entropy());
         let mut ctx = RequestCtx::new(peer, trace);
         let mut serving = None;

@@ -96,14 +96,11 @@ impl Proxy {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let forwarder = Forwarder::new(store.clone(), metrics.clone());
+        let forwarder = Arc::new(Forwarder::new(store.clone(), metrics.clone()));
         let served = tokio::spawn(server::serve(
             listener,
             ServerConfig::default(),
-            move |req, peer| {
-                let f = forwarder.clone();
-                async move { f.handle(req, peer).await }
-            },
+            move |req, peer| Arc::clone(&forwarder).handle(req, peer),
             shutdown,
         ));
         let proxy = Self {
@@ -125,14 +122,12 @@ impl Proxy {
             AccessLog::start(&config, &metrics, Box::new(LineSink(tx, Vec::new()))).expect("log");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let forwarder = Forwarder::new(store.clone(), metrics.clone()).with_access_log(log);
+        let forwarder =
+            Arc::new(Forwarder::new(store.clone(), metrics.clone()).with_access_log(log));
         tokio::spawn(server::serve(
             listener,
             ServerConfig::default(),
-            move |req, peer| {
-                let f = forwarder.clone();
-                async move { f.handle(req, peer).await }
-            },
+            move |req, peer| Arc::clone(&forwarder).handle(req, peer),
             std::future::pending::<()>(),
         ));
         let proxy = Self {
@@ -162,7 +157,8 @@ impl Proxy {
             Box::new(LineSink(tx, Vec::new())),
         )
         .expect("log");
-        let forwarder = Forwarder::new(store.clone(), metrics.clone()).with_access_log(log);
+        let forwarder =
+            Arc::new(Forwarder::new(store.clone(), metrics.clone()).with_access_log(log));
         let mut addrs = Vec::new();
         for tls in [None, Some(tls)] {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -174,10 +170,7 @@ impl Proxy {
                     tls,
                     ..ServerConfig::default()
                 },
-                move |req, peer| {
-                    let f = forwarder.clone();
-                    async move { f.handle(req, peer).await }
-                },
+                move |req, peer| Arc::clone(&forwarder).handle(req, peer),
                 std::future::pending::<()>(),
             ));
         }
@@ -213,14 +206,15 @@ impl Proxy {
     pub async fn over(store: Arc<TableStore>, metrics: Metrics, config: ForwardConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
-        let forwarder = Forwarder::with_config(store.clone(), metrics.clone(), config);
+        let forwarder = Arc::new(Forwarder::with_config(
+            store.clone(),
+            metrics.clone(),
+            config,
+        ));
         tokio::spawn(server::serve(
             listener,
             ServerConfig::default(),
-            move |req, peer| {
-                let f = forwarder.clone();
-                async move { f.handle(req, peer).await }
-            },
+            move |req, peer| Arc::clone(&forwarder).handle(req, peer),
             std::future::pending::<()>(),
         ));
         Self {
