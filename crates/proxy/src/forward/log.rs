@@ -61,12 +61,12 @@ impl Forwarder {
         let attempts = ctx.upstream.attempts.take().unwrap_or_default();
         let span = self.spans.as_ref().map(|queue| {
             let span = span(&ctx, pool.as_deref(), status.as_u16(), refusal.as_ref());
-            (queue.clone(), RequestSpan { attempts, ..span })
+            Box::new((queue.clone(), RequestSpan { attempts, ..span }))
         });
         let record = self
             .access_log
             .is_on()
-            .then(|| record(&ctx, pool.as_deref(), status.as_u16(), refusal));
+            .then(|| Box::new(record(&ctx, pool.as_deref(), status.as_u16(), refusal)));
         // The tokens of a request an agent took: known in part now, in full when its
         // body ends.
         let llm_tokens = pool.as_ref().and_then(|p| {
@@ -244,8 +244,9 @@ struct LogWatch {
     first_byte: Option<Duration>,
     bytes: u64,
     pool: Option<Arc<PoolRuntime>>,
-    record: Option<Record>,
-    span: Option<(SpanQueue, RequestSpan)>,
+    // Boxed, as the watch is moved a few times on every request, logged or not.
+    record: Option<Box<Record>>,
+    span: Option<Box<(SpanQueue, RequestSpan)>>,
     log: AccessLog,
     body_in: Arc<BodyStats>,
     tokens: Arc<TokenStats>,
@@ -292,9 +293,10 @@ impl BodyWatch for LogWatch {
                 BodyEnd::TimedOut(TimeoutKind::Total | TimeoutKind::Idle) => Completion::TimedOut,
                 BodyEnd::Dropped => Completion::ClientGone,
             };
-            self.log.log(record);
+            self.log.log(*record);
         }
-        if let Some((queue, mut span)) = self.span.take() {
+        if let Some(traced) = self.span.take() {
+            let (queue, mut span) = *traced;
             span.end = span.start + duration;
             queue.send(span);
         }
