@@ -12,7 +12,9 @@
 # the proxy executed meanwhile (all threads), divided by the requests, are printed.
 # Needs nginx, valgrind and python3 (Debian). Knobs: IR_REQUESTS, IR_CONNECTIONS,
 # IR_PORT_BASE (19700), IR_KEEP (a directory to keep the callgrind files in, for
-# callgrind_annotate), IR_ARGS (extra `sluice proxy` flags for every Sluice binary).
+# callgrind_annotate), IR_ARGS (extra `sluice proxy` flags for every Sluice binary),
+# IR_ACCESS_LOG (off; json or text: Sluice's access log, on stdout into a file; nginx
+# keeps none).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 (($#)) || { echo "usage: $0 SLUICE_BINARY..." >&2; exit 2; }
@@ -101,7 +103,8 @@ measure() { # label command...
 measure nginx nginx -p "$run/px/" -c "$run/px/nginx.conf"
 for bin in "$@"; do
   extra=()
-  "$bin" proxy --help 2>/dev/null | grep -q -- '--access-log' && extra+=(--access-log off)
+  "$bin" proxy --help 2>/dev/null | grep -q -- '--access-log' \
+    && extra+=(--access-log "${IR_ACCESS_LOG:-off}")
   # shellcheck disable=SC2206 # IR_ARGS is split on purpose
   extra+=(${IR_ARGS:-})
   measure "sluice $("$bin" --version | awk '{print $2, $3}')" \
