@@ -135,11 +135,14 @@ fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// Writes an id (at most 16 bytes) in lowercase hex: one `write_str`, rather than a
+/// formatted write per byte, which made the trace id cost a tenth of an access log line.
 fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
-    }
-    Ok(())
+    let mut text = [0u8; 32];
+    let text = &mut text[..bytes.len() * 2];
+    hex_into(text, bytes);
+    // Hex digits only: always UTF-8.
+    f.write_str(std::str::from_utf8(text).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Display for TraceId {
