@@ -134,6 +134,9 @@ pub(crate) struct EndpointText {
     endpoint: usize,
     /// The family's `# HELP` and `# TYPE` lines are written.
     headed: bool,
+    /// The `le` label of each bucket of [`LATENCY_BUCKETS`], formatted once per scrape
+    /// rather than once per endpoint.
+    bounds: Vec<String>,
 }
 
 impl EndpointText {
@@ -149,6 +152,7 @@ impl EndpointText {
                 pool: 0,
                 endpoint: 0,
                 headed: false,
+                bounds: LATENCY_BUCKETS.iter().map(f64::to_string).collect(),
             })
     }
 
@@ -188,8 +192,8 @@ impl EndpointText {
                         2 => sample(buf, "", None, stats.requests() as f64),
                         _ => {
                             let cumulative = stats.cumulative();
-                            for (bound, count) in LATENCY_BUCKETS.iter().zip(cumulative) {
-                                sample(buf, "_bucket", Some(&bound.to_string()), count as f64);
+                            for (bound, count) in self.bounds.iter().zip(cumulative) {
+                                sample(buf, "_bucket", Some(bound), count as f64);
                             }
                             let all = cumulative[LATENCY_BUCKETS.len()] as f64;
                             sample(buf, "_bucket", Some("+Inf"), all);

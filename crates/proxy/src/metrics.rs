@@ -433,11 +433,7 @@ impl Metrics {
         sources.sort_by(|a, b| a.0.cmp(&b.0));
         Exposition {
             own: self.own.clone(),
-            sources: sources
-                .into_iter()
-                .map(|(_, s)| s)
-                .collect::<Vec<_>>()
-                .into_iter(),
+            sources: sources.into_iter(),
             endpoints: None,
         }
     }
@@ -474,7 +470,8 @@ impl Default for Metrics {
 #[derive(Debug)]
 pub struct Exposition {
     own: Collectors,
-    sources: std::vec::IntoIter<Source>,
+    /// What is left to write, each with the name it sorts by.
+    sources: std::vec::IntoIter<(String, Source)>,
     /// The endpoint series being written.
     endpoints: Option<EndpointText>,
 }
@@ -513,10 +510,12 @@ impl Exposition {
                 }
                 continue;
             }
-            match self.sources.next() {
-                None => break,
-                Some(Source::Family(family)) => encode(family, &mut buf),
-                Some(Source::Own(i)) => {
+            let Some((_, source)) = self.sources.next() else {
+                break;
+            };
+            match source {
+                Source::Family(family) => encode(family, &mut buf),
+                Source::Own(i) => {
                     for mut family in self.own.0[i].collect() {
                         // As the registry's gather does: none without series, and the
                         // series in the order of their label values.
@@ -532,7 +531,7 @@ impl Exposition {
                         encode(family, &mut buf);
                     }
                 }
-                Some(Source::Endpoints(endpoints)) => self.endpoints = Some(endpoints),
+                Source::Endpoints(endpoints) => self.endpoints = Some(endpoints),
             }
         }
         (!buf.is_empty()).then(|| Bytes::from(buf))
