@@ -120,24 +120,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let v = v.as_bytes();
         v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
     };
-    let named: Vec<HeaderName> =
-        if present & 1 == 0 || headers.get_all(header::CONNECTION).iter().all(names_none) {
-            Vec::new()
-        } else {
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .take(MAX_CONNECTION_TOKENS)
-                .map(str::trim)
-                // The usual token names a hop-by-hop header, removed below anyway: not
-                // parsed into a name (which copies it) only to be filtered out.
-                .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
-                .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-                .filter(|name| !PROTECTED.contains(name) && !HOP_BY_HOP.contains(name))
-                .collect()
-        };
+    let connection = (present & 1 != 0).then(|| headers.get_all(header::CONNECTION));
+    let named: Vec<HeaderName> = match connection {
+        Some(connection) if !connection.iter().all(names_none) => connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .take(MAX_CONNECTION_TOKENS)
+            .map(str::trim)
+            // The usual token names a hop-by-hop header, removed below anyway: not
+            // parsed into a name (which copies it) only to be filtered out.
+            .filter(|name| !name.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .filter(|name| !PROTECTED.contains(name) && !HOP_BY_HOP.contains(name))
+            .collect(),
+        _ => Vec::new(),
+    };
     for name in &named {
         headers.remove(name);
     }
