@@ -205,7 +205,8 @@ impl Args {
     /// only the control side (subscriber, admin, health checks, reports), which one
     /// thread keeps up with; each more thread is a stack and a malloc arena more,
     /// which a large table's decoding and scrapes leave partly filled (see
-    /// BENCHMARKS.md, "A proxy holding 10 000 endpoints"). Without workers (`--workers 0`), it serves traffic too: one per CPU.
+    /// BENCHMARKS.md, "A proxy holding 10 000 endpoints"). Without workers
+    /// (`--workers 0`), it serves traffic too: one per CPU.
     pub fn runtime_threads(&self) -> Option<usize> {
         (self.workers() > 0).then_some(1)
     }
