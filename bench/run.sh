@@ -81,16 +81,19 @@ die() { log "error: $*"; exit 1; }
 started=()   # servers: stopped on exit
 job=""       # the load generator running now, if any
 sampler=""   # the RSS sampler running now, if any
+terminate() { # pids...: TERM each, then KILL whatever still runs after 10 s
+  local pid deadline=$((SECONDS + 10))
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   for pid in $job $sampler; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  local deadline=$((SECONDS + 10))
-  for pid in "${started[@]}"; do
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
+  terminate "${started[@]}"
   wait 2>/dev/null || true
   ((${#started[@]})) && log "stopped ${#started[@]} processes"
   exit "$status"
@@ -178,12 +181,11 @@ start() { # name, log directory, command...: run in the background, remember the
 }
 
 stop() { # names...: stop these (TERM, KILL after 10 s) and forget them
-  local name pid deadline=$((SECONDS + 10)) keep=() p
-  for name in "$@"; do kill -TERM "${PID[$name]}" 2>/dev/null || true; done
+  local name pid keep=() p pids=()
+  for name in "$@"; do pids+=("${PID[$name]}"); done
+  terminate "${pids[@]}"
   for name in "$@"; do
     pid=${PID[$name]}
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     for p in "${started[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
     started=("${keep[@]}"); keep=()
