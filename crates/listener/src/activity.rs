@@ -3,10 +3,15 @@
 //! and when the last one ended. The connection's task closes it once it has been idle
 //! for the idle timeout, HTTP/1.1 and HTTP/2 alike (HTTP/2 keep-alive pings only find
 //! dead peers; a live peer that sends nothing would otherwise hold its connection).
+//!
+//! Also what the connection's stream last did, for parking an HTTP/1.1 connection
+//! between requests: whether its last operation was a read that found nothing (hyper
+//! waits for the next request), and whether the connection is being parked (hyper's
+//! shutdown of the stream is then skipped).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,8 +23,14 @@ use tokio::time::Instant;
 pub(crate) struct Activity {
     started: Instant,
     active: AtomicUsize,
+    /// Requests begun, ever.
+    begun: AtomicU64,
     /// When the last request ended, in milliseconds since `started`.
     last_end_ms: AtomicU64,
+    /// The stream's last operation was a read that found nothing.
+    read_blocked: AtomicBool,
+    /// The connection is being parked: its stream is not to be shut down.
+    parking: AtomicBool,
 }
 
 /// One request in flight; ends when dropped.
@@ -32,14 +43,23 @@ impl Activity {
         Arc::new(Self {
             started: Instant::now(),
             active: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
             last_end_ms: AtomicU64::new(0),
+            read_blocked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         })
     }
 
     /// A request starts.
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    /// How many requests have begun on the connection.
+    pub(crate) fn begun(&self) -> u64 {
+        self.begun.load(Ordering::Relaxed)
     }
 
     /// Since when the connection has been idle; `None` while a request is in flight.
@@ -49,6 +69,28 @@ impl Activity {
         }
         let ms = self.last_end_ms.load(Ordering::Acquire);
         Some(self.started + Duration::from_millis(ms))
+    }
+
+    /// Whether the connection waits for its next request: nothing in flight, and the
+    /// stream's last operation a read that found nothing.
+    pub(crate) fn waiting(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0 && self.read_blocked()
+    }
+
+    pub(crate) fn read_blocked(&self) -> bool {
+        self.read_blocked.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_read_blocked(&self, blocked: bool) {
+        self.read_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    pub(crate) fn parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
     }
 }
 

@@ -1,26 +1,38 @@
 //! One connection, from accepted to closed: the TLS handshake within its timeout, the
 //! first bytes within the header-read timeout, HTTP/1.1 or HTTP/2, closed once idle for
 //! the idle timeout, and asked to finish when the listener drains.
+//!
+//! A cleartext HTTP/1.1 connection is parked whenever it waits for its next request,
+//! as nginx's keep-alive connections are: hyper's connection, with its read and write
+//! buffers, is taken apart (any bytes of a request already read are kept) and only the
+//! socket is held until the client sends again; then a new hyper connection serves
+//! it. An idle client then costs the socket and a small task, not some 24 KB of
+//! buffers. While parked, the connection is closed once it has had no request in
+//! flight for the header-read or the idle timeout, whichever is shorter, as hyper
+//! would have closed it.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::server::conn::{http1, http2};
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::activity::{Activity, Tracked};
-use crate::detection::Detection;
+use crate::stream::{ClientStream, Stream, Version, read_version};
 use crate::tls::PeerCertificates;
-use crate::{ConnectionMetrics, ServerConfig};
+use crate::{ConnectionMetrics, PARK_AFTER, ServerConfig};
 
 /// A request extension: the request came over a TLS connection (the handler tells
 /// agents `X-Forwarded-Proto: https`).
@@ -29,7 +41,12 @@ pub struct OverTls;
 
 /// What every connection of a listener shares.
 pub(crate) struct Shared<H> {
-    pub(crate) builder: auto::Builder<TokioExecutor>,
+    /// For connections parked between requests, whose wait for a request head the
+    /// connection's task times.
+    pub(crate) http1_parked: http1::Builder,
+    /// For connections that are not (over TLS), with hyper's header-read timeout.
+    pub(crate) http1: http1::Builder,
+    pub(crate) http2: http2::Builder<TokioExecutor>,
     pub(crate) handler: H,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: ConnectionMetrics,
@@ -46,8 +63,25 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    if shared.config.tls.is_none() {
+        return serve(stream, peer, None, &shared).await;
+    }
+    // Boxed: a handshake's state is large, and a cleartext connection's task need not
+    // make room for it.
+    Box::pin(serve_tls(stream, peer, &shared)).await;
+}
+
+/// Serves a connection over TLS, once its handshake is done in time.
+async fn serve_tls<H, F, B>(stream: TcpStream, peer: SocketAddr, shared: &Shared<H>)
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let Some(tls) = &shared.config.tls else {
-        return serve_io(stream, peer, None, &shared).await;
+        return;
     };
     let timeout = shared.config.tls_handshake_timeout;
     match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
@@ -74,21 +108,87 @@ where
                             .collect::<Vec<_>>(),
                     )
                 });
-            serve_io(stream, peer, Some(certificates), &shared).await;
+            serve(stream, peer, Some(certificates), shared).await;
         }
     }
+}
+
+/// hyper's view of a client's stream.
+type Io<I> = TokioIo<Stream<I>>;
+
+/// A connection's HTTP, as it stands.
+enum State<'a, I, S>
+where
+    S: HttpService<Incoming>,
+{
+    Http1(Box<http1::UpgradeableConnection<Io<I>, S>>),
+    /// HTTP/1.1 between requests: the stream and the service, no hyper connection.
+    Parked(Stream<I>, S, ParkedGauge<'a>),
+    Http2(Pin<Box<http2::Connection<Io<I>, S, TokioExecutor>>>),
+    /// Only while the state is being replaced.
+    Ended,
+}
+
+impl<I, S, B> State<'_, I, S>
+where
+    I: ClientStream,
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    /// Asks the connection to finish: HTTP/1.1 after the exchange in hand, HTTP/2 with
+    /// a GOAWAY. `false`: there is nothing to finish (parked), close it.
+    fn graceful_shutdown(&mut self) -> bool {
+        match self {
+            Self::Http1(conn) => Pin::new(&mut **conn).graceful_shutdown(),
+            Self::Http2(conn) => conn.as_mut().graceful_shutdown(),
+            Self::Parked(..) | Self::Ended => return false,
+        }
+        true
+    }
+}
+
+/// Counts a connection as parked while it is.
+struct ParkedGauge<'a>(&'a IntGauge);
+
+impl<'a> ParkedGauge<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for ParkedGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What woke a connection's task.
+enum Event {
+    /// The listener drains.
+    Stop,
+    /// The idle deadline passed.
+    Deadline,
+    /// hyper's connection ended.
+    Ended(hyper::Result<()>),
+    /// A parked connection's client sent more, or closed.
+    Readable(std::io::Result<()>),
 }
 
 /// HTTP over `io` until the connection ends. Over TLS (`tls` is the client's
 /// certificates, if any), each request carries [`OverTls`], and [`PeerCertificates`]
 /// when the client presented some.
-async fn serve_io<I, H, F, B>(
-    io: I,
+async fn serve<I, H, F, B>(
+    mut io: I,
     peer: SocketAddr,
     tls: Option<Option<PeerCertificates>>,
     shared: &Shared<H>,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: ClientStream,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
@@ -96,12 +196,21 @@ async fn serve_io<I, H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let config = &shared.config;
+    let metrics = &shared.metrics;
     // The header-read timeout covers the wait for the first bytes too.
-    let io = Detection::new(
-        io,
-        config.header_read_timeout,
-        shared.metrics.timed_out_first_bytes.clone(),
-    );
+    let first = tokio::time::timeout(config.header_read_timeout, read_version(&mut io));
+    let (version, first) = match first.await {
+        Err(_) => {
+            metrics.timed_out_first_bytes.inc();
+            tracing::debug!(%peer, "no request within the header-read timeout");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, %peer, "connection ended before a request");
+            return;
+        }
+        Ok(Ok(read)) => read,
+    };
     let activity = Activity::new();
     let handler = shared.handler.clone();
     let requests = activity.clone();
@@ -121,40 +230,163 @@ async fn serve_io<I, H, F, B>(
         let response = Box::into_pin(Box::write(slot, handler(req, peer)));
         async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, busy))) }
     });
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    let http1 = if I::PARKS {
+        &shared.http1_parked
+    } else {
+        &shared.http1
+    };
+    let stream = TokioIo::new(Stream::new(io, first, activity.clone()));
+    let mut state = match version {
+        Version::Http1 => State::Http1(Box::new(
+            http1.serve_connection(stream, service).with_upgrades(),
+        )),
+        Version::Http2 => State::Http2(Box::pin(shared.http2.serve_connection(stream, service))),
+    };
+
     let mut stop = shared.stop.clone();
     let mut closing = *stop.borrow_and_update();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
+    let stopped = stop.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
     let idle = config.idle_timeout;
+    // How long a connection may wait for a request head, parked or not: hyper closes
+    // one that does not send it within the header-read timeout.
+    let parked_for = idle.min(config.header_read_timeout);
+    // Armed for the first moment the connection could be due, and moved only when it
+    // fires: requests do not touch it.
+    let deadline = tokio::time::sleep(PARK_AFTER.min(parked_for));
+    tokio::pin!(deadline);
+    // Requests begun when hyper's connection was made: it is parked only once it has
+    // answered one (before, it may hold part of a head it would go on waiting for).
+    let mut begun = 0;
+    // Parked as soon as it waits: a connection's first hyper connection, and one whose
+    // client was parked for `PARK_AFTER` or longer. A client that came back sooner is likely
+    // to come back soon again, and is parked once it has waited for `PARK_AFTER`, for a new
+    // hyper connection per request costs more than the request's own forwarding.
+    let mut cold = true;
+    let mut parked_at = Instant::now();
+    let mut event = if closing { Some(Event::Stop) } else { None };
     loop {
-        let wake = activity
-            .idle_since()
-            .map_or_else(|| tokio::time::Instant::now() + idle, |since| since + idle);
-        tokio::select! {
-            ended = conn.as_mut() => {
+        let next = match event.take() {
+            Some(e) => e,
+            None => {
+                poll_fn(|cx| {
+                    if !closing && stopped.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Stop);
+                    }
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Deadline);
+                    }
+                    match &mut state {
+                        State::Http1(conn) => {
+                            let polled = Pin::new(&mut **conn).poll(cx);
+                            if polled.is_ready()
+                                || !I::PARKS
+                                || closing
+                                || !activity.waiting()
+                                || activity.begun() == begun
+                                || !(cold
+                                    || activity
+                                        .idle_since()
+                                        .is_some_and(|since| since.elapsed() >= PARK_AFTER))
+                            {
+                                return polled.map(Event::Ended);
+                            }
+                            // Between requests: end hyper's connection without shutting
+                            // the stream down, and park.
+                            activity.set_parking(true);
+                            Pin::new(&mut **conn).graceful_shutdown();
+                            let again = Pin::new(&mut **conn).poll(cx);
+                            if again.is_pending() {
+                                // Not between requests after all: hyper now closes the
+                                // connection after the exchange in hand.
+                                activity.set_parking(false);
+                                closing = true;
+                            }
+                            again.map(Event::Ended)
+                        }
+                        State::Parked(stream, ..) => {
+                            stream.get_ref().poll_read_ready(cx).map(Event::Readable)
+                        }
+                        State::Http2(conn) => conn.as_mut().poll(cx).map(Event::Ended),
+                        State::Ended => Poll::Ready(Event::Ended(Ok(()))),
+                    }
+                })
+                .await
+            }
+        };
+        match next {
+            Event::Stop => {
+                closing = true;
+                if !state.graceful_shutdown() {
+                    return;
+                }
+            }
+            Event::Deadline => {
+                let now = Instant::now();
+                // Waiting for a request head, with nothing in hand.
+                let waiting = match state {
+                    State::Parked(..) => true,
+                    State::Http1(_) => activity.waiting(),
+                    State::Http2(_) | State::Ended => false,
+                };
+                let limit = if waiting { parked_for } else { idle };
+                let at = match activity.idle_since() {
+                    Some(since) if now >= since + limit => {
+                        if waiting || !closing {
+                            tracing::debug!(%peer, "closing a connection idle for {limit:?}");
+                            metrics.timed_out_idle.inc();
+                        }
+                        if waiting {
+                            return;
+                        }
+                        closing = true;
+                        state.graceful_shutdown();
+                        // Looked at again in case it then waits for a head.
+                        now + parked_for
+                    }
+                    Some(since) => [since + PARK_AFTER, since + parked_for, since + idle]
+                        .into_iter()
+                        .find(|at| *at > now)
+                        .unwrap_or(now + PARK_AFTER.min(parked_for)),
+                    None => now + PARK_AFTER.min(parked_for),
+                };
+                deadline.as_mut().reset(at);
+            }
+            Event::Ended(ended) => {
+                if activity.parking() && ended.is_ok() {
+                    activity.set_parking(false);
+                    if let State::Http1(conn) = std::mem::replace(&mut state, State::Ended) {
+                        // `None`: the connection was upgraded and is the upgrade's now.
+                        if let Some(parts) = conn.into_parts() {
+                            let mut stream = parts.io.into_inner();
+                            stream.unread(&parts.read_buf);
+                            let gauge = ParkedGauge::new(&metrics.parked);
+                            parked_at = Instant::now();
+                            state = State::Parked(stream, parts.service, gauge);
+                            continue;
+                        }
+                    }
+                }
                 if let Err(e) = ended {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
                 return;
             }
-            changed = stop.changed(), if !closing => {
-                if changed.is_err() || *stop.borrow_and_update() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+            Event::Readable(ready) => {
+                let State::Parked(stream, service, gauge) =
+                    std::mem::replace(&mut state, State::Ended)
+                else {
+                    return;
+                };
+                drop(gauge);
+                if let Err(e) = ready {
+                    tracing::debug!(error = %e, %peer, "a parked connection failed");
+                    return;
                 }
-            }
-            () = tokio::time::sleep_until(wake), if !closing => {
-                if activity.idle_since().is_some_and(|since| since.elapsed() >= idle) {
-                    tracing::debug!(%peer, "closing a connection idle for {idle:?}");
-                    shared.metrics.timed_out_idle.inc();
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+                let conn = http1.serve_connection(TokioIo::new(stream), service);
+                state = State::Http1(Box::new(conn.with_upgrades()));
+                begun = activity.begun();
+                cold = parked_at.elapsed() >= PARK_AFTER;
             }
         }
     }

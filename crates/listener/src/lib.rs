@@ -27,9 +27,9 @@
 
 mod activity;
 mod connection;
-mod detection;
 mod limits;
 mod metrics;
+mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
@@ -45,8 +45,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,6 +61,14 @@ pub use crate::workers::Workers;
 
 /// The pause after a failed `accept()` before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How long a cleartext HTTP/1.1 connection whose client came back within this time
+/// of its last parked wait is left in hyper's hands, buffers and all, while it waits
+/// for its next request, before it is parked (its task looks once per this time, so
+/// it is parked within twice it). Connections that come back later, and a
+/// connection's first wait, are parked at once: a new hyper connection per request
+/// costs more than forwarding the request does.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The default cap on a listener's open connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -127,17 +135,24 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The auto (HTTP/1.1 and HTTP/2) connection builder with these limits.
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+    /// The HTTP/1.1 connection builder with these limits; `timed` adds hyper's own
+    /// header-read timeout, for connections that are not parked between requests.
+    fn http1(&self, timed: bool) -> http1::Builder {
+        let mut builder = http1::Builder::new();
         builder
-            .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
             .max_headers(self.max_headers)
             .max_buf_size(self.max_header_bytes.max(8192));
+        if timed {
+            builder.header_read_timeout(self.header_read_timeout);
+        }
         builder
-            .http2()
+    }
+
+    /// The HTTP/2 connection builder with these limits.
+    fn http2(&self) -> http2::Builder<TokioExecutor> {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.max_concurrent_streams)
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
@@ -207,7 +222,9 @@ pub async fn serve<H, F, B>(
     let (stop, stopped) = watch::channel(false);
     let workers = config.workers.clone();
     let shared = Arc::new(Shared {
-        builder: config.builder(),
+        http1_parked: config.http1(false),
+        http1: config.http1(true),
+        http2: config.http2(),
         handler,
         config,
         metrics,

@@ -1,4 +1,4 @@
-//! What the listeners count: connections accepted, refused, open and timed out,
+//! What the listeners count: connections accepted, refused, open, parked and timed out,
 //! failed `accept()` calls, TLS handshakes and certificate reloads.
 //!
 //! [`ListenerMetrics`] holds the metric families, registered once; each listener takes
@@ -15,6 +15,7 @@ pub struct ListenerMetrics {
     accepted: IntCounterVec,
     refused: IntCounterVec,
     open: IntGaugeVec,
+    parked: IntGaugeVec,
     timed_out: IntCounterVec,
     accept_errors: IntCounterVec,
     handshakes: IntCounterVec,
@@ -28,6 +29,7 @@ pub struct ConnectionMetrics {
     pub(crate) refused_listener: IntCounter,
     pub(crate) refused_client: IntCounter,
     pub(crate) open: IntGauge,
+    pub(crate) parked: IntGauge,
     pub(crate) timed_out_first_bytes: IntCounter,
     pub(crate) timed_out_handshake: IntCounter,
     pub(crate) timed_out_idle: IntCounter,
@@ -64,6 +66,14 @@ impl ListenerMetrics {
             &["listener"],
         )?;
         registry.register(Box::new(open.clone()))?;
+        let parked = IntGaugeVec::new(
+            Opts::new(
+                "sluice_listener_connections_parked",
+                "Cleartext HTTP/1.1 client connections waiting for their next request, held without buffers, by listener",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(parked.clone()))?;
         Ok(Self {
             accepted: counter(
                 registry,
@@ -78,6 +88,7 @@ impl ListenerMetrics {
                 &["listener", "reason"],
             )?,
             open,
+            parked,
             timed_out: counter(
                 registry,
                 "sluice_listener_connections_timed_out_total",
@@ -113,10 +124,11 @@ impl ListenerMetrics {
     /// Never in practice: the definitions are fixed and the registry is fresh.
     pub fn metric_descs() -> prometheus::Result<Vec<Desc>> {
         let m = Self::new(&Registry::new())?;
-        let families: [&dyn Collector; 7] = [
+        let families: [&dyn Collector; 8] = [
             &m.accepted,
             &m.refused,
             &m.open,
+            &m.parked,
             &m.timed_out,
             &m.accept_errors,
             &m.handshakes,
@@ -136,6 +148,7 @@ impl ListenerMetrics {
             refused_listener: l(&self.refused, "max_connections"),
             refused_client: l(&self.refused, "max_connections_per_client"),
             open: self.open.with_label_values(&[listener]),
+            parked: self.parked.with_label_values(&[listener]),
             timed_out_first_bytes: l(&self.timed_out, "first_bytes"),
             timed_out_handshake: l(&self.timed_out, "tls_handshake"),
             timed_out_idle: l(&self.timed_out, "idle"),
