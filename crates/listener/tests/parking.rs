@@ -1,9 +1,9 @@
 //! Cleartext HTTP/1.1 connections parked between requests (at once, or after
 //! `PARK_AFTER` for a client that came back quickly): the client sees an ordinary
-//! keep-alive connection (one request after another, pipelined requests, a
-//! request head in pieces after a parked wait, HTTP/1.0 keep-alive, an upgrade after a parked wait), the
-//! parked connections are counted, closed on time and at once when the listener
-//! drains, and a client that asks to close is closed.
+//! keep-alive connection (one request after another, pipelined requests, a request
+//! head in pieces after a parked wait, HTTP/1.0 keep-alive, an upgrade after a parked
+//! wait), the parked connections are counted, closed on time and at once when the
+//! listener drains, and a client that asks to close is closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -126,8 +126,8 @@ async fn a_parked_connection_serves_what_comes_next() {
 }
 
 /// A client that comes back within `PARK_AFTER` of being parked is parked again only
-/// once it has waited that long (within twice it); one that comes back later is parked as soon as it is
-/// answered.
+/// once it has waited that long (within twice it); one that comes back later is
+/// parked as soon as it is answered.
 #[tokio::test(start_paused = true)]
 async fn a_client_that_comes_back_soon_is_parked_after_a_while() {
     let server = start(ServerConfig::default()).await;
