@@ -63,54 +63,42 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if shared.config.tls.is_none() {
+    let Some(tls) = &shared.config.tls else {
         return serve(stream, peer, None, &shared).await;
-    }
+    };
     // Boxed: a handshake's state is large, and a cleartext connection's task need not
     // make room for it.
-    Box::pin(serve_tls(stream, peer, &shared)).await;
-}
-
-/// Serves a connection over TLS, once its handshake is done in time.
-async fn serve_tls<H, F, B>(stream: TcpStream, peer: SocketAddr, shared: &Shared<H>)
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let Some(tls) = &shared.config.tls else {
-        return;
-    };
-    let timeout = shared.config.tls_handshake_timeout;
-    match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
-        Err(_) => {
-            shared.metrics.timed_out_handshake.inc();
-            tracing::debug!(%peer, "TLS handshake not done within {timeout:?}");
+    Box::pin(async {
+        let timeout = shared.config.tls_handshake_timeout;
+        match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+            Err(_) => {
+                shared.metrics.timed_out_handshake.inc();
+                tracing::debug!(%peer, "TLS handshake not done within {timeout:?}");
+            }
+            Ok(Err(e)) => {
+                shared.metrics.handshake_failed.inc();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            }
+            Ok(Ok(stream)) => {
+                shared.metrics.handshake_ok.inc();
+                let certificates = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .filter(|chain| !chain.is_empty())
+                    .map(|chain| {
+                        PeerCertificates::new(
+                            chain
+                                .iter()
+                                .map(|c| c.clone().into_owned())
+                                .collect::<Vec<_>>(),
+                        )
+                    });
+                serve(stream, peer, Some(certificates), &shared).await;
+            }
         }
-        Ok(Err(e)) => {
-            shared.metrics.handshake_failed.inc();
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-        }
-        Ok(Ok(stream)) => {
-            shared.metrics.handshake_ok.inc();
-            let certificates = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .filter(|chain| !chain.is_empty())
-                .map(|chain| {
-                    PeerCertificates::new(
-                        chain
-                            .iter()
-                            .map(|c| c.clone().into_owned())
-                            .collect::<Vec<_>>(),
-                    )
-                });
-            serve(stream, peer, Some(certificates), shared).await;
-        }
-    }
+    })
+    .await;
 }
 
 /// hyper's view of a client's stream.
