@@ -185,9 +185,15 @@ async fn serve<I, H, F, B>(
 {
     let config = &shared.config;
     let metrics = &shared.metrics;
-    // The header-read timeout covers the wait for the first bytes too.
+    // The header-read timeout covers the wait for the first bytes too; a connection
+    // that has sent none when the listener drains is closed.
+    let mut stop = shared.stop.clone();
     let first = tokio::time::timeout(config.header_read_timeout, read_version(&mut io));
-    let (version, first) = match first.await {
+    let first = tokio::select! {
+        first = first => first,
+        _ = stop.wait_for(|stop| *stop) => return,
+    };
+    let (version, first) = match first {
         Err(_) => {
             metrics.timed_out_first_bytes.inc();
             tracing::debug!(%peer, "no request within the header-read timeout");
@@ -231,7 +237,6 @@ async fn serve<I, H, F, B>(
         Version::Http2 => State::Http2(Box::pin(shared.http2.serve_connection(stream, service))),
     };
 
-    let mut stop = shared.stop.clone();
     let mut closing = *stop.borrow_and_update();
     let stopped = stop.wait_for(|stop| *stop);
     tokio::pin!(stopped);

@@ -3,7 +3,8 @@
 //! keep-alive connection (one request after another, pipelined requests, a request
 //! head in pieces after a parked wait, HTTP/1.0 keep-alive, an upgrade after a parked
 //! wait), the parked connections are counted, closed on time and at once when the
-//! listener drains, and a client that asks to close is closed.
+//! listener drains (as is one that has sent nothing yet), and a client that asks to
+//! close is closed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -236,10 +237,15 @@ async fn parked_connections_close_on_time_and_when_the_listener_drains() {
     read_response(&mut late, "/late").await;
     settle().await;
     assert_eq!(server.metric(PARKED, LABELS), 1.0);
+    // A connection that has sent nothing yet goes the same way.
+    let mut silent = TcpStream::connect(server.addr).await.expect("connect");
+    settle().await;
     let drained = tokio::time::Instant::now();
     let stopping = tokio::spawn(server.stop());
-    let mut rest = Vec::new();
-    late.read_to_end(&mut rest).await.expect("closed");
+    for conn in [&mut late, &mut silent] {
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).await.expect("closed");
+    }
     assert_eq!(
         drained.elapsed(),
         Duration::ZERO,
