@@ -258,15 +258,22 @@ async fn serve<I, H, F, B>(
     // instructions a request.
     let mut cold = true;
     let mut parked_at = Instant::now();
+    let mut stop_registered = false;
     let mut event = if closing { Some(Event::Stop) } else { None };
     loop {
         let next = match event.take() {
             Some(e) => e,
             None => {
                 poll_fn(|cx| {
-                    if !closing && stopped.as_mut().poll(cx).is_ready() {
+                    // Polled once, to register this task, then only once the listener
+                    // drains: a poll takes a lock the workers' connections share.
+                    if !closing
+                        && (!stop_registered || shared.stop.has_changed().unwrap_or(true))
+                        && stopped.as_mut().poll(cx).is_ready()
+                    {
                         return Poll::Ready(Event::Stop);
                     }
+                    stop_registered = true;
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Event::Deadline);
                     }
