@@ -176,10 +176,11 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// The host a request is addressed to: the URI authority (HTTP/2, absolute-form) or the
-/// `Host` header, without port and trailing dot, lower-cased into `buf`.
+/// `Host` header, without port and trailing dot, lower-cased (into `buf` when it is not
+/// already).
 pub fn request_host<'a>(
-    uri: &http::Uri,
-    headers: &HeaderMap,
+    uri: &'a http::Uri,
+    headers: &'a HeaderMap,
     buf: &'a mut String,
 ) -> Option<&'a str> {
     let raw = match uri.host() {
@@ -193,8 +194,12 @@ pub fn request_host<'a>(
             }
         }
     };
+    let raw = raw.trim_end_matches('.');
+    if !raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(raw);
+    }
     buf.clear();
-    buf.push_str(raw.trim_end_matches('.'));
+    buf.push_str(raw);
     buf.make_ascii_lowercase();
     Some(buf.as_str())
 }
@@ -308,6 +313,15 @@ mod tests {
         assert_eq!(
             request_host(&uri, &headers, &mut buf),
             Some("chat.example.com")
+        );
+        headers.insert(
+            http::header::HOST,
+            "api.example.com.".parse().expect("value"),
+        );
+        assert_eq!(
+            request_host(&uri, &headers, &mut buf),
+            Some("api.example.com"),
+            "already lower case: as sent, less the dot"
         );
         headers.insert(http::header::HOST, "[::1]".parse().expect("value"));
         assert_eq!(request_host(&uri, &headers, &mut buf), Some("[::1]"));
