@@ -238,15 +238,20 @@ async fn serve<I, H, F, B>(
     };
 
     let mut closing = *stop.borrow_and_update();
+    if closing {
+        state.graceful_shutdown();
+    }
     let stopped = stop.wait_for(|stop| *stop);
     tokio::pin!(stopped);
     let idle = config.idle_timeout;
     // How long a connection may wait for a request head, parked or not: hyper closes
     // one that does not send it within the header-read timeout.
     let parked_for = idle.min(config.header_read_timeout);
+    // How soon the deadline looks again when nothing is due before.
+    let recheck = PARK_AFTER.min(parked_for);
     // Armed for the first moment the connection could be due, and moved only when it
     // fires: requests do not touch it.
-    let deadline = tokio::time::sleep(PARK_AFTER.min(parked_for));
+    let deadline = tokio::time::sleep(recheck);
     tokio::pin!(deadline);
     // Requests begun when hyper's connection was made: it is parked only once it has
     // answered one (before, it may hold part of a head it would go on waiting for).
@@ -259,62 +264,56 @@ async fn serve<I, H, F, B>(
     let mut cold = true;
     let mut parked_at = Instant::now();
     let mut stop_registered = false;
-    let mut event = if closing { Some(Event::Stop) } else { None };
     loop {
-        let next = match event.take() {
-            Some(e) => e,
-            None => {
-                poll_fn(|cx| {
-                    // Polled once, to register this task, then only once the listener
-                    // drains: a poll takes a lock the workers' connections share.
-                    if !closing
-                        && (!stop_registered || shared.stop.has_changed().unwrap_or(true))
-                        && stopped.as_mut().poll(cx).is_ready()
-                    {
-                        return Poll::Ready(Event::Stop);
-                    }
-                    stop_registered = true;
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::Deadline);
-                    }
-                    match &mut state {
-                        State::Http1(conn) => {
-                            let polled = Pin::new(&mut **conn).poll(cx);
-                            if polled.is_ready()
-                                || !I::PARKS
-                                || closing
-                                || !activity.waiting()
-                                || activity.begun() == begun
-                                || !(cold
-                                    || activity
-                                        .idle_since()
-                                        .is_some_and(|since| since.elapsed() >= PARK_AFTER))
-                            {
-                                return polled.map(Event::Ended);
-                            }
-                            // Between requests: end hyper's connection without shutting
-                            // the stream down, and park.
-                            activity.set_parking(true);
-                            Pin::new(&mut **conn).graceful_shutdown();
-                            let again = Pin::new(&mut **conn).poll(cx);
-                            if again.is_pending() {
-                                // Not between requests after all: hyper now closes the
-                                // connection after the exchange in hand.
-                                activity.set_parking(false);
-                                closing = true;
-                            }
-                            again.map(Event::Ended)
-                        }
-                        State::Parked(stream, ..) => {
-                            stream.get_ref().poll_read_ready(cx).map(Event::Readable)
-                        }
-                        State::Http2(conn) => conn.as_mut().poll(cx).map(Event::Ended),
-                        State::Ended => Poll::Ready(Event::Ended(Ok(()))),
-                    }
-                })
-                .await
+        let next = poll_fn(|cx| {
+            // Polled once, to register this task, then only once the listener
+            // drains: a poll takes a lock the workers' connections share.
+            if !closing
+                && (!stop_registered || shared.stop.has_changed().unwrap_or(true))
+                && stopped.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Stop);
             }
-        };
+            stop_registered = true;
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Deadline);
+            }
+            match &mut state {
+                State::Http1(conn) => {
+                    let polled = Pin::new(&mut **conn).poll(cx);
+                    if polled.is_ready()
+                        || !I::PARKS
+                        || closing
+                        || !activity.waiting()
+                        || activity.begun() == begun
+                        || !(cold
+                            || activity
+                                .idle_since()
+                                .is_some_and(|since| since.elapsed() >= PARK_AFTER))
+                    {
+                        return polled.map(Event::Ended);
+                    }
+                    // Between requests: end hyper's connection without shutting
+                    // the stream down, and park.
+                    activity.set_parking(true);
+                    Pin::new(&mut **conn).graceful_shutdown();
+                    let again = Pin::new(&mut **conn).poll(cx);
+                    if again.is_pending() {
+                        // Not between requests after all: hyper now closes the
+                        // connection after the exchange in hand.
+                        activity.set_parking(false);
+                        closing = true;
+                    }
+                    again.map(Event::Ended)
+                }
+                State::Parked(stream, ..) => {
+                    stream.get_ref().poll_read_ready(cx).map(Event::Readable)
+                }
+                State::Http2(conn) => conn.as_mut().poll(cx).map(Event::Ended),
+                State::Ended => Poll::Ready(Event::Ended(Ok(()))),
+            }
+        })
+        .await;
         match next {
             Event::Stop => {
                 closing = true;
@@ -348,8 +347,8 @@ async fn serve<I, H, F, B>(
                     Some(since) => [since + PARK_AFTER, since + parked_for, since + idle]
                         .into_iter()
                         .find(|at| *at > now)
-                        .unwrap_or(now + PARK_AFTER.min(parked_for)),
-                    None => now + PARK_AFTER.min(parked_for),
+                        .unwrap_or(now + recheck),
+                    None => now + recheck,
                 };
                 deadline.as_mut().reset(at);
             }
