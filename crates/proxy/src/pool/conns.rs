@@ -12,10 +12,19 @@
 //! drops those the agent closed or that sat unused for [`IDLE_TIMEOUT`], and opens a
 //! new one when none is ready. A connection whose answer was not read to the end is
 //! closed by hyper and dropped from the list.
+//!
+//! A connection left ready and unused for [`PARK_AFTER`] is parked: hyper's task and
+//! buffers (some 25 KB) are given up and only the socket is kept, until a request takes
+//! it and a new hyper connection is made over it (no new TCP connection). A sweep task
+//! per list, running while the list holds connections, parks them and closes those
+//! unused for [`IDLE_TIMEOUT`] or closed by the agent, so that a list nobody sends to
+//! any more empties on its own.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -24,6 +33,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
@@ -31,6 +42,10 @@ use crate::dns::DnsCache;
 
 /// How long a connection may sit unused before it is closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a ready connection sits unused before it is parked: between this and
+/// twice this, as its list is swept once per `PARK_AFTER`.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +78,44 @@ impl SendError {
     }
 }
 
+/// A connection hyper drives: its sender and its task, which hands the socket back
+/// once the sender is dropped with no request on the connection.
+struct Live {
+    sender: SendRequest<ProxyBody>,
+    task: JoinHandle<Option<TcpStream>>,
+}
+
+/// What a connection holds.
+enum Link {
+    /// Driven by hyper, with its buffers.
+    Live(Live),
+    /// Its socket alone.
+    Parked(TcpStream),
+}
+
 /// One connection and when it was last given a request.
 struct Conn {
-    sender: SendRequest<ProxyBody>,
+    link: Link,
     used: Instant,
 }
 
+/// One worker's connections, parked ones first (they are the least recently used).
+#[derive(Default)]
+struct List {
+    conns: Vec<Conn>,
+    /// Whether a sweep task runs for this list.
+    swept: bool,
+    /// Whether that task waits for the first parked connection's idle timeout, or
+    /// until `wake` tells it a connection is hyper's again.
+    resting: bool,
+    wake: Arc<Notify>,
+}
+
+type Shared = Arc<Mutex<List>>;
+
 /// The kept-alive connections to one endpoint: a list per worker.
 pub struct Connections {
-    lists: Box<[Mutex<Vec<Conn>>]>,
+    lists: Box<[Shared]>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -86,26 +130,33 @@ impl Connections {
     /// Lists for `workers` workers and one for the threads off them.
     pub fn new(workers: usize) -> Self {
         Self {
-            lists: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            lists: (0..=workers).map(|_| Shared::default()).collect(),
         }
     }
 
     /// The list of the calling thread's worker.
-    fn list(&self) -> &Mutex<Vec<Conn>> {
+    fn list(&self) -> &Shared {
         &self.lists[sluice_listener::workers::current() % self.lists.len()]
     }
 
-    /// How many connections the calling thread's worker holds (busy or not).
+    /// How many connections the calling thread's worker holds (busy, ready or
+    /// parked).
     pub fn len(&self) -> usize {
-        self.list()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(self.list()).conns.len()
     }
 
     /// Whether the calling thread's worker holds none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many of the calling thread's worker's connections are parked.
+    pub fn parked(&self) -> usize {
+        lock(self.list())
+            .conns
+            .iter()
+            .filter(|c| matches!(c.link, Link::Parked(_)))
+            .count()
     }
 
     /// Sends `req` (its URI in origin form, its `Host` set) to `endpoint` over a ready
@@ -125,11 +176,24 @@ impl Connections {
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let list = self.list();
-        while let Some(mut conn) = take_ready(list, now) {
-            match conn.sender.try_send_request(req).await {
+        while let Some(link) = take_ready(list, now) {
+            let mut live = match link {
+                Link::Live(live) => live,
+                // Boxed, as a new connection is below: the rare case.
+                Link::Parked(stream) => match Box::pin(drive(stream)).await {
+                    Ok(live) => live,
+                    Err(_) => continue,
+                },
+            };
+            match live.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    conn.used = now;
-                    lock(list).push(conn);
+                    put(
+                        list,
+                        Conn {
+                            link: Link::Live(live),
+                            used: now,
+                        },
+                    );
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -141,10 +205,17 @@ impl Connections {
         }
         // Boxed: every request's future has room for what it awaits, and a new
         // connection (a lookup, a connect) is the rare case.
-        let mut sender = Box::pin(connect(endpoint, dns, connect_timeout)).await?;
-        match sender.try_send_request(req).await {
+        let stream = Box::pin(connect(endpoint, dns, connect_timeout)).await?;
+        let mut live = Box::pin(drive(stream)).await?;
+        match live.sender.try_send_request(req).await {
             Ok(resp) => {
-                lock(list).push(Conn { sender, used: now });
+                put(
+                    list,
+                    Conn {
+                        link: Link::Live(live),
+                        used: now,
+                    },
+                );
                 Ok(resp)
             }
             Err(e) => Err(SendError::Http(e.into_error())),
@@ -152,44 +223,155 @@ impl Connections {
     }
 }
 
-fn lock(list: &Mutex<Vec<Conn>>) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+fn lock(list: &Mutex<List>) -> std::sync::MutexGuard<'_, List> {
     list.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Puts `conn` (just given a request) back at the end of `list`, starting the list's
+/// sweep task if it has none, waking it if it rests.
+fn put(list: &Shared, conn: Conn) {
+    let mut l = lock(list);
+    l.conns.push(conn);
+    if !l.swept {
+        l.swept = true;
+        let wake = l.wake.clone();
+        drop(l);
+        tokio::spawn(sweep(Arc::downgrade(list), wake));
+    } else if l.resting {
+        l.resting = false;
+        l.wake.notify_one();
+    }
 }
 
 /// The most recently used ready connection of `list`, taken out of it; closed ones,
 /// and ready ones unused for [`IDLE_TIMEOUT`], are dropped on the way.
-fn take_ready(list: &Mutex<Vec<Conn>>, now: Instant) -> Option<Conn> {
+fn take_ready(list: &Mutex<List>, now: Instant) -> Option<Link> {
     let mut list = lock(list);
-    // The oldest is looked at on every call, so that connections nobody takes any more
-    // still go once they are stale.
-    if let Some(oldest) = list.first()
-        && (oldest.sender.is_closed()
-            || (oldest.sender.is_ready() && now.duration_since(oldest.used) > IDLE_TIMEOUT))
-    {
-        list.remove(0);
-    }
-    let mut i = list.len();
+    let mut i = list.conns.len();
     while i > 0 {
         i -= 1;
-        let conn = &list[i];
-        if conn.sender.is_closed() {
-            list.remove(i);
-        } else if conn.sender.is_ready() {
-            let conn = list.remove(i);
-            if now.duration_since(conn.used) <= IDLE_TIMEOUT {
-                return Some(conn);
+        let conn = &list.conns[i];
+        let fresh = now.duration_since(conn.used) <= IDLE_TIMEOUT;
+        match &conn.link {
+            Link::Live(live) if live.sender.is_closed() => drop(list.conns.remove(i)),
+            Link::Live(live) if !live.sender.is_ready() => {}
+            Link::Parked(stream) if !open(stream) => drop(list.conns.remove(i)),
+            _ => {
+                let conn = list.conns.remove(i);
+                if fresh {
+                    return Some(conn.link);
+                }
             }
         }
     }
     None
 }
 
-/// A new connection to `endpoint`, its task spawned on the calling thread's runtime.
+/// Whether a parked socket is still open with nothing unasked for to read: the
+/// agent's close, or bytes it sent with no request, make it unusable. Asked of the
+/// kernel (a peek), not of the runtime's last readiness event, which can lag.
+fn open(stream: &TcpStream) -> bool {
+    let mut byte = [MaybeUninit::uninit()];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut byte),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
+}
+
+/// Runs while `list` holds connections, once per [`PARK_AFTER`] while some are
+/// hyper's, else at the first parked one's [`IDLE_TIMEOUT`] (or when woken): parks the
+/// ready ones unused for `PARK_AFTER`, drops the closed ones and those unused for
+/// `IDLE_TIMEOUT`.
+async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
+    let mut at = Instant::now() + PARK_AFTER;
+    let mut resting = false;
+    loop {
+        if resting {
+            let _ = tokio::time::timeout_at(at, wake.notified()).await;
+        } else {
+            tokio::time::sleep_until(at).await;
+        }
+        let now = Instant::now();
+        let parking: Vec<Conn> = {
+            let Some(list) = list.upgrade() else { return };
+            let mut l = lock(&list);
+            l.conns.retain(|c| match &c.link {
+                Link::Live(live) => {
+                    !live.sender.is_closed()
+                        && (!live.sender.is_ready() || now.duration_since(c.used) < IDLE_TIMEOUT)
+                }
+                Link::Parked(stream) => open(stream) && now.duration_since(c.used) < IDLE_TIMEOUT,
+            });
+            l.conns
+                .extract_if(.., |c| match &c.link {
+                    Link::Live(live) => {
+                        live.sender.is_ready() && now.duration_since(c.used) >= PARK_AFTER
+                    }
+                    Link::Parked(_) => false,
+                })
+                .collect()
+        };
+        let mut parked = Vec::with_capacity(parking.len());
+        for Conn { link, used } in parking {
+            if let Link::Live(Live { sender, task }) = link {
+                drop(sender);
+                if let Ok(Some(stream)) = task.await {
+                    parked.push(Conn {
+                        link: Link::Parked(stream),
+                        used,
+                    });
+                }
+            }
+        }
+        let Some(list) = list.upgrade() else { return };
+        let mut l = lock(&list);
+        l.conns.splice(..0, parked);
+        let first_used = l.conns.iter().map(|c| c.used).min();
+        let Some(first_used) = first_used else {
+            l.swept = false;
+            return;
+        };
+        resting = !l.conns.iter().any(|c| matches!(c.link, Link::Live(_)));
+        l.resting = resting;
+        at = if resting {
+            first_used + IDLE_TIMEOUT
+        } else {
+            now + PARK_AFTER
+        };
+    }
+}
+
+/// A hyper connection over `stream`, its task spawned on the calling thread's runtime.
+async fn drive(stream: TcpStream) -> Result<Live, hyper::Error> {
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    let task = tokio::spawn(async move {
+        match conn.without_shutdown().await {
+            // Handed back once the sender is dropped, the connection idle: parked if
+            // the agent sent nothing more.
+            Ok(parts) if parts.read_buf.is_empty() => {
+                let stream = parts.io.into_inner();
+                // The socket's registration may still hold this task's waker from
+                // hyper's last read, which would keep the finished task's memory
+                // for as long as the socket is parked: a no-op waker takes its place.
+                let _ = stream.poll_read_ready(&mut Context::from_waker(Waker::noop()));
+                Some(stream)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream connection ended");
+                None
+            }
+        }
+    });
+    Ok(Live { sender, task })
+}
+
+/// A new TCP connection to `endpoint`.
 async fn connect(
     endpoint: &Authority,
     dns: &DnsCache,
     timeout: Duration,
-) -> Result<SendRequest<ProxyBody>, SendError> {
+) -> Result<TcpStream, SendError> {
     let failed = |source| SendError::Connect {
         endpoint: endpoint.clone(),
         source,
@@ -227,13 +409,7 @@ async fn connect(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, %endpoint, "TCP_NODELAY not set");
     }
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(stream)
 }
 
 #[cfg(test)]
@@ -259,6 +435,8 @@ mod tests {
         accepted: Arc<AtomicUsize>,
         /// Answers' bodies end once this is `true`.
         release: watch::Sender<bool>,
+        /// The tasks serving its connections.
+        serving: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     }
 
     impl Agent {
@@ -276,11 +454,13 @@ mod tests {
             let accepted = Arc::new(AtomicUsize::new(0));
             let (release, released_rx) = watch::channel(released);
             let count = accepted.clone();
+            let serving = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let tasks = serving.clone();
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
                     let released = released_rx.clone();
-                    tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         let service = service_fn(move |_req| {
                             let mut released = released.clone();
                             async move {
@@ -300,12 +480,23 @@ mod tests {
                             .serve_connection(TokioIo::new(stream), service);
                         let _ = conn.await;
                     });
+                    tasks.lock().expect("tasks").push(task);
                 }
             });
             Self {
                 at,
                 accepted,
                 release,
+                serving,
+            }
+        }
+
+        /// Closes every connection it holds, returning once they are closed.
+        async fn close_all(&self) {
+            let tasks = std::mem::take(&mut *self.serving.lock().expect("tasks"));
+            for task in tasks {
+                task.abort();
+                let _ = task.await;
             }
         }
 
@@ -409,6 +600,100 @@ mod tests {
         assert_eq!(text(answer(&c, &agent.at, later).await).await, "ok");
         assert_eq!(agent.accepted(), 2, "a new one after the timeout");
         assert_eq!(c.len(), 1, "the stale one is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_left_unused_is_parked_and_carries_the_next_request() {
+        let agent = Agent::start(true, false).await;
+        let c = Connections::new(0);
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1);
+        for _ in 0..3 {
+            assert_eq!(
+                text(answer(&c, &agent.at, Instant::now()).await).await,
+                "ok"
+            );
+        }
+        assert_eq!(agent.accepted(), 1, "the parked socket carried them");
+        assert_eq!((c.len(), c.parked()), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_is_not_parked() {
+        let agent = Agent::start(false, false).await;
+        let c = Connections::new(0);
+        let held = answer(&c, &agent.at, Instant::now()).await;
+        tokio::time::sleep(PARK_AFTER * 3).await;
+        assert_eq!((c.len(), c.parked()), (1, 0));
+        agent.release.send_replace(true);
+        assert_eq!(text(held).await, "ok");
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1, "parked once its answer ended");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_the_agent_closed_is_replaced_without_failing_a_request() {
+        let agent = Agent::start(true, false).await;
+        let c = Connections::new(0);
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1);
+        agent.close_all().await;
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        assert_eq!(agent.accepted(), 2);
+        assert_eq!((c.len(), c.parked()), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_connections_are_closed_at_the_idle_timeout_with_no_request() {
+        let agent = Agent::start(true, false).await;
+        let c = Connections::new(0);
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!((c.len(), c.parked()), (1, 1));
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        assert!(c.is_empty(), "closed by the sweep, not by a request");
+        // The list, empty, is swept again once it holds a connection.
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1);
+        assert_eq!(agent.accepted(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resting_sweep_parks_a_connection_used_again() {
+        let agent = Agent::start(true, false).await;
+        let c = Connections::new(0);
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1);
+        // The sweep now waits for the idle timeout; a request wakes it.
+        assert_eq!(
+            text(answer(&c, &agent.at, Instant::now()).await).await,
+            "ok"
+        );
+        assert_eq!(c.parked(), 0);
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1, "parked again long before the idle timeout");
     }
 
     #[tokio::test]
