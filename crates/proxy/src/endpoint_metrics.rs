@@ -1,17 +1,19 @@
 //! The per-endpoint metrics, read at scrape time from the route table in force.
 //!
-//! A table can hold ten thousand endpoints. Kept as Prometheus children, the four
-//! series of each (`sluice_endpoint_requests_total`, `sluice_endpoint_response_seconds`,
-//! `sluice_endpoint_in_flight`, `sluice_endpoint_healthy`) cost about 2.5 KB of heap
-//! apiece: a copy of the metric's description and its label pairs per series, and a
-//! sharded histogram. Here an endpoint keeps only what cannot be read elsewhere, its
-//! request count and latency buckets as plain atomics ([`EndpointStats`], about 170
-//! bytes); its in-flight count is its balancer load and its health is its
-//! [`EndpointHealth`](crate::pool::EndpointHealth), and [`EndpointText`] writes
-//! them as text when Prometheus asks, a chunk at a time, without building the client's
-//! objects for them (ten thousand endpoints are 25 MB of text). An endpoint's series
-//! live exactly as long as it is in the table; its counters carry over tables while it
-//! stays in its pool.
+//! A table can hold ten thousand endpoints. Kept as Prometheus children, the series of
+//! each (`sluice_endpoint_requests_total`, `sluice_endpoint_response_seconds`,
+//! `sluice_endpoint_in_flight`, `sluice_endpoint_healthy`,
+//! `sluice_endpoint_connections` and `_parked`) would cost about 2.5 KB of heap apiece:
+//! a copy of the metric's description and its label pairs per series, and a sharded
+//! histogram. Here an endpoint keeps only what cannot be read elsewhere, its request
+//! count and latency buckets as plain atomics ([`EndpointStats`], about 170 bytes); its
+//! in-flight count is its balancer load, its health is its
+//! [`EndpointHealth`](crate::pool::EndpointHealth), its connections are counted in its
+//! [`Connections`](crate::pool::Connections), and [`EndpointText`] writes them as text
+//! when Prometheus asks, a chunk at a time, without building the client's objects for
+//! them (ten thousand endpoints are 28 MB of text). An endpoint's series live exactly
+//! as long as it is in the table; its counters carry over tables while it stays in its
+//! pool.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -35,6 +37,14 @@ const LATENCY: (&str, &str) = (
 const IN_FLIGHT: (&str, &str) = (
     "sluice_endpoint_in_flight",
     "Requests in flight per endpoint",
+);
+const CONNECTIONS: (&str, &str) = (
+    "sluice_endpoint_connections",
+    "Connections the proxy holds open to each cleartext HTTP/1.1 endpoint, busy, idle or parked",
+);
+const PARKED: (&str, &str) = (
+    "sluice_endpoint_connections_parked",
+    "Connections to each cleartext HTTP/1.1 endpoint parked: unused for a second, held without hyper's buffers",
 );
 const HEALTHY: (&str, &str) = (
     "sluice_endpoint_healthy",
@@ -96,15 +106,17 @@ impl EndpointStats {
     }
 }
 
-/// The four families, sorted by name as the registry's are: `(name, help, type)`.
-const FAMILIES: [(&str, &str, &str); 4] = [
+/// The families, sorted by name as the registry's are: `(name, help, type)`.
+const FAMILIES: [(&str, &str, &str); 6] = [
+    (CONNECTIONS.0, CONNECTIONS.1, "gauge"),
+    (PARKED.0, PARKED.1, "gauge"),
     (HEALTHY.0, HEALTHY.1, "gauge"),
     (IN_FLIGHT.0, IN_FLIGHT.1, "gauge"),
     (REQUESTS.0, REQUESTS.1, "counter"),
     (LATENCY.0, LATENCY.1, "histogram"),
 ];
 
-/// The descriptions of the four families, for `sluice metrics`.
+/// The descriptions of the families, for `sluice metrics`.
 pub(crate) fn descs() -> prometheus::Result<Vec<Desc>> {
     FAMILIES
         .iter()
@@ -123,7 +135,7 @@ pub(crate) fn descs() -> prometheus::Result<Vec<Desc>> {
 pub(crate) const PREFIX: &str = "sluice_endpoint_";
 
 /// Writes the endpoint families of one runtime in the Prometheus text format, a few
-/// series at a time, so that a scrape of ten thousand endpoints (25 MB of text) never
+/// series at a time, so that a scrape of ten thousand endpoints (28 MB of text) never
 /// holds more than a chunk of it (see [`crate::metrics::Exposition`]).
 #[derive(Debug)]
 pub(crate) struct EndpointText {
@@ -187,9 +199,11 @@ impl EndpointText {
                     };
                     let stats = &e.stats;
                     match self.family {
-                        0 => sample(buf, "", None, u64::from(e.health.reported()) as f64),
-                        1 => sample(buf, "", None, pool.endpoint_in_flight(self.endpoint) as f64),
-                        2 => sample(buf, "", None, stats.requests() as f64),
+                        0 => sample(buf, "", None, e.connections.counts().0 as f64),
+                        1 => sample(buf, "", None, e.connections.counts().1 as f64),
+                        2 => sample(buf, "", None, u64::from(e.health.reported()) as f64),
+                        3 => sample(buf, "", None, pool.endpoint_in_flight(self.endpoint) as f64),
+                        4 => sample(buf, "", None, stats.requests() as f64),
                         _ => {
                             let cumulative = stats.cumulative();
                             for (bound, count) in self.bounds.iter().zip(cumulative) {

@@ -465,7 +465,7 @@ impl Default for Metrics {
 /// sorted by name: each metric of [`Metrics`] collected when its turn comes (a family
 /// of a thousand pools' histograms is a few MB of objects, freed once written), the
 /// other registry's families, and the endpoints' series (ten thousand endpoints are
-/// 25 MB of text) an [`Exposition::CHUNK`] at a time. A scrape so holds about one
+/// 28 MB of text) an [`Exposition::CHUNK`] at a time. A scrape so holds about one
 /// family at once, not all of them and their text.
 #[derive(Debug)]
 pub struct Exposition {

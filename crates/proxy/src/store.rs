@@ -934,6 +934,12 @@ mod tests {
                         g
                     };
                     match f.name() {
+                        "sluice_endpoint_connections" => {
+                            m.set_gauge(gauge(e.connections.counts().0 as u64));
+                        }
+                        "sluice_endpoint_connections_parked" => {
+                            m.set_gauge(gauge(e.connections.counts().1 as u64));
+                        }
                         "sluice_endpoint_healthy" => {
                             m.set_gauge(gauge(u64::from(e.health.reported())));
                         }

@@ -1,5 +1,5 @@
 //! Upstream connections are pooled: requests to one agent reuse one TCP connection,
-//! across requests with and without bodies and across table swaps.
+//! across requests with and without bodies, across table swaps, and once parked.
 
 mod support;
 
@@ -63,4 +63,35 @@ async fn a_new_table_keeps_the_idle_upstream_connections() {
         1,
         "the swap kept the pooled connection"
     );
+}
+
+#[tokio::test]
+async fn an_idle_upstream_connection_is_parked_counted_and_carries_the_next_request() {
+    let agent = Agent::named("echo").await;
+    let proxy = Proxy::with_table(catch_all(pool("demo/echo", &[agent.address()], 30_000))).await;
+    let client = client();
+    let series = |name: &str| {
+        format!(
+            "{name}{{endpoint=\"{}\",pool=\"demo/echo\"}}",
+            agent.address()
+        )
+    };
+    let (open, parked) = (
+        series("sluice_endpoint_connections"),
+        series("sluice_endpoint_connections_parked"),
+    );
+    assert_eq!(get(&client, &proxy.url("/a")).await.status, StatusCode::OK);
+    assert_eq!(proxy.metric(&open), Some(1.0));
+    assert_eq!(proxy.metric(&parked), Some(0.0));
+
+    tokio::time::pause();
+    tokio::time::sleep(sluice_proxy::pool::PARK_AFTER * 2).await;
+    assert_eq!(proxy.metric(&open), Some(1.0));
+    assert_eq!(proxy.metric(&parked), Some(1.0), "unused for a second");
+    tokio::time::resume();
+
+    assert_eq!(get(&client, &proxy.url("/b")).await.status, StatusCode::OK);
+    assert_eq!(agent.requests(), 2);
+    assert_eq!(agent.connections(), 1, "the parked connection carried it");
+    assert_eq!(proxy.metric(&parked), Some(0.0));
 }

@@ -152,11 +152,15 @@ impl Connections {
 
     /// How many of the calling thread's worker's connections are parked.
     pub fn parked(&self) -> usize {
-        lock(self.list())
-            .conns
-            .iter()
-            .filter(|c| matches!(c.link, Link::Parked(_)))
-            .count()
+        parked(&lock(self.list()))
+    }
+
+    /// How many connections every worker holds, and how many of those are parked.
+    pub fn counts(&self) -> (usize, usize) {
+        self.lists.iter().fold((0, 0), |(open, parked_), list| {
+            let l = lock(list);
+            (open + l.conns.len(), parked_ + parked(&l))
+        })
     }
 
     /// Sends `req` (its URI in origin form, its `Host` set) to `endpoint` over a ready
@@ -221,6 +225,13 @@ impl Connections {
             Err(e) => Err(SendError::Http(e.into_error())),
         }
     }
+}
+
+fn parked(list: &List) -> usize {
+    list.conns
+        .iter()
+        .filter(|c| matches!(c.link, Link::Parked(_)))
+        .count()
 }
 
 fn lock(list: &Mutex<List>) -> std::sync::MutexGuard<'_, List> {

@@ -31,7 +31,7 @@ use crate::endpoint_metrics::EndpointStats;
 use crate::error::ProxyError;
 use crate::metrics::{Metrics, PoolMetrics};
 use crate::store::UpstreamClient;
-pub use conns::{Connections, SendError};
+pub use conns::{Connections, PARK_AFTER, SendError};
 
 /// One endpoint of a pool.
 #[derive(Debug)]
