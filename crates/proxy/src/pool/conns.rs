@@ -326,7 +326,9 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
         for Conn { link, used } in parking {
             if let Link::Live(Live { sender, task }) = link {
                 drop(sender);
-                if let Ok(Some(stream)) = task.await {
+                // An idle hyper connection hands its socket back at once; one that
+                // does not within a sweep's period is left to end on its own.
+                if let Ok(Ok(Some(stream))) = tokio::time::timeout(PARK_AFTER, task).await {
                     parked.push(Conn {
                         link: Link::Parked(stream),
                         used,
