@@ -540,6 +540,18 @@ mod tests {
             .expect("answer")
     }
 
+    /// A request sent now through `c` to `agent`, answered `ok`.
+    async fn ok_now(c: &Connections, agent: &Agent) {
+        assert_eq!(text(answer(c, &agent.at, Instant::now()).await).await, "ok");
+    }
+
+    /// A request, then time for the sweep to park its connection.
+    async fn parked_after_one_request(c: &Connections, agent: &Agent) {
+        ok_now(c, agent).await;
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked(), 1, "parked once unused for a second");
+    }
+
     async fn text(resp: Response<Incoming>) -> String {
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         String::from_utf8_lossy(&body).into_owned()
@@ -619,17 +631,9 @@ mod tests {
     async fn a_connection_left_unused_is_parked_and_carries_the_next_request() {
         let agent = Agent::start(true, false).await;
         let c = Connections::new(0);
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
-        tokio::time::sleep(PARK_AFTER * 2).await;
-        assert_eq!(c.parked(), 1);
+        parked_after_one_request(&c, &agent).await;
         for _ in 0..3 {
-            assert_eq!(
-                text(answer(&c, &agent.at, Instant::now()).await).await,
-                "ok"
-            );
+            ok_now(&c, &agent).await;
         }
         assert_eq!(agent.accepted(), 1, "the parked socket carried them");
         assert_eq!((c.len(), c.parked()), (1, 0));
@@ -652,17 +656,9 @@ mod tests {
     async fn a_parked_connection_the_agent_closed_is_replaced_without_failing_a_request() {
         let agent = Agent::start(true, false).await;
         let c = Connections::new(0);
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
-        tokio::time::sleep(PARK_AFTER * 2).await;
-        assert_eq!(c.parked(), 1);
+        parked_after_one_request(&c, &agent).await;
         agent.close_all().await;
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
+        ok_now(&c, &agent).await;
         assert_eq!(agent.accepted(), 2);
         assert_eq!((c.len(), c.parked()), (1, 0));
     }
@@ -671,21 +667,12 @@ mod tests {
     async fn parked_connections_are_closed_at_the_idle_timeout_with_no_request() {
         let agent = Agent::start(true, false).await;
         let c = Connections::new(0);
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
-        tokio::time::sleep(PARK_AFTER * 2).await;
-        assert_eq!((c.len(), c.parked()), (1, 1));
+        parked_after_one_request(&c, &agent).await;
+        assert_eq!(c.len(), 1);
         tokio::time::sleep(IDLE_TIMEOUT).await;
         assert!(c.is_empty(), "closed by the sweep, not by a request");
         // The list, empty, is swept again once it holds a connection.
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
-        tokio::time::sleep(PARK_AFTER * 2).await;
-        assert_eq!(c.parked(), 1);
+        parked_after_one_request(&c, &agent).await;
         assert_eq!(agent.accepted(), 2);
     }
 
@@ -693,17 +680,9 @@ mod tests {
     async fn a_resting_sweep_parks_a_connection_used_again() {
         let agent = Agent::start(true, false).await;
         let c = Connections::new(0);
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
-        tokio::time::sleep(PARK_AFTER * 2).await;
-        assert_eq!(c.parked(), 1);
+        parked_after_one_request(&c, &agent).await;
         // The sweep now waits for the idle timeout; a request wakes it.
-        assert_eq!(
-            text(answer(&c, &agent.at, Instant::now()).await).await,
-            "ok"
-        );
+        ok_now(&c, &agent).await;
         assert_eq!(c.parked(), 0);
         tokio::time::sleep(PARK_AFTER * 2).await;
         assert_eq!(c.parked(), 1, "parked again long before the idle timeout");
