@@ -294,6 +294,7 @@ fn open(stream: &TcpStream) -> bool {
 /// ready ones unused for `PARK_AFTER`, drops the closed ones and those unused for
 /// `IDLE_TIMEOUT`.
 async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
+    let mut sweeping = Sweeping(list.clone());
     let mut at = Instant::now() + PARK_AFTER;
     let mut resting = false;
     loop {
@@ -342,6 +343,8 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
         let first_used = l.conns.iter().map(|c| c.used).min();
         let Some(first_used) = first_used else {
             l.swept = false;
+            // Reset under the lock: a `put` after it starts a new task.
+            sweeping.0 = Weak::new();
             return;
         };
         resting = !l.conns.iter().any(|c| matches!(c.link, Link::Live(_)));
@@ -351,6 +354,18 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
         } else {
             now + PARK_AFTER
         };
+    }
+}
+
+/// Marks its list as having no sweep task when the task ends other than by finding
+/// the list empty: dropped with its runtime, its next `put` starts a new one.
+struct Sweeping(Weak<Mutex<List>>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        if let Some(list) = self.0.upgrade() {
+            lock(&list).swept = false;
+        }
     }
 }
 
@@ -686,6 +701,23 @@ mod tests {
         assert_eq!(c.parked(), 0);
         tokio::time::sleep(PARK_AFTER * 2).await;
         assert_eq!(c.parked(), 1, "parked again long before the idle timeout");
+    }
+
+    #[test]
+    fn a_list_whose_sweep_ended_with_its_runtime_is_swept_again() {
+        let c = Connections::new(0);
+        for _ in 0..2 {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                let agent = Agent::start(true, false).await;
+                parked_after_one_request(&c, &agent).await;
+            });
+            // Dropped with the sweep task asleep in it.
+        }
     }
 
     #[tokio::test]
