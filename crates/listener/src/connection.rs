@@ -55,7 +55,15 @@ pub(crate) struct Shared<H> {
 }
 
 /// Serves one accepted connection until it ends.
-pub(crate) async fn run<H, F, B>(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared<H>>)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future, an async block once"
+)]
+pub(crate) fn run<H, F, B>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared<H>>,
+) -> impl Future<Output = ()>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
@@ -63,42 +71,44 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Some(tls) = &shared.config.tls else {
-        return serve(stream, peer, None, &shared).await;
-    };
-    // Boxed: a handshake's state is large, and a cleartext connection's task need not
-    // make room for it.
-    Box::pin(async {
-        let timeout = shared.config.tls_handshake_timeout;
-        match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
-            Err(_) => {
-                shared.metrics.timed_out_handshake.inc();
-                tracing::debug!(%peer, "TLS handshake not done within {timeout:?}");
+    async move {
+        let Some(tls) = &shared.config.tls else {
+            return serve(stream, peer, None, &shared).await;
+        };
+        // Boxed: a handshake's state is large, and a cleartext connection's task need not
+        // make room for it.
+        Box::pin(async {
+            let timeout = shared.config.tls_handshake_timeout;
+            match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
+                Err(_) => {
+                    shared.metrics.timed_out_handshake.inc();
+                    tracing::debug!(%peer, "TLS handshake not done within {timeout:?}");
+                }
+                Ok(Err(e)) => {
+                    shared.metrics.handshake_failed.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Ok(Ok(stream)) => {
+                    shared.metrics.handshake_ok.inc();
+                    let certificates = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .filter(|chain| !chain.is_empty())
+                        .map(|chain| {
+                            PeerCertificates::new(
+                                chain
+                                    .iter()
+                                    .map(|c| c.clone().into_owned())
+                                    .collect::<Vec<_>>(),
+                            )
+                        });
+                    serve(stream, peer, Some(certificates), &shared).await;
+                }
             }
-            Ok(Err(e)) => {
-                shared.metrics.handshake_failed.inc();
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            }
-            Ok(Ok(stream)) => {
-                shared.metrics.handshake_ok.inc();
-                let certificates = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .filter(|chain| !chain.is_empty())
-                    .map(|chain| {
-                        PeerCertificates::new(
-                            chain
-                                .iter()
-                                .map(|c| c.clone().into_owned())
-                                .collect::<Vec<_>>(),
-                        )
-                    });
-                serve(stream, peer, Some(certificates), &shared).await;
-            }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
 }
 
 /// hyper's view of a client's stream.
@@ -170,12 +180,17 @@ enum Event {
 /// HTTP over `io` until the connection ends. Over TLS (`tls` is the client's
 /// certificates, if any), each request carries [`OverTls`], and [`PeerCertificates`]
 /// when the client presented some.
-async fn serve<I, H, F, B>(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future, an async block once"
+)]
+fn serve<'a, I, H, F, B>(
     mut io: I,
     peer: SocketAddr,
     tls: Option<Option<PeerCertificates>>,
-    shared: &Shared<H>,
-) where
+    shared: &'a Shared<H>,
+) -> impl Future<Output = ()> + 'a
+where
     I: ClientStream,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
@@ -183,210 +198,214 @@ async fn serve<I, H, F, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let config = &shared.config;
-    let metrics = &shared.metrics;
-    // The header-read timeout covers the wait for the first bytes too; a connection
-    // that has sent none when the listener drains is closed.
-    let mut stop = shared.stop.clone();
-    let first = tokio::time::timeout(config.header_read_timeout, read_version(&mut io));
-    let first = tokio::select! {
-        first = first => first,
-        _ = stop.wait_for(|stop| *stop) => return,
-    };
-    let (version, first) = match first {
-        Err(_) => {
-            metrics.timed_out_first_bytes.inc();
-            tracing::debug!(%peer, "no request within the header-read timeout");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, %peer, "connection ended before a request");
-            return;
-        }
-        Ok(Ok(read)) => read,
-    };
-    let activity = Activity::new();
-    let handler = shared.handler.clone();
-    let requests = activity.clone();
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        if let Some(certificates) = &tls {
-            req.extensions_mut().insert(OverTls);
-            if let Some(certificates) = certificates {
-                req.extensions_mut().insert(certificates.clone());
-            }
-        }
-        let busy = requests.begin();
-        // Boxed: hyper keeps room for one request's future in every connection,
-        // idle or not, and the handler's is several kilobytes. The room is taken
-        // before the handler is called, so that its future can be made in place
-        // rather than on the stack and copied in.
-        let slot = Box::new_uninit();
-        let response = Box::into_pin(Box::write(slot, handler(req, peer)));
-        async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, busy))) }
-    });
-    let http1 = if I::PARKS {
-        &shared.http1_parked
-    } else {
-        &shared.http1
-    };
-    let stream = TokioIo::new(Stream::new(io, first, activity.clone()));
-    let mut state = match version {
-        Version::Http1 => State::Http1(Box::new(
-            http1.serve_connection(stream, service).with_upgrades(),
-        )),
-        Version::Http2 => State::Http2(Box::pin(shared.http2.serve_connection(stream, service))),
-    };
-
-    let mut closing = *stop.borrow_and_update();
-    if closing {
-        state.graceful_shutdown();
-    }
-    let stopped = stop.wait_for(|stop| *stop);
-    tokio::pin!(stopped);
-    let idle = config.idle_timeout;
-    // How long a connection may wait for a request head, parked or not: hyper closes
-    // one that does not send it within the header-read timeout.
-    let parked_for = idle.min(config.header_read_timeout);
-    // How soon the deadline looks again when nothing is due before.
-    let recheck = PARK_AFTER.min(parked_for);
-    // Armed for the first moment the connection could be due, and moved only when it
-    // fires: requests do not touch it.
-    let deadline = tokio::time::sleep(recheck);
-    tokio::pin!(deadline);
-    // Requests begun when hyper's connection was made: it is parked only once it has
-    // answered one (before, it may hold part of a head it would go on waiting for).
-    let mut begun = 0;
-    // Parked as soon as it waits: a connection's first hyper connection, and one whose
-    // client stayed parked for `PARK_AFTER` or longer. A client that came back sooner
-    // is likely to come back soon again, and is parked once it has waited for
-    // `PARK_AFTER`: a new hyper connection per request would cost some 6 000
-    // instructions a request.
-    let mut cold = true;
-    let mut parked_at = Instant::now();
-    let mut stop_registered = false;
-    loop {
-        let next = poll_fn(|cx| {
-            // Polled once, to register this task, then only once the listener
-            // drains: a poll takes a lock the workers' connections share.
-            if !closing
-                && (!stop_registered || shared.stop.has_changed().unwrap_or(true))
-                && stopped.as_mut().poll(cx).is_ready()
-            {
-                return Poll::Ready(Event::Stop);
-            }
-            stop_registered = true;
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Deadline);
-            }
-            match &mut state {
-                State::Http1(conn) => {
-                    let polled = Pin::new(&mut **conn).poll(cx);
-                    if polled.is_ready()
-                        || !I::PARKS
-                        || closing
-                        || !activity.waiting()
-                        || activity.begun() == begun
-                        || !(cold
-                            || activity
-                                .idle_since()
-                                .is_some_and(|since| since.elapsed() >= PARK_AFTER))
-                    {
-                        return polled.map(Event::Ended);
-                    }
-                    // Between requests: end hyper's connection without shutting
-                    // the stream down, and park.
-                    activity.set_parking(true);
-                    Pin::new(&mut **conn).graceful_shutdown();
-                    let again = Pin::new(&mut **conn).poll(cx);
-                    if again.is_pending() {
-                        // Not between requests after all: hyper now closes the
-                        // connection after the exchange in hand.
-                        activity.set_parking(false);
-                        closing = true;
-                    }
-                    again.map(Event::Ended)
-                }
-                State::Parked(stream, ..) => {
-                    stream.get_ref().poll_read_ready(cx).map(Event::Readable)
-                }
-                State::Http2(conn) => conn.as_mut().poll(cx).map(Event::Ended),
-                State::Ended => Poll::Ready(Event::Ended(Ok(()))),
-            }
-        })
-        .await;
-        match next {
-            Event::Stop => {
-                closing = true;
-                if !state.graceful_shutdown() {
-                    return;
-                }
-            }
-            Event::Deadline => {
-                let now = Instant::now();
-                // Waiting for a request head, with nothing in hand.
-                let waiting = match state {
-                    State::Parked(..) => true,
-                    State::Http1(_) => activity.waiting(),
-                    State::Http2(_) | State::Ended => false,
-                };
-                let limit = if waiting { parked_for } else { idle };
-                let at = match activity.idle_since() {
-                    Some(since) if now >= since + limit => {
-                        if waiting || !closing {
-                            tracing::debug!(%peer, "closing a connection idle for {limit:?}");
-                            metrics.timed_out_idle.inc();
-                        }
-                        if waiting {
-                            return;
-                        }
-                        closing = true;
-                        state.graceful_shutdown();
-                        // Looked at again in case it then waits for a head.
-                        now + parked_for
-                    }
-                    Some(since) => [since + PARK_AFTER, since + parked_for, since + idle]
-                        .into_iter()
-                        .find(|at| *at > now)
-                        .unwrap_or(now + recheck),
-                    None => now + recheck,
-                };
-                deadline.as_mut().reset(at);
-            }
-            Event::Ended(ended) => {
-                if activity.parking() && ended.is_ok() {
-                    activity.set_parking(false);
-                    if let State::Http1(conn) = std::mem::replace(&mut state, State::Ended) {
-                        // `None`: the connection was upgraded and is the upgrade's now.
-                        if let Some(parts) = conn.into_parts() {
-                            let mut stream = parts.io.into_inner();
-                            stream.unread(&parts.read_buf);
-                            let gauge = ParkedGauge::new(&metrics.parked);
-                            parked_at = Instant::now();
-                            state = State::Parked(stream, parts.service, gauge);
-                            continue;
-                        }
-                    }
-                }
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
+    async move {
+        let config = &shared.config;
+        let metrics = &shared.metrics;
+        // The header-read timeout covers the wait for the first bytes too; a connection
+        // that has sent none when the listener drains is closed.
+        let mut stop = shared.stop.clone();
+        let first = tokio::time::timeout(config.header_read_timeout, read_version(&mut io));
+        let first = tokio::select! {
+            first = first => first,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (version, first) = match first {
+            Err(_) => {
+                metrics.timed_out_first_bytes.inc();
+                tracing::debug!(%peer, "no request within the header-read timeout");
                 return;
             }
-            Event::Readable(ready) => {
-                let State::Parked(stream, service, gauge) =
-                    std::mem::replace(&mut state, State::Ended)
-                else {
-                    return;
-                };
-                drop(gauge);
-                if let Err(e) = ready {
-                    tracing::debug!(error = %e, %peer, "a parked connection failed");
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, %peer, "connection ended before a request");
+                return;
+            }
+            Ok(Ok(read)) => read,
+        };
+        let activity = Activity::new();
+        let handler = shared.handler.clone();
+        let requests = activity.clone();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            if let Some(certificates) = &tls {
+                req.extensions_mut().insert(OverTls);
+                if let Some(certificates) = certificates {
+                    req.extensions_mut().insert(certificates.clone());
+                }
+            }
+            let busy = requests.begin();
+            // Boxed: hyper keeps room for one request's future in every connection,
+            // idle or not, and the handler's is several kilobytes. The room is taken
+            // before the handler is called, so that its future can be made in place
+            // rather than on the stack and copied in.
+            let slot = Box::new_uninit();
+            let response = Box::into_pin(Box::write(slot, handler(req, peer)));
+            async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, busy))) }
+        });
+        let http1 = if I::PARKS {
+            &shared.http1_parked
+        } else {
+            &shared.http1
+        };
+        let stream = TokioIo::new(Stream::new(io, first, activity.clone()));
+        let mut state = match version {
+            Version::Http1 => State::Http1(Box::new(
+                http1.serve_connection(stream, service).with_upgrades(),
+            )),
+            Version::Http2 => {
+                State::Http2(Box::pin(shared.http2.serve_connection(stream, service)))
+            }
+        };
+
+        let mut closing = *stop.borrow_and_update();
+        if closing {
+            state.graceful_shutdown();
+        }
+        let stopped = stop.wait_for(|stop| *stop);
+        tokio::pin!(stopped);
+        let idle = config.idle_timeout;
+        // How long a connection may wait for a request head, parked or not: hyper closes
+        // one that does not send it within the header-read timeout.
+        let parked_for = idle.min(config.header_read_timeout);
+        // How soon the deadline looks again when nothing is due before.
+        let recheck = PARK_AFTER.min(parked_for);
+        // Armed for the first moment the connection could be due, and moved only when it
+        // fires: requests do not touch it.
+        let deadline = tokio::time::sleep(recheck);
+        tokio::pin!(deadline);
+        // Requests begun when hyper's connection was made: it is parked only once it has
+        // answered one (before, it may hold part of a head it would go on waiting for).
+        let mut begun = 0;
+        // Parked as soon as it waits: a connection's first hyper connection, and one whose
+        // client stayed parked for `PARK_AFTER` or longer. A client that came back sooner
+        // is likely to come back soon again, and is parked once it has waited for
+        // `PARK_AFTER`: a new hyper connection per request would cost some 6 000
+        // instructions a request.
+        let mut cold = true;
+        let mut parked_at = Instant::now();
+        let mut stop_registered = false;
+        loop {
+            let next = poll_fn(|cx| {
+                // Polled once, to register this task, then only once the listener
+                // drains: a poll takes a lock the workers' connections share.
+                if !closing
+                    && (!stop_registered || shared.stop.has_changed().unwrap_or(true))
+                    && stopped.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::Stop);
+                }
+                stop_registered = true;
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Deadline);
+                }
+                match &mut state {
+                    State::Http1(conn) => {
+                        let polled = Pin::new(&mut **conn).poll(cx);
+                        if polled.is_ready()
+                            || !I::PARKS
+                            || closing
+                            || !activity.waiting()
+                            || activity.begun() == begun
+                            || !(cold
+                                || activity
+                                    .idle_since()
+                                    .is_some_and(|since| since.elapsed() >= PARK_AFTER))
+                        {
+                            return polled.map(Event::Ended);
+                        }
+                        // Between requests: end hyper's connection without shutting
+                        // the stream down, and park.
+                        activity.set_parking(true);
+                        Pin::new(&mut **conn).graceful_shutdown();
+                        let again = Pin::new(&mut **conn).poll(cx);
+                        if again.is_pending() {
+                            // Not between requests after all: hyper now closes the
+                            // connection after the exchange in hand.
+                            activity.set_parking(false);
+                            closing = true;
+                        }
+                        again.map(Event::Ended)
+                    }
+                    State::Parked(stream, ..) => {
+                        stream.get_ref().poll_read_ready(cx).map(Event::Readable)
+                    }
+                    State::Http2(conn) => conn.as_mut().poll(cx).map(Event::Ended),
+                    State::Ended => Poll::Ready(Event::Ended(Ok(()))),
+                }
+            })
+            .await;
+            match next {
+                Event::Stop => {
+                    closing = true;
+                    if !state.graceful_shutdown() {
+                        return;
+                    }
+                }
+                Event::Deadline => {
+                    let now = Instant::now();
+                    // Waiting for a request head, with nothing in hand.
+                    let waiting = match state {
+                        State::Parked(..) => true,
+                        State::Http1(_) => activity.waiting(),
+                        State::Http2(_) | State::Ended => false,
+                    };
+                    let limit = if waiting { parked_for } else { idle };
+                    let at = match activity.idle_since() {
+                        Some(since) if now >= since + limit => {
+                            if waiting || !closing {
+                                tracing::debug!(%peer, "closing a connection idle for {limit:?}");
+                                metrics.timed_out_idle.inc();
+                            }
+                            if waiting {
+                                return;
+                            }
+                            closing = true;
+                            state.graceful_shutdown();
+                            // Looked at again in case it then waits for a head.
+                            now + parked_for
+                        }
+                        Some(since) => [since + PARK_AFTER, since + parked_for, since + idle]
+                            .into_iter()
+                            .find(|at| *at > now)
+                            .unwrap_or(now + recheck),
+                        None => now + recheck,
+                    };
+                    deadline.as_mut().reset(at);
+                }
+                Event::Ended(ended) => {
+                    if activity.parking() && ended.is_ok() {
+                        activity.set_parking(false);
+                        if let State::Http1(conn) = std::mem::replace(&mut state, State::Ended) {
+                            // `None`: the connection was upgraded and is the upgrade's now.
+                            if let Some(parts) = conn.into_parts() {
+                                let mut stream = parts.io.into_inner();
+                                stream.unread(&parts.read_buf);
+                                let gauge = ParkedGauge::new(&metrics.parked);
+                                parked_at = Instant::now();
+                                state = State::Parked(stream, parts.service, gauge);
+                                continue;
+                            }
+                        }
+                    }
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
                     return;
                 }
-                let conn = http1.serve_connection(TokioIo::new(stream), service);
-                state = State::Http1(Box::new(conn.with_upgrades()));
-                begun = activity.begun();
-                cold = parked_at.elapsed() >= PARK_AFTER;
+                Event::Readable(ready) => {
+                    let State::Parked(stream, service, gauge) =
+                        std::mem::replace(&mut state, State::Ended)
+                    else {
+                        return;
+                    };
+                    drop(gauge);
+                    if let Err(e) = ready {
+                        tracing::debug!(error = %e, %peer, "a parked connection failed");
+                        return;
+                    }
+                    let conn = http1.serve_connection(TokioIo::new(stream), service);
+                    state = State::Http1(Box::new(conn.with_upgrades()));
+                    begun = activity.begun();
+                    cold = parked_at.elapsed() >= PARK_AFTER;
+                }
             }
         }
     }
