@@ -151,66 +151,78 @@ impl Forwarder {
     /// its share of the forwarder, so that a server's handler returns it as it is
     /// (`move |req, peer| Arc::clone(&forwarder).handle(req, peer)`) rather than
     /// wrapping it in a future of its own, which would move it again.
-    pub async fn handle(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future, an async block once"
+    )]
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
-    ) -> Response<ProxyBody> {
-        let trace = TraceContext::from_headers(req.headers(), self.store.entropy());
-        let mut ctx = RequestCtx::new(peer, trace);
-        let mut serving = None;
-        let result = self.proxy(&mut ctx, &mut serving, req).await;
-        self.log(ctx, serving, result)
+    ) -> impl Future<Output = Response<ProxyBody>> {
+        async move {
+            let trace = TraceContext::from_headers(req.headers(), self.store.entropy());
+            let mut ctx = RequestCtx::new(peer, trace);
+            let mut serving = None;
+            let result = self.proxy(&mut ctx, &mut serving, req).await;
+            self.log(ctx, serving, result)
+        }
     }
 
     /// The phases, in order; the first that refuses answers the request.
-    async fn proxy(
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future, an async block once"
+    )]
+    fn proxy(
         &self,
         ctx: &mut RequestCtx,
         serving: &mut Option<Serving>,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let runtime = self.store.load().ok_or(ProxyError::NotReady)?;
-        if self.access_log.is_on() || self.spans.is_some() {
-            ctx.line = Some(self.request_line(&req));
+    ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+        async move {
+            let runtime = self.store.load().ok_or(ProxyError::NotReady)?;
+            if self.access_log.is_on() || self.spans.is_some() {
+                ctx.line = Some(self.request_line(&req));
+            }
+            let (index, routed) = self.route(ctx, &runtime, req).await?;
+            let serving = serving.insert(Serving::new(runtime, index, ctx.start));
+            let Routed {
+                parts,
+                body,
+                upgrade,
+                authority,
+            } = routed;
+            self.admit(ctx, serving, &parts.headers).await?;
+            let body = self.limit(ctx, serving, &parts.headers, body).await?;
+            let (slot, body) = self.reserve(ctx, serving, &parts.headers, body).await?;
+            let (protocol, on_upgrade) = upgrade.unzip();
+            let head = UpstreamHead::new(
+                &parts,
+                authority.as_ref(),
+                ctx.peer,
+                self.config
+                    .trusted_proxies
+                    .contains(ctx.peer.ip().to_canonical()),
+                ctx.caller.as_ref(),
+                protocol,
+            );
+            let outbound = Outbound {
+                head,
+                body,
+                upgrade: on_upgrade,
+                rate: std::mem::take(&mut ctx.rate),
+            };
+            let mut upstream = UpstreamLog {
+                attempts: self.spans.as_ref().map(|_| Vec::new()),
+                ..UpstreamLog::default()
+            };
+            let result = self
+                .send(ctx, serving, &parts.headers, slot, outbound, &mut upstream)
+                .await;
+            ctx.upstream = upstream;
+            result
         }
-        let (index, routed) = self.route(ctx, &runtime, req).await?;
-        let serving = serving.insert(Serving::new(runtime, index, ctx.start));
-        let Routed {
-            parts,
-            body,
-            upgrade,
-            authority,
-        } = routed;
-        self.admit(ctx, serving, &parts.headers).await?;
-        let body = self.limit(ctx, serving, &parts.headers, body).await?;
-        let (slot, body) = self.reserve(ctx, serving, &parts.headers, body).await?;
-        let (protocol, on_upgrade) = upgrade.unzip();
-        let head = UpstreamHead::new(
-            &parts,
-            authority.as_ref(),
-            ctx.peer,
-            self.config
-                .trusted_proxies
-                .contains(ctx.peer.ip().to_canonical()),
-            ctx.caller.as_ref(),
-            protocol,
-        );
-        let outbound = Outbound {
-            head,
-            body,
-            upgrade: on_upgrade,
-            rate: std::mem::take(&mut ctx.rate),
-        };
-        let mut upstream = UpstreamLog {
-            attempts: self.spans.as_ref().map(|_| Vec::new()),
-            ..UpstreamLog::default()
-        };
-        let result = self
-            .send(ctx, serving, &parts.headers, slot, outbound, &mut upstream)
-            .await;
-        ctx.upstream = upstream;
-        result
     }
 
     /// Route: normalises the path, reads the client address and capability, sets an
