@@ -157,10 +157,12 @@ impl Connections {
 
     /// How many connections every worker holds, and how many of those are parked.
     pub fn counts(&self) -> (usize, usize) {
-        self.lists.iter().fold((0, 0), |(open, parked_), list| {
-            let l = lock(list);
-            (open + l.conns.len(), parked_ + parked(&l))
-        })
+        self.lists
+            .iter()
+            .fold((0, 0), |(all, parked_in_all), list| {
+                let l = lock(list);
+                (all + l.conns.len(), parked_in_all + parked(&l))
+            })
     }
 
     /// Sends `req` (its URI in origin form, its `Host` set) to `endpoint` over a ready
@@ -180,14 +182,22 @@ impl Connections {
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let list = self.list();
-        while let Some(link) = take_ready(list, now) {
-            let mut live = match link {
-                Link::Live(live) => live,
+        loop {
+            // A new connection's failure is the request's; a kept one may have been
+            // closed before the request went out, and the next is tried.
+            let (mut live, kept) = match take_ready(list, now) {
+                Some(Link::Live(live)) => (live, true),
                 // Boxed, as a new connection is below: the rare case.
-                Link::Parked(stream) => match Box::pin(drive(stream)).await {
-                    Ok(live) => live,
+                Some(Link::Parked(stream)) => match Box::pin(drive(stream)).await {
+                    Ok(live) => (live, true),
                     Err(_) => continue,
                 },
+                // Boxed: every request's future has room for what it awaits, and a
+                // new connection (a lookup, a connect) is the rare case.
+                None => {
+                    let stream = Box::pin(connect(endpoint, dns, connect_timeout)).await?;
+                    (Box::pin(drive(stream)).await?, false)
+                }
             };
             match live.sender.try_send_request(req).await {
                 Ok(resp) => {
@@ -201,28 +211,10 @@ impl Connections {
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
-                    // Closed before the request went out: try the next one.
-                    Some(back) => req = back,
-                    None => return Err(SendError::Http(e.into_error())),
+                    Some(back) if kept => req = back,
+                    _ => return Err(SendError::Http(e.into_error())),
                 },
             }
-        }
-        // Boxed: every request's future has room for what it awaits, and a new
-        // connection (a lookup, a connect) is the rare case.
-        let stream = Box::pin(connect(endpoint, dns, connect_timeout)).await?;
-        let mut live = Box::pin(drive(stream)).await?;
-        match live.sender.try_send_request(req).await {
-            Ok(resp) => {
-                put(
-                    list,
-                    Conn {
-                        link: Link::Live(live),
-                        used: now,
-                    },
-                );
-                Ok(resp)
-            }
-            Err(e) => Err(SendError::Http(e.into_error())),
         }
     }
 }
@@ -261,15 +253,13 @@ fn take_ready(list: &Mutex<List>, now: Instant) -> Option<Link> {
     let mut i = list.conns.len();
     while i > 0 {
         i -= 1;
-        let conn = &list.conns[i];
-        let fresh = now.duration_since(conn.used) <= IDLE_TIMEOUT;
-        match &conn.link {
+        match &list.conns[i].link {
             Link::Live(live) if live.sender.is_closed() => drop(list.conns.remove(i)),
             Link::Live(live) if !live.sender.is_ready() => {}
             Link::Parked(stream) if !open(stream) => drop(list.conns.remove(i)),
             _ => {
                 let conn = list.conns.remove(i);
-                if fresh {
+                if now.duration_since(conn.used) <= IDLE_TIMEOUT {
                     return Some(conn.link);
                 }
             }
