@@ -39,7 +39,9 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -135,16 +137,20 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The HTTP/1.1 connection builder with these limits; `timed` adds hyper's own
+    /// The HTTP/1.1 connection builder with these limits. `timed`: hyper's own
     /// header-read timeout, for connections that are not parked between requests.
+    /// Otherwise the connection's own deadline bounds the wait for a head, and hyper
+    /// gets a timer whose sleeps never end ([`Untimed`]).
     fn http1(&self, timed: bool) -> http1::Builder {
         let mut builder = http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
             .max_headers(self.max_headers)
-            .max_buf_size(self.max_header_bytes.max(8192));
+            .max_buf_size(self.max_header_bytes.max(8192))
+            .header_read_timeout(self.header_read_timeout);
         if timed {
-            builder.header_read_timeout(self.header_read_timeout);
+            builder.timer(TokioTimer::new());
+        } else {
+            builder.timer(Untimed);
         }
         builder
     }
@@ -161,6 +167,41 @@ impl ServerConfig {
             .keep_alive_timeout(self.h2_keep_alive);
         builder
     }
+}
+
+/// hyper's timer for connections the listener times itself (cleartext HTTP/1.1,
+/// parked between requests). A header-read timeout is what makes hyper read again as
+/// soon as it has answered a request (the read that finds nothing is how the listener
+/// sees the connection wait, and parks it), so one is set; but the connection's own
+/// deadline closes one whose head is late, and these sleeps never end. They cost
+/// neither an allocation nor an entry in the runtime's timers, which hyper's own
+/// timer (a 30-second default if none were set) would take for every request.
+#[derive(Clone, Copy, Debug)]
+struct Untimed;
+
+/// A sleep that never ends (see [`Untimed`]): it keeps no waker, as none is woken.
+struct Endless;
+
+impl Future for Endless {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending
+    }
+}
+
+impl hyper::rt::Sleep for Endless {}
+
+impl hyper::rt::Timer for Untimed {
+    fn sleep(&self, _: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Endless)
+    }
+
+    fn sleep_until(&self, _: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Endless)
+    }
+
+    fn reset(&self, _: &mut Pin<Box<dyn hyper::rt::Sleep>>, _: std::time::Instant) {}
 }
 
 /// Whether a failed `accept()` says the process or the system ran out of file

@@ -253,3 +253,35 @@ async fn parked_connections_close_on_time_and_when_the_listener_drains() {
     );
     stopping.await.expect("stopped");
 }
+
+/// A connection with hyper (its client came back at once with half a head, which
+/// hyper holds while it waits for the rest) is held to the configured header-read
+/// timeout, not to hyper's own default of 30 seconds.
+#[tokio::test(start_paused = true)]
+async fn half_a_head_waits_out_the_configured_header_read_timeout() {
+    let header_read = Duration::from_secs(60);
+    let server = start(ServerConfig {
+        header_read_timeout: header_read,
+        idle_timeout: Duration::from_secs(120),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut conn = TcpStream::connect(server.addr).await.expect("connect");
+    conn.write_all(b"GET /first HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    read_response(&mut conn, "/first").await;
+    let answered = tokio::time::Instant::now();
+    conn.write_all(b"GET /half HTTP/1.1\r\nho")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    // A reset is a close too.
+    let _ = conn.read_to_end(&mut rest).await;
+    assert!(
+        answered.elapsed() >= header_read && answered.elapsed() < header_read + PARK_AFTER,
+        "closed after {:?}",
+        answered.elapsed()
+    );
+    server.stop().await;
+}
