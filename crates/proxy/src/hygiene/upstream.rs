@@ -52,11 +52,9 @@ impl UpstreamHead {
         caller: Option<&Caller>,
         upgrade: Option<HeaderValue>,
     ) -> Self {
-        let mut headers = parts.headers.clone();
-        // A clone holds no room to spare: made once for the headers added below
-        // (`X-Forwarded-For`, `X-Forwarded-Proto`, the caller's identity), rather than
-        // by the map doubling as they come.
-        headers.reserve(4);
+        // With room for the headers added below and for each attempt (`X-Forwarded-For`,
+        // `X-Forwarded-Proto`, the caller's identity, `Host`, the trace context).
+        let mut headers = copy_with_room(&parts.headers, 8);
         // A chunked body stays chunked: without the header the client would send a
         // GET's body as no body at all (Transfer-Encoding itself is hop-by-hop).
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
@@ -174,7 +172,7 @@ impl UpstreamHead {
         let mut headers = if last {
             self.headers.take()?
         } else {
-            self.headers.clone()?
+            copy_with_room(self.headers.as_ref()?, 4)
         };
         let direct = self.direct(upstream);
         let mut req = Request::new(body);
@@ -184,8 +182,6 @@ impl UpstreamHead {
         } else {
             upstream.uri(endpoint, &self.path)
         };
-        // Room for `traceparent` and `tracestate`, added for the attempt.
-        headers.reserve(2);
         if direct
             && !headers.contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(endpoint.as_str())
@@ -204,6 +200,18 @@ impl UpstreamHead {
         *req.headers_mut() = headers;
         Some(req)
     }
+}
+
+/// A copy of `headers` with room for `room` more. `HeaderMap::clone` copies the
+/// entries with no room to spare, and `HeaderMap::reserve` makes none in them while
+/// the map's index has some (as a map hyper parsed into usually has): each header
+/// added to such a copy would first copy all the others to a new allocation.
+fn copy_with_room(headers: &HeaderMap, room: usize) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len() + room);
+    for (name, value) in headers {
+        copy.append(name.clone(), value.clone());
+    }
+    copy
 }
 
 /// `ip` as a header value.
@@ -257,6 +265,26 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_with_room_keeps_every_line_in_order() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5")] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let copy = copy_with_room(&headers, 8);
+        assert_eq!(copy, headers);
+        let lines = |m: &HeaderMap| -> Vec<(String, String)> {
+            m.iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().expect("text").to_owned()))
+                .collect()
+        };
+        assert_eq!(lines(&copy), lines(&headers));
+        assert!(copy.capacity() >= headers.len() + 8);
+    }
 
     #[test]
     fn an_untrusted_peer_replaces_the_forwarding_headers_a_trusted_one_extends_them() {
