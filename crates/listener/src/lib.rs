@@ -146,6 +146,9 @@ impl ServerConfig {
         builder
             .max_headers(self.max_headers)
             .max_buf_size(self.max_header_bytes.max(8192))
+            // One buffer per write (the body copied after the head) costs less than
+            // hyper's queue of buffers for `writev`, large bodies included.
+            .writev(false)
             .header_read_timeout(self.header_read_timeout);
         if timed {
             builder.timer(TokioTimer::new());
