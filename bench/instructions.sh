@@ -14,13 +14,18 @@
 # IR_PORT_BASE (19700), IR_KEEP (a directory to keep the callgrind files in, for
 # callgrind_annotate), IR_ARGS (extra `sluice proxy` flags for every Sluice binary),
 # IR_ACCESS_LOG (off; json or text: Sluice's access log, on stdout into a file; nginx
-# keeps none).
+# keeps none), IR_SCENARIO (plain; limits: API-key authentication and a per-consumer
+# rate limit on both sides, as in ab.sh: nginx checks the key with a `map` and applies
+# a `limit_req` keyed by it).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 (($#)) || { echo "usage: $0 SLUICE_BINARY..." >&2; exit 2; }
 for b in nginx valgrind callgrind_control python3; do
   command -v "$b" >/dev/null || { echo "needs $b (apt-get install nginx valgrind python3)" >&2; exit 2; }
 done
+SCENARIO=${IR_SCENARIO:-plain}
+[[ $SCENARIO == plain || $SCENARIO == limits ]] || { echo "IR_SCENARIO: plain or limits" >&2; exit 2; }
+KEY=bench-consumer-key-0123456789
 REQUESTS=${IR_REQUESTS:-2000}
 CONNECTIONS=${IR_CONNECTIONS:-4}
 base=${IR_PORT_BASE:-19700}
@@ -35,7 +40,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$run/up" "$run/px/tmp"
+mkdir -p "$run/up" "$run/px/tmp" "$run/manifests"
+limit_conf="" check_conf="" auth=""
+if [[ $SCENARIO == limits ]]; then
+  limit_conf="map \$http_authorization \$consumer { \"Bearer $KEY\" bench; default \"\"; }
+  limit_req_zone \$consumer zone=consumers:10m rate=1000000r/s;"
+  check_conf="if (\$consumer = \"\") { return 401; } limit_req zone=consumers burst=1000000 nodelay;"
+  auth="Bearer $KEY"
+fi
 cat > "$run/up/nginx.conf" <<CONF
 daemon off; worker_processes 1; pid nginx.pid; error_log error.log warn;
 events { worker_connections 1024; }
@@ -48,11 +60,13 @@ events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path tmp; proxy_temp_path tmp; fastcgi_temp_path tmp;
   uwsgi_temp_path tmp; scgi_temp_path tmp;
+  $limit_conf
   upstream agent { least_conn; server 127.0.0.1:$UP; keepalive 32; }
   server { listen 127.0.0.1:$PROXY;
-    location / { proxy_pass http://agent; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+    location / { $check_conf
+      proxy_pass http://agent; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
-cat > "$run/pool.yaml" <<CONF
+cat > "$run/manifests/pool.yaml" <<CONF
 apiVersion: sluice.dev/v1alpha1
 kind: AgentPool
 metadata: {name: bench, namespace: bench}
@@ -61,17 +75,38 @@ spec:
   backends: [{endpoints: ["127.0.0.1:$UP"]}]
   loadBalancing: {algorithm: LeastRequest}
 CONF
+if [[ $SCENARIO == limits ]]; then
+  cat >> "$run/manifests/pool.yaml" <<CONF
+  access: {public: false, tiers: [standard]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-consumer, namespace: bench, labels: {sluice.dev/consumer: bench}}
+stringData: {api-key: "$KEY", tier: standard}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: RatePolicy
+metadata: {name: per-consumer, namespace: bench}
+spec:
+  targetRefs: [{kind: AgentPool, name: bench}]
+  key: {type: Consumer}
+  tiers: [{name: standard, limits: [{requests: 1000000000, period: 1s}]}]
+CONF
+fi
 nginx -p "$run/up/" -c "$run/up/nginx.conf" &
 pids+=($!)
 
 load() { # requests connections
-  python3 - "$PROXY" "$1" "$2" <<'PY'
+  python3 - "$PROXY" "$1" "$2" "$auth" <<'PY'
 import http.client, sys
 port, n, c = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+headers = {"Host": "bench"}
+if sys.argv[4]:
+    headers["Authorization"] = sys.argv[4]
 conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(c)]
 for i in range(n):
     conn = conns[i % c]
-    conn.request("GET", "/bench", headers={"Host": "bench"})
+    conn.request("GET", "/bench", headers=headers)
     r = conn.getresponse(); r.read()
     if r.status != 200: sys.exit(f"status {r.status}")
 PY
@@ -108,6 +143,6 @@ for bin in "$@"; do
   # shellcheck disable=SC2206 # IR_ARGS is split on purpose
   extra+=(${IR_ARGS:-})
   measure "sluice $("$bin" --version | awk '{print $2, $3}')" \
-    "$bin" proxy --config "$run/pool.yaml" \
+    "$bin" proxy --config "$run/manifests" \
     --listen "127.0.0.1:$PROXY" --admin "127.0.0.1:$ADMIN" "${extra[@]}"
 done
