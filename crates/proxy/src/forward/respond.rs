@@ -91,15 +91,15 @@ impl BodyWatch for SlotWatch {
 /// cut by the whole-request timeout, only by the stream's own limit and the idle
 /// timeout.
 fn is_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start().to_ascii_lowercase();
-            ct.starts_with("text/event-stream")
-                || ct.starts_with("application/x-ndjson")
-                || ct.starts_with("application/grpc")
-        })
+    headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        let ct = ct.as_bytes().trim_ascii_start();
+        // Compared without a lower-cased copy: this runs for every response.
+        let starts = |prefix: &str| {
+            ct.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        starts("text/event-stream") || starts("application/x-ndjson") || starts("application/grpc")
+    })
 }
 
 #[cfg(test)]
@@ -115,6 +115,18 @@ mod tests {
             "text/event-stream; charset=utf-8".parse().expect("v"),
         );
         assert!(is_stream(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            " Application/X-NDJSON".parse().expect("v"),
+        );
+        assert!(is_stream(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/grpc+proto".parse().expect("v"),
+        );
+        assert!(is_stream(&h));
+        h.insert(header::CONTENT_TYPE, "text/event".parse().expect("v"));
+        assert!(!is_stream(&h));
         h.insert(header::CONTENT_TYPE, "application/json".parse().expect("v"));
         assert!(!is_stream(&h));
     }
