@@ -15,7 +15,7 @@ use http::request::Parts;
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Uri};
 
-use super::client_ip::X_FORWARDED_FOR;
+use super::client_ip::{X_FORWARDED_FOR, push_ip};
 
 // Header names built at compile time: a name given as a string is parsed on every use.
 const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
@@ -219,27 +219,6 @@ fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
     let mut text = String::with_capacity(15);
     push_ip(&mut text, ip);
     HeaderValue::try_from(text).ok()
-}
-
-/// Appends `ip` to `text`. An IPv4 address is written digit by digit: through
-/// `Display` it costs more than the rest of the forwarding headers together.
-fn push_ip(text: &mut String, ip: IpAddr) {
-    let IpAddr::V4(v4) = ip else {
-        text.push_str(&ip.to_string());
-        return;
-    };
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text.push('.');
-        }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
-    }
 }
 
 /// Appends `peer` to `X-Forwarded-For`, joining the lines the client sent into one list

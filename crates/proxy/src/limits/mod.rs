@@ -52,6 +52,7 @@ pub use tokens::{TokenCounts, TokenSettlement, TokenStats, UsageWatch, usage_tot
 
 use crate::access_log::LimitRecord;
 use crate::clock::SharedClock;
+use crate::hygiene::client_ip::push_ip;
 use crate::metrics::Metrics;
 
 /// Keys one store tracks at most, unless configured otherwise.
@@ -436,12 +437,20 @@ impl PolicyRt {
     }
 
     fn key_bytes(&self, s: &Subject<'_>) -> Vec<u8> {
+        // Put together without `format!`, which costs more than the rest of the key's
+        // work (`ip:` and the address as `Display` writes it).
+        let ip = || {
+            let mut key = String::with_capacity(20);
+            key.push_str("ip:");
+            push_ip(&mut key, s.client_ip);
+            key.into_bytes()
+        };
         let mut key = match self.key_type {
             RateKeyType::Consumer => match s.consumer {
-                Some((c, _)) => format!("consumer:{c}").into_bytes(),
-                None => format!("ip:{}", s.client_ip).into_bytes(),
+                Some((c, _)) => [b"consumer:".as_slice(), c.as_bytes()].concat(),
+                None => ip(),
             },
-            RateKeyType::ClientIp => format!("ip:{}", s.client_ip).into_bytes(),
+            RateKeyType::ClientIp => ip(),
             // A caller without the header (or with it empty) is keyed by client IP,
             // as an anonymous caller of a Consumer key is: callers that leave the
             // header out neither share one bucket nor escape the limit.
@@ -453,7 +462,7 @@ impl PolicyRt {
                 .filter(|v| !v.is_empty())
             {
                 Some(value) => [b"header:".as_slice(), value].concat(),
-                None => format!("ip:{}", s.client_ip).into_bytes(),
+                None => ip(),
             },
             RateKeyType::Pool => b"pool".to_vec(),
         };
@@ -469,3 +478,74 @@ static EMPTY_TIER: TierRt = TierRt {
     requests: Vec::new(),
     tokens: Vec::new(),
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes a caller is counted under name its counters in Redis too, where
+    /// replicas of every version meet: they stay what `format!` wrote.
+    #[test]
+    fn limit_keys_are_spelled_as_before() {
+        let policy = |key_type, per_pool| PolicyRt {
+            key: "ns/policy".into(),
+            key_type,
+            header: Some(HeaderName::from_static("x-user")),
+            per_pool,
+            default_tier: "standard".into(),
+            soft: None,
+            token_estimate: 0,
+            dry_run: false,
+            tiers: HashMap::new(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", HeaderValue::from_static("alice"));
+        let empty = HeaderMap::new();
+        for ip in [
+            "10.0.0.1",
+            "203.0.113.255",
+            "0.0.0.0",
+            "2001:db8::7",
+            "::ffff:10.1.2.3",
+        ] {
+            let client_ip: IpAddr = ip.parse().expect("ip");
+            let subject = |consumer, headers| Subject {
+                pool: "ns/pool",
+                pool_index: 0,
+                consumer,
+                client_ip,
+                headers,
+            };
+            let by_ip = format!("ip:{client_ip}").into_bytes();
+            let cases = [
+                (RateKeyType::ClientIp, subject(None, &empty), by_ip.clone()),
+                (RateKeyType::Consumer, subject(None, &empty), by_ip.clone()),
+                (
+                    RateKeyType::Consumer,
+                    subject(Some(("bob", "gold")), &empty),
+                    b"consumer:bob".to_vec(),
+                ),
+                (
+                    RateKeyType::Header,
+                    subject(None, &headers),
+                    b"header:alice".to_vec(),
+                ),
+                (RateKeyType::Header, subject(None, &empty), by_ip.clone()),
+            ];
+            for (key_type, subject, expected) in cases {
+                assert_eq!(
+                    policy(key_type, false).key_bytes(&subject),
+                    expected,
+                    "{ip}"
+                );
+                let mut pooled = expected.clone();
+                pooled.extend_from_slice(b"|ns/pool");
+                assert_eq!(policy(key_type, true).key_bytes(&subject), pooled, "{ip}");
+            }
+            assert_eq!(
+                policy(RateKeyType::Pool, false).key_bytes(&subject(None, &empty)),
+                b"pool|ns/pool"
+            );
+        }
+    }
+}
