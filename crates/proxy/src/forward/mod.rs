@@ -307,10 +307,13 @@ impl Forwarder {
         let limits = &serving.runtime().limits;
         let subject = serving.subject(ctx, headers);
         let (body, outcome) = limits::check_request(limits, &subject, body).await?;
-        // A fallback's limits replace the primary's, none included.
-        ctx.dry_run = outcome.as_ref().and_then(|o| o.dry_run.clone());
-        ctx.limit = outcome.as_ref().and_then(|o| o.binding.clone());
-        if let Some(outcome) = outcome {
+        // A fallback's limits replace the primary's, none included. What is only
+        // logged moves to the context.
+        ctx.dry_run = None;
+        ctx.limit = None;
+        if let Some(mut outcome) = outcome {
+            ctx.dry_run = outcome.dry_run.take();
+            ctx.limit = outcome.binding.take();
             ctx.rate.absorb(outcome);
         }
         Ok(body)

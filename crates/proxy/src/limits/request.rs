@@ -21,10 +21,11 @@ pub struct RateOutcome {
     /// What the request limits charged, given back if the request moves on.
     pub charged: Charged,
     /// The dry-run policy that would have refused the request, for the access log
-    /// (`"ns/policy/tier";q=50;w=60`, as in the `x-sluice-ratelimit-dry-run` header).
+    /// (`"ns/policy/tier";q=50;w=60`, as in the `x-sluice-ratelimit-dry-run` header);
+    /// taken into the request's context.
     pub dry_run: Option<String>,
     /// The limit the `RateLimit` headers report, with what it has left, for the
-    /// access log.
+    /// access log; taken into the request's context.
     pub binding: Option<LimitRecord>,
 }
 
