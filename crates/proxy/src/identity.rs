@@ -10,9 +10,10 @@
 //! ([`crate::auth::client_cert`]); a request without an API key or JWT is then
 //! identified by it (its matched subject, of the default tier) and let in.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use rustls::pki_types::UnixTime;
 use sluice_api::table;
 
@@ -30,9 +31,23 @@ pub const DEFAULT_TIER: &str = "standard";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The consumer's name.
-    pub consumer: String,
+    pub consumer: Arc<str>,
     /// The consumer's tier.
-    pub tier: String,
+    pub tier: Arc<str>,
+    /// `x-sluice-consumer` and `x-sluice-tier`, made with the table for a consumer of
+    /// an API key (every request of the consumer shares them); `None`: made when sent.
+    pub identity_values: Option<[HeaderValue; 2]>,
+}
+
+impl Caller {
+    /// `consumer` of `tier`, its identity headers made when sent.
+    pub fn new(consumer: impl Into<Arc<str>>, tier: impl Into<Arc<str>>) -> Self {
+        Self {
+            consumer: consumer.into(),
+            tier: tier.into(),
+            identity_values: None,
+        }
+    }
 }
 
 /// A pool's JWT verifier and where its keys come from.
@@ -103,19 +118,13 @@ impl Authenticator {
                         .verifier
                         .verify_with(credential.secret(), &auth.keys, SystemTime::now())
                         .await?;
-                    Some(Caller {
-                        consumer: id.consumer,
-                        tier: id.tier,
-                    })
+                    Some(Caller::new(id.consumer, id.tier))
                 }
                 _ => {
-                    let consumer = self.keys.lookup_credential(&credential)?;
+                    let (consumer, caller) = self.keys.lookup_caller(&credential)?;
                     allowed_pools = consumer.allowed_pools.as_ref();
                     by_key = true;
-                    Some(Caller {
-                        consumer: consumer.name.clone(),
-                        tier: consumer.tier.clone(),
-                    })
+                    Some(caller.clone())
                 }
             },
         };
@@ -129,10 +138,7 @@ impl Authenticator {
         if caller.is_none()
             && let Some(subject) = certified
         {
-            return Ok(Some(Caller {
-                consumer: subject.to_owned(),
-                tier: DEFAULT_TIER.to_owned(),
-            }));
+            return Ok(Some(Caller::new(subject, DEFAULT_TIER)));
         }
         let access = &pool.access;
         if access.public {
@@ -140,10 +146,10 @@ impl Authenticator {
         }
         match &caller {
             None => Err(AuthError::Missing),
-            Some(c) if access.consumers.contains(&c.consumer) => Ok(caller),
+            Some(c) if access.consumers.iter().any(|n| **n == *c.consumer) => Ok(caller),
             // A tier counts for consumers of the pool's namespace and of those it names.
             Some(c)
-                if access.tiers.contains(&c.tier)
+                if access.tiers.iter().any(|t| **t == *c.tier)
                     && (!by_key || access.tier_admits(&pool.key, &c.consumer)) =>
             {
                 Ok(caller)

@@ -21,6 +21,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 const STANDARD: Identity<'static> = Identity {
     consumer: "standard-user",
     tier: "standard",
+    values: None,
 };
 
 #[test]
@@ -102,8 +103,24 @@ fn invalid_identity_is_an_error_not_a_silent_drop() {
     let bad = Identity {
         consumer: "a\u{7f}",
         tier: "t",
+        values: None,
     };
     assert!(prepare_upstream(&mut h, Some(&bad)).is_err());
     // The client's copy is gone even though the identity could not be set.
     assert!(!h.contains_key(TIER));
+}
+
+#[test]
+fn identity_values_made_in_advance_are_the_ones_sent() {
+    let values = sluice_proxy::hygiene::headers::identity_values("alice", "gold").expect("valid");
+    let mut h = headers(&[("x-sluice-consumer", "mallory")]);
+    let made = Identity {
+        consumer: "alice",
+        tier: "gold",
+        values: Some(&values),
+    };
+    prepare_upstream(&mut h, Some(&made)).expect("set");
+    assert_eq!(h[CONSUMER], "alice");
+    assert_eq!(h[TIER], "gold");
+    assert_eq!(h.len(), 2);
 }

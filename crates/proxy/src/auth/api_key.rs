@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 use sluice_api::table::KeyHash;
 
 use super::{AuthError, Credential, extract_credential};
+use crate::hygiene::headers::identity_values;
+use crate::identity::Caller;
 
 /// The longest consumer name, tier or pool name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 256;
@@ -89,6 +91,8 @@ pub enum KeyLookup<'a> {
 pub struct KeyStore {
     by_hash: HashMap<KeyHash, usize>,
     consumers: Vec<Consumer>,
+    /// Each consumer as the caller of a request, index for index.
+    callers: Vec<Caller>,
 }
 
 impl fmt::Debug for KeyStore {
@@ -144,6 +148,10 @@ impl KeyStore {
                     });
                 }
                 None => {
+                    // Valid names (checked above) are valid header values.
+                    let mut caller = Caller::new(consumer.name.as_str(), consumer.tier.as_str());
+                    caller.identity_values = identity_values(&consumer.name, &consumer.tier).ok();
+                    store.callers.push(caller);
                     store.consumers.push(consumer);
                     store.consumers.len() - 1
                 }
@@ -182,6 +190,21 @@ impl KeyStore {
     /// [`AuthError::UnknownKey`] when no consumer has that key.
     pub fn lookup_credential(&self, credential: &Credential<'_>) -> Result<&Consumer, AuthError> {
         self.lookup(credential.secret())
+            .ok_or(AuthError::UnknownKey)
+    }
+
+    /// The consumer whose key is `credential`'s secret, and that consumer as a caller.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::UnknownKey`] when no consumer has that key.
+    pub fn lookup_caller(
+        &self,
+        credential: &Credential<'_>,
+    ) -> Result<(&Consumer, &Caller), AuthError> {
+        self.by_hash
+            .get(&hash_key(credential.secret()))
+            .and_then(|&i| Some((self.consumers.get(i)?, self.callers.get(i)?)))
             .ok_or(AuthError::UnknownKey)
     }
 

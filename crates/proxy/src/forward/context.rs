@@ -108,7 +108,7 @@ impl RequestCtx {
 
     /// The caller's tier, when identified.
     pub fn tier(&self) -> Option<&str> {
-        self.caller.as_ref().map(|c| c.tier.as_str())
+        self.caller.as_ref().map(|c| &*c.tier)
     }
 
     /// What the request asks of `pool` when picking an endpoint.
@@ -174,10 +174,7 @@ impl Serving {
         Subject {
             pool: self.pool().key(),
             pool_index: self.index,
-            consumer: ctx
-                .caller
-                .as_ref()
-                .map(|c| (c.consumer.as_str(), c.tier.as_str())),
+            consumer: ctx.caller.as_ref().map(|c| (&*c.consumer, &*c.tier)),
             client_ip: ctx.client_ip,
             headers,
         }

@@ -108,7 +108,7 @@ impl Forwarder {
             return;
         }
         let caller = match &ctx.caller {
-            Some(c) => c.consumer.clone(),
+            Some(c) => c.consumer.to_string(),
             None => format!("anonymous ({})", ctx.client_ip),
         };
         let top = self.store.top();
@@ -180,8 +180,8 @@ fn record(
         path,
         pool: pool.map(|p| p.key().to_owned()),
         endpoint,
-        consumer: ctx.caller.as_ref().map(|c| c.consumer.clone()),
-        tier: ctx.caller.as_ref().map(|c| c.tier.clone()),
+        consumer: ctx.caller.as_ref().map(|c| c.consumer.to_string()),
+        tier: ctx.caller.as_ref().map(|c| c.tier.to_string()),
         auth: ctx.auth,
         ratelimit,
         dry_run: ctx.dry_run.clone(),
@@ -221,8 +221,8 @@ fn span(
         attributes.push(("sluice.pool", p.key().to_owned()));
     }
     if let Some(c) = &ctx.caller {
-        attributes.push(("sluice.consumer", c.consumer.clone()));
-        attributes.push(("sluice.tier", c.tier.clone()));
+        attributes.push(("sluice.consumer", c.consumer.to_string()));
+        attributes.push(("sluice.tier", c.tier.to_string()));
     }
     if let Some(r) = refusal {
         attributes.push(("sluice.reason", r.reason.to_owned()));

@@ -97,6 +97,8 @@ pub struct Identity<'a> {
     pub consumer: &'a str,
     /// The consumer's tier.
     pub tier: &'a str,
+    /// Both as header values, when made already ([`identity_values`]).
+    pub values: Option<&'a [HeaderValue; 2]>,
 }
 
 /// Removes the hop-by-hop headers and every header `Connection` names (except
@@ -203,11 +205,25 @@ pub fn strip_credentials(headers: &mut HeaderMap) {
 /// [`HeaderError::InvalidIdentity`] when a value is empty or not visible ASCII; the
 /// headers are then left unchanged.
 pub fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) -> Result<(), HeaderError> {
-    let consumer = identity_value(identity.consumer, CONSUMER)?;
-    let tier = identity_value(identity.tier, TIER)?;
+    let [consumer, tier] = match identity.values {
+        Some(values) => values.clone(),
+        None => identity_values(identity.consumer, identity.tier)?,
+    };
     headers.insert(CONSUMER_NAME, consumer);
     headers.insert(TIER_NAME, tier);
     Ok(())
+}
+
+/// `x-sluice-consumer` and `x-sluice-tier` for `consumer` of `tier`.
+///
+/// # Errors
+///
+/// [`HeaderError::InvalidIdentity`] when a value is empty or not visible ASCII.
+pub fn identity_values(consumer: &str, tier: &str) -> Result<[HeaderValue; 2], HeaderError> {
+    Ok([
+        identity_value(consumer, CONSUMER)?,
+        identity_value(tier, TIER)?,
+    ])
 }
 
 fn identity_value(value: &str, header: &'static str) -> Result<HeaderValue, HeaderError> {
@@ -285,7 +301,17 @@ mod tests {
     fn identity_values_must_be_visible_ascii() {
         let mut h = HeaderMap::new();
         for (consumer, tier) in [("", "t"), ("a b", "t"), ("é", "t"), ("c", "x\ny")] {
-            assert!(set_identity(&mut h, &Identity { consumer, tier }).is_err());
+            assert!(
+                set_identity(
+                    &mut h,
+                    &Identity {
+                        consumer,
+                        tier,
+                        values: None
+                    }
+                )
+                .is_err()
+            );
         }
         assert!(h.is_empty());
     }

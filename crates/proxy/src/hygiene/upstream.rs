@@ -70,6 +70,7 @@ impl UpstreamHead {
         let identity = caller.map(|c| Identity {
             consumer: &c.consumer,
             tier: &c.tier,
+            values: c.identity_values.as_ref(),
         });
         if prepare_upstream(&mut headers, identity.as_ref()).is_err() {
             // Names and tiers were validated when the table was built; an identity
