@@ -147,34 +147,88 @@ pub(super) fn limited(owner: Owner<'_>, decision: Decision) -> Verdict {
     }
 }
 
+// Built at compile time: a name given as a string is parsed on every use.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// The IETF `RateLimit-Policy` and `RateLimit` headers of one limit. Written without
 /// `format!`, which cost more than checking the limits did.
 fn rate_headers(owner: Owner<'_>, decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
     let w = owner.w_ms.div_ceil(1000).max(1);
-    let mut digits = itoa::Buffer::new();
-    let mut value = |fields: [(&str, u64); 2]| {
-        let mut v = String::with_capacity(owner.policy.key.len() + owner.tier.len() + 32);
-        v.push('"');
-        v.push_str(&owner.policy.key);
-        v.push('/');
-        v.push_str(owner.tier);
-        v.push('"');
-        for (name, n) in fields {
-            v.push(';');
-            v.push_str(name);
-            v.push('=');
-            v.push_str(digits.format(n));
-        }
-        HeaderValue::try_from(v).ok()
-    };
-    let policy = value([("q", u64::from(owner.q)), ("w", w)]);
-    let state = value([
-        ("r", u64::from(decision.remaining())),
-        ("t", decision.reset_secs()),
-    ]);
+    let policy = limit_value(owner, [("q", u64::from(owner.q)), ("w", w)]);
+    let state = limit_value(
+        owner,
+        [
+            ("r", u64::from(decision.remaining())),
+            ("t", decision.reset_secs()),
+        ],
+    );
     // Room for the soft-limit warning, the dry-run refusal or `Retry-After` after them.
     let mut out = Vec::with_capacity(4);
-    out.extend(policy.map(|v| (HeaderName::from_static("ratelimit-policy"), v)));
-    out.extend(state.map(|v| (HeaderName::from_static("ratelimit"), v)));
+    out.extend(policy.map(|v| (RATELIMIT_POLICY, v)));
+    out.extend(state.map(|v| (RATELIMIT, v)));
     out
+}
+
+/// `"POLICY/TIER";a=1;b=2` for `owner`'s limit and `fields`, in a string of just its
+/// length (which a header value then takes over without another allocation).
+fn limit_value(owner: Owner<'_>, fields: [(&str, u64); 2]) -> Option<HeaderValue> {
+    let mut buffers = [itoa::Buffer::new(), itoa::Buffer::new()];
+    let [first, second] = &mut buffers;
+    let fields = [
+        (fields[0].0, first.format(fields[0].1)),
+        (fields[1].0, second.format(fields[1].1)),
+    ];
+    let len = owner.policy.key.len()
+        + owner.tier.len()
+        + 3
+        + fields
+            .iter()
+            .map(|(name, digits)| name.len() + digits.len() + 2)
+            .sum::<usize>();
+    let mut v = String::with_capacity(len);
+    v.push('"');
+    v.push_str(&owner.policy.key);
+    v.push('/');
+    v.push_str(owner.tier);
+    v.push('"');
+    for (name, digits) in fields {
+        v.push(';');
+        v.push_str(name);
+        v.push('=');
+        v.push_str(digits);
+    }
+    HeaderValue::try_from(v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn limit_values_read_as_the_ietf_draft_writes_them() {
+        let policy = PolicyRt {
+            key: "ns/per-user".into(),
+            key_type: sluice_api::table::RateKeyType::Consumer,
+            header: None,
+            per_pool: false,
+            default_tier: "standard".into(),
+            soft: None,
+            token_estimate: 0,
+            dry_run: false,
+            tiers: HashMap::new(),
+        };
+        let owner = Owner {
+            policy: &policy,
+            tier: "gold",
+            q: 100,
+            w_ms: 60_000,
+        };
+        let value = limit_value(owner, [("q", 100), ("w", 60)]).expect("valid");
+        assert_eq!(value, "\"ns/per-user/gold\";q=100;w=60");
+        let value = limit_value(owner, [("r", 0), ("t", u64::MAX)]).expect("valid");
+        assert_eq!(value, "\"ns/per-user/gold\";r=0;t=18446744073709551615");
+    }
 }
