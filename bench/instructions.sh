@@ -76,22 +76,8 @@ spec:
   loadBalancing: {algorithm: LeastRequest}
 CONF
 if [[ $SCENARIO == limits ]]; then
-  cat >> "$run/manifests/pool.yaml" <<CONF
-  access: {public: false, tiers: [standard]}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-consumer, namespace: bench, labels: {sluice.dev/consumer: bench}}
-stringData: {api-key: "$KEY", tier: standard}
----
-apiVersion: sluice.dev/v1alpha1
-kind: RatePolicy
-metadata: {name: per-consumer, namespace: bench}
-spec:
-  targetRefs: [{kind: AgentPool, name: bench}]
-  key: {type: Consumer}
-  tiers: [{name: standard, limits: [{requests: 1000000000, period: 1s}]}]
-CONF
+  echo "  access: {public: false, tiers: [standard]}" >> "$run/manifests/pool.yaml"
+  sed "s/@KEY@/$KEY/" "$(dirname "$0")/conf/sluice/limits.yaml.in" > "$run/manifests/limits.yaml"
 fi
 nginx -p "$run/up/" -c "$run/up/nginx.conf" &
 pids+=($!)
