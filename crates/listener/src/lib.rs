@@ -146,9 +146,10 @@ impl ServerConfig {
         builder
             .max_headers(self.max_headers)
             .max_buf_size(self.max_header_bytes.max(8192))
-            // One buffer per write (the body copied after the head) costs less than
-            // hyper's queue of buffers for `writev`, large bodies included.
-            .writev(false)
+            // hyper's queue of buffers for `writev` stays (as on agent connections):
+            // writing from one buffer costs fewer instructions, but that buffer keeps
+            // the size of the largest body chunk written for as long as the connection
+            // lives.
             .header_read_timeout(self.header_read_timeout);
         if timed {
             builder.timer(TokioTimer::new());

@@ -361,11 +361,7 @@ impl Drop for Sweeping {
 
 /// A hyper connection over `stream`, its task spawned on the calling thread's runtime.
 async fn drive(stream: TcpStream) -> Result<Live, hyper::Error> {
-    // Writes from one buffer, as the listener's (see `sluice_listener`).
-    let (sender, conn) = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     let task = tokio::spawn(async move {
         match conn.without_shutdown().await {
             // Handed back once the sender is dropped, the connection idle: parked if
