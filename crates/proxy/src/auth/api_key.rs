@@ -176,11 +176,14 @@ impl KeyStore {
         &self.consumers
     }
 
+    /// The index of the consumer whose key is `key`, in `consumers` and `callers`.
+    fn index_of(&self, key: &str) -> Option<usize> {
+        self.by_hash.get(&hash_key(key)).copied()
+    }
+
     /// The consumer whose key is `key`.
     pub fn lookup(&self, key: &str) -> Option<&Consumer> {
-        self.by_hash
-            .get(&hash_key(key))
-            .and_then(|&i| self.consumers.get(i))
+        self.consumers.get(self.index_of(key)?)
     }
 
     /// The consumer whose key is `credential`'s secret.
@@ -202,9 +205,8 @@ impl KeyStore {
         &self,
         credential: &Credential<'_>,
     ) -> Result<(&Consumer, &Caller), AuthError> {
-        self.by_hash
-            .get(&hash_key(credential.secret()))
-            .and_then(|&i| Some((self.consumers.get(i)?, self.callers.get(i)?)))
+        self.index_of(credential.secret())
+            .and_then(|i| Some((self.consumers.get(i)?, self.callers.get(i)?)))
             .ok_or(AuthError::UnknownKey)
     }
 
