@@ -17,6 +17,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::Either;
 
 use http::{Request, Response};
 use http_body::Body;
@@ -32,7 +36,7 @@ use tokio::time::Instant;
 use crate::activity::{Activity, Tracked};
 use crate::stream::{ClientStream, Stream, Version, read_version};
 use crate::tls::PeerCertificates;
-use crate::{ConnectionMetrics, PARK_AFTER, ServerConfig};
+use crate::{ConnectionMetrics, Held, PARK_AFTER, ServerConfig};
 
 /// A request extension: the request came over a TLS connection (the handler tells
 /// agents `X-Forwarded-Proto: https`).
@@ -54,16 +58,36 @@ pub(crate) struct Shared<H> {
     pub(crate) stop: watch::Receiver<bool>,
 }
 
-/// Serves one accepted connection until it ends.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice in its future, an async block once"
-)]
+pin_project_lite::pin_project! {
+    /// One accepted connection's task, from accepted to closed.
+    #[project = RunProj]
+    pub(crate) enum Run<C> {
+        /// In clear, served in place.
+        Cleartext { #[pin] serve: C },
+        /// Over TLS, boxed: a handshake's state is large, and a cleartext connection's
+        /// task need not make room for it.
+        Tls { handshake: Pin<Box<dyn Future<Output = ()> + Send>> },
+    }
+}
+
+impl<C: Future<Output = ()>> Future for Run<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match self.project() {
+            RunProj::Cleartext { serve } => serve.poll(cx),
+            RunProj::Tls { handshake } => handshake.as_mut().poll(cx),
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends, holding `held` until then.
 pub(crate) fn run<H, F, B>(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared<H>>,
-) -> impl Future<Output = ()>
+    held: Held,
+) -> Run<impl Future<Output = ()> + Send>
 where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
@@ -71,13 +95,13 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    async move {
-        let Some(tls) = &shared.config.tls else {
-            return serve(stream, peer, None, &shared).await;
+    let Some(tls) = shared.config.tls.clone() else {
+        return Run::Cleartext {
+            serve: serve(stream, peer, None, shared, held),
         };
-        // Boxed: a handshake's state is large, and a cleartext connection's task need not
-        // make room for it.
-        Box::pin(async {
+    };
+    Run::Tls {
+        handshake: Box::pin(async move {
             let timeout = shared.config.tls_handshake_timeout;
             match tokio::time::timeout(timeout, tls.acceptor().accept(stream)).await {
                 Err(_) => {
@@ -103,11 +127,10 @@ where
                                     .collect::<Vec<_>>(),
                             )
                         });
-                    serve(stream, peer, Some(certificates), &shared).await;
+                    serve(stream, peer, Some(certificates), shared, held).await;
                 }
             }
-        })
-        .await;
+        }),
     }
 }
 
@@ -115,19 +138,19 @@ where
 type Io<I> = TokioIo<Stream<I>>;
 
 /// A connection's HTTP, as it stands.
-enum State<'a, I, S>
+enum State<I, S>
 where
     S: HttpService<Incoming>,
 {
     Http1(Box<http1::UpgradeableConnection<Io<I>, S>>),
     /// HTTP/1.1 between requests: the stream and the service, no hyper connection.
-    Parked(Stream<I>, S, ParkedGauge<'a>),
+    Parked(Stream<I>, S, ParkedGauge),
     Http2(Pin<Box<http2::Connection<Io<I>, S, TokioExecutor>>>),
     /// Only while the state is being replaced.
     Ended,
 }
 
-impl<I, S, B> State<'_, I, S>
+impl<I, S, B> State<I, S>
 where
     I: ClientStream,
     S: HttpService<Incoming, ResBody = B>,
@@ -150,16 +173,16 @@ where
 }
 
 /// Counts a connection as parked while it is.
-struct ParkedGauge<'a>(&'a IntGauge);
+struct ParkedGauge(IntGauge);
 
-impl<'a> ParkedGauge<'a> {
-    fn new(gauge: &'a IntGauge) -> Self {
+impl ParkedGauge {
+    fn new(gauge: &IntGauge) -> Self {
         gauge.inc();
-        Self(gauge)
+        Self(gauge.clone())
     }
 }
 
-impl Drop for ParkedGauge<'_> {
+impl Drop for ParkedGauge {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -180,16 +203,21 @@ enum Event {
 /// HTTP over `io` until the connection ends. Over TLS (`tls` is the client's
 /// certificates, if any), each request carries [`OverTls`], and [`PeerCertificates`]
 /// when the client presented some.
+///
+/// In two phases, the second made by the first: what only the wait for the first
+/// bytes needs (the raw stream, the certificates, that wait's timers) is gone from
+/// the connection's task, not kept beside the exchanges for as long as it is open.
 #[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice in its future, an async block once"
+    clippy::async_yields_async,
+    reason = "the first phase yields the second, which `flatten` then runs"
 )]
-fn serve<'a, I, H, F, B>(
+fn serve<I, H, F, B>(
     mut io: I,
     peer: SocketAddr,
     tls: Option<Option<PeerCertificates>>,
-    shared: &'a Shared<H>,
-) -> impl Future<Output = ()> + 'a
+    shared: Arc<Shared<H>>,
+    held: Held,
+) -> impl Future<Output = ()> + Send
 where
     I: ClientStream,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -199,25 +227,24 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     async move {
-        let config = &shared.config;
-        let metrics = &shared.metrics;
         // The header-read timeout covers the wait for the first bytes too; a connection
         // that has sent none when the listener drains is closed.
         let mut stop = shared.stop.clone();
-        let first = tokio::time::timeout(config.header_read_timeout, read_version(&mut io));
+        let timeout = shared.config.header_read_timeout;
+        let first = tokio::time::timeout(timeout, read_version(&mut io));
         let first = tokio::select! {
             first = first => first,
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => return Either::Right(std::future::ready(())),
         };
         let (version, first) = match first {
             Err(_) => {
-                metrics.timed_out_first_bytes.inc();
+                shared.metrics.timed_out_first_bytes.inc();
                 tracing::debug!(%peer, "no request within the header-read timeout");
-                return;
+                return Either::Right(std::future::ready(()));
             }
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, %peer, "connection ended before a request");
-                return;
+                return Either::Right(std::future::ready(()));
             }
             Ok(Ok(read)) => read,
         };
@@ -240,36 +267,96 @@ where
             let response = Box::into_pin(Box::write(slot, handler(req, peer)));
             async move { Ok::<_, Infallible>(response.await.map(|body| Tracked::new(body, busy))) }
         });
-        let http1 = if I::PARKS {
-            &shared.http1_parked
-        } else {
-            &shared.http1
-        };
         let stream = TokioIo::new(Stream::new(io, first, activity.clone()));
-        let mut state = match version {
+        let state = match version {
             Version::Http1 => State::Http1(Box::new(
-                http1.serve_connection(stream, service).with_upgrades(),
+                http1_builder::<I, H>(&shared)
+                    .serve_connection(stream, service)
+                    .with_upgrades(),
             )),
             Version::Http2 => {
                 State::Http2(Box::pin(shared.http2.serve_connection(stream, service)))
             }
         };
+        Either::Left(exchange(state, activity, stop, peer, shared, held))
+    }
+    .flatten()
+}
 
+/// How long a connection may go without a request.
+struct Timeouts {
+    /// With no request in flight.
+    idle: Duration,
+    /// Waiting for a request head, parked or not: hyper closes a connection that does
+    /// not send it within the header-read timeout.
+    parked_for: Duration,
+    /// How soon the deadline looks again when nothing is due before.
+    recheck: Duration,
+}
+
+impl Timeouts {
+    fn of(config: &ServerConfig) -> Self {
+        let idle = config.idle_timeout;
+        let parked_for = idle.min(config.header_read_timeout);
+        Self {
+            idle,
+            parked_for,
+            recheck: PARK_AFTER.min(parked_for),
+        }
+    }
+}
+
+/// The HTTP/1.1 builder for connections over `I`.
+fn http1_builder<I: ClientStream, H>(shared: &Shared<H>) -> &http1::Builder {
+    if I::PARKS {
+        &shared.http1_parked
+    } else {
+        &shared.http1
+    }
+}
+
+/// The exchanges of a connection whose first bytes came: `state` until it ends,
+/// parked between requests where it can be, closed when idle or when the listener
+/// drains; `held` is held until then.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future, an async block once"
+)]
+fn exchange<I, S, B, H>(
+    mut state: State<I, S>,
+    activity: Arc<Activity>,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    shared: Arc<Shared<H>>,
+    held: Held,
+) -> impl Future<Output = ()> + Send
+where
+    I: ClientStream,
+    S: HttpService<Incoming, ResBody = B> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    H: Send + Sync + 'static,
+{
+    async move {
+        // Held (as a capture, not a second copy) until the connection ends.
+        let _ = &held;
+        let shared = &*shared;
+        let config = &shared.config;
+        let metrics = &shared.metrics;
+        let http1 = http1_builder::<I, H>(shared);
         let mut closing = *stop.borrow_and_update();
         if closing {
             state.graceful_shutdown();
         }
         let stopped = stop.wait_for(|stop| *stop);
         tokio::pin!(stopped);
-        let idle = config.idle_timeout;
-        // How long a connection may wait for a request head, parked or not: hyper closes
-        // one that does not send it within the header-read timeout.
-        let parked_for = idle.min(config.header_read_timeout);
-        // How soon the deadline looks again when nothing is due before.
-        let recheck = PARK_AFTER.min(parked_for);
         // Armed for the first moment the connection could be due, and moved only when it
         // fires: requests do not touch it.
-        let deadline = tokio::time::sleep(recheck);
+        let deadline = tokio::time::sleep(Timeouts::of(config).recheck);
         tokio::pin!(deadline);
         // Requests begun when hyper's connection was made: it is parked only once it has
         // answered one (before, it may hold part of a head it would go on waiting for).
@@ -340,6 +427,12 @@ where
                     }
                 }
                 Event::Deadline => {
+                    // Worked out here, not kept in the task for as long as it runs.
+                    let Timeouts {
+                        idle,
+                        parked_for,
+                        recheck,
+                    } = Timeouts::of(config);
                     let now = Instant::now();
                     // Waiting for a request head, with nothing in hand.
                     let waiting = match state {

@@ -223,12 +223,16 @@ fn connection_gone(e: &io::Error) -> bool {
     )
 }
 
-/// Decrements the open-connections gauge when a connection's task ends, however.
-struct Open(IntGauge);
+/// What an accepted connection holds until its task ends, however it ends: its place
+/// under the connection caps and its count among the open ones.
+pub(crate) struct Held {
+    _permit: limits::Permit,
+    open: IntGauge,
+}
 
-impl Drop for Open {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.dec();
+        self.open.dec();
     }
 }
 
@@ -404,17 +408,18 @@ async fn accept<H, F, B>(
         };
         metrics.accepted.inc();
         metrics.open.inc();
-        let open = Open(metrics.open.clone());
+        let held = Held {
+            _permit: permit,
+            open: metrics.open.clone(),
+        };
         // Small writes (stream lines, acknowledgements, short answers) must not wait
         // for Nagle.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "TCP_NODELAY not set");
         }
-        let shared = shared.clone();
-        connections.spawn(async move {
-            let _held = (permit, open);
-            connection::run(stream, peer, shared).await;
-        });
+        // The connection's future is the task's, not wrapped in another that would
+        // keep a second copy of its arguments for as long as the connection is open.
+        connections.spawn(connection::run(stream, peer, shared.clone(), held));
     }
     // New connections are refused from now on, not left waiting in the backlog.
     drop(listener);
