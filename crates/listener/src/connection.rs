@@ -472,6 +472,7 @@ where
                                 let mut stream = parts.io.into_inner();
                                 stream.unread(&parts.read_buf);
                                 let gauge = ParkedGauge::new(&metrics.parked);
+                                crate::memory::RELEASED.add(1);
                                 parked_at = Instant::now();
                                 state = State::Parked(stream, parts.service, gauge);
                                 continue;

@@ -19,6 +19,8 @@
 //!   close them.
 //!
 //! What happens is counted in [`ListenerMetrics`]. It knows nothing of what is served.
+//! Connections parked or closed are also counted in [`memory::RELEASED`], after which
+//! [`memory::trim_when_released`] has the allocator return the pages they freed.
 //!
 //! Long-lived responses (the controller's table stream, a streamed completion) are not
 //! cut by any of this: a response counts as in flight until its body ends, the
@@ -28,6 +30,7 @@
 mod activity;
 mod connection;
 mod limits;
+pub mod memory;
 mod metrics;
 mod stream;
 #[cfg(feature = "testing")]
@@ -224,7 +227,8 @@ fn connection_gone(e: &io::Error) -> bool {
 }
 
 /// What an accepted connection holds until its task ends, however it ends: its place
-/// under the connection caps and its count among the open ones.
+/// under the connection caps and its count among the open ones. Its end also counts
+/// as a connection's buffers released ([`memory`]).
 pub(crate) struct Held {
     _permit: limits::Permit,
     open: IntGauge,
@@ -233,6 +237,7 @@ pub(crate) struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.open.dec();
+        memory::RELEASED.add(1);
     }
 }
 

@@ -435,6 +435,8 @@ pub async fn run(args: Args) -> Result<()> {
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
+    // Buffers freed by parked and closed connections go back to the system.
+    let trim = tokio::spawn(sluice_listener::memory::trim_when_released());
     let mut servers = tokio::task::JoinSet::new();
     if let Some(listener) = traffic {
         servers.spawn(server::serve(
@@ -454,6 +456,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     while servers.join_next().await.is_some() {}
     admin_task.abort();
+    trim.abort();
     Ok(())
 }
 

@@ -297,6 +297,7 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
         let parking: Vec<Conn> = {
             let Some(list) = list.upgrade() else { return };
             let mut l = lock(&list);
+            let held = l.conns.len();
             l.conns.retain(|c| match &c.link {
                 Link::Live(live) => {
                     !live.sender.is_closed()
@@ -304,6 +305,7 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
                 }
                 Link::Parked(stream) => open(stream) && now.duration_since(c.used) < IDLE_TIMEOUT,
             });
+            sluice_listener::memory::RELEASED.add(held - l.conns.len());
             l.conns
                 .extract_if(.., |c| match &c.link {
                     Link::Live(live) => {
@@ -320,6 +322,7 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
                 // An idle hyper connection hands its socket back at once; one that
                 // does not within a sweep's period is left to end on its own.
                 if let Ok(Ok(Some(stream))) = tokio::time::timeout(PARK_AFTER, task).await {
+                    sluice_listener::memory::RELEASED.add(1);
                     parked.push(Conn {
                         link: Link::Parked(stream),
                         used,
