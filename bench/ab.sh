@@ -18,7 +18,9 @@
 # on: each proxy writes a line per request to a file, Sluice its JSON on stdout, nginx
 # its default format), AB_RATE (req/s: instead of wrk's as-fast-as-possible load,
 # `oha` sends this many requests a second, each timed from when it was due, for
-# latency at a fixed rate; `cargo install oha`). Needs nginx and wrk (Debian).
+# latency at a fixed rate; `cargo install oha`), AB_CLOSE (off; on: every request asks
+# `Connection: close`, so each comes on a new client connection). Needs nginx and wrk
+# (Debian).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
@@ -41,6 +43,8 @@ ACCESS_LOG=${AB_ACCESS_LOG:-off}
 RATE=${AB_RATE:-}
 [[ -z $RATE ]] || command -v oha >/dev/null || { echo "AB_RATE needs oha: cargo install oha" >&2; exit 2; }
 [[ $ACCESS_LOG == on || $ACCESS_LOG == off ]] || { echo "AB_ACCESS_LOG: on or off" >&2; exit 2; }
+CLOSE=${AB_CLOSE:-off}
+[[ $CLOSE == on || $CLOSE == off ]] || { echo "AB_CLOSE: on or off" >&2; exit 2; }
 nginx_log="access_log off;"
 [[ $ACCESS_LOG == on ]] && nginx_log="access_log access.log;"
 base=${AB_PORT_BASE:-19000}
@@ -85,6 +89,7 @@ if [[ $SCENARIO == limits ]]; then
   sed "s/@KEY@/$KEY/" "$(dirname "$0")/conf/sluice/limits.yaml.in" > "$run/manifests/limits.yaml"
   headers=(-H "Authorization: Bearer $KEY")
 fi
+[[ $CLOSE == off ]] || headers+=(-H "Connection: close")
 for bin in "$A" "$B"; do
   [[ $bin == nginx ]] || "$bin" compile -f "$run/manifests" > /dev/null
 done
@@ -193,7 +198,7 @@ print("%.0f %.1f %.2f" % (r["summary"]["requestsPerSec"], cpu_us, r["latencyPerc
 
 load="wrk -t$THREADS -c$CONNECTIONS"
 [[ -n $RATE ]] && load="oha -q $RATE -c$CONNECTIONS"
-echo "scenario $SCENARIO, access log $ACCESS_LOG: $load, ${DURATION}s x $ROUNDS rounds, interleaved"
+echo "scenario $SCENARIO, access log $ACCESS_LOG, close $CLOSE: $load, ${DURATION}s x $ROUNDS rounds, interleaved"
 measure A "$A" "$WARMUP" > /dev/null
 measure B "$B" "$WARMUP" > /dev/null
 : > "$run/results"
