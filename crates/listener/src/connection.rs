@@ -205,8 +205,9 @@ enum Event {
 /// when the client presented some.
 ///
 /// In two phases, the second made by the first: what only the wait for the first
-/// bytes needs (the raw stream, the certificates, that wait's timers) is gone from
-/// the connection's task, not kept beside the exchanges for as long as it is open.
+/// bytes needs (the raw stream before it is wrapped, the bytes read, that wait's
+/// timers) is gone from the connection's task, not kept beside the exchanges for as
+/// long as it is open.
 #[expect(
     clippy::async_yields_async,
     reason = "the first phase yields the second, which `flatten` then runs"

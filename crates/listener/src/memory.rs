@@ -15,9 +15,12 @@ use std::time::Duration;
 /// How often [`trim_released`] looks at [`RELEASED`] in the proxy.
 pub const TRIM_PERIOD: Duration = Duration::from_secs(1);
 
-/// How many connections must have given their buffers up since the last trim for
-/// the next: some 16 KB each, so a trim returns at least a megabyte or so, and a
-/// trickle of closing connections adds up rather than triggering one each.
+/// How many connections must have been counted since the last trim for the next. The
+/// count is a rough measure, not an exact one: a connection counts when it is parked
+/// and again when it ends, whether or not it ever held buffers (one that sent nothing,
+/// one already parked). A connection with hyper's buffers frees some 16 KB, so 64
+/// usually mean a megabyte or more to return, and a trickle of closing connections adds
+/// up rather than triggering a trim each.
 pub const TRIM_AFTER: usize = 64;
 
 /// Connections that gave their buffers up since the allocator was last trimmed.
