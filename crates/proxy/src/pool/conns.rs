@@ -322,7 +322,6 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
                 // An idle hyper connection hands its socket back at once; one that
                 // does not within a sweep's period is left to end on its own.
                 if let Ok(Ok(Some(stream))) = tokio::time::timeout(PARK_AFTER, task).await {
-                    sluice_listener::memory::RELEASED.add(1);
                     parked.push(Conn {
                         link: Link::Parked(stream),
                         used,
@@ -330,6 +329,7 @@ async fn sweep(list: Weak<Mutex<List>>, wake: Arc<Notify>) {
                 }
             }
         }
+        sluice_listener::memory::RELEASED.add(parked.len());
         let Some(list) = list.upgrade() else { return };
         let mut l = lock(&list);
         l.conns.splice(..0, parked);
