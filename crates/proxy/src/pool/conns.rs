@@ -24,7 +24,6 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Waker};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -370,12 +369,24 @@ async fn drive(stream: TcpStream) -> Result<Live, hyper::Error> {
             // Handed back once the sender is dropped, the connection idle: parked if
             // the agent sent nothing more.
             Ok(parts) if parts.read_buf.is_empty() => {
-                let stream = parts.io.into_inner();
-                // The socket's registration may still hold this task's waker from
-                // hyper's last read, which would keep the finished task's memory
-                // for as long as the socket is parked: a no-op waker takes its place.
-                let _ = stream.poll_read_ready(&mut Context::from_waker(Waker::noop()));
-                Some(stream)
+                // Registered with the runtime anew. The old registration may hold
+                // this task's waker from hyper's last read, which would keep the
+                // finished task's memory for as long as the socket is parked; and it
+                // was allocated when the connection opened, among buffers freed
+                // since, whose pages it would keep resident after a burst
+                // (`bench/idle.py --upstream`).
+                match parts
+                    .io
+                    .into_inner()
+                    .into_std()
+                    .and_then(TcpStream::from_std)
+                {
+                    Ok(stream) => Some(stream),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream connection not parked");
+                        None
+                    }
+                }
             }
             Ok(_) => None,
             Err(e) => {
