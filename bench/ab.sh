@@ -19,8 +19,11 @@
 # its default format), AB_RATE (req/s: instead of wrk's as-fast-as-possible load,
 # `oha` sends this many requests a second, each timed from when it was due, for
 # latency at a fixed rate; `cargo install oha`), AB_CLOSE (off; on: every request asks
-# `Connection: close`, so each comes on a new client connection). Needs nginx and wrk
-# (Debian).
+# `Connection: close`, so each comes on a new client connection), AB_SYSCALLS (off; on:
+# `perf` counts the system calls each proxy makes while measured, printed per request
+# after p99; the tracing adds to the CPU figures of both sides; `perf` from Debian,
+# `kernel.perf_event_paranoid` at most 2).
+# Needs nginx and wrk (Debian).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin" LC_ALL=C
 
@@ -45,6 +48,9 @@ RATE=${AB_RATE:-}
 [[ $ACCESS_LOG == on || $ACCESS_LOG == off ]] || { echo "AB_ACCESS_LOG: on or off" >&2; exit 2; }
 CLOSE=${AB_CLOSE:-off}
 [[ $CLOSE == on || $CLOSE == off ]] || { echo "AB_CLOSE: on or off" >&2; exit 2; }
+SYSCALLS=${AB_SYSCALLS:-off}
+[[ $SYSCALLS == on || $SYSCALLS == off ]] || { echo "AB_SYSCALLS: on or off" >&2; exit 2; }
+[[ $SYSCALLS == off ]] || command -v perf >/dev/null || { echo "AB_SYSCALLS needs perf: apt-get install linux-perf" >&2; exit 2; }
 nginx_log="access_log off;"
 [[ $ACCESS_LOG == on ]] && nginx_log="access_log access.log;"
 base=${AB_PORT_BASE:-19000}
@@ -146,9 +152,27 @@ cpu_ticks() { # utime + stime of a process and its children (nginx's workers)
   echo "$total"
 }
 
+# With AB_SYSCALLS=on, perf counts the system calls of a proxy's processes (nginx's
+# workers, Sluice's threads) from syscalls_start to syscalls_end.
+syscalls_start() { # pid
+  [[ $SYSCALLS == on ]] || return 0
+  local pids
+  pids=$(echo "$1" $(pgrep -P "$1" || true) | tr ' ' ,)
+  perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$run/perf.txt" &
+  perf_pid=$!
+  sleep 0.3 # attached before the load starts
+}
+syscalls_end() { # sets calls: the count, or - when not counted
+  calls=-
+  [[ $SYSCALLS == on ]] || return 0
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  calls=$(awk -F, '/raw_syscalls:sys_enter/ { print $1 }' "$run/perf.txt")
+  [[ $calls =~ ^[0-9]+$ ]] || { cat "$run/perf.txt" >&2; echo "perf counted nothing" >&2; exit 1; }
+}
+
 # One build at a time on the same ports, so that each runs alone on the machine.
-measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
-  local bin=$2 secs=$3 pid t0 t1 out rps requests extra p99
+measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms syscalls_per_request|-"
+  local bin=$2 secs=$3 pid t0 t1 out rps requests extra p99 calls perf_pid
   extra=${AB_ARGS_A:-}; [[ $1 == B ]] && extra=${AB_ARGS_B:-}
   if [[ $bin == nginx ]]; then
     nginx -p "$run/proxy/" -c "$run/proxy/nginx.conf" > "$run/sluice.log" 2>&1 &
@@ -165,11 +189,13 @@ measure() { # label binary seconds -> "rps cpu_us_per_request p99_ms"
   done
   curl -fs -o /dev/null "${headers[@]}" "http://127.0.0.1:$PROXY/" \
     || { cat "$run/sluice.log" >&2; echo "$1 did not start" >&2; exit 1; }
+  syscalls_start "$pid"
   t0=$(cpu_ticks "$pid")
   if [[ -n $RATE ]]; then
     out=$(oha -z "${secs}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction --no-tui \
       --output-format json "${headers[@]}" "http://127.0.0.1:$PROXY/")
     t1=$(cpu_ticks "$pid")
+    syscalls_end
     kill "$pid"; wait "$pid" 2>/dev/null || true
     python3 -c '
 import json, sys
@@ -179,12 +205,14 @@ n = sum(codes.values())
 if set(codes) != {"200"}:
     sys.exit("non-2xx responses: %s" % codes)
 cpu_us = int(sys.argv[2]) / int(sys.argv[3]) * 1e6 / n
-print("%.0f %.1f %.2f" % (r["summary"]["requestsPerSec"], cpu_us, r["latencyPercentiles"]["p99"] * 1000))
-' "$out" $((t1 - t0)) "$(getconf CLK_TCK)" || { echo "$1: $out" >&2; exit 1; }
+calls = "-" if sys.argv[4] == "-" else "%.2f" % (int(sys.argv[4]) / n)
+print("%.0f %.1f %.2f %s" % (r["summary"]["requestsPerSec"], cpu_us, r["latencyPercentiles"]["p99"] * 1000, calls))
+' "$out" $((t1 - t0)) "$(getconf CLK_TCK)" "$calls" || { echo "$1: $out" >&2; exit 1; }
     return
   fi
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${secs}s" --latency "${headers[@]}" "http://127.0.0.1:$PROXY/")
   t1=$(cpu_ticks "$pid")
+  syscalls_end
   kill "$pid"; wait "$pid" 2>/dev/null || true
   grep -q "Non-2xx" <<<"$out" && { echo "$1: non-2xx responses" >&2; echo "$out" >&2; exit 1; }
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
@@ -193,7 +221,8 @@ print("%.0f %.1f %.2f" % (r["summary"]["requestsPerSec"], cpu_us, r["latencyPerc
     if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
     print n }' <<<"$out")
   awk -v r="$rps" -v n="$requests" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v p="$p99" \
-    'BEGIN { printf "%.0f %.1f %.2f\n", r, t / hz * 1e6 / n, p }'
+    -v c="$calls" 'BEGIN { printf "%.0f %.1f %.2f %s\n", r, t / hz * 1e6 / n, p,
+      c == "-" ? "-" : sprintf("%.2f", c / n) }'
 }
 
 load="wrk -t$THREADS -c$CONNECTIONS"
@@ -205,8 +234,8 @@ measure B "$B" "$WARMUP" > /dev/null
 for r in $(seq "$ROUNDS"); do
   for side in A B; do
     bin=$A; [[ $side == B ]] && bin=$B
-    read -r rps cpu p99 < <(measure "$side" "$bin" "$DURATION")
-    printf '%s %s %s %s %s\n' "$side" "$r" "$rps" "$cpu" "$p99" | tee -a "$run/results"
+    read -r rps cpu p99 calls < <(measure "$side" "$bin" "$DURATION")
+    printf '%s %s %s %s %s %s\n' "$side" "$r" "$rps" "$cpu" "$p99" "$calls" | tee -a "$run/results"
   done
 done
 python3 - "$run/results" <<'EOF'
@@ -217,8 +246,12 @@ for side in "AB":
     rps = [float(r[2]) for r in rows if r[0] == side]
     cpu = [float(r[3]) for r in rows if r[0] == side]
     p99 = [float(r[4]) for r in rows if r[0] == side]
-    med[side] = (statistics.median(rps), statistics.median(cpu), statistics.median(p99))
-    print(f"{side}: median {med[side][0]:.0f} req/s, {med[side][1]:.1f} µs CPU per request, p99 {med[side][2]:.2f} ms")
+    calls = [float(r[5]) for r in rows if r[0] == side and r[5] != "-"]
+    med[side] = (statistics.median(rps), statistics.median(cpu), statistics.median(p99),
+                 statistics.median(calls) if calls else None)
+    counted = f", {med[side][3]:.2f} system calls per request" if calls else ""
+    print(f"{side}: median {med[side][0]:.0f} req/s, {med[side][1]:.1f} µs CPU per request, p99 {med[side][2]:.2f} ms{counted}")
 b, a = med["B"], med["A"]
-print(f"B/A: req/s {b[0] / a[0]:.2f}, CPU per request {b[1] / a[1]:.2f}, p99 {b[2] / a[2]:.2f}")
+counted = f", system calls per request {b[3] / a[3]:.2f}" if a[3] and b[3] else ""
+print(f"B/A: req/s {b[0] / a[0]:.2f}, CPU per request {b[1] / a[1]:.2f}, p99 {b[2] / a[2]:.2f}{counted}")
 EOF
